@@ -1,0 +1,29 @@
+"""vllm_pool.engine: model loading, poolers, tasks, batching and the `LLM` API."""
+
+from vllm_pool.engine.config import PoolerConfig
+from vllm_pool.engine.llm import LLM
+from vllm_pool.engine.model_source import DEFAULT_MODEL
+from vllm_pool.engine.outputs import (
+    ClassificationOutput,
+    EmbeddingOutput,
+    PoolingOutput,
+    PoolingRequestOutput,
+    ScoringOutput,
+)
+from vllm_pool.engine.params import PoolingParams
+from vllm_pool.engine.types import ModelNotFoundError, PoolingType, UnsupportedTaskError
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "LLM",
+    "ClassificationOutput",
+    "EmbeddingOutput",
+    "ModelNotFoundError",
+    "PoolerConfig",
+    "PoolingOutput",
+    "PoolingParams",
+    "PoolingRequestOutput",
+    "PoolingType",
+    "ScoringOutput",
+    "UnsupportedTaskError",
+]

