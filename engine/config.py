@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
-
 from vllm_pool.engine.model_source import resolve_model
 from vllm_pool.engine.st_config import STConfig, load_st_config
 from vllm_pool.engine.types import PoolingType
@@ -95,9 +95,11 @@ def resolve_convert(architectures: list[str], convert: str) -> str:
     if convert != "auto":
         return convert
     for arch in architectures:
-        if arch.endswith("ForSequenceClassification") or (
-            "For" in arch and arch.endswith("Classification")
-        ) or arch.endswith("ClassificationModel"):
+        if (
+            arch.endswith("ForSequenceClassification")
+            or ("For" in arch and arch.endswith("Classification"))
+            or arch.endswith("ClassificationModel")
+        ):
             return "classify"
     return "embed"
 
@@ -179,9 +181,7 @@ class ModelConfig:
 
     @property
     def is_matryoshka(self) -> bool:
-        return bool(getattr(self.hf_config, "is_matryoshka", False)) or bool(
-            self.matryoshka_dimensions
-        )
+        return bool(getattr(self.hf_config, "is_matryoshka", False)) or bool(self.matryoshka_dimensions)
 
     @property
     def matryoshka_dimensions(self) -> list[int] | None:
@@ -194,7 +194,11 @@ class ModelConfig:
             return self.pooler.pooling_type
         if self.st is not None and self.st.pooling_type:
             return self.st.pooling_type
-        return PoolingType.CLS.value if self.is_encoder and self.convert != "classify" else PoolingType.LAST.value
+        return (
+            PoolingType.CLS.value
+            if self.is_encoder and self.convert != "classify"
+            else PoolingType.LAST.value
+        )
 
     def default_normalize(self) -> bool:
         if self.pooler.normalize is not None:
@@ -218,9 +222,7 @@ def _max_model_len(hf_config: Any, st: STConfig | None, tokenizer_max: int | Non
     if not isinstance(user, int) or user < 1:
         raise ValueError(f"max_model_len must be a positive integer, got {user!r}")
     if user > model_limit:
-        raise ValueError(
-            f"max_model_len={user} is larger than the model's limit of {model_limit} tokens"
-        )
+        raise ValueError(f"max_model_len={user} is larger than the model's limit of {model_limit} tokens")
     return user
 
 

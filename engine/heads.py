@@ -7,7 +7,6 @@ then L2 normalization (the order vLLM, Sentence Transformers and TEI agree on).
 from __future__ import annotations
 
 import torch
-
 from vllm_pool.engine.activations import normalize, torch_nn_activation
 from vllm_pool.engine.params import PoolingParams
 from vllm_pool.engine.st_config import DenseLayer
@@ -87,9 +86,7 @@ class EmbeddingHead:
                     "matryoshka dimensions, use other output dimensions will lead to poor results."
                 )
         if dims is not None and dims > self.out_dim:
-            raise ValueError(
-                f"dimensions={dims} is larger than the model's embedding size {self.out_dim}"
-            )
+            raise ValueError(f"dimensions={dims} is larger than the model's embedding size {self.out_dim}")
         normalize_ = self.normalize_default if params.normalize is None else bool(params.normalize)
         return params.clone(dimensions=dims, normalize=normalize_)
 

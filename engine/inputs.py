@@ -8,12 +8,12 @@ names the position.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Union
+from typing import Any
 
 from vllm_pool.engine.params import PoolingParams
 from vllm_pool.engine.types import Request
 
-PromptType = Union[str, dict[str, Any]]
+PromptType = str | dict[str, Any]
 
 
 def normalize_prompts(prompts: object) -> list[PromptType]:
@@ -43,8 +43,10 @@ def normalize_prompts(prompts: object) -> list[PromptType]:
 def _check_dict_prompt(item: dict[str, Any], i: int) -> None:
     if "prompt_token_ids" in item:
         ids = item["prompt_token_ids"]
-        if not isinstance(ids, Sequence) or isinstance(ids, (str, bytes)) or not all(
-            isinstance(t, int) and not isinstance(t, bool) for t in ids
+        if (
+            not isinstance(ids, Sequence)
+            or isinstance(ids, (str, bytes))
+            or not all(isinstance(t, int) and not isinstance(t, bool) for t in ids)
         ):
             raise TypeError(f"prompts[{i}]['prompt_token_ids'] must be a list of integers")
     elif "prompt" in item:
@@ -54,9 +56,7 @@ def _check_dict_prompt(item: dict[str, Any], i: int) -> None:
         raise TypeError(f"prompts[{i}] is a dict without 'prompt' or 'prompt_token_ids'")
 
 
-def normalize_params(
-    params: PoolingParams | Sequence[PoolingParams] | None, n: int
-) -> list[PoolingParams]:
+def normalize_params(params: PoolingParams | Sequence[PoolingParams] | None, n: int) -> list[PoolingParams]:
     """One :class:`PoolingParams` per prompt."""
     if params is None:
         return [PoolingParams() for _ in range(n)]
@@ -65,9 +65,7 @@ def normalize_params(
     if isinstance(params, Sequence) and not isinstance(params, (str, bytes)):
         params = list(params)
         if len(params) != n:
-            raise ValueError(
-                f"pooling_params has {len(params)} entries but there are {n} prompts"
-            )
+            raise ValueError(f"pooling_params has {len(params)} entries but there are {n} prompts")
         for i, p in enumerate(params):
             if not isinstance(p, PoolingParams):
                 raise TypeError(f"pooling_params[{i}] must be PoolingParams, got {type(p).__name__}")

@@ -11,12 +11,11 @@ import itertools
 import logging
 import os
 import threading
-from collections.abc import Sequence
-from typing import Any, Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
-
 from vllm_pool.engine.config import ModelConfig, PoolerConfig, build_model_config
 from vllm_pool.engine.inputs import InputProcessor, normalize_params, normalize_prompts
 from vllm_pool.engine.outputs import EmbeddingOutput, PoolingOutput, PoolingRequestOutput
@@ -119,7 +118,11 @@ class LLM:
         self._ids = itertools.count()
         logger.info(
             "Loaded %s (%s, %s on %s, max_model_len=%d, tasks=%s)",
-            cfg.name, cfg.architectures, cfg.dtype, cfg.device, cfg.max_model_len,
+            cfg.name,
+            cfg.architectures,
+            cfg.dtype,
+            cfg.device,
+            cfg.max_model_len,
             self.get_supported_tasks(),
         )
 
@@ -131,7 +134,7 @@ class LLM:
     @property
     def embedding_dim(self) -> int:
         """Size of ``embed`` / ``token_embed`` outputs (before any Matryoshka slice)."""
-        return int(getattr(self.poolers.get("token_embed").head, "out_dim"))
+        return int(self.poolers.get("token_embed").head.out_dim)
 
     def get_supported_tasks(self) -> tuple[str, ...]:
         return self.poolers.supported_tasks
@@ -140,7 +143,8 @@ class LLM:
         return self.tokenizer
 
     def __repr__(self) -> str:
-        return f"LLM(model={self.model_name!r}, device={self.model_config.device}, dtype={self.model_config.dtype})"
+        cfg = self.model_config
+        return f"LLM(model={self.model_name!r}, device={cfg.device}, dtype={cfg.dtype})"
 
     # ------------------------------------------------------------------ the core verb
     def _run(
@@ -165,9 +169,10 @@ class LLM:
             return []
         results: list[torch.Tensor | None] = [None] * len(requests)
         position = {r.index: i for i, r in enumerate(requests)}
-        with self._lock, tqdm(
-            total=len(requests), desc="Processed prompts", disable=not use_tqdm, unit="prompt"
-        ) as bar:
+        with (
+            self._lock,
+            tqdm(total=len(requests), desc="Processed prompts", disable=not use_tqdm, unit="prompt") as bar,
+        ):
             for batch in schedule(requests, self.max_num_batched_tokens, self.max_num_seqs):
                 hidden = self.runner.forward(batch)
                 for req, data in zip(batch.requests, pooler(hidden, batch.requests)):

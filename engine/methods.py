@@ -8,7 +8,6 @@ batches and packed GPU batches.
 from __future__ import annotations
 
 import torch
-
 from vllm_pool.engine.types import HiddenStates, PoolingType
 
 
@@ -26,9 +25,7 @@ def mean_pool(hidden: HiddenStates) -> torch.Tensor:
     """Mean over each request's tokens. Returns ``[batch, hidden]``."""
     lens = hidden.seq_lens
     segment = torch.repeat_interleave(torch.arange(len(lens), device=lens.device), lens)
-    sums = torch.zeros(
-        (len(lens), hidden.data.shape[-1]), dtype=hidden.data.dtype, device=hidden.data.device
-    )
+    sums = torch.zeros((len(lens), hidden.data.shape[-1]), dtype=hidden.data.dtype, device=hidden.data.device)
     sums.index_add_(0, segment, hidden.data)
     return sums / lens.clamp(min=1).unsqueeze(-1).to(sums.dtype)
 

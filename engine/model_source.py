@@ -34,11 +34,7 @@ def _packaged_copy(model_id: str) -> Path | None:
 
 
 def _looks_like_path(name: str) -> bool:
-    return (
-        name.startswith((".", "/", "~"))
-        or name.count("/") > 1
-        or os.sep != "/" and os.sep in name
-    )
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
 
 
 def check_model_folder(folder: Path) -> Path:
@@ -47,13 +43,9 @@ def check_model_folder(folder: Path) -> Path:
         raise ModelNotFoundError(f"Model folder not found: {folder}")
     if not (folder / "config.json").is_file() and not (folder / "modules.json").is_file():
         raise ModelNotFoundError(f"No config.json in model folder {folder}")
-    has_weights = any(
-        p.name.endswith(_WEIGHT_SUFFIXES) for p in folder.rglob("*") if p.is_file()
-    )
+    has_weights = any(p.name.endswith(_WEIGHT_SUFFIXES) for p in folder.rglob("*") if p.is_file())
     if not has_weights:
-        raise ModelNotFoundError(
-            f"No weights (*.safetensors or *.bin) in model folder {folder}"
-        )
+        raise ModelNotFoundError(f"No weights (*.safetensors or *.bin) in model folder {folder}")
     return folder.resolve()
 
 
@@ -64,15 +56,11 @@ def _download(model_id: str, revision: str | None) -> Path:
         raise ModelNotFoundError(f'Model "{model_id}": huggingface_hub is not installed') from e
     patterns = ["*.json", "*.safetensors", "*.txt", "*.model", "*.py", "*.pt", "*/*"]
     try:
-        return Path(
-            snapshot_download(model_id, revision=revision, allow_patterns=patterns)
-        )
+        return Path(snapshot_download(model_id, revision=revision, allow_patterns=patterns))
     except Exception as online_error:  # offline, unknown id, gated, ...
         try:
             return Path(
-                snapshot_download(
-                    model_id, revision=revision, allow_patterns=patterns, local_files_only=True
-                )
+                snapshot_download(model_id, revision=revision, allow_patterns=patterns, local_files_only=True)
             )
         except Exception:
             raise ModelNotFoundError(

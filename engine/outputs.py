@@ -62,11 +62,11 @@ class ScoringOutput:
         return cls(score=float(out.data.reshape(-1)[0]))
 
 
-O = TypeVar("O")
+OutputT = TypeVar("OutputT")
 
 
 @dataclass
-class PoolingRequestOutput(Generic[O]):
+class PoolingRequestOutput(Generic[OutputT]):
     """The result of one prompt.
 
     Attributes:
@@ -77,7 +77,7 @@ class PoolingRequestOutput(Generic[O]):
     """
 
     request_id: str
-    outputs: O
+    outputs: OutputT
     prompt_token_ids: list[int]
     finished: bool = True
 

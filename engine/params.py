@@ -34,9 +34,7 @@ class PoolingParams:
         """Validate values that do not depend on the model."""
         t = self.truncate_prompt_tokens
         if t is not None and (not isinstance(t, int) or isinstance(t, bool) or (t < 1 and t != -1)):
-            raise ValueError(
-                f"truncate_prompt_tokens must be a positive integer or -1, got {t!r}"
-            )
+            raise ValueError(f"truncate_prompt_tokens must be a positive integer or -1, got {t!r}")
         d = self.dimensions
         if d is not None:
             if not isinstance(d, int) or isinstance(d, bool):

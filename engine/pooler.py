@@ -6,11 +6,11 @@ construction; ``supported_tasks`` is what the model can do.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
-
 from vllm_pool.engine.config import ModelConfig
 from vllm_pool.engine.methods import SEQUENCE_METHODS, all_pool, step_pool
 from vllm_pool.engine.params import PoolingParams
@@ -81,8 +81,7 @@ class TaskPoolers:
                     f"and model {self.model_name!r} supports {supported}"
                 )
             raise UnsupportedTaskError(
-                f"Model {self.model_name!r} does not support the {task!r} task; "
-                f"supported tasks: {supported}"
+                f"Model {self.model_name!r} does not support the {task!r} task; supported tasks: {supported}"
             )
         return self._poolers[task]
 

@@ -6,7 +6,6 @@ import logging
 from typing import Any
 
 import torch
-
 from vllm_pool.engine.config import ModelConfig
 from vllm_pool.engine.types import Batch, HiddenStates, ModelNotFoundError
 
@@ -28,7 +27,9 @@ def load_transformer(cfg: ModelConfig) -> torch.nn.Module:
                 raise
             model = AutoModel.from_pretrained(cfg.hf_path, attn_implementation="eager", **kwargs)
     except OSError as e:
-        raise ModelNotFoundError(f"Could not load the weights of model {cfg.name!r} from {cfg.hf_path}: {e}") from e
+        raise ModelNotFoundError(
+            f"Could not load the weights of model {cfg.name!r} from {cfg.hf_path}: {e}"
+        ) from e
     return model.to(cfg.device).eval()
 
 

@@ -10,9 +10,7 @@ from __future__ import annotations
 from vllm_pool.engine.types import Batch, Request
 
 
-def schedule(
-    requests: list[Request], max_num_batched_tokens: int, max_num_seqs: int
-) -> list[Batch]:
+def schedule(requests: list[Request], max_num_batched_tokens: int, max_num_seqs: int) -> list[Batch]:
     """Group ``requests`` into batches, longest first.
 
     Args:

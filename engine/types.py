@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Literal, get_args
 
 if TYPE_CHECKING:
     import torch
-
     from vllm_pool.engine.params import PoolingParams
 
 PoolingTask = Literal["embed", "classify", "score", "token_embed", "token_classify", "plugin"]

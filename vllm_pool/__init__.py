@@ -3,7 +3,31 @@
 >>> from vllm_pool import LLM, PoolingParams
 """
 
-from vllm_pool.engine import LLM, PoolingParams
+from vllm_pool.engine import (
+    DEFAULT_MODEL,
+    LLM,
+    ClassificationOutput,
+    EmbeddingOutput,
+    ModelNotFoundError,
+    PoolerConfig,
+    PoolingOutput,
+    PoolingParams,
+    PoolingRequestOutput,
+    ScoringOutput,
+    UnsupportedTaskError,
+)
 
-__all__ = ["LLM", "PoolingParams"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "LLM",
+    "ClassificationOutput",
+    "EmbeddingOutput",
+    "ModelNotFoundError",
+    "PoolerConfig",
+    "PoolingOutput",
+    "PoolingParams",
+    "PoolingRequestOutput",
+    "ScoringOutput",
+    "UnsupportedTaskError",
+]
 __version__ = "0.1.0"

@@ -1,0 +1,63 @@
+"""Shared helpers of the benchmark scripts: corpus loading, timing, JSON results."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+CORPUS = ROOT / "demo" / "corpus" / "python_docs_large.jsonl"
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def load_texts(path: Path = CORPUS, limit: int | None = None) -> list[str]:
+    """Texts of a JSONL corpus (one ``{"text": ...}`` object per line)."""
+    texts = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                texts.append(json.loads(line)["text"])
+            if limit is not None and len(texts) >= limit:
+                break
+    return texts
+
+
+def best_of(fn: Callable[[], Any], rounds: int) -> tuple[float, list[float], Any]:
+    """Run ``fn`` ``rounds`` times; return (median seconds, all seconds, last result)."""
+    times, result = [], None
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), times, result
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def write_result(name: str, result: dict[str, Any]) -> Path:
+    """Write ``result`` as JSON (to a temporary name, then renamed into place)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path

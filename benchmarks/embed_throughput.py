@@ -1,0 +1,109 @@
+"""Embedding throughput: Sentence Transformers vs ``LLM.embed``, side by side in one process.
+
+Same model, same corpus, same machine. Prints passages/s, tokens/s, the speed ratio and
+the minimum cosine between the two, and writes ``benchmarks/results/embed_throughput.json``.
+
+    python benchmarks/embed_throughput.py [--limit 1000] [--rounds 3] [--dtype float32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import numpy as np
+import torch
+
+from benchmarks.common import CORPUS, best_of, load_texts, machine, write_result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="sentence-transformers/all-MiniLM-L6-v2")
+    ap.add_argument("--corpus", default=str(CORPUS))
+    ap.add_argument("--limit", type=int, default=1000, help="passages to encode")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=32, help="Sentence Transformers batch size")
+    ap.add_argument("--dtype", default="float32", help="engine dtype (float32 or bfloat16)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--name", default=None, help="result file name (default: embed_throughput[_dtype])")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    from sentence_transformers import SentenceTransformer
+
+    from vllm_pool import LLM
+
+    texts = load_texts(args.corpus, args.limit)
+    llm = LLM(args.model, dtype=args.dtype, device=args.device)
+    device = str(llm.model_config.device)
+    st = SentenceTransformer(str(llm.model_config.path), device=device)
+    st_kwargs = {}
+    if args.dtype != "float32" and device.startswith("cuda"):
+        st.half()
+    n_tokens = sum(
+        len(ids)
+        for ids in llm.get_tokenizer()(texts, truncation=True, max_length=llm.model_config.max_model_len)[
+            "input_ids"
+        ]
+    )
+    lens = sorted(len(ids) for ids in llm.get_tokenizer()(texts)["input_ids"])
+
+    def run_st() -> np.ndarray:
+        return st.encode(texts, batch_size=args.batch_size, convert_to_numpy=True, **st_kwargs)
+
+    def run_engine() -> np.ndarray:
+        outs = llm.embed(texts, use_tqdm=False)
+        return np.asarray([o.outputs.embedding for o in outs], dtype=np.float32)
+
+    # warm-up on a slice, then alternate full rounds
+    st.encode(texts[:64], batch_size=args.batch_size)
+    llm.embed(texts[:64], use_tqdm=False)
+    st_times, eng_times = [], []
+    ref = ours = None
+    for _ in range(args.rounds):
+        _, t, ref = best_of(run_st, 1)
+        st_times += t
+        _, t, ours = best_of(run_engine, 1)
+        eng_times += t
+    st_s, eng_s = float(np.median(st_times)), float(np.median(eng_times))
+    cos = (ref * ours).sum(1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(ours, axis=1))
+    result = {
+        "benchmark": "embed_throughput",
+        "model": args.model,
+        "engine_dtype": args.dtype,
+        "device": device,
+        "passages": len(texts),
+        "tokens": n_tokens,
+        "token_length": {"min": lens[0], "median": lens[len(lens) // 2], "max": lens[-1]},
+        "st_batch_size": args.batch_size,
+        "engine_token_budget": llm.max_num_batched_tokens,
+        "sentence_transformers": {
+            "seconds": st_s,
+            "passages_per_s": len(texts) / st_s,
+            "tokens_per_s": n_tokens / st_s,
+            "runs": st_times,
+        },
+        "engine": {
+            "seconds": eng_s,
+            "passages_per_s": len(texts) / eng_s,
+            "tokens_per_s": n_tokens / eng_s,
+            "runs": eng_times,
+        },
+        "speedup": st_s / eng_s,
+        "min_cosine": float(cos.min()),
+        "machine": machine(),
+    }
+    path = write_result(
+        args.name or ("embed_throughput" + ("" if args.dtype == "float32" else f"_{args.dtype}")), result
+    )
+    print(f"{'':24}{'passages/s':>12}{'tokens/s':>12}")
+    for key in ("sentence_transformers", "engine"):
+        r = result[key]
+        print(f"{key:24}{r['passages_per_s']:12.1f}{r['tokens_per_s']:12.0f}")
+    speed, cos_min = result["speedup"], result["min_cosine"]
+    print(f"speedup {speed:.2f}x  min cosine {cos_min:.6f}  ({torch.get_num_threads()} threads) -> {path}")
+
+
+if __name__ == "__main__":
+    main()

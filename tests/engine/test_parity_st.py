@@ -1,0 +1,108 @@
+"""Parity with Sentence Transformers on the packaged all-MiniLM-L6-v2 (fp32)."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+TEXTS = [
+    "Hello, my name is",
+    "The capital of France is Paris.",
+    "   ",
+    "\t\n",
+    "Ünïcödé: 日本語のテキスト, Ελληνικά, emoji 🚀 and العربية",
+    "A long passage about retrieval. " * 120,  # longer than max_seq_length (256)
+    "x",
+    "How do I parse a JSON string into a Python object?",
+]
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+
+
+def _embed(llm, texts, **kw) -> np.ndarray:
+    return np.array([o.outputs.embedding for o in llm.embed(texts, use_tqdm=False, **kw)])
+
+
+def test_embed_matches_sentence_transformers(default_llm, st_model):
+    ref = st_model.encode(TEXTS, convert_to_numpy=True)
+    ours = _embed(default_llm, TEXTS)
+    assert ours.shape == ref.shape == (len(TEXTS), 384)
+    assert _cos(ours, ref).min() >= 0.99999
+    np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+
+
+def test_long_input_truncated_to_st_max_seq_length(default_llm, st_model):
+    (out,) = default_llm.embed(TEXTS[5], use_tqdm=False)
+    assert len(out.prompt_token_ids) == st_model.max_seq_length == 256
+
+
+def test_alone_batch_and_shuffled_batch_agree(default_llm):
+    batch = _embed(default_llm, TEXTS)
+    alone = np.stack([_embed(default_llm, t)[0] for t in TEXTS])
+    order = list(range(len(TEXTS)))
+    random.Random(0).shuffle(order)
+    shuffled = _embed(default_llm, [TEXTS[i] for i in order])
+    unshuffled = np.empty_like(shuffled)
+    unshuffled[order] = shuffled
+    assert _cos(batch, alone).min() >= 0.99999
+    assert _cos(batch, unshuffled).min() >= 0.99999
+
+
+def test_small_token_budget_gives_same_vectors(default_model_dir):
+    from vllm_pool import LLM
+
+    llm = LLM(str(default_model_dir), max_num_batched_tokens=64, max_num_seqs=2)
+    ref = _embed(LLM(str(default_model_dir)), TEXTS)
+    assert _cos(_embed(llm, TEXTS), ref).min() >= 0.99999
+
+
+def test_token_embed_matches_st_token_embeddings(default_llm, st_model):
+    texts = TEXTS[:3] + TEXTS[4:6]
+    refs = st_model.encode(texts, output_value="token_embeddings", convert_to_tensor=False)
+    outs = default_llm.encode(texts, pooling_task="token_embed", use_tqdm=False)
+    for ref, out in zip(refs, outs):
+        ref = torch.as_tensor(ref)
+        assert out.outputs.data.shape == ref.shape
+        ref_n = torch.nn.functional.normalize(ref, dim=-1)
+        cos = (out.outputs.data * ref_n).sum(-1)
+        assert float(cos.min()) >= 0.99999
+
+
+def test_token_embed_without_normalize_is_raw(default_llm, st_model):
+    from vllm_pool import PoolingParams
+
+    (ref,) = st_model.encode(["hello world"], output_value="token_embeddings", convert_to_tensor=False)
+    (out,) = default_llm.encode(
+        "hello world", PoolingParams(normalize=False), pooling_task="token_embed", use_tqdm=False
+    )
+    torch.testing.assert_close(out.outputs.data, torch.as_tensor(ref), rtol=1e-4, atol=1e-5)
+
+
+def test_embed_without_normalize_matches_st_unnormalized(default_llm, st_model):
+    from vllm_pool import PoolingParams
+
+    ref = st_model.encode(TEXTS[:3], normalize_embeddings=False, convert_to_numpy=True)
+    ours = _embed(default_llm, TEXTS[:3], pooling_params=PoolingParams(normalize=False))
+    # the folder ends with Normalize, so ST's output is normalized; ours is the raw mean
+    assert not np.allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-3)
+    assert _cos(ours, ref).min() >= 0.99999
+
+
+def test_truncate_prompt_tokens(default_llm):
+    (out,) = default_llm.embed(TEXTS[5], use_tqdm=False, truncate_prompt_tokens=10)
+    assert len(out.prompt_token_ids) == 10
+    with pytest.raises(ValueError, match="max_model_len of 256"):
+        default_llm.embed("hi", use_tqdm=False, truncate_prompt_tokens=257)
+
+
+def test_encode_embed_equals_embed(default_llm):
+    a = _embed(default_llm, TEXTS[:2])
+    b = np.stack(
+        [o.outputs.data.numpy() for o in default_llm.encode(TEXTS[:2], pooling_task="embed", use_tqdm=False)]
+    )
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
