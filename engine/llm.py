@@ -147,28 +147,31 @@ class LLM:
         return f"LLM(model={self.model_name!r}, device={cfg.device}, dtype={cfg.dtype})"
 
     # ------------------------------------------------------------------ the core verb
-    def _run(
+    def make_requests(
         self,
         prompts: object,
         task: str,
-        pooling_params: PoolingParams | Sequence[PoolingParams] | None,
-        use_tqdm: bool,
+        pooling_params: PoolingParams | Sequence[PoolingParams] | None = None,
         truncate_prompt_tokens: int | None = None,
-        requests: list[Request] | None = None,
-    ) -> list[PoolingRequestOutput[PoolingOutput]]:
-        """Pool ``prompts`` (or ready ``requests``) for ``task``; outputs in the caller's order."""
+    ) -> list[Request]:
+        """Check and tokenize ``prompts`` for ``task`` (all errors are raised here, before any work)."""
         pooler = self.poolers.get(task)
-        if requests is None:
-            items = normalize_prompts(prompts)
-            params = normalize_params(pooling_params, len(items))
-            if truncate_prompt_tokens is not None:
-                params = [p.clone(truncate_prompt_tokens=truncate_prompt_tokens) for p in params]
-            params = [pooler.resolve(p) for p in params]  # checked up front, before any work
-            requests = self.input_processor(items, params)
+        items = normalize_prompts(prompts)
+        params = normalize_params(pooling_params, len(items))
+        if truncate_prompt_tokens is not None:
+            params = [p.clone(truncate_prompt_tokens=truncate_prompt_tokens) for p in params]
+        params = [pooler.resolve(p) for p in params]
+        return self.input_processor(items, params)
+
+    def run_requests(
+        self, requests: list[Request], task: str, use_tqdm: bool = False
+    ) -> list[PoolingRequestOutput[PoolingOutput]]:
+        """Run tokenized requests (possibly from several callers) as one job, in list order."""
+        pooler = self.poolers.get(task)
         if not requests:
             return []
         results: list[torch.Tensor | None] = [None] * len(requests)
-        position = {r.index: i for i, r in enumerate(requests)}
+        position = {id(r): i for i, r in enumerate(requests)}
         with (
             self._lock,
             tqdm(total=len(requests), desc="Processed prompts", disable=not use_tqdm, unit="prompt") as bar,
@@ -176,7 +179,7 @@ class LLM:
             for batch in schedule(requests, self.max_num_batched_tokens, self.max_num_seqs):
                 hidden = self.runner.forward(batch)
                 for req, data in zip(batch.requests, pooler(hidden, batch.requests)):
-                    results[position[req.index]] = data
+                    results[position[id(req)]] = data
                 bar.update(len(batch.requests))
         return [
             PoolingRequestOutput(
@@ -187,6 +190,18 @@ class LLM:
             for req, data in zip(requests, results)
             if data is not None
         ]
+
+    def _run(
+        self,
+        prompts: object,
+        task: str,
+        pooling_params: PoolingParams | Sequence[PoolingParams] | None,
+        use_tqdm: bool,
+        truncate_prompt_tokens: int | None = None,
+    ) -> list[PoolingRequestOutput[PoolingOutput]]:
+        """The core verb: pool ``prompts`` for ``task``; outputs in the caller's order."""
+        requests = self.make_requests(prompts, task, pooling_params, truncate_prompt_tokens)
+        return self.run_requests(requests, task, use_tqdm)
 
     # ------------------------------------------------------------------ task wrappers
     def encode(
