@@ -24,7 +24,7 @@ def wordpiece_vocab() -> list[str]:
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[unused0]", "[unused1]"]
     chars = [chr(c) for c in range(ord("a"), ord("z") + 1)] + list("0123456789.,!?'-")
     subwords = ["##" + c for c in chars[:26]]
-    return specials + chars + subwords + WORDS
+    return list(dict.fromkeys(specials + chars + subwords + WORDS))
 
 
 def save_bert_tokenizer(folder: Path, model_max_length: int = 128) -> Any:
@@ -34,7 +34,10 @@ def save_bert_tokenizer(folder: Path, model_max_length: int = 128) -> Any:
     folder.mkdir(parents=True, exist_ok=True)
     vocab = folder / "vocab.txt"
     vocab.write_text("\n".join(wordpiece_vocab()) + "\n", encoding="utf-8")
-    tok = BertTokenizerFast(vocab_file=str(vocab), model_max_length=model_max_length)
+    tok = BertTokenizerFast(
+        vocab={t: i for i, t in enumerate(wordpiece_vocab())}, model_max_length=model_max_length
+    )
+    assert len(tok) == len(wordpiece_vocab()), "tokenizer did not take the vocabulary"
     tok.save_pretrained(folder)
     return tok
 
@@ -63,6 +66,7 @@ def save_generic_tokenizer(
         single=single, pair=pair.strip(), special_tokens=special
     )
     tok = PreTrainedTokenizerFast(
+        tokenizer_class="PreTrainedTokenizerFast",
         tokenizer_object=tk,
         bos_token=bos,
         eos_token=eos,
