@@ -34,8 +34,42 @@ def torch_nn_activation(name: str) -> Activation:
     """
     short = name.rsplit(".", 1)[-1]
     if name != short and not name.startswith("torch.nn."):
-        raise ValueError(f"activation {name!r} is not a torch.nn module")
+        raise ValueError(
+            f"activation {name!r} is not a torch.nn module (loading it needs trust_remote_code=True)"
+        )
     cls = getattr(torch.nn, short, None)
     if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
         raise ValueError(f"activation {name!r} is not a torch.nn module")
     return cls()
+
+
+def import_activation(path: str) -> Activation:
+    """Instantiate an activation class from a dotted path (only with ``trust_remote_code``)."""
+    import importlib
+
+    module, _, name = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)()
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ValueError(f"Cannot import activation {path!r}: {e}") from e
+
+
+def classification_activation(
+    hf_config: object, st_activation: str | None = None, trust_remote_code: bool = False
+) -> Activation:
+    """The activation of a classifier, as vLLM and Sentence Transformers choose it.
+
+    A Sentence Transformers CrossEncoder's ``activation_fn`` wins (a ``torch.nn`` class);
+    otherwise ``problem_type`` regression -> identity, multi-label -> sigmoid, one label ->
+    sigmoid, else softmax.
+    """
+    if st_activation:
+        if trust_remote_code and not st_activation.startswith("torch.nn."):
+            return import_activation(st_activation)
+        return torch_nn_activation(st_activation)
+    problem_type = getattr(hf_config, "problem_type", None)
+    if problem_type == "regression":
+        return identity
+    if problem_type == "multi_label_classification":
+        return sigmoid
+    return sigmoid if int(getattr(hf_config, "num_labels", 2)) < 2 else softmax

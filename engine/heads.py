@@ -1,13 +1,17 @@
 """Pooling heads: what happens to pooled hidden states before they are returned.
 
+``ClassifyHead``: a classifier, optional label columns, then the activation.
+
 ``EmbeddingHead``: Sentence Transformers ``Dense`` projections, then the Matryoshka slice,
 then L2 normalization (the order vLLM, Sentence Transformers and TEI agree on).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
-from vllm_pool.engine.activations import normalize, torch_nn_activation
+from vllm_pool.engine.activations import Activation, normalize, torch_nn_activation
 from vllm_pool.engine.params import PoolingParams
 from vllm_pool.engine.st_config import DenseLayer
 
@@ -99,3 +103,46 @@ class EmbeddingHead:
         if params.normalize:
             x = normalize(x)
         return x
+
+
+class ClassifyHead:
+    """Classifier logits, optional label columns (``returned_token_ids``), then activation.
+
+    Args:
+        classifier: ``[N, hidden] -> [N, num_labels]``.
+        activation: the model's activation (softmax, sigmoid, identity, ...).
+        use_activation_default: whether the activation runs when the request does not say.
+        step_tag_id: default step tag (STEP pooling), from ``pooler_config``.
+        returned_token_ids: default label columns, from ``pooler_config``.
+    """
+
+    def __init__(
+        self,
+        classifier: Callable[[torch.Tensor], torch.Tensor],
+        activation: Activation,
+        use_activation_default: bool = True,
+        step_tag_id: int | None = None,
+        returned_token_ids: list[int] | None = None,
+    ) -> None:
+        self.classifier = classifier
+        self.activation = activation
+        self.use_activation_default = use_activation_default
+        self.step_tag_id = step_tag_id
+        self.returned_token_ids = returned_token_ids
+
+    def resolve(self, params: PoolingParams) -> PoolingParams:
+        params.check()
+        use = self.use_activation_default if params.use_activation is None else bool(params.use_activation)
+        return params.clone(
+            use_activation=use,
+            step_tag_id=self.step_tag_id if params.step_tag_id is None else params.step_tag_id,
+            returned_token_ids=(
+                self.returned_token_ids if params.returned_token_ids is None else params.returned_token_ids
+            ),
+        )
+
+    def __call__(self, x: torch.Tensor, params: PoolingParams) -> torch.Tensor:
+        logits = self.classifier(x)  # [N, num_labels]
+        if params.returned_token_ids:
+            logits = logits[..., list(params.returned_token_ids)]
+        return self.activation(logits.float()) if params.use_activation else logits

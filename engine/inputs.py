@@ -81,10 +81,19 @@ class InputProcessor:
         max_model_len: the model's token limit; longer prompts are cut to it.
         vocab_size: the embedding table size, to check given token ids.
         do_lower_case: lowercase texts first (Sentence Transformers' ``do_lower_case``).
+        use_token_type_ids: pass segment ids of text pairs to the model (BERT-like models).
     """
 
-    def __init__(self, tokenizer: Any, max_model_len: int, vocab_size: int, do_lower_case: bool = False):
+    def __init__(
+        self,
+        tokenizer: Any,
+        max_model_len: int,
+        vocab_size: int,
+        do_lower_case: bool = False,
+        use_token_type_ids: bool = False,
+    ):
         self.tokenizer = tokenizer
+        self.use_token_type_ids = use_token_type_ids
         self.max_model_len = max_model_len
         self.vocab_size = vocab_size
         self.do_lower_case = do_lower_case
@@ -120,6 +129,30 @@ class InputProcessor:
                     raise ValueError(f"prompts[{i}] is empty: it has no tokens")
                 requests[i] = Request(index=i, prompt_token_ids=ids, params=params[i], prompt=batch[j])
         return [r for r in requests if r is not None]
+
+    def pairs(self, texts_1: list[str], texts_2: list[str], params: list[PoolingParams]) -> list[Request]:
+        """Tokenize ``(texts_1[i], texts_2[i])`` as text pairs (cross-encoders).
+
+        Only the second text is cut when a pair is too long (``only_second``), unless the
+        first alone is over the limit.
+        """
+        requests = []
+        for i, (a, b, p) in enumerate(zip(texts_1, texts_2, params)):
+            for name, text in (("data_1", a), ("data_2", b)):
+                if not isinstance(text, str):
+                    raise TypeError(f"score inputs must be strings; {name} item {i} is {type(text).__name__}")
+            if self.do_lower_case:
+                a, b = a.lower(), b.lower()
+            limit = self.limit(p, i)
+            try:
+                enc = self.tokenizer(a, b, truncation="only_second", max_length=limit)
+            except Exception:  # the first text alone is over the limit
+                enc = self.tokenizer(a, b, truncation="longest_first", max_length=limit)
+            type_ids = enc.get("token_type_ids") if self.use_token_type_ids else None
+            requests.append(
+                Request(index=i, prompt_token_ids=enc["input_ids"], params=p, token_type_ids=type_ids)
+            )
+        return requests
 
     def _from_ids(self, i: int, ids: list[int], params: PoolingParams, limit: int) -> Request:
         if not ids:

@@ -18,11 +18,19 @@ import torch
 from tqdm.auto import tqdm
 from vllm_pool.engine.config import ModelConfig, PoolerConfig, build_model_config
 from vllm_pool.engine.inputs import InputProcessor, normalize_params, normalize_prompts
-from vllm_pool.engine.outputs import EmbeddingOutput, PoolingOutput, PoolingRequestOutput
+from vllm_pool.engine.outputs import (
+    ClassificationOutput,
+    EmbeddingOutput,
+    PoolingOutput,
+    PoolingRequestOutput,
+    ScoringOutput,
+)
 from vllm_pool.engine.params import PoolingParams
+from vllm_pool.engine.plugins import IOProcessor, load_io_processor
 from vllm_pool.engine.pooler import TaskPoolers, build_poolers
 from vllm_pool.engine.runner import ModelRunner
 from vllm_pool.engine.scheduler import schedule
+from vllm_pool.engine.scoring import cosine_scores, pair_up
 from vllm_pool.engine.types import ALL_POOLING_TASKS, Request
 
 logger = logging.getLogger(__name__)
@@ -58,6 +66,8 @@ class LLM:
         max_num_batched_tokens: token budget of one forward pass, padding included.
         max_num_seqs: cap on prompts per forward pass.
         revision: hub revision to fetch.
+        io_processor_plugin: a registered IO processor plugin name (entry point group
+            ``vllm_pool.io_processor_plugins``) or object, for ``pooling_task="plugin"``.
     """
 
     def __init__(
@@ -75,6 +85,7 @@ class LLM:
         max_num_batched_tokens: int | None = None,
         max_num_seqs: int = 64,
         revision: str | None = None,
+        io_processor_plugin: str | IOProcessor | None = None,
     ) -> None:
         if runner not in ("auto", "pooling"):
             raise ValueError(
@@ -102,12 +113,13 @@ class LLM:
         cfg = self.model_config
         self.tokenizer = tokenizers["tok"]
         self.runner = ModelRunner(cfg)
-        self.poolers: TaskPoolers = build_poolers(cfg)
+        self.poolers: TaskPoolers = build_poolers(cfg, self.runner.task_model, self.tokenizer)
         self.input_processor = InputProcessor(
             self.tokenizer,
             max_model_len=cfg.max_model_len,
             vocab_size=int(getattr(cfg.hf_config, "vocab_size", 1 << 31)),
             do_lower_case=bool(cfg.st and cfg.st.do_lower_case),
+            use_token_type_ids=int(getattr(cfg.hf_config, "type_vocab_size", 1) or 1) > 1,
         )
         default_budget = _GPU_TOKEN_BUDGET if cfg.device.type == "cuda" else _CPU_TOKEN_BUDGET
         self.max_num_batched_tokens = int(max_num_batched_tokens or default_budget)
@@ -116,6 +128,9 @@ class LLM:
             raise ValueError("max_num_batched_tokens and max_num_seqs must be positive")
         self._lock = threading.RLock()
         self._ids = itertools.count()
+        self.io_processor: IOProcessor | None = None
+        if io_processor_plugin is not None:
+            self.io_processor = load_io_processor(io_processor_plugin, self)
         logger.info(
             "Loaded %s (%s, %s on %s, max_model_len=%d, tasks=%s)",
             cfg.name,
@@ -137,7 +152,8 @@ class LLM:
         return int(self.poolers.get("token_embed").head.out_dim)
 
     def get_supported_tasks(self) -> tuple[str, ...]:
-        return self.poolers.supported_tasks
+        tasks = self.poolers.supported_tasks
+        return tasks + ("plugin",) if getattr(self, "io_processor", None) is not None else tasks
 
     def get_tokenizer(self) -> Any:
         return self.tokenizer
@@ -167,29 +183,49 @@ class LLM:
         self, requests: list[Request], task: str, use_tqdm: bool = False
     ) -> list[PoolingRequestOutput[PoolingOutput]]:
         """Run tokenized requests (possibly from several callers) as one job, in list order."""
-        pooler = self.poolers.get(task)
+        return self._execute(requests, {task: None}, use_tqdm)[task]
+
+    def _execute(
+        self,
+        requests: list[Request],
+        tasks: dict[str, list[PoolingParams] | None],
+        use_tqdm: bool,
+    ) -> dict[str, list[PoolingRequestOutput[PoolingOutput]]]:
+        """One forward pass per batch; every task's pooler reads the same hidden states.
+
+        ``tasks`` maps each task to per-request params (``None``: the requests' own).
+        """
+        poolers = {task: self.poolers.get(task) for task in tasks}
         if not requests:
-            return []
-        results: list[torch.Tensor | None] = [None] * len(requests)
+            return {task: [] for task in tasks}
         position = {id(r): i for i, r in enumerate(requests)}
+        results: dict[str, list[torch.Tensor | None]] = {t: [None] * len(requests) for t in tasks}
         with (
             self._lock,
+            torch.inference_mode(),
             tqdm(total=len(requests), desc="Processed prompts", disable=not use_tqdm, unit="prompt") as bar,
         ):
             for batch in schedule(requests, self.max_num_batched_tokens, self.max_num_seqs):
                 hidden = self.runner.forward(batch)
-                for req, data in zip(batch.requests, pooler(hidden, batch.requests)):
-                    results[position[id(req)]] = data
+                rows = [position[id(r)] for r in batch.requests]
+                for task, pooler in poolers.items():
+                    params = tasks[task]
+                    batch_params = [params[i] for i in rows] if params is not None else None
+                    for row, data in zip(rows, pooler(hidden, batch.requests, batch_params)):
+                        results[task][row] = data
                 bar.update(len(batch.requests))
-        return [
-            PoolingRequestOutput(
-                request_id=str(next(self._ids)),
-                outputs=PoolingOutput(data=data),
-                prompt_token_ids=req.prompt_token_ids,
-            )
-            for req, data in zip(requests, results)
-            if data is not None
-        ]
+        return {
+            task: [
+                PoolingRequestOutput(
+                    request_id=str(next(self._ids)),
+                    outputs=PoolingOutput(data=data),
+                    prompt_token_ids=req.prompt_token_ids,
+                )
+                for req, data in zip(requests, datas)
+                if data is not None
+            ]
+            for task, datas in results.items()
+        }
 
     def _run(
         self,
@@ -213,7 +249,13 @@ class LLM:
         use_tqdm: bool = True,
         truncate_prompt_tokens: int | None = None,
     ) -> list[PoolingRequestOutput[PoolingOutput]]:
-        """Raw pooled tensors (``.outputs.data``) for any task the model supports."""
+        """Raw pooled tensors (``.outputs.data``) for any task the model supports.
+
+        With ``pooling_task="plugin"`` the loaded IO processor plugin pre-processes
+        ``prompts`` and post-processes the outputs (``.outputs`` is then the plugin's result).
+        """
+        if pooling_task == "plugin":
+            return self._run_plugin(prompts, pooling_params, use_tqdm)
         if pooling_task is None:
             raise ValueError(
                 "LLM.encode needs pooling_task: one of "
@@ -232,6 +274,122 @@ class LLM:
         """One embedding vector per prompt (``.outputs.embedding``)."""
         outs = self._run(prompts, "embed", pooling_params, use_tqdm, truncate_prompt_tokens)
         return [_convert(o, EmbeddingOutput.from_base(o.outputs)) for o in outs]
+
+    def classify(
+        self,
+        prompts: object,
+        pooling_params: PoolingParams | Sequence[PoolingParams] | None = None,
+        *,
+        use_tqdm: bool = True,
+        truncate_prompt_tokens: int | None = None,
+    ) -> list[PoolingRequestOutput[ClassificationOutput]]:
+        """Class probabilities per prompt (``.outputs.probs``; logits with ``use_activation=False``)."""
+        outs = self._run(prompts, "classify", pooling_params, use_tqdm, truncate_prompt_tokens)
+        return [_convert(o, ClassificationOutput.from_base(o.outputs)) for o in outs]
+
+    def reward(
+        self,
+        prompts: object,
+        pooling_params: PoolingParams | Sequence[PoolingParams] | None = None,
+        *,
+        use_tqdm: bool = True,
+        truncate_prompt_tokens: int | None = None,
+    ) -> list[PoolingRequestOutput[PoolingOutput]]:
+        """Per-token rewards (the ``token_classify`` task): ``.outputs.data`` is ``[tokens, labels]``."""
+        return self._run(prompts, "token_classify", pooling_params, use_tqdm, truncate_prompt_tokens)
+
+    def score(
+        self,
+        data_1: str | Sequence[str],
+        data_2: str | Sequence[str],
+        /,
+        *,
+        pooling_params: PoolingParams | None = None,
+        use_tqdm: bool = True,
+        truncate_prompt_tokens: int | None = None,
+    ) -> list[PoolingRequestOutput[ScoringOutput]]:
+        """Similarity scores of pairs (1:1, 1:N or N:N): ``.outputs.score``.
+
+        Cross-encoders (one label) score each pair jointly; models with only the ``embed``
+        task fall back to the cosine similarity of the two embeddings.
+        """
+        texts_1, texts_2 = pair_up(data_1, data_2)
+        tasks = self.get_supported_tasks()
+        if "score" in tasks:
+            pooler = self.poolers.get("score")
+            params = normalize_params(pooling_params, len(texts_1))
+            if truncate_prompt_tokens is not None:
+                params = [p.clone(truncate_prompt_tokens=truncate_prompt_tokens) for p in params]
+            params = [pooler.resolve(p) for p in params]
+            requests = self.input_processor.pairs(texts_1, texts_2, params)
+            outs = self.run_requests(requests, "score", use_tqdm)
+            return [_convert(o, ScoringOutput.from_base(o.outputs)) for o in outs]
+        if "embed" not in tasks:
+            self.poolers.get("score")  # raises, naming what the model supports
+        unique = list(dict.fromkeys(texts_1 + texts_2))
+        embs = self.embed(
+            unique, pooling_params, use_tqdm=use_tqdm, truncate_prompt_tokens=truncate_prompt_tokens
+        )
+        by_text = {t: o for t, o in zip(unique, embs)}
+        e1 = torch.tensor([by_text[t].outputs.embedding for t in texts_1])
+        e2 = torch.tensor([by_text[t].outputs.embedding for t in texts_2])
+        scores = cosine_scores(e1, e2)
+        return [
+            PoolingRequestOutput(
+                request_id=str(next(self._ids)),
+                outputs=ScoringOutput(score=float(s)),
+                prompt_token_ids=by_text[a].prompt_token_ids + by_text[b].prompt_token_ids,
+            )
+            for a, b, s in zip(texts_1, texts_2, scores)
+        ]
+
+    def encode_multi(
+        self,
+        prompts: object,
+        pooling_tasks: Sequence[str],
+        pooling_params: dict[str, PoolingParams] | None = None,
+        *,
+        use_tqdm: bool = True,
+        truncate_prompt_tokens: int | None = None,
+    ) -> dict[str, list[PoolingRequestOutput[PoolingOutput]]]:
+        """Several tasks from ONE forward pass (e.g. BGE-M3's dense, sparse and ColBERT outputs).
+
+        Args:
+            prompts: as for :meth:`encode`.
+            pooling_tasks: tasks to return, e.g. ``["embed", "token_classify", "token_embed"]``.
+            pooling_params: optional params per task.
+
+        Returns:
+            ``{task: outputs in prompt order}``.
+        """
+        tasks = list(dict.fromkeys(pooling_tasks))
+        if not tasks:
+            raise ValueError("pooling_tasks must name at least one task")
+        given = pooling_params or {}
+        unknown = set(given) - set(tasks)
+        if unknown:
+            raise ValueError(f"pooling_params given for tasks not asked for: {sorted(unknown)}")
+        items = normalize_prompts(prompts)
+        per_task = {}
+        for task in tasks:
+            pooler = self.poolers.get(task)
+            p = given.get(task) or PoolingParams()
+            if truncate_prompt_tokens is not None:
+                p = p.clone(truncate_prompt_tokens=truncate_prompt_tokens)
+            per_task[task] = [pooler.resolve(p)] * len(items)
+        requests = self.input_processor(items, per_task[tasks[0]])
+        return self._execute(requests, per_task, use_tqdm)
+
+    def _run_plugin(
+        self, data: object, pooling_params: PoolingParams | Sequence[PoolingParams] | None, use_tqdm: bool
+    ) -> list[PoolingRequestOutput[Any]]:
+        if self.io_processor is None:
+            self.poolers.get("plugin")  # raises: no plugin loaded
+        assert self.io_processor is not None
+        prompts = self.io_processor.pre_process(data)
+        outs = self._run(prompts, self.io_processor.pooling_task, pooling_params, use_tqdm)
+        results = self.io_processor.post_process(data, outs)
+        return [_convert(o, r) for o, r in zip(outs, results)]
 
 
 def _convert(out: PoolingRequestOutput[Any], new: Any) -> PoolingRequestOutput[Any]:

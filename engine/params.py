@@ -4,6 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+_TOKEN_FIELDS = ("step_tag_id", "returned_token_ids")
+_TASK_FIELDS: dict[str, tuple[str, ...]] = {
+    "embed": ("dimensions", "normalize"),
+    "token_embed": ("dimensions", "normalize") + _TOKEN_FIELDS,
+    "classify": ("use_activation",),
+    "score": ("use_activation",),
+    "token_classify": ("use_activation",) + _TOKEN_FIELDS,
+    "plugin": ("dimensions", "normalize", "use_activation") + _TOKEN_FIELDS,
+}
+
 
 @dataclass
 class PoolingParams:
@@ -26,6 +36,19 @@ class PoolingParams:
     use_activation: bool | None = None
     step_tag_id: int | None = None
     returned_token_ids: list[int] | None = None
+
+    def verify(self, task: str) -> None:
+        """Check that only the fields ``task`` uses are set (vLLM's rule)."""
+        allowed = _TASK_FIELDS.get(task, ())
+        extra = [
+            name
+            for name in ("dimensions", "normalize", "use_activation", "step_tag_id", "returned_token_ids")
+            if getattr(self, name) is not None and name not in allowed
+        ]
+        if extra:
+            raise ValueError(
+                f"Task {task} only supports {list(allowed)} parameters, does not support {extra} parameters"
+            )
 
     def clone(self, **changes: object) -> PoolingParams:
         return replace(self, **changes)  # type: ignore[arg-type]

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
+from vllm_pool.engine.activations import classification_activation, sigmoid, softmax
+from vllm_pool.engine.classifier import is_token_classification, sequence_classifier, token_classifier
 from vllm_pool.engine.config import ModelConfig
+from vllm_pool.engine.heads import ClassifyHead, EmbeddingHead, Projection
 from vllm_pool.engine.methods import SEQUENCE_METHODS, all_pool, step_pool
 from vllm_pool.engine.params import PoolingParams
 from vllm_pool.engine.types import (
@@ -37,14 +40,20 @@ class Pooler:
     methods (ALL / STEP) give ``[tokens, out]`` per request.
     """
 
+    task: str
     method: PoolingType
     head: Head
 
     def resolve(self, params: PoolingParams) -> PoolingParams:
+        """Check the request's params for this task and fill in the model defaults."""
+        params.verify(self.task)
         return self.head.resolve(params)
 
-    def __call__(self, hidden: HiddenStates, requests: list[Request]) -> list[torch.Tensor]:
-        params = [r.params for r in requests]
+    def __call__(
+        self, hidden: HiddenStates, requests: list[Request], params: list[PoolingParams] | None = None
+    ) -> list[torch.Tensor]:
+        """One output per request (``params`` overrides the requests' own params)."""
+        params = params if params is not None else [r.params for r in requests]
         if self.method in SEQUENCE_METHODS:
             pooled = SEQUENCE_METHODS[self.method](hidden)  # [batch, hidden]
             if all(p == params[0] for p in params):
@@ -86,27 +95,74 @@ class TaskPoolers:
         return self._poolers[task]
 
 
-def build_poolers(cfg: ModelConfig) -> TaskPoolers:
-    """The task-to-pooler map of a model, from its resolved configuration."""
-    from vllm_pool.engine.heads import EmbeddingHead, Projection
+def _embed_poolers(cfg: ModelConfig) -> dict[str, Pooler]:
+    dense = cfg.st.dense if cfg.st is not None else []
+    projection = Projection(dense).to(cfg.device, cfg.dtype) if dense else None
+    head = EmbeddingHead(
+        model_name=cfg.name,
+        hidden_size=cfg.hidden_size,
+        projection=projection,
+        normalize_default=cfg.default_normalize(),
+        dimensions_default=cfg.pooler.dimensions,
+        is_matryoshka=cfg.is_matryoshka,
+        matryoshka_dimensions=cfg.matryoshka_dimensions,
+    )
+    method = PoolingType(cfg.default_pooling_type())
+    poolers = {}
+    if method in SEQUENCE_METHODS:
+        poolers["embed"] = Pooler("embed", method, head)
+    token_method = PoolingType.STEP if method is PoolingType.STEP else PoolingType.ALL
+    poolers["token_embed"] = Pooler("token_embed", token_method, head)
+    return poolers
 
+
+def _classify_poolers(cfg: ModelConfig, task_model: Any, tokenizer: Any) -> dict[str, Pooler]:
+    archs = cfg.architectures
+    st_act = cfg.st.activation_fn if cfg.st is not None else None
+    st_act = st_act or (getattr(cfg.hf_config, "sentence_transformers", None) or {}).get("activation_fn")
+    if is_token_classification(archs):
+        clf = token_classifier(task_model, cfg.hf_config)
+    else:
+        clf = sequence_classifier(task_model, cfg.hf_config, tokenizer)
+    activation = classification_activation(cfg.hf_config, st_act, cfg.trust_remote_code)
+    if clf.num_labels != int(getattr(cfg.hf_config, "num_labels", clf.num_labels)) and not st_act:
+        # heads built from an LM keep their own size; use the activation for that size
+        activation = sigmoid if clf.num_labels < 2 else softmax
+    use_act = True if cfg.pooler.use_activation is None else bool(cfg.pooler.use_activation)
+    head = ClassifyHead(clf.fn, activation, use_act, cfg.pooler.step_tag_id, cfg.pooler.returned_token_ids)
     poolers: dict[str, Pooler] = {}
-    if cfg.convert in ("embed", "none"):
-        dense = cfg.st.dense if cfg.st is not None else []
-        projection = Projection(dense).to(cfg.device, cfg.dtype) if dense else None
-        head = EmbeddingHead(
-            model_name=cfg.name,
-            hidden_size=cfg.hidden_size,
-            projection=projection,
-            normalize_default=cfg.default_normalize(),
-            dimensions_default=cfg.pooler.dimensions,
-            is_matryoshka=cfg.is_matryoshka,
-            matryoshka_dimensions=cfg.matryoshka_dimensions,
-        )
-        method = PoolingType(cfg.default_pooling_type())
-        if method in SEQUENCE_METHODS:
-            poolers["embed"] = Pooler(method, head)
-        poolers["token_embed"] = Pooler(
-            PoolingType.STEP if method is PoolingType.STEP else PoolingType.ALL, head
-        )
+    chosen = PoolingType(cfg.pooler.pooling_type) if cfg.pooler.pooling_type else clf.method
+    if clf.method is not PoolingType.ALL:
+        seq_method = chosen if chosen in SEQUENCE_METHODS else clf.method
+        poolers["classify"] = Pooler("classify", seq_method, head)
+        if clf.num_labels == 1:
+            poolers["score"] = Pooler("score", seq_method, head)
+    token_method = PoolingType.STEP if chosen is PoolingType.STEP else PoolingType.ALL
+    poolers["token_classify"] = Pooler("token_classify", token_method, head)
+    return poolers
+
+
+def _bge_m3_poolers(cfg: ModelConfig) -> dict[str, Pooler]:
+    from vllm_pool.engine import bge_m3
+
+    dense = EmbeddingHead(model_name=cfg.name, hidden_size=cfg.hidden_size, normalize_default=True)
+    sparse = bge_m3.load_linear(cfg.path / "sparse_linear.pt", cfg.device, cfg.dtype)
+    colbert = bge_m3.load_linear(cfg.path / "colbert_linear.pt", cfg.device, cfg.dtype)
+    return {
+        "embed": Pooler("embed", PoolingType.CLS, dense),
+        "token_embed": Pooler("token_embed", PoolingType.ALL, bge_m3.ColbertHead(colbert)),
+        "token_classify": Pooler("token_classify", PoolingType.ALL, bge_m3.SparseHead(sparse)),
+    }
+
+
+def build_poolers(cfg: ModelConfig, task_model: Any = None, tokenizer: Any = None) -> TaskPoolers:
+    """The task-to-pooler map of a model, from its configuration and loaded task model."""
+    from vllm_pool.engine.bge_m3 import ARCHITECTURE as BGE_M3
+
+    if BGE_M3 in cfg.architectures:
+        poolers = _bge_m3_poolers(cfg)
+    elif cfg.convert == "classify":
+        poolers = _classify_poolers(cfg, task_model, tokenizer)
+    else:
+        poolers = _embed_poolers(cfg)
     return TaskPoolers(cfg.name, poolers)

@@ -6,31 +6,45 @@ import logging
 from typing import Any
 
 import torch
+from vllm_pool.engine.classifier import is_token_classification
 from vllm_pool.engine.config import ModelConfig
 from vllm_pool.engine.types import Batch, HiddenStates, ModelNotFoundError
 
 logger = logging.getLogger(__name__)
 
 
-def load_transformer(cfg: ModelConfig) -> torch.nn.Module:
-    """Load the base transformer (no task head) of ``cfg`` from its folder."""
-    from transformers import AutoModel
+def _auto_class(cfg: ModelConfig) -> Any:
+    """The transformers auto class that loads the checkpoint with the head the task needs."""
+    import transformers
 
+    if cfg.convert != "classify":
+        return transformers.AutoModel
+    archs = cfg.architectures
+    if getattr(cfg.hf_config, "classifier_from_token", None) or any(a.endswith("ForCausalLM") for a in archs):
+        return transformers.AutoModelForCausalLM
+    if is_token_classification(archs):
+        return transformers.AutoModelForTokenClassification
+    return transformers.AutoModelForSequenceClassification
+
+
+def load_transformer(cfg: ModelConfig) -> torch.nn.Module:
+    """Load the model of ``cfg`` from its folder: the base model, or the task model for classify."""
+    auto = _auto_class(cfg)
     kwargs: dict[str, Any] = dict(
         config=cfg.hf_config, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code
     )
     try:
         try:
-            model = AutoModel.from_pretrained(cfg.hf_path, attn_implementation="sdpa", **kwargs)
+            model = auto.from_pretrained(cfg.hf_path, attn_implementation="sdpa", **kwargs)
         except (ValueError, ImportError) as e:
             if "sdpa" not in str(e).lower() and "attention" not in str(e).lower():
                 raise
-            model = AutoModel.from_pretrained(cfg.hf_path, attn_implementation="eager", **kwargs)
+            model = auto.from_pretrained(cfg.hf_path, attn_implementation="eager", **kwargs)
     except OSError as e:
         raise ModelNotFoundError(
             f"Could not load the weights of model {cfg.name!r} from {cfg.hf_path}: {e}"
         ) from e
-    return model.to(cfg.device).eval()
+    return model.to(cfg.device).eval().requires_grad_(False)
 
 
 class ModelRunner:
@@ -43,7 +57,9 @@ class ModelRunner:
 
     def __init__(self, cfg: ModelConfig, model: torch.nn.Module | None = None) -> None:
         self.cfg = cfg
-        self.model = model if model is not None else load_transformer(cfg)
+        self.task_model = model if model is not None else load_transformer(cfg)
+        # the runner computes hidden states only; task heads are split off by the poolers
+        self.model = self.task_model.base_model if cfg.convert == "classify" else self.task_model
         self.device = cfg.device
         pad = getattr(cfg.hf_config, "pad_token_id", None)
         self.pad_token_id = int(pad) if isinstance(pad, int) else 0

@@ -56,6 +56,7 @@ class STConfig:
     prompts: dict[str, str] = field(default_factory=dict)
     default_prompt_name: str | None = None
     similarity_fn_name: str | None = None
+    activation_fn: str | None = None  # CrossEncoder folders
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -137,4 +138,5 @@ def load_st_config(folder: Path) -> STConfig | None:
         st.prompts = dict(cfg.get("prompts") or {})
         st.default_prompt_name = cfg.get("default_prompt_name")
         st.similarity_fn_name = cfg.get("similarity_fn_name")
+        st.activation_fn = cfg.get("activation_fn")
     return st

@@ -1,0 +1,40 @@
+"""`LLM.score` input shapes and the bi-encoder fallback (cosine of embeddings)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+PAIR_SHAPE_ERROR = "Input lengths must be either 1:1, 1:N or N:N"
+
+
+def _as_list(data: object, name: str) -> list[str]:
+    if isinstance(data, str):
+        return [data]
+    if isinstance(data, Sequence) and not isinstance(data, (bytes, bytearray)):
+        items = list(data)
+        for i, item in enumerate(items):
+            if not isinstance(item, str):
+                raise TypeError(f"{name}[{i}] must be a string, got {type(item).__name__}")
+        return items
+    raise TypeError(f"{name} must be a string or a list of strings, got {type(data).__name__}")
+
+
+def pair_up(data_1: object, data_2: object) -> tuple[list[str], list[str]]:
+    """Expand 1:1, 1:N and N:N inputs into two equal-length lists.
+
+    >>> pair_up("q", ["a", "b"])
+    (['q', 'q'], ['a', 'b'])
+    """
+    a, b = _as_list(data_1, "data_1"), _as_list(data_2, "data_2")
+    if len(a) == 1 and len(b) >= 1:
+        a = a * len(b)
+    elif len(a) != len(b) or not a:
+        raise ValueError(PAIR_SHAPE_ERROR)
+    return a, b
+
+
+def cosine_scores(emb_1: torch.Tensor, emb_2: torch.Tensor) -> torch.Tensor:
+    """Row-wise cosine similarity of ``[N, D]`` and ``[N, D]`` -> ``[N]``."""
+    return torch.nn.functional.cosine_similarity(emb_1.float(), emb_2.float(), dim=-1)

@@ -1,0 +1,392 @@
+"""The FastAPI app: the spec's OpenAI-compatible endpoints over one :class:`LLM`.
+
+``build_app(llm)`` returns an ASGI app. Every model call goes through the cross-request
+:class:`Batcher` (or, for cross-encoder scoring, the same model thread); tokenization runs
+in its own thread, so the event loop never waits on the tokenizer or the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+from fastapi import Depends, FastAPI
+from fastapi import Request as HTTPRequest
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from vllm_pool.engine.llm import LLM
+from vllm_pool.engine.params import PoolingParams
+from vllm_pool.engine.server import protocol as p
+from vllm_pool.engine.server.batcher import Batcher
+from vllm_pool.engine.server.errors import APIError, ClientDisconnected, install_error_handlers
+from vllm_pool.engine.server.metrics import MetricsMiddleware, ServerMetrics
+from vllm_pool.engine.types import Request
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+ENDPOINTS = {
+    "/v1/embeddings", "/pooling", "/classify", "/score", "/v1/score", "/rerank", "/v1/rerank",
+    "/tokenize", "/detokenize", "/v1/models", "/health", "/metrics",
+}  # fmt: skip
+
+
+@dataclass
+class ServerConfig:
+    """Serving options (the engine's own options are those of :class:`LLM`).
+
+    Args:
+        served_model_names: names clients may send as ``model`` (default: the model's name);
+            the first is the one answered.
+        api_key: when set, every endpoint but ``/health`` needs ``Authorization: Bearer <key>``.
+        max_inputs: inputs (prompts, pairs or documents) per request; more is a 413.
+        max_request_tokens: prompt tokens per request after tokenization; more is a 413.
+    """
+
+    served_model_names: list[str] | None = None
+    api_key: str | None = None
+    max_inputs: int = 2048
+    max_request_tokens: int = 524_288
+
+
+class ServerState:
+    """The engine, its queue, and the checks shared by all endpoints."""
+
+    def __init__(self, llm: LLM, config: ServerConfig) -> None:
+        self.llm = llm
+        self.config = config
+        self.names = list(dict.fromkeys([*(config.served_model_names or []), llm.model_name]))
+        self.model_name = self.names[0]
+        self.metrics = ServerMetrics()
+        self.batcher = Batcher(
+            lambda reqs, task: llm.run_requests(reqs, task, use_tqdm=False),
+            max_batch_tokens=llm.max_num_batched_tokens,
+            max_batch_size=llm.max_num_seqs,
+            metrics=self.metrics,
+        )
+        self.metrics.gauge(
+            "vllm_pool_queue_inputs", "Inputs waiting in the queue.", lambda: self.batcher.queue_size
+        )
+        self.tokenizer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vllm-pool-tokenizer")
+        # A fast tokenizer must not change its truncation settings while another thread uses it.
+        self.tokenizer_lock = threading.Lock()
+        hf_config = llm.model_config.hf_config
+        self.id2label: dict[Any, str] = dict(getattr(hf_config, "id2label", None) or {})
+
+    # ------------------------------------------------------------------ checks
+    def check_model(self, name: str | None) -> None:
+        if name is not None and name not in self.names:
+            raise APIError(f"The model `{name}` does not exist.", 404, "model")
+
+    def check_inputs(self, n: int, param: str = "input") -> None:
+        if n == 0:
+            raise APIError(f"{param} must not be empty", 400, param)
+        if n > self.config.max_inputs:
+            raise APIError(
+                f"Too many inputs: {n} in one request, the limit is {self.config.max_inputs} (--max-inputs)",
+                413,
+                param,
+            )
+
+    def check_tokens(self, requests: list[Request]) -> int:
+        n = sum(r.num_tokens for r in requests)
+        if n > self.config.max_request_tokens:
+            raise APIError(
+                f"Too many tokens: {n} in one request, the limit is {self.config.max_request_tokens} "
+                "(--max-request-tokens)",
+                413,
+            )
+        return n
+
+    # ------------------------------------------------------------------ work off the event loop
+    async def in_tokenizer_thread(self, fn: Callable[[], T]) -> T:
+        def locked() -> T:
+            with self.tokenizer_lock:
+                return fn()
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.tokenizer_pool, locked)
+        except (ValueError, TypeError) as exc:  # the engine's checks: a bad request
+            raise APIError(str(exc), 400) from exc
+
+    async def make_requests(
+        self, prompts: list[Any], task: str, params: PoolingParams | None, truncate: int | None
+    ) -> tuple[list[Request], int]:
+        """Validate and tokenize; returns the requests and their prompt token count."""
+        reqs = await self.in_tokenizer_thread(lambda: self.llm.make_requests(prompts, task, params, truncate))
+        return reqs, self.check_tokens(reqs)
+
+    async def run(self, requests: list[Request], task: str, http: HTTPRequest) -> list[Any]:
+        try:
+            return await self.batcher.submit(requests, task, http.is_disconnected)
+        except ClientDisconnected as exc:
+            logger.info("Client disconnected from %s; dropped its pending inputs", http.url.path)
+            raise APIError("Client disconnected", 499) from exc
+
+    async def scores(
+        self,
+        texts_1: list[str],
+        texts_2: list[str],
+        truncate: int | None,
+        use_activation: bool | None,
+        http: Any,
+    ) -> tuple[list[float], int]:
+        """Scores of pairs: a cross-encoder's ``score`` task, else cosine of embeddings."""
+        tasks = self.llm.get_supported_tasks()
+        if "score" in tasks:
+            params = PoolingParams(use_activation=use_activation)
+
+            def score() -> list[Any]:
+                with self.tokenizer_lock:
+                    return self.llm.score(
+                        texts_1,
+                        texts_2,
+                        pooling_params=params,
+                        use_tqdm=False,
+                        truncate_prompt_tokens=truncate,
+                    )
+
+            loop = asyncio.get_running_loop()
+            try:
+                outs = await loop.run_in_executor(self.batcher.executor, score)
+            except (ValueError, TypeError) as exc:
+                raise APIError(str(exc), 400) from exc
+            return [float(o.outputs.score) for o in outs], sum(len(o.prompt_token_ids) for o in outs)
+        if "embed" not in tasks:
+            raise APIError(
+                f"Model {self.model_name!r} does not support scoring; supported tasks: {list(tasks)}"
+            )
+        unique = list(dict.fromkeys(texts_1 + texts_2))
+        reqs, n_tokens = await self.make_requests(unique, "embed", None, truncate)
+        outs = await self.run(reqs, "embed", http)
+        by_text = {t: o.outputs.data for t, o in zip(unique, outs)}
+        e1 = torch.stack([by_text[t] for t in texts_1])  # [pairs, dim]
+        e2 = torch.stack([by_text[t] for t in texts_2])  # [pairs, dim]
+        return torch.nn.functional.cosine_similarity(e1, e2, dim=-1).tolist(), n_tokens
+
+    def label(self, i: int) -> str:
+        return str(self.id2label.get(i, self.id2label.get(str(i), f"LABEL_{i}")))
+
+
+# ---------------------------------------------------------------------- helpers
+def to_prompts(value: str | list[Any]) -> list[Any]:
+    """Normalize an ``input`` field to engine prompts (strings or token-id dicts)."""
+    if isinstance(value, str):
+        return [value]
+    if value and isinstance(value[0], int):
+        return [{"prompt_token_ids": value}]
+    return [{"prompt_token_ids": v} if isinstance(v, list) else v for v in value]
+
+
+def encode_data(data: torch.Tensor, fmt: str) -> list[Any] | str:
+    """A tensor as JSON floats or base64 of little-endian float32 (OpenAI's format)."""
+    if fmt == "base64":
+        return base64.b64encode(data.float().contiguous().numpy().astype("<f4").tobytes()).decode("ascii")
+    return data.tolist()
+
+
+def pair_up(texts_1: str | list[str], texts_2: str | list[str]) -> tuple[list[str], list[str]]:
+    """1:1, 1:N or N:N pairs (vLLM's rule)."""
+    a = [texts_1] if isinstance(texts_1, str) else list(texts_1)
+    b = [texts_2] if isinstance(texts_2, str) else list(texts_2)
+    if not a or not b:
+        raise APIError("text_1 and text_2 must not be empty", 400)
+    if len(a) == 1:
+        a = a * len(b)
+    if len(a) != len(b):
+        raise APIError("Input lengths must be either 1:1, 1:N or N:N", 400)
+    return a, b
+
+
+def _json(body: dict[str, Any]) -> JSONResponse:
+    return JSONResponse(body)
+
+
+# ---------------------------------------------------------------------- the app
+def build_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
+    """The ASGI app serving ``llm``.
+
+    Args:
+        llm: the loaded engine.
+        config: serving options (names, API key, request limits).
+
+    Returns:
+        A FastAPI app; run it with ``uvicorn.run(app, ...)``.
+    """
+    state = ServerState(llm, config or ServerConfig())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await state.batcher.stop()
+        state.tokenizer_pool.shutdown(wait=False, cancel_futures=True)
+
+    async def authorize(http: HTTPRequest) -> None:
+        key = state.config.api_key
+        if key is None or http.url.path == "/health":
+            return
+        scheme, _, token = http.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
+            raise APIError("Unauthorized: send the API key as 'Authorization: Bearer <key>'", 401)
+
+    app = FastAPI(title="vllm-pool", lifespan=lifespan, dependencies=[Depends(authorize)])
+    app.state.server = state
+    install_error_handlers(app)
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics, paths=ENDPOINTS)
+    m = state.metrics
+
+    def count(endpoint: str, n_inputs: int, n_tokens: int) -> None:
+        m.inputs.inc(n_inputs, endpoint=endpoint)
+        m.prompt_tokens.inc(n_tokens, endpoint=endpoint)
+
+    @app.get("/health")
+    async def health() -> Response:
+        if not state.batcher.alive:
+            raise APIError("The batching task has stopped", 503)
+        return Response(status_code=200)
+
+    @app.get("/metrics")
+    async def metrics() -> PlainTextResponse:
+        return PlainTextResponse(m.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/v1/models")
+    async def models() -> JSONResponse:
+        created = int(time.time())
+        data = [
+            {
+                "id": name, "object": "model", "created": created, "owned_by": "vllm-pool",
+                "root": llm.model_name, "parent": None, "max_model_len": llm.model_config.max_model_len,
+            }
+            for name in state.names
+        ]  # fmt: skip
+        return _json({"object": "list", "data": data})
+
+    @app.post("/v1/embeddings")
+    async def embeddings(body: p.EmbeddingRequest, http: HTTPRequest) -> JSONResponse:
+        state.check_model(body.model)
+        prompts = to_prompts(body.input)
+        state.check_inputs(len(prompts))
+        params = PoolingParams(dimensions=body.dimensions, normalize=body.normalize)
+        reqs, n_tokens = await state.make_requests(prompts, "embed", params, body.truncate_prompt_tokens)
+        outs = await state.run(reqs, "embed", http)
+        count("/v1/embeddings", len(reqs), n_tokens)
+        data = [
+            {
+                "index": i,
+                "object": "embedding",
+                "embedding": encode_data(o.outputs.data, body.encoding_format),
+            }
+            for i, o in enumerate(outs)
+        ]
+        return _json(p.envelope("embd", state.model_name, data, n_tokens))
+
+    @app.post("/pooling")
+    async def pooling(body: p.PoolingRequest, http: HTTPRequest) -> JSONResponse:
+        state.check_model(body.model)
+        task = body.task or llm.get_supported_tasks()[0]
+        prompts = to_prompts(body.input)
+        state.check_inputs(len(prompts))
+        params = PoolingParams(
+            dimensions=body.dimensions, normalize=body.normalize, use_activation=body.use_activation
+        )
+        reqs, n_tokens = await state.make_requests(prompts, task, params, body.truncate_prompt_tokens)
+        outs = await state.run(reqs, task, http)
+        count("/pooling", len(reqs), n_tokens)
+        data = [
+            {"index": i, "object": "pooling", "data": encode_data(o.outputs.data, body.encoding_format)}
+            for i, o in enumerate(outs)
+        ]
+        return _json(p.envelope("pool", state.model_name, data, n_tokens))
+
+    @app.post("/classify")
+    async def classify(body: p.ClassificationRequest, http: HTTPRequest) -> JSONResponse:
+        state.check_model(body.model)
+        prompts = to_prompts(body.input)
+        state.check_inputs(len(prompts))
+        params = PoolingParams(use_activation=body.use_activation)
+        reqs, n_tokens = await state.make_requests(prompts, "classify", params, body.truncate_prompt_tokens)
+        outs = await state.run(reqs, "classify", http)
+        count("/classify", len(reqs), n_tokens)
+        data = []
+        for i, o in enumerate(outs):
+            probs = o.outputs.data.reshape(-1)
+            label = state.label(int(probs.argmax()))
+            data.append({"index": i, "label": label, "probs": probs.tolist(), "num_classes": probs.numel()})
+        return _json(p.envelope("classify", state.model_name, data, n_tokens))
+
+    async def score(body: p.ScoreRequest, http: HTTPRequest) -> JSONResponse:
+        state.check_model(body.model)
+        first = body.text_1 if body.text_1 is not None else body.queries
+        second = body.text_2 if body.text_2 is not None else body.documents
+        if first is None or second is None:
+            raise APIError("Give text_1 and text_2 (or queries and documents)", 400, "text_1")
+        texts_1, texts_2 = pair_up(first, second)
+        state.check_inputs(len(texts_1), "text_2")
+        scores, n_tokens = await state.scores(
+            texts_1, texts_2, body.truncate_prompt_tokens, body.use_activation, http
+        )
+        count(http.url.path, len(scores), n_tokens)
+        data = [{"index": i, "object": "score", "score": s} for i, s in enumerate(scores)]
+        return _json(p.envelope("score", state.model_name, data, n_tokens))
+
+    async def rerank(body: p.RerankRequest, http: HTTPRequest) -> JSONResponse:
+        state.check_model(body.model)
+        state.check_inputs(len(body.documents), "documents")
+        queries = [body.query] * len(body.documents)
+        scores, n_tokens = await state.scores(
+            queries, body.documents, body.truncate_prompt_tokens, body.use_activation, http
+        )
+        count(http.url.path, len(scores), n_tokens)
+        order = sorted(range(len(scores)), key=lambda i: -scores[i])
+        if body.top_n:
+            order = order[: body.top_n]
+        results = []
+        for i in order:
+            result: dict[str, Any] = {"index": i, "relevance_score": scores[i]}
+            if body.return_documents:
+                result["document"] = {"text": body.documents[i]}
+            results.append(result)
+        return _json(p.rerank_response(state.model_name, results, n_tokens))
+
+    app.post("/score")(score)
+    app.post("/v1/score")(score)
+    app.post("/rerank")(rerank)
+    app.post("/v1/rerank")(rerank)
+
+    @app.post("/tokenize")
+    async def tokenize(body: p.TokenizeRequest) -> JSONResponse:
+        state.check_model(body.model)
+        tok = llm.get_tokenizer()
+        ids = await state.in_tokenizer_thread(
+            lambda: list(tok(body.prompt, add_special_tokens=body.add_special_tokens)["input_ids"])
+        )
+        strs = tok.convert_ids_to_tokens(ids) if body.return_token_strs else None
+        return _json(
+            {
+                "count": len(ids),
+                "max_model_len": llm.model_config.max_model_len,
+                "tokens": ids,
+                "token_strs": strs,
+            }
+        )
+
+    @app.post("/detokenize")
+    async def detokenize(body: p.DetokenizeRequest) -> JSONResponse:
+        state.check_model(body.model)
+        tok = llm.get_tokenizer()
+        bad = [t for t in body.tokens if t < 0 or t >= len(tok)]
+        if bad:
+            raise APIError(f"tokens has ids outside the vocabulary [0, {len(tok)}): {bad[:5]}", 400, "tokens")
+        text = await state.in_tokenizer_thread(lambda: tok.decode(body.tokens))
+        return _json({"prompt": text})
+
+    return app

@@ -1,0 +1,119 @@
+"""Request and response bodies of the HTTP API, with vLLM's (and OpenAI's) field names."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+# A prompt is a string or token ids; a request holds one prompt or a list of them.
+Input = StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
+EncodingFormat = Literal["float", "base64"]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: StrictStr | None = Field(None, description="Served model name; checked when given.")
+
+
+class EmbeddingRequest(_Request):
+    """``POST /v1/embeddings`` (OpenAI's Embeddings API, plus vLLM's extras)."""
+
+    input: Input = Field(description="A string, a list of strings, token ids or a list of token id lists.")
+    encoding_format: EncodingFormat = "float"
+    dimensions: StrictInt | None = Field(None, description="Matryoshka output size.")
+    truncate_prompt_tokens: StrictInt | None = Field(None, description="Cut prompts to this many tokens.")
+    normalize: StrictBool | None = None
+    user: StrictStr | None = None
+
+
+class PoolingRequest(_Request):
+    """``POST /pooling``: raw pooled data for any task the model supports (``LLM.encode``)."""
+
+    input: Input
+    task: StrictStr | None = Field(None, description="Pooling task; default: the model's first task.")
+    encoding_format: EncodingFormat = "float"
+    dimensions: StrictInt | None = None
+    normalize: StrictBool | None = None
+    use_activation: StrictBool | None = None
+    truncate_prompt_tokens: StrictInt | None = None
+
+
+class ClassificationRequest(_Request):
+    """``POST /classify`` (``LLM.classify``)."""
+
+    input: Input
+    use_activation: StrictBool | None = None
+    truncate_prompt_tokens: StrictInt | None = None
+
+
+class ScoreRequest(_Request):
+    """``POST /score``: pairs 1:1, 1:N or N:N (``LLM.score``); ``queries`` / ``documents`` also work."""
+
+    text_1: StrictStr | list[StrictStr] | None = None
+    text_2: StrictStr | list[StrictStr] | None = None
+    queries: StrictStr | list[StrictStr] | None = None
+    documents: StrictStr | list[StrictStr] | None = None
+    use_activation: StrictBool | None = None
+    truncate_prompt_tokens: StrictInt | None = None
+
+
+class RerankRequest(_Request):
+    """``POST /rerank`` and ``/v1/rerank`` (Jina / Cohere shape)."""
+
+    query: StrictStr
+    documents: list[StrictStr]
+    top_n: StrictInt = Field(0, ge=0, description="Results to return; 0: all.")
+    return_documents: StrictBool = True
+    use_activation: StrictBool | None = None
+    truncate_prompt_tokens: StrictInt | None = None
+
+
+class TokenizeRequest(_Request):
+    """``POST /tokenize``."""
+
+    prompt: StrictStr
+    add_special_tokens: StrictBool = True
+    return_token_strs: StrictBool = False
+
+
+class DetokenizeRequest(_Request):
+    """``POST /detokenize``."""
+
+    tokens: list[StrictInt]
+
+
+# ---------------------------------------------------------------------- responses
+class Usage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+    completion_tokens: int = 0
+    prompt_tokens_details: None = None
+
+
+def usage(prompt_tokens: int) -> dict[str, Any]:
+    return Usage(prompt_tokens=prompt_tokens, total_tokens=prompt_tokens).model_dump()
+
+
+def envelope(kind: str, model: str, data: list[dict[str, Any]], prompt_tokens: int) -> dict[str, Any]:
+    """The list response shared by embeddings, pooling, classify and score."""
+    return {
+        "id": f"{kind}-{uuid.uuid4().hex}",
+        "object": "list",
+        "created": int(time.time()),
+        "model": model,
+        "data": data,
+        "usage": usage(prompt_tokens),
+    }
+
+
+def rerank_response(model: str, results: list[dict[str, Any]], total_tokens: int) -> dict[str, Any]:
+    return {
+        "id": f"rerank-{uuid.uuid4().hex}",
+        "model": model,
+        "usage": {"total_tokens": total_tokens},
+        "results": results,
+    }
