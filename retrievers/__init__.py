@@ -1,0 +1,29 @@
+"""Retrieval on top of the engine: FAISS dense and ColBERT multi-vector indexes.
+
+>>> from vllm_pool.retrievers import DenseIndex, MultiVectorIndex, maxsim
+"""
+
+from .colbert import ColBERTConfig, ColBERTEncoder
+from .dense import DenseIndex
+from .encoders import EngineTextEmbedder, EngineTokenEncoder, TextEmbedder, TokenEncoder
+from .maxsim import maxsim, pad_token_vectors
+from .multivector import MultiVectorIndex
+from .types import Filter, Hit, IndexFormatError, Metadata, Record
+
+__all__ = [
+    "ColBERTConfig",
+    "ColBERTEncoder",
+    "DenseIndex",
+    "EngineTextEmbedder",
+    "EngineTokenEncoder",
+    "Filter",
+    "Hit",
+    "IndexFormatError",
+    "Metadata",
+    "MultiVectorIndex",
+    "Record",
+    "TextEmbedder",
+    "TokenEncoder",
+    "maxsim",
+    "pad_token_vectors",
+]

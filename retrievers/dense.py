@@ -1,0 +1,363 @@
+"""A dense vector index: one normalized vector per document, searched by inner product."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .encoders import TextEmbedder
+from .faiss_index import (
+    as_float32_matrix,
+    build_index,
+    l2_normalize,
+    set_search_params,
+    to_device,
+    try_remove,
+)
+from .persistence import IndexFiles, check_array, load_index_files, save_index_files
+from .registry import Registry, check_ids_and_metadatas
+from .types import Filter, Hit, IndexFormatError, Metadata, Record, check_k
+
+logger = logging.getLogger(__name__)
+
+
+class DenseIndex:
+    """FAISS inner-product index over (by default L2-normalized) vectors, with string ids,
+    metadata and filters.
+
+    Vectors are also kept in a numpy array (for ``get``, filtered search and rebuilds).
+    All public methods hold one re-entrant lock, so searches and adds from several threads
+    are safe.
+
+    Args:
+        dim: vector dimension.
+        index_type: ``"flat"`` (exact, default), ``"hnsw"``, ``"ivf"`` (trained on the
+            first ``add``), or any ``faiss.index_factory`` string.
+        normalize: L2-normalize added and query vectors (inner product = cosine).
+        nlist: IVF lists (``None``: automatic from the first add's size).
+        nprobe: IVF lists searched.
+        hnsw_m: HNSW graph degree.
+        ef_search: HNSW search breadth.
+        use_gpu: ``None`` = GPU when FAISS sees one, ``True`` = require, ``False`` = CPU.
+        exact_filter_limit: filtered searches over at most this many matching documents are
+            computed exactly with numpy instead of through FAISS.
+        model_name: the model that made the vectors (saved in the manifest).
+    """
+
+    kind = "dense"
+
+    def __init__(
+        self,
+        dim: int,
+        index_type: str = "flat",
+        *,
+        normalize: bool = True,
+        nlist: int | None = None,
+        nprobe: int = 16,
+        hnsw_m: int = 32,
+        ef_search: int = 128,
+        use_gpu: bool | None = None,
+        exact_filter_limit: int = 20_000,
+        model_name: str | None = None,
+    ) -> None:
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
+            raise ValueError(f"dim must be a positive int, got {dim!r}")
+        self.dim = dim
+        self.config: dict[str, Any] = {
+            "index_type": index_type,
+            "normalize": normalize,
+            "nlist": nlist,
+            "nprobe": nprobe,
+            "hnsw_m": hnsw_m,
+            "ef_search": ef_search,
+            "exact_filter_limit": exact_filter_limit,
+        }
+        self.use_gpu = use_gpu
+        self.model_name = model_name
+        self._lock = threading.RLock()
+        self._registry = Registry()
+        self._index = None  # built on the first add (IVF needs training data)
+        self._vectors = np.zeros((0, dim), dtype=np.float32)  # [rows, D]
+        self._row_of: dict[int, int] = {}  # slot -> row of self._vectors
+        self._n_rows = 0
+        self._tombstones = 0  # vectors still in FAISS whose slot was removed
+
+    # -- building ------------------------------------------------------------------------
+    @classmethod
+    def from_vectors(
+        cls,
+        vectors: Any,
+        ids: Sequence[str] | None = None,
+        metadatas: Sequence[Metadata] | None = None,
+        **kwargs: Any,
+    ) -> DenseIndex:
+        """Build an index from precomputed ``[N, D]`` vectors (``kwargs`` go to ``__init__``)."""
+        arr = as_float32_matrix(vectors, None, "vectors")
+        index = cls(arr.shape[1], **kwargs)
+        index.add(arr, ids, metadatas)
+        return index
+
+    @classmethod
+    def from_texts(
+        cls,
+        texts: Sequence[str],
+        embedder: TextEmbedder,
+        ids: Sequence[str] | None = None,
+        metadatas: Sequence[Metadata] | None = None,
+        batch_size: int = 256,
+        **kwargs: Any,
+    ) -> DenseIndex:
+        """Embed ``texts`` with ``embedder`` (with a progress bar) and index them.
+
+        Args:
+            texts: the documents.
+            embedder: a :class:`~.encoders.TextEmbedder`, e.g. ``EngineTextEmbedder(llm)``.
+            ids: string ids (default ``"0"``, ``"1"``, ...).
+            metadatas: one dict per text.
+            batch_size: texts per ``embed_texts`` call.
+            **kwargs: options of :class:`DenseIndex`.
+        """
+        if isinstance(texts, str) or len(texts) == 0:
+            raise ValueError("texts must be a non-empty list of strings")
+        chunks = []
+        for start in tqdm(range(0, len(texts), batch_size), desc="embedding", unit="batch"):
+            chunks.append(embedder.embed_texts(list(texts[start : start + batch_size])))
+        kwargs.setdefault("model_name", getattr(embedder, "model_name", None))
+        return cls.from_vectors(np.concatenate(chunks), ids, metadatas, **kwargs)
+
+    # -- mutation ------------------------------------------------------------------------
+    def add(
+        self,
+        vectors: Any,
+        ids: Sequence[str] | None = None,
+        metadatas: Sequence[Metadata] | None = None,
+    ) -> list[str]:
+        """Add documents; an id already present is overwritten.
+
+        Args:
+            vectors: ``[N, D]`` array (numpy, torch or nested lists).
+            ids: ``N`` unique string ids (default: running numbers).
+            metadatas: ``N`` JSON-serializable dicts (default: empty).
+
+        Returns:
+            The ids added.
+        """
+        arr = as_float32_matrix(vectors, self.dim, "vectors")
+        if self.config["normalize"]:
+            arr = l2_normalize(arr)
+        with self._lock:
+            ids, metadatas = check_ids_and_metadatas(len(arr), ids, metadatas, self._registry.next_slot)
+            if len(arr) == 0:
+                return []
+            self.remove([i for i in ids if i in self._registry])
+            if self._index is None:
+                self._index = self._new_index(arr)
+            slots = self._registry.new_slots(len(arr))
+            self._index.add_with_ids(arr, slots)
+            self._append_rows(slots, arr)
+            for doc_id, slot, meta in zip(ids, slots, metadatas, strict=True):
+                self._registry.put(doc_id, int(slot), meta)
+            return ids
+
+    def remove(self, ids: Sequence[str]) -> int:
+        """Remove documents by id (missing ids are ignored); return how many were removed."""
+        if isinstance(ids, str):
+            raise TypeError("ids must be a list of strings, not a single string")
+        with self._lock:
+            slots = self._registry.drop(ids)
+            if len(slots) == 0:
+                return 0
+            for s in slots:
+                del self._row_of[int(s)]
+            if not try_remove(self._index, slots):
+                self._tombstones += len(slots)
+                if self._tombstones > max(len(self._registry), 1000):
+                    self._rebuild()
+            return len(slots)
+
+    def _new_index(self, train: np.ndarray) -> Any:
+        cfg = self.config
+        index = build_index(cfg["index_type"], self.dim, train, cfg["nlist"], cfg["hnsw_m"])
+        set_search_params(index, cfg["nprobe"], cfg["ef_search"])
+        return to_device(index, self.use_gpu)
+
+    def _append_rows(self, slots: np.ndarray, arr: np.ndarray) -> None:
+        if self._n_rows + len(arr) > len(self._vectors):
+            live = len(self._row_of)
+            if live < self._n_rows // 2:  # mostly garbage: compact instead of growing
+                self._compact()
+            cap = max(2 * len(self._vectors), self._n_rows + len(arr), 64)
+            grown = np.zeros((cap, self.dim), dtype=np.float32)
+            grown[: self._n_rows] = self._vectors[: self._n_rows]
+            self._vectors = grown
+        self._vectors[self._n_rows : self._n_rows + len(arr)] = arr
+        for i, slot in enumerate(slots):
+            self._row_of[int(slot)] = self._n_rows + i
+        self._n_rows += len(arr)
+
+    def _compact(self) -> None:
+        slots = list(self._row_of)
+        rows = np.asarray([self._row_of[s] for s in slots], dtype=np.int64)
+        self._vectors = self._vectors[rows].copy() if len(rows) else self._vectors[:0].copy()
+        self._row_of = {s: i for i, s in enumerate(slots)}
+        self._n_rows = len(slots)
+
+    def _rebuild(self) -> None:
+        """Recreate the FAISS index from the live vectors (drops tombstones)."""
+        slots = self._registry.slots()
+        vecs = self._live_vectors(slots)
+        logger.info("rebuilding dense index over %d vectors", len(slots))
+        self._index = self._new_index(vecs)
+        if len(slots):
+            self._index.add_with_ids(vecs, slots)
+        self._tombstones = 0
+
+    def _live_vectors(self, slots: np.ndarray) -> np.ndarray:
+        rows = np.asarray([self._row_of[int(s)] for s in slots], dtype=np.int64)
+        return self._vectors[rows] if len(rows) else np.zeros((0, self.dim), np.float32)
+
+    # -- reading -------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._registry)
+
+    def __contains__(self, doc_id: object) -> bool:
+        return doc_id in self._registry
+
+    def get(self, ids: Sequence[str]) -> list[Record]:
+        """Return the stored documents for ``ids`` in that order; missing ids are skipped."""
+        if isinstance(ids, str):
+            raise TypeError("ids must be a list of strings, not a single string")
+        with self._lock:
+            out = []
+            for doc_id in ids:
+                slot = self._registry.slot(doc_id)
+                if slot is not None:
+                    vec = self._vectors[self._row_of[slot]].copy()
+                    out.append(Record(doc_id, self._registry.metadata(slot), vec))
+            return out
+
+    def search(self, query_vectors: Any, k: int = 4, filter: Filter | None = None) -> list[list[Hit]]:
+        """Find the ``k`` documents with the highest inner product for each query.
+
+        Args:
+            query_vectors: ``[Q, D]`` (or one ``[D]`` vector).
+            k: hits per query (>= 1).
+            filter: metadata filter (dict of equal values, or a callable on the metadata).
+
+        Returns:
+            ``Q`` lists of at most ``k`` :class:`Hit`, best first.
+        """
+        k = check_k(k)
+        q = np.asarray(query_vectors) if not hasattr(query_vectors, "detach") else query_vectors
+        if getattr(q, "ndim", 0) == 1:
+            q = q[None, :]
+        q = as_float32_matrix(q, self.dim, "query_vectors")
+        if len(q) == 0:
+            raise ValueError("query_vectors is empty: give at least one query vector")
+        if self.config["normalize"]:
+            q = l2_normalize(q)
+        with self._lock:
+            if len(self._registry) == 0:
+                return [[] for _ in range(len(q))]
+            allowed = self._registry.allowed_slots(filter)
+            if allowed is not None and len(allowed) <= self.config["exact_filter_limit"]:
+                return self._search_exact(q, k, np.fromiter(allowed, np.int64, len(allowed)))
+            return self._search_faiss(q, k, allowed)
+
+    def _search_exact(self, q: np.ndarray, k: int, slots: np.ndarray) -> list[list[Hit]]:
+        if len(slots) == 0:
+            return [[] for _ in range(len(q))]
+        scores = q @ self._live_vectors(slots).T  # [Q, n]
+        k = min(k, len(slots))
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        results = []
+        for qi in range(len(q)):
+            order = top[qi][np.argsort(-scores[qi, top[qi]], kind="stable")]
+            results.append([self._hit(int(slots[j]), float(scores[qi, j])) for j in order])
+        return results
+
+    def _search_faiss(self, q: np.ndarray, k: int, allowed: set[int] | None) -> list[list[Hit]]:
+        ntotal = self._index.ntotal
+        k_search = min(ntotal, k + self._tombstones) if allowed is None else min(ntotal, 4 * k)
+        while True:
+            scores, labels = self._index.search(q, max(k_search, 1))  # [Q, k'], [Q, k']
+            results = []
+            for qi in range(len(q)):
+                hits = []
+                for score, label in zip(scores[qi], labels[qi], strict=True):
+                    slot = int(label)
+                    if slot < 0 or not self._registry.is_live(slot):
+                        continue
+                    if allowed is not None and slot not in allowed:
+                        continue
+                    hits.append(self._hit(slot, float(score)))
+                    if len(hits) == k:
+                        break
+                results.append(hits)
+            if k_search >= ntotal or all(len(h) == k for h in results):
+                return results
+            k_search = min(ntotal, 2 * k_search)
+
+    def _hit(self, slot: int, score: float) -> Hit:
+        return Hit(self._registry.doc_id(slot), score, self._registry.metadata(slot))
+
+    # -- persistence ---------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        """Save to the folder ``path`` (atomically replacing an existing one)."""
+        with self._lock:
+            if self._tombstones:
+                self._rebuild()
+            docs = self._registry.to_json()
+            slots = np.asarray(docs["slots"], dtype=np.int64)
+            files = IndexFiles(
+                kind=self.kind,
+                dim=self.dim,
+                count=len(self._registry),
+                model_name=self.model_name,
+                config=self.config,
+                docs=docs,
+                arrays={"vectors.npy": self._live_vectors(slots)},
+            )
+            if self._index is not None:
+                files.indexes["index.faiss"] = self._index
+            save_index_files(path, files)
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike, expected_dim: int | None = None, use_gpu: bool | None = None
+    ) -> DenseIndex:
+        """Load an index saved by :meth:`save`.
+
+        Args:
+            path: the index folder.
+            expected_dim: raise :class:`IndexFormatError` unless the index has this dimension.
+            use_gpu: as in :class:`DenseIndex`.
+        """
+        files = load_index_files(path, cls.kind, expected_dim)
+        try:
+            index = cls(files.dim, use_gpu=use_gpu, model_name=files.model_name, **files.config)
+            registry = Registry.from_json(files.docs)
+        except (TypeError, ValueError, KeyError) as exc:
+            raise IndexFormatError(f"{path}: inconsistent manifest or docs.json ({exc})") from exc
+        vectors = check_array(files, "vectors.npy", 2, files.dim)
+        if len(vectors) != len(registry):
+            raise IndexFormatError(f"{path}/vectors.npy: {len(vectors)} rows for {len(registry)} documents")
+        index._registry = registry
+        index._vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        index._row_of = {int(s): i for i, s in enumerate(registry.slots())}
+        index._n_rows = len(vectors)
+        if "index.faiss" in files.indexes:
+            faiss_index = files.indexes["index.faiss"]
+            if faiss_index.ntotal != len(registry):
+                raise IndexFormatError(
+                    f"{path}/index.faiss: {faiss_index.ntotal} vectors for {len(registry)} documents"
+                )
+            set_search_params(faiss_index, index.config["nprobe"], index.config["ef_search"])
+            index._index = to_device(faiss_index, use_gpu)
+        return index

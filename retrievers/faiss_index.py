@@ -1,0 +1,182 @@
+"""Building FAISS inner-product indexes by name, tuning them, and choosing CPU or GPU."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import faiss
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+NAMED_TYPES = ("flat", "hnsw", "ivf", "ivfpq")
+"""Short names; any other string is passed to ``faiss.index_factory``."""
+
+
+def gpu_count() -> int:
+    """Number of GPUs FAISS can use (0 for faiss-cpu)."""
+    get = getattr(faiss, "get_num_gpus", None)
+    return int(get()) if get is not None else 0
+
+
+def choose_gpu(use_gpu: bool | None) -> bool:
+    """Decide whether to put an index on GPU.
+
+    Args:
+        use_gpu: ``True`` to require a GPU (``RuntimeError`` without one), ``False`` to stay
+            on CPU, ``None`` for automatic (GPU when FAISS sees one).
+
+    Returns:
+        ``True`` when the index should be moved to the GPU(s).
+    """
+    n = gpu_count()
+    if use_gpu is None:
+        return n > 0
+    if use_gpu and n == 0:
+        raise RuntimeError("use_gpu=True but FAISS sees no GPU (install faiss-gpu: extra 'gpu')")
+    return bool(use_gpu)
+
+
+def to_device(index: faiss.Index, use_gpu: bool | None) -> faiss.Index:
+    """Move ``index`` to all GPUs when :func:`choose_gpu` says so; HNSW stays on CPU."""
+    if not choose_gpu(use_gpu):
+        return index
+    try:
+        gpu_index = faiss.index_cpu_to_all_gpus(index)
+    except (RuntimeError, AttributeError) as exc:  # e.g. HNSW has no GPU version
+        if use_gpu:
+            raise
+        logger.info("keeping FAISS index on CPU (%s)", exc)
+        return index
+    logger.info("FAISS index moved to %d GPU(s)", gpu_count())
+    return gpu_index
+
+
+def to_cpu(index: faiss.Index) -> faiss.Index:
+    """A CPU copy of ``index`` for saving (the index itself when already on CPU)."""
+    if gpu_count() > 0 and hasattr(faiss, "index_gpu_to_cpu"):
+        try:
+            return faiss.index_gpu_to_cpu(index)
+        except RuntimeError:
+            return index
+    return index
+
+
+def factory_string(index_type: str, dim: int, n_train: int, nlist: int | None, hnsw_m: int) -> str:
+    """The ``faiss.index_factory`` string for ``index_type``.
+
+    Args:
+        index_type: ``"flat"``, ``"hnsw"``, ``"ivf"``, ``"ivfpq"`` (IVF with PQ codes of
+            ``dim // 8`` bytes) or a FAISS factory string.
+        dim: vector dimension.
+        n_train: vectors available to train an IVF quantizer (sets the automatic ``nlist``).
+        nlist: IVF lists; ``None`` = ``4 * sqrt(n_train)`` capped so each list gets >= 39
+            training vectors.
+        hnsw_m: HNSW graph degree.
+
+    Returns:
+        A factory string; IDMap wrappers are added for types that need them.
+    """
+    name = index_type.lower()
+    if name == "flat":
+        return "IDMap,Flat"
+    if name == "hnsw":
+        return f"IDMap,HNSW{hnsw_m},Flat"
+    if name in ("ivf", "ivfpq"):
+        if nlist is None:
+            nlist = int(4 * math.sqrt(max(n_train, 1)))
+            nlist = max(1, min(nlist, n_train // 39))
+        if name == "ivf":
+            return f"IVF{nlist},Flat"
+        m = max(m for m in range(1, max(1, dim // 8) + 1) if dim % m == 0)
+        return f"IVF{nlist},PQ{m}"
+    return index_type
+
+
+def build_index(
+    index_type: str, dim: int, train: np.ndarray, nlist: int | None = None, hnsw_m: int = 32
+) -> faiss.Index:
+    """Create (and train when needed) an inner-product FAISS index that takes int64 labels.
+
+    Args:
+        index_type: see :func:`factory_string`.
+        dim: vector dimension.
+        train: ``[n, dim]`` fp32 vectors to train on (IVF / PQ); unused for flat and HNSW.
+        nlist: IVF lists (see :func:`factory_string`).
+        hnsw_m: HNSW graph degree.
+
+    Returns:
+        An empty, trained index supporting ``add_with_ids``.
+    """
+    spec = factory_string(index_type, dim, len(train), nlist, hnsw_m)
+    try:
+        index = faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        raise ValueError(f"bad FAISS index type {index_type!r} ({spec!r}): {exc}") from exc
+    inner = faiss.downcast_index(index)
+    if hasattr(inner, "do_polysemous_training"):
+        inner.do_polysemous_training = False  # slow to train, unused by our searches
+    if not index.is_trained:
+        if len(train) == 0:
+            raise ValueError(f"index type {index_type!r} needs training vectors in the first add")
+        logger.info("training FAISS %s on %d vectors", spec, len(train))
+        try:
+            index.train(np.ascontiguousarray(train, dtype=np.float32))
+        except RuntimeError as exc:
+            raise ValueError(
+                f"could not train FAISS {spec!r} on {len(train)} vectors (add more at once): {exc}"
+            ) from exc
+    if faiss.try_extract_index_ivf(index) is None and not _has_id_map(index):
+        index = faiss.IndexIDMap(index)
+    return index
+
+
+def _has_id_map(index: faiss.Index) -> bool:
+    return isinstance(faiss.downcast_index(index), (faiss.IndexIDMap, faiss.IndexIDMap2))
+
+
+def set_search_params(index: faiss.Index, nprobe: int | None, ef_search: int | None) -> None:
+    """Set IVF ``nprobe`` and HNSW ``efSearch`` where the index has them."""
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None and nprobe is not None:
+        ivf.nprobe = int(nprobe)
+    inner = faiss.downcast_index(index)
+    if isinstance(inner, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+        inner = faiss.downcast_index(inner.index)
+    if hasattr(inner, "hnsw") and ef_search is not None:
+        inner.hnsw.efSearch = int(ef_search)
+
+
+def try_remove(index: faiss.Index, labels: np.ndarray) -> bool:
+    """Remove all vectors with these labels; ``False`` when the index cannot remove
+    (HNSW, some GPU indexes), in which case the caller keeps them as tombstones."""
+    if len(labels) == 0:
+        return True
+    try:
+        index.remove_ids(np.ascontiguousarray(labels, dtype=np.int64))
+    except RuntimeError:
+        return False
+    return True
+
+
+def as_float32_matrix(x: object, dim: int | None, name: str) -> np.ndarray:
+    """Validate and convert ``x`` to a C-contiguous ``float32 [n, dim]`` array."""
+    if hasattr(x, "detach"):  # torch tensor
+        x = x.detach().float().cpu().numpy()
+    arr = np.asarray(x)
+    if arr.dtype == object or not np.issubdtype(arr.dtype, np.number):
+        raise TypeError(f"{name} must be a numeric array, got dtype {arr.dtype}")
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be 2-D [n, dim], got shape {list(arr.shape)}")
+    if dim is not None and arr.shape[1] != dim:
+        raise ValueError(f"{name} has dimension {arr.shape[1]}, index dimension is {dim}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Row-wise L2 normalization (zero rows stay zero)."""
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)

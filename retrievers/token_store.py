@@ -1,0 +1,221 @@
+"""Contiguous storage of document token vectors, optionally compressed.
+
+Rows of every document sit next to each other in one numpy array; a document is a
+``(start, length)`` span. Codecs: ``fp32`` (exact), ``fp16``, ``int8`` (symmetric,
+one fp32 scale per vector) and ``pq`` (FAISS product quantizer, trained on the first add).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import faiss
+import numpy as np
+
+STORAGES = ("fp32", "fp16", "int8", "pq")
+
+
+def default_pq_m(dim: int) -> int:
+    """PQ sub-quantizers: the largest divisor of ``dim`` that is at most ``dim // 8``."""
+    for m in range(max(1, dim // 8), 0, -1):
+        if dim % m == 0:
+            return m
+    return 1
+
+
+class TokenStore:
+    """Token vectors of many documents in one growable array.
+
+    Args:
+        dim: vector dimension.
+        storage: ``"fp32"``, ``"fp16"``, ``"int8"`` or ``"pq"``.
+        pq_m: PQ sub-quantizers (default :func:`default_pq_m`).
+        pq_nbits: bits per PQ code (the first add needs at least ``2**pq_nbits`` vectors).
+    """
+
+    def __init__(self, dim: int, storage: str = "fp32", pq_m: int | None = None, pq_nbits: int = 8) -> None:
+        if storage not in STORAGES:
+            raise ValueError(f"storage must be one of {STORAGES}, got {storage!r}")
+        self.dim = dim
+        self.storage = storage
+        self.pq_m = pq_m or default_pq_m(dim)
+        self.pq_nbits = pq_nbits
+        if storage == "pq" and dim % self.pq_m:
+            raise ValueError(f"pq_m={self.pq_m} must divide the dimension {dim}")
+        self._pq: faiss.ProductQuantizer | None = None
+        self._codes = np.zeros((0, *self._code_shape()), dtype=self._code_dtype())
+        self._scales = np.zeros(0, dtype=np.float32)  # int8 only
+        self._n = 0  # rows in use (live + dead)
+        self._span: dict[int, tuple[int, int]] = {}  # slot -> (start, length)
+        self._dead = 0
+
+    def _code_shape(self) -> tuple[int]:
+        return (self.pq_m * self.pq_nbits // 8,) if self.storage == "pq" else (self.dim,)
+
+    def _code_dtype(self) -> type:
+        return {"fp32": np.float32, "fp16": np.float16, "int8": np.int8, "pq": np.uint8}[self.storage]
+
+    # -- codec ---------------------------------------------------------------------------
+    def _encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        if self.storage == "fp32":
+            return x, None
+        if self.storage == "fp16":
+            return x.astype(np.float16), None
+        if self.storage == "int8":
+            scale = np.abs(x).max(axis=1) / 127.0  # [n]
+            scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+            return np.round(x / scale[:, None]).astype(np.int8), scale
+        if self._pq is None:
+            self._train_pq(x)
+        return self._pq.compute_codes(np.ascontiguousarray(x)), None
+
+    def _train_pq(self, x: np.ndarray) -> None:
+        if len(x) < 2**self.pq_nbits:
+            raise ValueError(
+                f"PQ storage needs at least {2**self.pq_nbits} token vectors in the first add "
+                f"to train its codebooks, got {len(x)}"
+            )
+        pq = faiss.ProductQuantizer(self.dim, self.pq_m, self.pq_nbits)
+        pq.cp.niter = 15  # k-means iterations (FAISS default 25)
+        if len(x) > 64 * 2**self.pq_nbits:  # a sample is enough to train the codebooks
+            rows = np.random.default_rng(0).choice(len(x), 64 * 2**self.pq_nbits, replace=False)
+            x = x[np.sort(rows)]
+        pq.train(np.ascontiguousarray(x, dtype=np.float32))
+        self._pq = pq
+
+    def decode_rows(self, codes: np.ndarray, scales: np.ndarray | None) -> np.ndarray:
+        """Decode stored rows to ``float32 [n, dim]``."""
+        if self.storage == "int8":
+            return codes.astype(np.float32) * scales[:, None]
+        if self.storage == "pq":
+            return self._pq.decode(np.ascontiguousarray(codes))
+        return codes.astype(np.float32, copy=False)
+
+    # -- mutation ------------------------------------------------------------------------
+    def add(self, slots: Sequence[int], docs: Sequence[np.ndarray]) -> None:
+        """Append the ``[L_i, dim]`` fp32 token matrices of documents ``slots``."""
+        flat = np.concatenate(docs) if docs else np.zeros((0, self.dim), np.float32)
+        codes, scales = self._encode(flat)
+        self._reserve(len(flat))
+        self._codes[self._n : self._n + len(flat)] = codes
+        if scales is not None:
+            self._scales[self._n : self._n + len(flat)] = scales
+        start = self._n
+        for slot, doc in zip(slots, docs, strict=True):
+            self._span[int(slot)] = (start, len(doc))
+            start += len(doc)
+        self._n = start
+
+    def _reserve(self, extra: int) -> None:
+        if self._n + extra <= len(self._codes):
+            return
+        if self._dead > self._n // 2:
+            self.compact()
+            if self._n + extra <= len(self._codes):
+                return
+        cap = max(2 * len(self._codes), self._n + extra, 1024)
+        codes = np.zeros((cap, *self._code_shape()), dtype=self._code_dtype())
+        codes[: self._n] = self._codes[: self._n]
+        self._codes = codes
+        if self.storage == "int8":
+            scales = np.zeros(cap, dtype=np.float32)
+            scales[: self._n] = self._scales[: self._n]
+            self._scales = scales
+
+    def remove(self, slots: Sequence[int]) -> None:
+        """Forget documents (their rows are reclaimed by :meth:`compact`)."""
+        for slot in slots:
+            span = self._span.pop(int(slot), None)
+            if span is not None:
+                self._dead += span[1]
+
+    def compact(self, order: Sequence[int] | None = None) -> None:
+        """Rewrite the rows contiguously, documents in ``order`` (default: current order)."""
+        order = list(self._span) if order is None else [int(s) for s in order]
+        codes, scales, lengths = self.gather(order)
+        self._codes = codes
+        self._scales = scales if scales is not None else np.zeros(0, np.float32)
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if len(order) else []
+        self._span = {s: (int(st), int(n)) for s, st, n in zip(order, starts, lengths, strict=True)}
+        self._n = len(codes)
+        self._dead = 0
+
+    # -- reading -------------------------------------------------------------------------
+    def __contains__(self, slot: object) -> bool:
+        return slot in self._span
+
+    @property
+    def num_vectors(self) -> int:
+        """Live token vectors."""
+        return self._n - self._dead
+
+    def gather(self, slots: Sequence[int]) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """Raw codes of documents ``slots`` concatenated: ``(codes, scales, lengths)``."""
+        spans = [self._span[int(s)] for s in slots]
+        lengths = np.asarray([n for _, n in spans], dtype=np.int64)
+        if spans:
+            codes = np.concatenate([self._codes[st : st + n] for st, n in spans])
+        else:
+            codes = self._codes[:0].copy()
+        scales = None
+        if self.storage == "int8":
+            scales = (
+                np.concatenate([self._scales[st : st + n] for st, n in spans])
+                if spans
+                else np.zeros(0, np.float32)
+            )
+        return codes, scales, lengths
+
+    def decode(self, slots: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Token vectors of documents ``slots``: ``(float32 [T, dim], lengths int64 [n])``."""
+        codes, scales, lengths = self.gather(slots)
+        return self.decode_rows(codes, scales), lengths
+
+    def bytes_per_vector(self) -> float:
+        """Bytes stored per token vector (codes plus scale)."""
+        size = int(np.prod(self._code_shape())) * np.dtype(self._code_dtype()).itemsize
+        return float(size + (4 if self.storage == "int8" else 0))
+
+    # -- persistence ---------------------------------------------------------------------
+    def to_arrays(self, order: Sequence[int]) -> dict[str, np.ndarray]:
+        """``.npy`` arrays holding documents ``order`` contiguously."""
+        codes, scales, lengths = self.gather(order)
+        arrays = {"token_codes.npy": codes, "doc_lengths.npy": lengths}
+        if scales is not None:
+            arrays["token_scales.npy"] = scales
+        if self._pq is not None:
+            arrays["pq_centroids.npy"] = faiss.vector_to_array(self._pq.centroids)
+        return arrays
+
+    def load_arrays(self, order: Sequence[int], arrays: dict[str, np.ndarray]) -> None:
+        """Inverse of :meth:`to_arrays` (shapes are checked; ``ValueError`` names the file)."""
+        codes = arrays["token_codes.npy"]
+        lengths = arrays["doc_lengths.npy"].astype(np.int64)
+        if codes.shape[1:] != self._code_shape() or codes.dtype != self._code_dtype():
+            raise ValueError(
+                f"token_codes.npy: shape {list(codes.shape)} / dtype {codes.dtype} "
+                f"do not match {self.storage} storage of dimension {self.dim}"
+            )
+        if len(lengths) != len(order) or int(lengths.sum()) != len(codes):
+            raise ValueError(
+                f"doc_lengths.npy: {len(lengths)} documents summing to "
+                f"{int(lengths.sum())} rows, expected {len(order)} / {len(codes)}"
+            )
+        if self.storage == "int8":
+            scales = arrays.get("token_scales.npy")
+            if scales is None or scales.shape != (len(codes),):
+                raise ValueError("token_scales.npy: missing or wrong length")
+            self._scales = scales.astype(np.float32)
+        if self.storage == "pq":
+            centroids = arrays.get("pq_centroids.npy")
+            expected = self.dim * 2**self.pq_nbits
+            if centroids is None or centroids.size != expected:
+                raise ValueError(f"pq_centroids.npy: missing or not {expected} values")
+            pq = faiss.ProductQuantizer(self.dim, self.pq_m, self.pq_nbits)
+            faiss.copy_array_to_vector(centroids.astype(np.float32).ravel(), pq.centroids)
+            self._pq = pq
+        self._codes = codes
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if len(order) else []
+        self._span = {int(s): (int(st), int(n)) for s, st, n in zip(order, starts, lengths, strict=True)}
+        self._n = len(codes)
+        self._dead = 0

@@ -1,0 +1,62 @@
+import faiss
+import numpy as np
+import pytest
+import vllm_pool.retrievers.faiss_index as fi
+from vllm_pool.retrievers import DenseIndex, MultiVectorIndex
+
+
+def test_choose_gpu(monkeypatch):
+    monkeypatch.setattr(fi.faiss, "get_num_gpus", lambda: 0)
+    assert fi.choose_gpu(None) is False and fi.choose_gpu(False) is False
+    with pytest.raises(RuntimeError, match="no GPU"):
+        fi.choose_gpu(True)
+    monkeypatch.setattr(fi.faiss, "get_num_gpus", lambda: 2)
+    assert fi.choose_gpu(None) is True and fi.choose_gpu(True) is True
+    assert fi.choose_gpu(False) is False
+
+
+def test_to_device_moves_only_when_chosen(monkeypatch):
+    moved = []
+    monkeypatch.setattr(fi.faiss, "get_num_gpus", lambda: 1)
+    monkeypatch.setattr(
+        fi.faiss, "index_cpu_to_all_gpus", lambda idx: moved.append(idx) or idx, raising=False
+    )
+    index = faiss.IndexFlatIP(4)
+    assert fi.to_device(index, None) is index and moved == [index]
+    fi.to_device(index, False)
+    assert len(moved) == 1
+
+    def unsupported(idx):
+        raise RuntimeError("no GPU version of HNSW")
+
+    monkeypatch.setattr(fi.faiss, "index_cpu_to_all_gpus", unsupported, raising=False)
+    assert fi.to_device(index, None) is index  # automatic: falls back to CPU
+    with pytest.raises(RuntimeError):
+        fi.to_device(index, True)
+
+
+def test_indexes_use_the_device_choice(monkeypatch, rng, make_docs):
+    moved = []
+    monkeypatch.setattr(fi.faiss, "get_num_gpus", lambda: 1)
+    monkeypatch.setattr(
+        fi.faiss, "index_cpu_to_all_gpus", lambda idx: moved.append(idx) or idx, raising=False
+    )
+    monkeypatch.setattr(fi.faiss, "index_gpu_to_cpu", lambda idx: idx, raising=False)
+    docs = make_docs(rng, 10, 8)
+    mv = MultiVectorIndex.from_vectors(docs)
+    dense = DenseIndex.from_vectors(np.stack([d[0] for d in docs]))
+    assert len(moved) == 2
+    assert mv.search(docs[3], k=1)[0][0].id == "3" and dense.search(docs[3][0], 1)[0][0].id == "3"
+    cpu_only = MultiVectorIndex.from_vectors(docs, use_gpu=False)
+    assert len(moved) == 2 and cpu_only.search(docs[3], k=1)[0][0].id == "3"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(fi.gpu_count() == 0, reason="needs a GPU build of FAISS and a GPU")
+def test_gpu_matches_cpu(rng, make_docs):
+    docs, queries = make_docs(rng, 200, 16), make_docs(rng, 5, 16)
+    gpu = MultiVectorIndex.from_vectors(docs, use_gpu=True)
+    cpu = MultiVectorIndex.from_vectors(docs, use_gpu=False)
+    assert [[h.id for h in r] for r in gpu.search(queries, 10)] == [
+        [h.id for h in r] for r in cpu.search(queries, 10)
+    ]
