@@ -66,23 +66,23 @@ class ModelRunner:
         self._decoder = not cfg.is_encoder
 
     def _inputs(self, batch: Batch) -> dict[str, torch.Tensor]:
-        reqs = batch.requests
-        n, max_len = len(reqs), batch.max_len
-        input_ids = torch.full((n, max_len), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((n, max_len), dtype=torch.long)
-        type_ids = None
+        """Right-padded ``input_ids`` / ``attention_mask`` (and ``token_type_ids`` for pairs)."""
+        reqs, max_len = batch.requests, batch.max_len
+        pads = [max_len - r.num_tokens for r in reqs]
+        inputs = {
+            "input_ids": torch.tensor(
+                [r.prompt_token_ids + [self.pad_token_id] * p for r, p in zip(reqs, pads)]
+            ),
+            "attention_mask": torch.tensor([[1] * r.num_tokens + [0] * p for r, p in zip(reqs, pads)]),
+        }
         if any(r.token_type_ids is not None for r in reqs):
-            type_ids = torch.zeros((n, max_len), dtype=torch.long)
-        for i, r in enumerate(reqs):
-            length = r.num_tokens
-            input_ids[i, :length] = torch.tensor(r.prompt_token_ids, dtype=torch.long)
-            mask[i, :length] = 1
-            if type_ids is not None and r.token_type_ids is not None:
-                type_ids[i, :length] = torch.tensor(r.token_type_ids, dtype=torch.long)
-        inputs = {"input_ids": input_ids, "attention_mask": mask}
-        if type_ids is not None:
-            inputs["token_type_ids"] = type_ids
-        return {k: v.to(self.device, non_blocking=True) for k, v in inputs.items()}
+            inputs["token_type_ids"] = torch.tensor(
+                [(r.token_type_ids or [0] * r.num_tokens) + [0] * p for r, p in zip(reqs, pads)]
+            )
+        pin = self.device.type == "cuda"
+        return {
+            k: (v.pin_memory() if pin else v).to(self.device, non_blocking=pin) for k, v in inputs.items()
+        }
 
     @torch.inference_mode()
     def forward(self, batch: Batch) -> HiddenStates:

@@ -22,6 +22,7 @@ _TYPES = {
     404: "NotFoundError",
     405: "MethodNotAllowedError",
     413: "RequestTooLargeError",
+    499: "ClientClosedRequest",
     500: "InternalServerError",
     503: "ServiceUnavailableError",
 }
@@ -49,7 +50,10 @@ class ClientDisconnected(Exception):
 
 def error_response(message: str, code: int = 400, param: str | None = None) -> JSONResponse:
     """The spec's error body with status ``code``."""
-    err_type = _TYPES.get(code) or HTTPStatus(code).phrase.replace(" ", "") + "Error"
+    try:
+        err_type = _TYPES.get(code) or HTTPStatus(code).phrase.replace(" ", "") + "Error"
+    except ValueError:
+        err_type = "Error"
     body = {"object": "error", "message": message, "type": err_type, "param": param, "code": code}
     headers = {"WWW-Authenticate": "Bearer"} if code == 401 else None
     return JSONResponse(body, status_code=code, headers=headers)
