@@ -28,7 +28,7 @@ from vllm_pool.engine.outputs import (
 from vllm_pool.engine.params import PoolingParams
 from vllm_pool.engine.plugins import IOProcessor, load_io_processor
 from vllm_pool.engine.pooler import TaskPoolers, build_poolers
-from vllm_pool.engine.runner import ModelRunner
+from vllm_pool.engine.runner import ModelRunner, token_budget_for_memory
 from vllm_pool.engine.scheduler import schedule
 from vllm_pool.engine.scoring import cosine_scores, pair_up
 from vllm_pool.engine.types import ALL_POOLING_TASKS, Request
@@ -36,9 +36,8 @@ from vllm_pool.engine.types import ALL_POOLING_TASKS, Request
 logger = logging.getLogger(__name__)
 
 # Measured on a 2-core CPU: a 2,048-token budget runs as fast as batches of 32, larger
-# budgets are slower. GPUs want much larger batches.
+# budgets are slower. On a GPU the budget is sized from free memory.
 _CPU_TOKEN_BUDGET = 2048
-_GPU_TOKEN_BUDGET = 16384
 
 
 def _load_tokenizer(path: os.PathLike[str], trust_remote_code: bool) -> Any:
@@ -121,8 +120,7 @@ class LLM:
             do_lower_case=bool(cfg.st and cfg.st.do_lower_case),
             use_token_type_ids=int(getattr(cfg.hf_config, "type_vocab_size", 1) or 1) > 1,
         )
-        default_budget = _GPU_TOKEN_BUDGET if cfg.device.type == "cuda" else _CPU_TOKEN_BUDGET
-        self.max_num_batched_tokens = int(max_num_batched_tokens or default_budget)
+        self.max_num_batched_tokens = int(max_num_batched_tokens or self._default_budget())
         self.max_num_seqs = int(max_num_seqs)
         if self.max_num_batched_tokens < 1 or self.max_num_seqs < 1:
             raise ValueError("max_num_batched_tokens and max_num_seqs must be positive")
@@ -140,6 +138,13 @@ class LLM:
             cfg.max_model_len,
             self.get_supported_tasks(),
         )
+
+    def _default_budget(self) -> int:
+        cfg = self.model_config
+        if cfg.device.type != "cuda":
+            return max(_CPU_TOKEN_BUDGET, cfg.max_model_len)
+        free, _ = torch.cuda.mem_get_info(cfg.device)
+        return token_budget_for_memory(free, cfg)
 
     # ------------------------------------------------------------------ introspection
     @property
@@ -205,15 +210,15 @@ class LLM:
             torch.inference_mode(),
             tqdm(total=len(requests), desc="Processed prompts", disable=not use_tqdm, unit="prompt") as bar,
         ):
-            for batch in schedule(requests, self.max_num_batched_tokens, self.max_num_seqs):
-                hidden = self.runner.forward(batch)
-                rows = [position[id(r)] for r in batch.requests]
-                for task, pooler in poolers.items():
-                    params = tasks[task]
-                    batch_params = [params[i] for i in rows] if params is not None else None
-                    for row, data in zip(rows, pooler(hidden, batch.requests, batch_params)):
-                        results[task][row] = data
-                bar.update(len(batch.requests))
+            for scheduled in schedule(requests, self.max_num_batched_tokens, self.max_num_seqs):
+                for batch, hidden in self.runner.forward_split(scheduled):
+                    rows = [position[id(r)] for r in batch.requests]
+                    for task, pooler in poolers.items():
+                        params = tasks[task]
+                        batch_params = [params[i] for i in rows] if params is not None else None
+                        for row, data in zip(rows, pooler(hidden, batch.requests, batch_params)):
+                            results[task][row] = data
+                    bar.update(len(batch.requests))
         return {
             task: [
                 PoolingRequestOutput(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -101,3 +102,43 @@ class ModelRunner:
         cu = torch.zeros(len(lens) + 1, dtype=torch.long, device=lens.device)
         cu[1:] = torch.cumsum(lens, dim=0)
         return HiddenStates(data=hidden[keep], cu_seqlens=cu, token_ids=inputs["input_ids"][keep])
+
+    def forward_split(self, batch: Batch) -> Iterator[tuple[Batch, HiddenStates]]:
+        """Run ``batch``; on a device out-of-memory error, split it in halves and retry.
+
+        Yields ``(sub_batch, hidden_states)`` pairs that together cover ``batch``. A single
+        request that does not fit raises a ``MemoryError`` naming its length.
+        """
+        try:
+            hidden = self.forward(batch)
+        except torch.OutOfMemoryError as e:
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if len(batch.requests) == 1:
+                raise MemoryError(
+                    f"One prompt of {batch.max_len} tokens does not fit in device memory; "
+                    "lower max_model_len or truncate_prompt_tokens"
+                ) from e
+            half = len(batch.requests) // 2
+            logger.warning("Out of memory on a batch of %d prompts; splitting it", len(batch.requests))
+            yield from self.forward_split(Batch(batch.requests[:half]))
+            yield from self.forward_split(Batch(batch.requests[half:]))
+            return
+        yield batch, hidden
+
+
+def token_budget_for_memory(free_bytes: int, cfg: ModelConfig, fraction: float = 0.3) -> int:
+    """A token budget whose activations fit in ``fraction`` of ``free_bytes`` (GPU sizing).
+
+    Counts, per token and per live layer, the hidden states, the FFN intermediate and the
+    attention scores of a ``max_model_len`` row, in the model's dtype.
+    """
+    hc = cfg.hf_config
+    hidden = int(getattr(hc, "hidden_size", 1024))
+    inter = int(getattr(hc, "intermediate_size", 4 * hidden) or 4 * hidden)
+    heads = int(getattr(hc, "num_attention_heads", 16) or 16)
+    elem = torch.finfo(cfg.dtype).bits // 8
+    per_token = elem * (8 * hidden + 2 * inter + heads * cfg.max_model_len)
+    budget = int(free_bytes * fraction) // max(per_token, 1)
+    budget = max(cfg.max_model_len, min(budget, 262_144))
+    return budget // 256 * 256 or cfg.max_model_len

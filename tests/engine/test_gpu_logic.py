@@ -1,0 +1,77 @@
+"""GPU code paths, exercised on the CPU: out-of-memory splitting, memory-sized token budget, dtype."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from tiny_models import TEXTS
+
+
+class OOMAbove(torch.nn.Module):
+    """Delegates to ``model`` but raises a device OOM for batches larger than ``limit``."""
+
+    def __init__(self, model: torch.nn.Module, limit: int) -> None:
+        super().__init__()
+        self.inner, self.limit, self.calls = model, limit, []
+
+    def forward(self, input_ids, **kwargs):
+        self.calls.append(input_ids.shape[0])
+        if input_ids.shape[0] > self.limit:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return self.inner(input_ids=input_ids, **kwargs)
+
+
+def test_oom_splits_the_batch_and_gives_the_same_outputs(tiny_bert):
+    from vllm_pool import LLM
+
+    llm = LLM(str(tiny_bert))
+    ref = np.array([o.outputs.embedding for o in llm.embed(TEXTS, use_tqdm=False)])
+    fake = OOMAbove(llm.runner.model, limit=2)
+    llm.runner.model = fake
+    out = np.array([o.outputs.embedding for o in llm.embed(TEXTS, use_tqdm=False)])
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
+    assert max(fake.calls) > 2  # the first try was too big
+    assert sum(c for c in fake.calls if c <= 2) == len(TEXTS)  # the halves covered every prompt once
+
+
+def test_single_prompt_that_does_not_fit(tiny_bert):
+    from vllm_pool import LLM
+
+    llm = LLM(str(tiny_bert))
+    llm.runner.model = OOMAbove(llm.runner.model, limit=0)
+    with pytest.raises(MemoryError, match="One prompt of .* tokens does not fit in device memory"):
+        llm.embed(TEXTS[:3], use_tqdm=False)
+    llm.runner.model = llm.runner.model.inner
+    assert len(llm.embed("works again", use_tqdm=False)) == 1
+
+
+def test_token_budget_scales_with_free_memory(tiny_bert):
+    from vllm_pool import LLM
+    from vllm_pool.engine.runner import token_budget_for_memory
+
+    cfg = LLM(str(tiny_bert)).model_config
+    small = token_budget_for_memory(64 * 2**20, cfg)
+    large = token_budget_for_memory(8 * 2**30, cfg)
+    assert cfg.max_model_len <= small < large <= 262_144
+    assert large % 256 == 0
+
+
+def test_dtype_auto_per_device(monkeypatch):
+    from vllm_pool.engine.config import resolve_dtype
+
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.float16
+    assert resolve_dtype("float32", torch.device("cuda")) == torch.float32
+
+
+def test_cuda_device_without_cuda_is_a_clear_error(tiny_bert):
+    from vllm_pool import LLM
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        LLM(str(tiny_bert), device="cuda")
