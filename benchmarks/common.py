@@ -61,3 +61,28 @@ def write_result(name: str, result: dict[str, Any]) -> Path:
     tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, path)
     return path
+
+
+def flops_per_token(hf_config: Any, mean_len: float) -> float:
+    """Forward FLOPs per token of a transformer encoder/decoder (linear layers + attention)."""
+    h = int(hf_config.hidden_size)
+    inter = int(getattr(hf_config, "intermediate_size", 4 * h) or 4 * h)
+    layers = int(hf_config.num_hidden_layers)
+    linear = 2 * (4 * h * h + 2 * h * inter)
+    attention = 2 * 2 * mean_len * h
+    return float(layers * (linear + attention))
+
+
+def gemm_gflops(hidden: int, inter: int, dtype: Any, tokens: int = 2048, seconds: float = 2.0) -> float:
+    """Measured GFLOP/s of the model's largest GEMM shape ``[tokens, hidden] x [hidden, inter]``."""
+    import torch
+
+    a = torch.randn(tokens, hidden).to(dtype)
+    b = torch.randn(hidden, inter).to(dtype)
+    for _ in range(3):
+        a @ b
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        n += 1
+    return 2 * tokens * hidden * inter * n / (time.perf_counter() - t0) / 1e9

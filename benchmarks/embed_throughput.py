@@ -14,7 +14,15 @@ import logging
 import numpy as np
 import torch
 
-from benchmarks.common import CORPUS, best_of, load_texts, machine, write_result
+from benchmarks.common import (
+    CORPUS,
+    best_of,
+    flops_per_token,
+    gemm_gflops,
+    load_texts,
+    machine,
+    write_result,
+)
 
 
 def main() -> None:
@@ -67,6 +75,10 @@ def main() -> None:
         _, t, ours = best_of(run_engine, 1)
         eng_times += t
     st_s, eng_s = float(np.median(st_times)), float(np.median(eng_times))
+    hc = llm.model_config.hf_config
+    gflops = gemm_gflops(hc.hidden_size, hc.intermediate_size, llm.model_config.dtype)
+    fpt = flops_per_token(hc, n_tokens / len(texts))
+    ceiling = gflops * 1e9 / fpt  # tokens/s if every FLOP ran at GEMM speed
     cos = (ref * ours).sum(1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(ours, axis=1))
     result = {
         "benchmark": "embed_throughput",
@@ -91,6 +103,10 @@ def main() -> None:
             "runs": eng_times,
         },
         "speedup": st_s / eng_s,
+        "gemm_gflops": gflops,
+        "flops_per_token": fpt,
+        "gemm_bound_tokens_per_s": ceiling,
+        "fraction_of_ceiling": (n_tokens / eng_s) / ceiling,
         "min_cosine": float(cos.min()),
         "machine": machine(),
     }
@@ -101,6 +117,10 @@ def main() -> None:
     for key in ("sentence_transformers", "engine"):
         r = result[key]
         print(f"{key:24}{r['passages_per_s']:12.1f}{r['tokens_per_s']:12.0f}")
+    print(
+        f"GEMM ceiling {ceiling:.0f} tokens/s ({gflops:.0f} GFLOP/s / {fpt / 1e6:.1f} MFLOP per token); "
+        f"engine reaches {result['fraction_of_ceiling']:.0%}"
+    )
     speed, cos_min = result["speedup"], result["min_cosine"]
     print(f"speedup {speed:.2f}x  min cosine {cos_min:.6f}  ({torch.get_num_threads()} threads) -> {path}")
 

@@ -1,0 +1,284 @@
+"""One loaded engine per configuration, shared by every LangChain and LlamaIndex class.
+
+The frameworks build many instances (standard test suites, ``copy.deepcopy``, pickling,
+LlamaIndex re-running ``__init__`` on unpickle): all instances with the same engine
+options get the same ``vllm_pool.LLM`` from :func:`get_engine`. An :class:`EngineRef` is
+what the classes keep in a private attribute: it pickles and deep-copies as its options
+only, and finds the shared engine again on first use.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+_ENGINE_OPTIONS = frozenset(
+    {
+        "runner",
+        "convert",
+        "pooler_config",
+        "hf_overrides",
+        "max_num_batched_tokens",
+        "max_num_seqs",
+        "revision",
+    }
+)
+"""Keys allowed in ``engine_kwargs`` (other ``vllm_pool.LLM`` arguments have their own fields)."""
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """The arguments of ``vllm_pool.LLM`` that identify one loaded engine.
+
+    Attributes:
+        model: a local folder or a Hugging Face Hub id.
+        dtype: ``"auto"``, ``"float32"``, ``"bfloat16"``, ``"float16"``.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+        max_model_len: token limit (``None``: the model's).
+        trust_remote_code: allow custom model code.
+        engine_kwargs: other ``LLM`` options as sorted JSON (hashable).
+    """
+
+    model: str
+    dtype: str = "auto"
+    device: str = "auto"
+    max_model_len: int | None = None
+    trust_remote_code: bool = False
+    engine_kwargs: str = "{}"
+
+    @classmethod
+    def make(
+        cls,
+        model: str,
+        dtype: str = "auto",
+        device: str = "auto",
+        max_model_len: int | None = None,
+        trust_remote_code: bool = False,
+        engine_kwargs: Mapping[str, Any] | None = None,
+    ) -> EngineOptions:
+        """Build options, checking ``engine_kwargs`` keys.
+
+        Raises:
+            ValueError: an ``engine_kwargs`` key that is not an engine option.
+        """
+        extra = dict(engine_kwargs or {})
+        unknown = sorted(set(extra) - _ENGINE_OPTIONS)
+        if unknown:
+            raise ValueError(
+                f"unknown engine_kwargs {unknown}: allowed keys are {sorted(_ENGINE_OPTIONS)} "
+                "(model, dtype, device, max_model_len and trust_remote_code are fields of their own)"
+            )
+        return cls(
+            model=str(model),
+            dtype=str(dtype),
+            device=str(device),
+            max_model_len=max_model_len,
+            trust_remote_code=bool(trust_remote_code),
+            engine_kwargs=json.dumps(extra, sort_keys=True, default=repr),
+        )
+
+    def build(self) -> Any:
+        """Load a new ``vllm_pool.LLM`` with these options (use :func:`get_engine` instead)."""
+        from vllm_pool import LLM
+
+        kwargs = json.loads(self.engine_kwargs)
+        return LLM(
+            self.model,
+            dtype=self.dtype,
+            device=self.device,
+            max_model_len=self.max_model_len,
+            trust_remote_code=self.trust_remote_code,
+            **kwargs,
+        )
+
+
+_cache: dict[EngineOptions, Any] = {}
+_key_locks: dict[EngineOptions, threading.Lock] = {}
+_cache_lock = threading.Lock()
+
+
+def get_engine(options: EngineOptions) -> Any:
+    """Return the engine for ``options``, loading it once per process.
+
+    Thread-safe: concurrent callers with the same options wait for one load; different
+    options load in parallel.
+    """
+    engine = _cache.get(options)
+    if engine is not None:
+        return engine
+    with _cache_lock:
+        lock = _key_locks.setdefault(options, threading.Lock())
+    with lock:
+        engine = _cache.get(options)
+        if engine is None:
+            logger.info("loading engine for %s", options)
+            engine = options.build()
+            _cache[options] = engine
+        return engine
+
+
+def clear_engine_cache() -> None:
+    """Forget every cached engine (instances holding one keep it alive until they go)."""
+    with _cache_lock:
+        _cache.clear()
+        _key_locks.clear()
+
+
+class EngineRef:
+    """A picklable handle to the shared engine of some :class:`EngineOptions`.
+
+    Pickles and deep-copies as its options only; ``.llm`` resolves (and caches) the engine.
+    """
+
+    __slots__ = ("options", "_llm")
+
+    def __init__(self, options: EngineOptions) -> None:
+        self.options = options
+        self._llm: Any = None
+
+    @property
+    def llm(self) -> Any:
+        """The shared ``vllm_pool.LLM`` (loaded on first use)."""
+        if self._llm is None:
+            self._llm = get_engine(self.options)
+        return self._llm
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"options": self.options}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.options = state["options"]
+        self._llm = None
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> EngineRef:
+        ref = EngineRef(self.options)
+        ref._llm = self._llm  # the engine is shared, never copied
+        return ref
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, EngineRef) and other.options == self.options
+
+    def __hash__(self) -> int:
+        return hash(self.options)
+
+    def __repr__(self) -> str:
+        return f"EngineRef({self.options.model!r})"
+
+
+# -- the few engine calls the classes make ------------------------------------------------
+def resolve_prefix(llm: Any, instruction: str | None, prompt_name: str | None, kind: str) -> str:
+    """The text put before every query or document.
+
+    Order: an explicit ``instruction``; else the Sentence Transformers prompt
+    ``prompt_name`` from the model's config; else, like Sentence Transformers'
+    ``encode_query`` / ``encode_document``, the model's ``"query"`` prompt (queries) or
+    ``"document"`` / ``"passage"`` / ``"corpus"`` prompt (documents); else its
+    ``default_prompt_name``; else nothing.
+
+    Args:
+        llm: the engine.
+        instruction: a literal prefix, or ``None``.
+        prompt_name: a key of the model's ``prompts``, or ``None``.
+        kind: ``"query"`` or ``"document"``.
+
+    Raises:
+        ValueError: ``prompt_name`` is not one of the model's prompts.
+    """
+    if instruction is not None:
+        return instruction
+    st = getattr(getattr(llm, "model_config", None), "st", None)
+    prompts: dict[str, str] = dict(getattr(st, "prompts", None) or {})
+    if prompt_name is not None:
+        if prompt_name not in prompts:
+            raise ValueError(
+                f"prompt name {prompt_name!r} is not in the prompts of {llm.model_name} "
+                f"(config_sentence_transformers.json has {sorted(prompts)})"
+            )
+        return prompts[prompt_name]
+    names = ("query",) if kind == "query" else ("document", "passage", "corpus")
+    for name in names:
+        if name in prompts:
+            return prompts[name]
+    default = getattr(st, "default_prompt_name", None)
+    return prompts.get(default, "") if default else ""
+
+
+def embed_texts(
+    llm: Any,
+    texts: Sequence[str],
+    *,
+    prefix: str = "",
+    dimensions: int | None = None,
+    normalize: bool | None = None,
+    truncate_prompt_tokens: int | None = None,
+    batch_size: int = 256,
+    show_progress: bool = False,
+) -> list[list[float]]:
+    """Embed ``texts`` (each preceded by ``prefix``) into lists of Python floats.
+
+    Args:
+        llm: the engine.
+        texts: the texts (an empty list gives ``[]``).
+        prefix: instruction put before each text.
+        dimensions: Matryoshka output size.
+        normalize: L2-normalize (``None``: the model's default).
+        truncate_prompt_tokens: cut each text to this many tokens.
+        batch_size: texts per engine call (the engine batches by tokens inside a call).
+        show_progress: show the engine's progress bar.
+
+    Returns:
+        One embedding per text, in order.
+    """
+    from vllm_pool import PoolingParams
+
+    if isinstance(texts, str):
+        raise TypeError("expected a list of strings, not a single string")
+    texts = [prefix + t if prefix else t for t in texts]
+    if not texts:
+        return []
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    params = PoolingParams(dimensions=dimensions, normalize=normalize)
+    out: list[list[float]] = []
+    for start in range(0, len(texts), batch_size):
+        outs = llm.embed(
+            texts[start : start + batch_size],
+            params,
+            use_tqdm=show_progress,
+            truncate_prompt_tokens=truncate_prompt_tokens,
+        )
+        out.extend([float(x) for x in o.outputs.embedding] for o in outs)
+    return out
+
+
+def score_pairs(
+    llm: Any,
+    query: str,
+    texts: Sequence[str],
+    *,
+    truncate_prompt_tokens: int | None = None,
+    batch_size: int = 256,
+) -> list[float]:
+    """Relevance of each of ``texts`` to ``query`` through ``LLM.score`` (1:N).
+
+    A cross-encoder scores the pairs; a bi-encoder (e.g. the default model) gives the
+    cosine of the embeddings (the engine's ``score`` fallback).
+    """
+    if not texts:
+        return []
+    scores: list[float] = []
+    for start in range(0, len(texts), batch_size):
+        outs = llm.score(
+            query,
+            list(texts[start : start + batch_size]),
+            use_tqdm=False,
+            truncate_prompt_tokens=truncate_prompt_tokens,
+        )
+        scores.extend(float(o.outputs.score) for o in outs)
+    return scores

@@ -1,0 +1,20 @@
+"""LangChain classes on the in-process engine (``pip install "vllm-pool[langchain]"``).
+
+>>> from vllm_pool.integrations.langchain import VllmPoolEmbeddings, VllmPoolVectorStore
+"""
+
+from .._imports import require
+
+require("langchain_core", "langchain", "langchain-core")
+
+from .colbert_retriever import VllmPoolColBERTRetriever  # noqa: E402
+from .embeddings import VllmPoolEmbeddings  # noqa: E402
+from .reranker import VllmPoolReranker  # noqa: E402
+from .vectorstore import VllmPoolVectorStore  # noqa: E402
+
+__all__ = [
+    "VllmPoolColBERTRetriever",
+    "VllmPoolEmbeddings",
+    "VllmPoolReranker",
+    "VllmPoolVectorStore",
+]

@@ -1,0 +1,51 @@
+"""Engine fields shared by the LangChain classes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, PrivateAttr
+
+from vllm_pool import DEFAULT_MODEL
+
+from .._engines import EngineOptions, EngineRef
+
+
+class EngineFields(BaseModel):
+    """Which engine to run: every instance with equal values shares one loaded engine."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, protected_namespaces=())
+
+    model: str = DEFAULT_MODEL
+    """A local model folder or a Hugging Face Hub id (default: all-MiniLM-L6-v2, offline)."""
+    dtype: str = "auto"
+    """Weights dtype: ``"auto"`` (fp32 on CPU, bf16/fp16 on GPU), ``"float32"``, ``"bfloat16"``..."""
+    device: str = "auto"
+    """``"auto"`` (GPU when there is one), ``"cpu"``, ``"cuda"``, ``"cuda:1"``..."""
+    max_model_len: int | None = None
+    """Token limit of the model (``None``: the model's own)."""
+    trust_remote_code: bool = False
+    """Allow custom model code declared in the model folder."""
+    engine_kwargs: dict[str, Any] | None = None
+    """Other ``vllm_pool.LLM`` options: ``max_num_batched_tokens``, ``max_num_seqs``,
+    ``pooler_config``, ``hf_overrides``, ``convert``, ``revision``."""
+
+    _engine: EngineRef = PrivateAttr()
+
+    def model_post_init(self, context: Any, /) -> None:
+        super().model_post_init(context)
+        options = EngineOptions.make(
+            self.model,
+            self.dtype,
+            self.device,
+            self.max_model_len,
+            self.trust_remote_code,
+            self.engine_kwargs,
+        )
+        self._engine = EngineRef(options)
+        self._engine.llm  # load now (shared), so a bad model id fails at construction  # noqa: B018
+
+    @property
+    def llm(self) -> Any:
+        """The shared ``vllm_pool.LLM`` this instance runs on."""
+        return self._engine.llm

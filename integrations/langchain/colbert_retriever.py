@@ -1,0 +1,164 @@
+"""`VllmPoolColBERTRetriever`: a LangChain retriever over the ColBERT multi-vector index."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from langchain_core.callbacks import CallbackManagerForRetrieverRun
+from langchain_core.documents import Document
+from langchain_core.retrievers import BaseRetriever
+from pydantic import ConfigDict, Field
+
+from .. import _colbert
+from ._base import EngineFields
+
+
+class VllmPoolColBERTRetriever(EngineFields, BaseRetriever):
+    """Late-interaction (ColBERT, MaxSim) retrieval with the engine's token embeddings.
+
+    Build it with :meth:`from_texts`, :meth:`from_documents` or :meth:`load`; an instance
+    made with the constructor alone starts with an empty index. Results are ``Document``
+    objects with their ``id`` and the MaxSim score in ``metadata["score"]``.
+
+    Example:
+        >>> retriever = VllmPoolColBERTRetriever.from_texts(["a cat", "a dog"], k=1)
+        >>> retriever.invoke("kitten")  # doctest: +SKIP
+        [Document(id='...', metadata={'score': 20.1}, page_content='a cat')]
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    k: int = 4
+    """Documents returned per query (``invoke(query, k=...)`` overrides it)."""
+    filter: dict[str, Any] | None = None
+    """Default metadata filter (equal values); ``invoke(query, filter=...)`` overrides it."""
+    query_maxlen: int = 32
+    """Query length in tokens after ``[MASK]`` padding (ColBERT's query augmentation)."""
+    doc_maxlen: int = 180
+    """Maximum document length in tokens."""
+    query_marker: str | None = None
+    """Token put after ``[CLS]`` in queries (ColBERT checkpoints: ``"[unused0]"``)."""
+    doc_marker: str | None = None
+    """Token put after ``[CLS]`` in documents (ColBERT checkpoints: ``"[unused1]"``)."""
+    batch_size: int = 64
+    """Documents per engine call when adding."""
+    show_progress: bool = False
+    """Show a progress bar when adding documents."""
+    index_kwargs: dict[str, Any] | None = None
+    """Options of a new ``MultiVectorIndex`` (``index_type``, ``storage``, ``candidates_per_token``...)."""
+    index: Any = Field(default=None, exclude=True, repr=False)
+    """The ``vllm_pool.retrievers.MultiVectorIndex`` (a new empty one when not given)."""
+
+    def model_post_init(self, context: Any, /) -> None:
+        super().model_post_init(context)
+        if self.index is None:
+            self.index = _colbert.new_index(self.llm, self.index_kwargs)
+        if self.index.dim != self.llm.embedding_dim:
+            raise ValueError(
+                f"the index holds {self.index.dim}-d vectors "
+                f"but {self.model} gives {self.llm.embedding_dim}-d vectors"
+            )
+
+    @property
+    def encoder(self) -> Any:
+        """The shared ``ColBERTEncoder`` of this model and these settings."""
+        config = _colbert.colbert_config(
+            self.query_maxlen, self.doc_maxlen, self.query_marker, self.doc_marker
+        )
+        return _colbert.get_encoder(self._engine.options, config)
+
+    # -- building ------------------------------------------------------------------------
+    @classmethod
+    def from_texts(
+        cls,
+        texts: Iterable[str],
+        metadatas: Sequence[dict[str, Any]] | None = None,
+        ids: Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> VllmPoolColBERTRetriever:
+        """Encode and index ``texts``.
+
+        Args:
+            texts: the documents.
+            metadatas: one dict per text.
+            ids: one id per text (default: new UUIDs).
+            **kwargs: fields of the retriever (``model``, ``k``, ``query_maxlen``...).
+        """
+        retriever = cls(**kwargs)
+        retriever.add_texts(list(texts), metadatas, ids)
+        return retriever
+
+    @classmethod
+    def from_documents(cls, documents: Sequence[Document], **kwargs: Any) -> VllmPoolColBERTRetriever:
+        """Encode and index LangChain documents (their ``id`` is kept when set)."""
+        retriever = cls(**kwargs)
+        retriever.add_documents(documents)
+        return retriever
+
+    def add_texts(
+        self,
+        texts: Sequence[str],
+        metadatas: Sequence[dict[str, Any]] | None = None,
+        ids: Sequence[str | None] | None = None,
+    ) -> list[str]:
+        """Add documents (an existing id is overwritten); return their ids."""
+        return _colbert.add_texts(
+            self.index, self.encoder, texts, metadatas, ids, self.batch_size, self.show_progress
+        )
+
+    def add_documents(self, documents: Sequence[Document]) -> list[str]:
+        """Add LangChain documents; return their ids."""
+        docs = list(documents)
+        texts = [d.page_content for d in docs]
+        return self.add_texts(texts, [d.metadata for d in docs], [d.id for d in docs])
+
+    def delete(self, ids: Sequence[str]) -> int:
+        """Remove documents by id (missing ids are ignored); return how many were removed."""
+        return self.index.remove(list(ids))
+
+    # -- persistence ---------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        """Save the index and the encoding settings to the folder ``path`` (no pickle)."""
+        settings = {
+            "model": self.model,
+            "query_maxlen": self.query_maxlen,
+            "doc_maxlen": self.doc_maxlen,
+            "query_marker": self.query_marker,
+            "doc_marker": self.doc_marker,
+        }
+        _colbert.save(path, self.index, settings)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, **kwargs: Any) -> VllmPoolColBERTRetriever:
+        """Load a retriever saved by :meth:`save`.
+
+        Args:
+            path: the folder.
+            **kwargs: fields to set or override (e.g. ``k``, ``device``); the model and the
+                encoding settings default to the saved ones.
+        """
+        index, settings = _colbert.load(path)
+        return cls(**{**settings, **kwargs, "index": index})
+
+    # -- retrieval -----------------------------------------------------------------------
+    def _get_relevant_documents(
+        self,
+        query: str,
+        *,
+        run_manager: CallbackManagerForRetrieverRun,
+        k: int | None = None,
+        filter: dict[str, Any] | None = None,
+    ) -> list[Document]:
+        hits = _colbert.search(
+            self.index,
+            self.encoder,
+            query,
+            self.k if k is None else k,
+            self.filter if filter is None else filter,
+        )
+        return [
+            Document(id=doc_id, page_content=text, metadata={**meta, "score": score})
+            for doc_id, text, meta, score in hits
+        ]

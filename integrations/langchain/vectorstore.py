@@ -1,0 +1,239 @@
+"""`VllmPoolVectorStore`: a LangChain ``VectorStore`` over the dense FAISS index."""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+from langchain_core.documents import Document
+from langchain_core.embeddings import Embeddings
+from langchain_core.vectorstores import VectorStore
+from langchain_core.vectorstores.utils import maximal_marginal_relevance
+
+from .._records import pack, unpack, user_filter
+
+
+class VllmPoolVectorStore(VectorStore):
+    """Documents in a ``vllm_pool.retrievers.DenseIndex`` (FAISS, exact by default).
+
+    Works with any LangChain ``Embeddings`` (``VllmPoolEmbeddings`` runs the model
+    in-process). The store starts empty; adding a document with an existing id replaces
+    it; deleting missing ids does nothing; scores are cosine similarities (vectors are
+    L2-normalized), higher is better; ``filter`` is a dict of required metadata values or a
+    callable on the metadata. Saved with :meth:`save_local` as ``.npy`` / FAISS / JSON
+    files (no pickle). Thread-safe.
+
+    Args:
+        embedding: the LangChain embeddings.
+        index: an existing ``DenseIndex`` (e.g. loaded); default: created on the first add.
+        **index_kwargs: options of a new ``DenseIndex`` (``index_type="hnsw"``, ``nprobe``...).
+
+    Example:
+        >>> store = VllmPoolVectorStore(VllmPoolEmbeddings())
+        >>> store.add_texts(["a cat", "a dog"], ids=["1", "2"])
+        ['1', '2']
+        >>> store.similarity_search_with_score("kitten", k=1)  # doctest: +SKIP
+        [(Document(id='1', metadata={}, page_content='a cat'), 0.62)]
+    """
+
+    def __init__(self, embedding: Embeddings, *, index: Any = None, **index_kwargs: Any) -> None:
+        if not isinstance(embedding, Embeddings):
+            raise TypeError(f"embedding must be a LangChain Embeddings, got {type(embedding).__name__}")
+        if index is not None and index_kwargs:
+            raise ValueError("give either an index or index options, not both")
+        self._embedding = embedding
+        self._index = index
+        self._index_kwargs = index_kwargs
+        self._lock = threading.RLock()
+
+    @property
+    def embeddings(self) -> Embeddings:
+        """The embeddings of the store."""
+        return self._embedding
+
+    @property
+    def index(self) -> Any:
+        """The ``DenseIndex`` (``None`` until the first add)."""
+        return self._index
+
+    def __len__(self) -> int:
+        return 0 if self._index is None else len(self._index)
+
+    def _index_for(self, dim: int) -> Any:
+        with self._lock:
+            if self._index is None:
+                from vllm_pool.retrievers import DenseIndex
+
+                kwargs = {"model_name": getattr(self._embedding, "model", None), **self._index_kwargs}
+                self._index = DenseIndex(dim, **kwargs)
+            return self._index
+
+    # -- writing -------------------------------------------------------------------------
+    def add_texts(
+        self,
+        texts: Iterable[str],
+        metadatas: list[dict] | None = None,
+        *,
+        ids: list[str | None] | None = None,
+        **kwargs: Any,
+    ) -> list[str]:
+        """Embed and add texts; an existing id is overwritten.
+
+        Args:
+            texts: the texts.
+            metadatas: one JSON-serializable dict per text.
+            ids: one id per text (``None`` entries and a missing list get new UUIDs).
+            **kwargs: unused.
+
+        Returns:
+            The ids, in order.
+        """
+        texts = list(texts)
+        if metadatas is not None and len(metadatas) != len(texts):
+            raise ValueError(f"got {len(texts)} texts but {len(metadatas)} metadatas")
+        if ids is not None and len(ids) != len(texts):
+            raise ValueError(f"got {len(texts)} texts but {len(ids)} ids")
+        ids = [i if i is not None else uuid.uuid4().hex for i in (ids or [None] * len(texts))]
+        if not texts:
+            return []
+        metas = [pack(t, m) for t, m in zip(texts, metadatas or [None] * len(texts), strict=True)]
+        vectors = np.asarray(self._embedding.embed_documents(texts), dtype=np.float32)
+        return self._index_for(vectors.shape[1]).add(vectors, ids, metas)
+
+    def delete(self, ids: list[str] | None = None, **kwargs: Any) -> bool | None:
+        """Delete documents by id (missing ids are ignored); ``ids=None`` deletes all."""
+        with self._lock:
+            if self._index is None:
+                return True
+            if ids is None:
+                from vllm_pool.retrievers import DenseIndex
+
+                old = self._index
+                self._index = DenseIndex(
+                    old.dim, **old.config, use_gpu=old.use_gpu, model_name=old.model_name
+                )
+            else:
+                self._index.remove(list(ids))
+            return True
+
+    def get_by_ids(self, ids: Sequence[str], /) -> list[Document]:
+        """The stored documents for ``ids`` (missing ids are skipped)."""
+        if self._index is None:
+            return []
+        return [
+            Document(id=r.id, page_content=text, metadata=meta)
+            for r in self._index.get(list(ids))
+            for text, meta in [unpack(r.metadata)]
+        ]
+
+    # -- searching -----------------------------------------------------------------------
+    def similarity_search_with_score_by_vector(
+        self, embedding: list[float], k: int = 4, filter: Any = None, **kwargs: Any
+    ) -> list[tuple[Document, float]]:
+        """The ``k`` most similar documents to a vector, with cosine scores, best first."""
+        if self._index is None or len(self._index) == 0:
+            return []
+        hits = self._index.search(np.asarray(embedding, dtype=np.float32), k=k, filter=user_filter(filter))[0]
+        out = []
+        for hit in hits:
+            text, meta = unpack(hit.metadata)
+            out.append((Document(id=hit.id, page_content=text, metadata=meta), float(hit.score)))
+        return out
+
+    def similarity_search_with_score(
+        self, query: str, k: int = 4, filter: Any = None, **kwargs: Any
+    ) -> list[tuple[Document, float]]:
+        """The ``k`` most similar documents to ``query`` with cosine scores (higher is better).
+
+        Args:
+            query: the query text.
+            k: how many documents.
+            filter: a dict of required metadata values, or a callable on the metadata.
+            **kwargs: unused.
+        """
+        if self._index is None or len(self._index) == 0:
+            return []
+        return self.similarity_search_with_score_by_vector(self._embedding.embed_query(query), k, filter)
+
+    def similarity_search(self, query: str, k: int = 4, filter: Any = None, **kwargs: Any) -> list[Document]:
+        """The ``k`` most similar documents to ``query``, best first."""
+        return [doc for doc, _ in self.similarity_search_with_score(query, k, filter)]
+
+    def similarity_search_by_vector(
+        self, embedding: list[float], k: int = 4, filter: Any = None, **kwargs: Any
+    ) -> list[Document]:
+        """The ``k`` most similar documents to a vector, best first."""
+        return [doc for doc, _ in self.similarity_search_with_score_by_vector(embedding, k, filter)]
+
+    def max_marginal_relevance_search_by_vector(
+        self,
+        embedding: list[float],
+        k: int = 4,
+        fetch_k: int = 20,
+        lambda_mult: float = 0.5,
+        filter: Any = None,
+        **kwargs: Any,
+    ) -> list[Document]:
+        """Diverse results: ``fetch_k`` candidates, then maximal marginal relevance."""
+        candidates = self.similarity_search_with_score_by_vector(embedding, fetch_k, filter)
+        if not candidates:
+            return []
+        records = {r.id: r.vectors for r in self._index.get([d.id for d, _ in candidates])}
+        vectors = np.asarray([records[d.id] for d, _ in candidates], dtype=np.float32)
+        chosen = maximal_marginal_relevance(np.asarray(embedding, dtype=np.float32), vectors, lambda_mult, k)
+        return [candidates[i][0] for i in chosen]
+
+    def max_marginal_relevance_search(
+        self,
+        query: str,
+        k: int = 4,
+        fetch_k: int = 20,
+        lambda_mult: float = 0.5,
+        filter: Any = None,
+        **kwargs: Any,
+    ) -> list[Document]:
+        """Diverse results for ``query`` (see :meth:`max_marginal_relevance_search_by_vector`)."""
+        if self._index is None or len(self._index) == 0:
+            return []
+        vector = self._embedding.embed_query(query)
+        return self.max_marginal_relevance_search_by_vector(vector, k, fetch_k, lambda_mult, filter)
+
+    def _select_relevance_score_fn(self) -> Callable[[float], float]:
+        """Cosine similarity in [-1, 1] mapped to a relevance in [0, 1]."""
+        return lambda score: min(1.0, max(0.0, (1.0 + score) / 2.0))
+
+    # -- building and persistence --------------------------------------------------------
+    @classmethod
+    def from_texts(
+        cls,
+        texts: list[str],
+        embedding: Embeddings,
+        metadatas: list[dict] | None = None,
+        *,
+        ids: list[str] | None = None,
+        **kwargs: Any,
+    ) -> VllmPoolVectorStore:
+        """A new store holding ``texts`` (``kwargs``: options of a new ``DenseIndex``)."""
+        store = cls(embedding, **kwargs)
+        store.add_texts(texts, metadatas, ids=ids)
+        return store
+
+    def save_local(self, folder_path: str | os.PathLike) -> None:
+        """Save the index (vectors, ids, texts, metadata) to a folder, atomically, without pickle."""
+        with self._lock:
+            if self._index is None:
+                self._index_for(len(self._embedding.embed_query("dimension probe")))
+            self._index.save(folder_path)
+
+    @classmethod
+    def load_local(
+        cls, folder_path: str | os.PathLike, embedding: Embeddings, **kwargs: Any
+    ) -> VllmPoolVectorStore:
+        """Load a store saved by :meth:`save_local` (``kwargs`` go to ``DenseIndex.load``)."""
+        from vllm_pool.retrievers import DenseIndex
+
+        return cls(embedding, index=DenseIndex.load(folder_path, **kwargs))

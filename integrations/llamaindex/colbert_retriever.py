@@ -1,0 +1,161 @@
+"""`VllmPoolColBERTRetriever`: a LlamaIndex retriever over the ColBERT multi-vector index."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from llama_index.core.base.base_retriever import BaseRetriever
+from llama_index.core.callbacks import CallbackManager
+from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, QueryBundle, TextNode
+
+from vllm_pool import DEFAULT_MODEL
+
+from .. import _colbert
+from .._engines import EngineOptions, EngineRef
+
+
+class VllmPoolColBERTRetriever(BaseRetriever):
+    """Late-interaction (ColBERT, MaxSim) retrieval with the engine's token embeddings.
+
+    Build it with :meth:`from_nodes`, :meth:`from_documents` or :meth:`load`. Results are
+    ``NodeWithScore`` objects (``TextNode`` with the original id, text and metadata; the
+    score is the MaxSim score).
+
+    Args:
+        index: a ``vllm_pool.retrievers.MultiVectorIndex`` (default: a new empty one).
+        model: a local model folder or a Hugging Face Hub id.
+        similarity_top_k: nodes returned per query.
+        filters: default metadata filter (a dict of equal values, or a callable).
+        query_maxlen: query length in tokens after ``[MASK]`` padding.
+        doc_maxlen: maximum document length in tokens.
+        query_marker: token after ``[CLS]`` in queries (ColBERT checkpoints: ``"[unused0]"``).
+        doc_marker: token after ``[CLS]`` in documents (ColBERT checkpoints: ``"[unused1]"``).
+        dtype: weights dtype (``"auto"``...).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``...
+        max_model_len: token limit of the model.
+        trust_remote_code: allow custom model code.
+        engine_kwargs: other ``vllm_pool.LLM`` options.
+        index_kwargs: options of a new ``MultiVectorIndex``.
+        batch_size: documents per engine call when adding.
+        show_progress: show a progress bar when adding.
+        callback_manager: LlamaIndex callbacks.
+        verbose: LlamaIndex's verbose flag.
+
+    Example:
+        >>> retriever = VllmPoolColBERTRetriever.from_documents(docs, similarity_top_k=3)  # doctest: +SKIP
+        >>> engine = RetrieverQueryEngine.from_args(retriever, llm=MockLLM())  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        index: Any = None,
+        *,
+        model: str = DEFAULT_MODEL,
+        similarity_top_k: int = 4,
+        filters: Any = None,
+        query_maxlen: int = 32,
+        doc_maxlen: int = 180,
+        query_marker: str | None = None,
+        doc_marker: str | None = None,
+        dtype: str = "auto",
+        device: str = "auto",
+        max_model_len: int | None = None,
+        trust_remote_code: bool = False,
+        engine_kwargs: Mapping[str, Any] | None = None,
+        index_kwargs: Mapping[str, Any] | None = None,
+        batch_size: int = 64,
+        show_progress: bool = False,
+        callback_manager: CallbackManager | None = None,
+        verbose: bool = False,
+    ) -> None:
+        if similarity_top_k < 1:
+            raise ValueError(f"similarity_top_k must be >= 1, got {similarity_top_k}")
+        self.model = model
+        self.similarity_top_k = similarity_top_k
+        self.filters = filters
+        self.batch_size = batch_size
+        self.show_progress = show_progress
+        self._engine = EngineRef(
+            EngineOptions.make(model, dtype, device, max_model_len, trust_remote_code, engine_kwargs)
+        )
+        self._config = _colbert.colbert_config(query_maxlen, doc_maxlen, query_marker, doc_marker)
+        llm = self._engine.llm
+        self.index = index if index is not None else _colbert.new_index(llm, index_kwargs)
+        if self.index.dim != llm.embedding_dim:
+            raise ValueError(
+                f"the index holds {self.index.dim}-d vectors but {model} gives {llm.embedding_dim}-d vectors"
+            )
+        super().__init__(callback_manager=callback_manager, verbose=verbose)
+
+    @property
+    def llm(self) -> Any:
+        """The shared ``vllm_pool.LLM``."""
+        return self._engine.llm
+
+    @property
+    def encoder(self) -> Any:
+        """The shared ``ColBERTEncoder`` of this model and these settings."""
+        return _colbert.get_encoder(self._engine.options, self._config)
+
+    # -- building ------------------------------------------------------------------------
+    @classmethod
+    def from_nodes(cls, nodes: Sequence[BaseNode], **kwargs: Any) -> VllmPoolColBERTRetriever:
+        """Encode and index nodes (``kwargs``: constructor arguments)."""
+        retriever = cls(**kwargs)
+        retriever.add_nodes(nodes)
+        return retriever
+
+    @classmethod
+    def from_documents(cls, documents: Sequence[BaseNode], **kwargs: Any) -> VllmPoolColBERTRetriever:
+        """Encode and index documents whole (split them first with a node parser for long ones)."""
+        return cls.from_nodes(documents, **kwargs)
+
+    def add_nodes(self, nodes: Sequence[BaseNode]) -> list[str]:
+        """Add nodes (an existing id is overwritten); return their ids.
+
+        The text encoded is the node's embedding view (``MetadataMode.EMBED``); the text
+        stored and returned is its plain content.
+        """
+        nodes = list(nodes)
+        return _colbert.add_texts(
+            self.index,
+            self.encoder,
+            [n.get_content(metadata_mode=MetadataMode.NONE) for n in nodes],
+            [dict(n.metadata) for n in nodes],
+            [n.node_id for n in nodes],
+            self.batch_size,
+            self.show_progress,
+            encode_texts=[n.get_content(metadata_mode=MetadataMode.EMBED) for n in nodes],
+        )
+
+    def delete(self, ids: Sequence[str]) -> int:
+        """Remove nodes by id (missing ids are ignored); return how many were removed."""
+        return self.index.remove(list(ids))
+
+    # -- persistence ---------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        """Save the index and the encoding settings to the folder ``path`` (no pickle)."""
+        settings = {"model": self.model, **_colbert.config_settings(self._config)}
+        _colbert.save(path, self.index, settings)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, **kwargs: Any) -> VllmPoolColBERTRetriever:
+        """Load a retriever saved by :meth:`save` (``kwargs`` set or override arguments)."""
+        index, settings = _colbert.load(path)
+        return cls(index, **{**settings, **kwargs})
+
+    # -- retrieval -----------------------------------------------------------------------
+    def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        hits = _colbert.search(
+            self.index, self.encoder, query_bundle.query_str, self.similarity_top_k, self.filters
+        )
+        return [
+            NodeWithScore(node=TextNode(id_=doc_id, text=text, metadata=meta), score=score)
+            for doc_id, text, meta, score in hits
+        ]
+
+    async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        return await asyncio.to_thread(self._retrieve, query_bundle)

@@ -1,0 +1,114 @@
+"""`VllmPoolEmbedding`: a LlamaIndex ``BaseEmbedding`` on the in-process engine."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from llama_index.core.base.embeddings.base import BaseEmbedding
+from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr
+
+from .._engines import EngineRef, embed_texts, resolve_prefix
+from ._base import engine_fields, engine_ref
+
+_F = engine_fields()
+
+
+class VllmPoolEmbedding(BaseEmbedding):
+    """Embed queries and texts with any pooling model, in-process.
+
+    ``_get_text_embeddings`` sends a whole batch (``embed_batch_size`` texts) to the
+    engine at once; the async methods run in a worker thread so the event loop keeps going.
+    Pickling keeps only the public fields, and LlamaIndex re-runs ``__init__`` on unpickle
+    (e.g. in ``IngestionPipeline(num_workers=2)``): the engine comes back from the
+    per-process cache, shared by every instance with the same engine fields.
+
+    Example:
+        >>> from llama_index.core import Settings
+        >>> Settings.embed_model = VllmPoolEmbedding()  # all-MiniLM-L6-v2, offline
+    """
+
+    model_config = ConfigDict(
+        extra="forbid", protected_namespaces=("pydantic_model_",), arbitrary_types_allowed=True
+    )
+
+    model: str = _F["model"]
+    dtype: str = _F["dtype"]
+    device: str = _F["device"]
+    max_model_len: int | None = _F["max_model_len"]
+    trust_remote_code: bool = _F["trust_remote_code"]
+    engine_kwargs: dict[str, Any] | None = _F["engine_kwargs"]
+    embed_batch_size: int = Field(default=256, gt=0, description="Texts per engine call.")
+    normalize: bool | None = Field(
+        default=None, description="L2-normalize (None: the model's default, e.g. its Normalize module)."
+    )
+    dimensions: int | None = Field(default=None, description="Matryoshka output size.")
+    truncate_prompt_tokens: int | None = Field(
+        default=None, description="Cut each text to this many tokens (-1: the model's limit)."
+    )
+    query_instruction: str | None = Field(default=None, description="Text put before every query.")
+    text_instruction: str | None = Field(default=None, description="Text put before every document text.")
+    query_prompt_name: str | None = Field(
+        default=None,
+        description="Sentence Transformers prompt of the model for queries (when no query_instruction); "
+        'without either, the model\'s "query" prompt or its default prompt.',
+    )
+    text_prompt_name: str | None = Field(
+        default=None,
+        description="Sentence Transformers prompt of the model for texts (when no text_instruction); "
+        'without either, the model\'s "document" / "passage" prompt or its default prompt.',
+    )
+    show_progress: bool = Field(default=False, description="Show the engine's progress bar.")
+
+    _engine: EngineRef = PrivateAttr()
+
+    def __init__(self, model: str | None = None, **kwargs: Any) -> None:
+        if model is not None:
+            kwargs["model"] = model
+        super().__init__(**kwargs)
+        if self.model_name == "unknown":
+            self.model_name = self.model
+        self._engine = engine_ref(self)
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "VllmPoolEmbedding"
+
+    @property
+    def llm(self) -> Any:
+        """The shared ``vllm_pool.LLM`` this instance runs on."""
+        return self._engine.llm
+
+    def _embed(self, texts: list[str], kind: str) -> list[list[float]]:
+        if kind == "query":
+            prefix = resolve_prefix(self.llm, self.query_instruction, self.query_prompt_name, "query")
+        else:
+            prefix = resolve_prefix(self.llm, self.text_instruction, self.text_prompt_name, "document")
+        return embed_texts(
+            self.llm,
+            texts,
+            prefix=prefix,
+            dimensions=self.dimensions,
+            normalize=self.normalize,
+            truncate_prompt_tokens=self.truncate_prompt_tokens,
+            batch_size=self.embed_batch_size,
+            show_progress=self.show_progress,
+        )
+
+    def _get_query_embedding(self, query: str) -> list[float]:
+        return self._embed([query], "query")[0]
+
+    def _get_text_embedding(self, text: str) -> list[float]:
+        return self._embed([text], "text")[0]
+
+    def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
+        return self._embed(list(texts), "text")
+
+    async def _aget_query_embedding(self, query: str) -> list[float]:
+        return await asyncio.to_thread(self._get_query_embedding, query)
+
+    async def _aget_text_embedding(self, text: str) -> list[float]:
+        return await asyncio.to_thread(self._get_text_embedding, text)
+
+    async def _aget_text_embeddings(self, texts: list[str]) -> list[list[float]]:
+        return await asyncio.to_thread(self._get_text_embeddings, texts)
