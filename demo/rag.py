@@ -1,6 +1,15 @@
-"""The offline RAG demo: embed the shipped corpus with the default model, answer questions.
+"""The offline RAG demo: dense and ColBERT retrieval, fusion and reranking over a shipped corpus.
 
-    make demo            # or: python demo/rag.py [--model FOLDER_OR_HUB_ID] [--top-k 3]
+    make demo     # or: python demo/rag.py [--model M] [--reranker R] [--queries 5] [--top-k 3]
+
+Pipeline, all in this process, no server:
+
+1. embed the corpus with ``LLM.embed`` into a FAISS dense index, and encode its token
+   vectors (``token_embed``) into a ColBERT multi-vector index;
+2. for each question, take the top passages of both retrievers and fuse them (reciprocal rank);
+3. rerank the fused candidates with ``LLM.score`` (a cross-encoder when ``--reranker`` names
+   one; the default bi-encoder otherwise, through the spec's cosine fallback);
+4. print the context a generator would receive, and how often the expected module was found.
 
 The corpus is passages of the Python standard library's docstrings (PSF License, see
 ``demo/corpus/LICENSE.md``). Everything runs offline: the default model id resolves to the
@@ -16,18 +25,9 @@ import textwrap
 import time
 from pathlib import Path
 
-import numpy as np
-
 HERE = Path(__file__).resolve().parent
 CORPUS = HERE / "corpus" / "python_docs.jsonl"
 QUERIES = HERE / "corpus" / "queries.jsonl"
-FALLBACK_QUERIES = [
-    "How do I parse a JSON string into a Python object?",
-    "How can I run a shell command and capture its output?",
-    "How do I compute a SHA-256 hash of some bytes?",
-    "How do I read rows from a CSV file?",
-    "How can I create a temporary directory that is removed automatically?",
-]
 
 
 def load_jsonl(path: Path) -> list[dict]:
@@ -35,43 +35,97 @@ def load_jsonl(path: Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def load_queries(path: Path = QUERIES, limit: int | None = None) -> list[str]:
-    queries = [q["query"] for q in load_jsonl(path)] if path.is_file() else FALLBACK_QUERIES
-    return queries[:limit] if limit else queries
+def fuse(rankings: list[list[str]], k: int = 60) -> list[str]:
+    """Reciprocal rank fusion of several ranked id lists, best first.
+
+    >>> fuse([["a", "b"], ["b", "c"]])
+    ['b', 'a', 'c']
+    """
+    scores: dict[str, float] = {}
+    for ranking in rankings:
+        for rank, doc_id in enumerate(ranking):
+            scores[doc_id] = scores.get(doc_id, 0.0) + 1.0 / (k + rank + 1)
+    return sorted(scores, key=lambda d: -scores[d])
+
+
+def build_indexes(llm, passages: list[dict]):
+    """A dense and a ColBERT index over ``passages`` (progress bars while encoding)."""
+    from vllm_pool.retrievers import (
+        ColBERTConfig,
+        ColBERTEncoder,
+        DenseIndex,
+        EngineTextEmbedder,
+        MultiVectorIndex,
+    )
+
+    texts = [p["text"] for p in passages]
+    ids = [p["id"] for p in passages]
+    metas = [{"title": p["title"], "module": p["module"]} for p in passages]
+    dense = DenseIndex.from_texts(texts, EngineTextEmbedder(llm, use_tqdm=True), ids=ids, metadatas=metas)
+    # all-MiniLM-L6-v2 is not a trained ColBERT model: no markers, no [MASK] query padding
+    colbert_encoder = ColBERTEncoder.from_llm(llm, ColBERTConfig(mask_augment=False))
+    colbert = MultiVectorIndex.from_texts(texts, colbert_encoder, ids=ids, metadatas=metas)
+    return dense, colbert, colbert_encoder
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description="Offline RAG demo over the Python docs corpus")
-    ap.add_argument("--model", default="sentence-transformers/all-MiniLM-L6-v2")
-    ap.add_argument("--top-k", type=int, default=3)
-    ap.add_argument("--queries", type=int, default=6, help="how many of the demo questions to ask")
+    ap.add_argument("--model", default="sentence-transformers/all-MiniLM-L6-v2", help="embedding model")
+    ap.add_argument("--reranker", default=None, help="cross-encoder folder or hub id (default: --model)")
+    ap.add_argument("--queries", type=int, default=5, help="questions whose context is printed")
+    ap.add_argument("--candidates", type=int, default=10, help="passages per retriever before fusion")
+    ap.add_argument("--top-k", type=int, default=3, help="passages given to the generator")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     from vllm_pool import LLM
 
     passages = load_jsonl(CORPUS)
+    by_id = {p["id"]: p for p in passages}
+    questions = load_jsonl(QUERIES)
     print(f"Corpus: {len(passages)} passages of Python standard library documentation")
     llm = LLM(args.model)
-    print(f"Model: {llm.model_name} on {llm.model_config.device} ({llm.model_config.dtype})")
+    reranker = LLM(args.reranker) if args.reranker else llm
+    print(f"Embedding model: {llm.model_name} on {llm.model_config.device} ({llm.model_config.dtype})")
+    kind = "cross-encoder" if "score" in reranker.get_supported_tasks() else "bi-encoder cosine"
+    print(f"Reranker: {reranker.model_name} ({kind})")
 
     t0 = time.perf_counter()
-    outs = llm.embed([p["text"] for p in passages], use_tqdm=True)
-    doc_vecs = np.asarray([o.outputs.embedding for o in outs], dtype=np.float32)
-    n_tokens = sum(len(o.prompt_token_ids) for o in outs)
-    elapsed = time.perf_counter() - t0
-    print(f"Embedded {len(passages)} passages ({n_tokens} tokens) in {elapsed:.1f}s\n")
+    dense, colbert, colbert_encoder = build_indexes(llm, passages)
+    print(f"Indexed {len(dense)} passages (dense) and {colbert.num_vectors} token vectors (ColBERT) "
+          f"in {time.perf_counter() - t0:.1f}s\n")  # fmt: skip
 
-    queries = load_queries(limit=args.queries)
-    q_vecs = np.asarray([o.outputs.embedding for o in llm.embed(queries, use_tqdm=False)], dtype=np.float32)
-    scores = q_vecs @ doc_vecs.T  # cosine: both sides are L2-normalized
-    for query, row in zip(queries, scores):
-        print(f"Q: {query}")
-        for rank, idx in enumerate(np.argsort(-row)[: args.top_k], start=1):
-            p = passages[idx]
-            snippet = textwrap.shorten(p["text"], width=110, placeholder=" ...")
-            print(f"  {rank}. [{row[idx]:.3f}] {p['title']}: {snippet}")
-        print()
+    texts = [q["query"] for q in questions]
+    q_dense = [o.outputs.embedding for o in llm.embed(texts, use_tqdm=False)]
+    dense_hits = dense.search(q_dense, k=args.candidates)
+    colbert_hits = colbert.search(colbert_encoder.encode_queries(texts), k=args.candidates)
+    found = {"dense": 0, "colbert": 0, "reranked": 0}
+    for i, q in enumerate(questions):
+        candidates = fuse([[h.id for h in dense_hits[i]], [h.id for h in colbert_hits[i]]])
+        scores = [
+            o.outputs.score
+            for o in reranker.score(q["query"], [by_id[c]["text"] for c in candidates], use_tqdm=False)
+        ]
+        reranked = [c for _, c in sorted(zip(scores, candidates), key=lambda x: -x[0])][: args.top_k]
+        for name, top in (
+            ("dense", [h.id for h in dense_hits[i]]),
+            ("colbert", [h.id for h in colbert_hits[i]]),
+            ("reranked", reranked),
+        ):
+            found[name] += any(by_id[d]["module"] == q["module"] for d in top[: args.top_k])
+        if i < args.queries:
+            print(f"Q: {q['query']}")
+            print(f"   dense: {', '.join(h.metadata['title'] for h in dense_hits[i][:3])}")
+            print(f"   colbert: {', '.join(h.metadata['title'] for h in colbert_hits[i][:3])}")
+            print("   context for the generator:")
+            for rank, doc_id in enumerate(reranked, start=1):
+                p, s = by_id[doc_id], scores[candidates.index(doc_id)]
+                snippet = textwrap.shorten(p["text"], 100, placeholder=" ...")
+                print(f"   [{rank}] ({s:.3f}) {p['title']}: {snippet}")
+            print()
+    n = len(questions)
+    print(f"Expected module in the top {args.top_k}, over {n} questions: "
+          + ", ".join(f"{k} {v}/{n}" for k, v in found.items()))  # fmt: skip
 
 
 if __name__ == "__main__":
