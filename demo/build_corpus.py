@@ -69,116 +69,344 @@ DEFAULT_OUT = os.path.join(HERE, "corpus")
 
 # Curated, well-known standard-library modules (the output is sorted anyway).
 MODULES = [
-    "abc", "argparse", "array", "ast", "asyncio", "base64", "binascii", "bisect",
-    "builtins", "bz2", "calendar", "cmd", "code", "codecs", "collections",
-    "collections.abc", "colorsys", "compileall", "concurrent.futures",
-    "configparser", "contextlib", "contextvars", "copy", "cProfile", "csv",
-    "ctypes", "dataclasses", "datetime", "dbm", "decimal", "difflib", "dis",
-    "doctest", "email", "email.headerregistry", "email.message", "email.parser",
-    "email.policy", "email.utils", "enum", "faulthandler", "filecmp",
-    "fileinput", "fnmatch", "fractions", "ftplib", "functools", "gc", "getopt",
-    "getpass", "gettext", "glob", "graphlib", "gzip", "hashlib", "heapq", "hmac",
-    "html", "html.parser", "http.client", "http.cookiejar", "http.cookies",
-    "http.server", "imaplib", "importlib", "importlib.metadata",
-    "importlib.resources", "importlib.util", "inspect", "io", "ipaddress",
-    "itertools", "json", "linecache", "locale", "logging", "logging.config",
-    "logging.handlers", "lzma", "mailbox", "math", "mimetypes", "mmap",
-    "multiprocessing", "multiprocessing.pool", "multiprocessing.shared_memory",
-    "numbers", "operator", "os", "os.path", "pathlib", "pdb", "pickle",
-    "pkgutil", "platform", "plistlib", "poplib", "pprint", "profile", "pstats",
-    "py_compile", "queue", "random", "re", "reprlib", "runpy", "sched",
-    "secrets", "select", "selectors", "shelve", "shlex", "shutil", "signal",
-    "smtplib", "socket", "socketserver", "sqlite3", "ssl", "stat", "statistics",
-    "string", "struct", "subprocess", "sys", "sysconfig", "tarfile", "tempfile",
-    "textwrap", "threading", "time", "timeit", "tokenize", "trace", "traceback",
-    "tracemalloc", "types", "typing", "unicodedata", "unittest", "unittest.mock",
-    "urllib.parse", "urllib.request", "urllib.robotparser", "uuid", "venv",
-    "warnings", "wave", "weakref", "webbrowser", "xml.dom.minidom",
-    "xml.etree.ElementTree", "xml.sax", "xmlrpc.client", "xmlrpc.server",
-    "zipapp", "zipfile", "zlib", "zoneinfo",
+    "abc",
+    "argparse",
+    "array",
+    "ast",
+    "asyncio",
+    "base64",
+    "binascii",
+    "bisect",
+    "builtins",
+    "bz2",
+    "calendar",
+    "cmd",
+    "code",
+    "codecs",
+    "collections",
+    "collections.abc",
+    "colorsys",
+    "compileall",
+    "concurrent.futures",
+    "configparser",
+    "contextlib",
+    "contextvars",
+    "copy",
+    "cProfile",
+    "csv",
+    "ctypes",
+    "dataclasses",
+    "datetime",
+    "dbm",
+    "decimal",
+    "difflib",
+    "dis",
+    "doctest",
+    "email",
+    "email.headerregistry",
+    "email.message",
+    "email.parser",
+    "email.policy",
+    "email.utils",
+    "enum",
+    "faulthandler",
+    "filecmp",
+    "fileinput",
+    "fnmatch",
+    "fractions",
+    "ftplib",
+    "functools",
+    "gc",
+    "getopt",
+    "getpass",
+    "gettext",
+    "glob",
+    "graphlib",
+    "gzip",
+    "hashlib",
+    "heapq",
+    "hmac",
+    "html",
+    "html.parser",
+    "http.client",
+    "http.cookiejar",
+    "http.cookies",
+    "http.server",
+    "imaplib",
+    "importlib",
+    "importlib.metadata",
+    "importlib.resources",
+    "importlib.util",
+    "inspect",
+    "io",
+    "ipaddress",
+    "itertools",
+    "json",
+    "linecache",
+    "locale",
+    "logging",
+    "logging.config",
+    "logging.handlers",
+    "lzma",
+    "mailbox",
+    "math",
+    "mimetypes",
+    "mmap",
+    "multiprocessing",
+    "multiprocessing.pool",
+    "multiprocessing.shared_memory",
+    "numbers",
+    "operator",
+    "os",
+    "os.path",
+    "pathlib",
+    "pdb",
+    "pickle",
+    "pkgutil",
+    "platform",
+    "plistlib",
+    "poplib",
+    "pprint",
+    "profile",
+    "pstats",
+    "py_compile",
+    "queue",
+    "random",
+    "re",
+    "reprlib",
+    "runpy",
+    "sched",
+    "secrets",
+    "select",
+    "selectors",
+    "shelve",
+    "shlex",
+    "shutil",
+    "signal",
+    "smtplib",
+    "socket",
+    "socketserver",
+    "sqlite3",
+    "ssl",
+    "stat",
+    "statistics",
+    "string",
+    "struct",
+    "subprocess",
+    "sys",
+    "sysconfig",
+    "tarfile",
+    "tempfile",
+    "textwrap",
+    "threading",
+    "time",
+    "timeit",
+    "tokenize",
+    "trace",
+    "traceback",
+    "tracemalloc",
+    "types",
+    "typing",
+    "unicodedata",
+    "unittest",
+    "unittest.mock",
+    "urllib.parse",
+    "urllib.request",
+    "urllib.robotparser",
+    "uuid",
+    "venv",
+    "warnings",
+    "wave",
+    "weakref",
+    "webbrowser",
+    "xml.dom.minidom",
+    "xml.etree.ElementTree",
+    "xml.sax",
+    "xmlrpc.client",
+    "xmlrpc.server",
+    "zipapp",
+    "zipfile",
+    "zlib",
+    "zoneinfo",
 ]
 
 # The demo corpus: module-level passages of the modules a Python developer
 # reaches for most often (a subset of MODULES).
 DEMO_MODULES = {
-    "argparse", "base64", "bisect", "calendar", "collections",
-    "concurrent.futures", "configparser", "contextlib", "copy", "csv",
-    "dataclasses", "datetime", "enum", "fnmatch", "functools", "glob", "gzip",
-    "hashlib", "heapq", "hmac", "html", "http.client", "itertools", "json",
-    "logging", "math", "os", "os.path", "pathlib", "pickle", "pprint", "queue",
-    "random", "re", "secrets", "shutil", "sqlite3", "statistics", "string",
-    "struct", "subprocess", "tarfile", "tempfile", "textwrap", "threading",
-    "time", "timeit", "unittest", "urllib.parse", "urllib.request", "uuid",
-    "zipfile", "zlib",
+    "argparse",
+    "base64",
+    "bisect",
+    "calendar",
+    "collections",
+    "concurrent.futures",
+    "configparser",
+    "contextlib",
+    "copy",
+    "csv",
+    "dataclasses",
+    "datetime",
+    "enum",
+    "fnmatch",
+    "functools",
+    "glob",
+    "gzip",
+    "hashlib",
+    "heapq",
+    "hmac",
+    "html",
+    "http.client",
+    "itertools",
+    "json",
+    "logging",
+    "math",
+    "os",
+    "os.path",
+    "pathlib",
+    "pickle",
+    "pprint",
+    "queue",
+    "random",
+    "re",
+    "secrets",
+    "shutil",
+    "sqlite3",
+    "statistics",
+    "string",
+    "struct",
+    "subprocess",
+    "tarfile",
+    "tempfile",
+    "textwrap",
+    "threading",
+    "time",
+    "timeit",
+    "unittest",
+    "urllib.parse",
+    "urllib.request",
+    "uuid",
+    "zipfile",
+    "zlib",
 }
 # ``os`` alone would be a fifth of the demo corpus (mostly thin wrappers around
 # POSIX calls), so the demo keeps its module docstring and these functions only.
 DEMO_SUBSETS = {
     "os": {
-        "os", "os.access", "os.chdir", "os.chmod", "os.cpu_count", "os.fspath",
-        "os.get_terminal_size", "os.getenv", "os.listdir", "os.makedirs", "os.mkdir",
-        "os.remove", "os.removedirs", "os.rename", "os.replace", "os.scandir",
-        "os.stat", "os.symlink", "os.unlink", "os.walk",
+        "os",
+        "os.access",
+        "os.chdir",
+        "os.chmod",
+        "os.cpu_count",
+        "os.fspath",
+        "os.get_terminal_size",
+        "os.getenv",
+        "os.listdir",
+        "os.makedirs",
+        "os.mkdir",
+        "os.remove",
+        "os.removedirs",
+        "os.rename",
+        "os.replace",
+        "os.scandir",
+        "os.stat",
+        "os.symlink",
+        "os.unlink",
+        "os.walk",
     },
 }
 
 # Demo questions: (query, module that answers it, titles of the passages that answer it).
 # Written by hand as a developer would ask them; they are not copied from the passages.
 QUERIES = [
-    ("How do I parse a JSON string into a Python object?", "json",
-     ["json.loads", "json.load"]),
-    ("How can I run a shell command and capture its output?", "subprocess",
-     ["subprocess.run", "subprocess.check_output", "subprocess.getstatusoutput"]),
+    ("How do I parse a JSON string into a Python object?", "json", ["json.loads", "json.load"]),
+    (
+        "How can I run a shell command and capture its output?",
+        "subprocess",
+        ["subprocess.run", "subprocess.check_output", "subprocess.getstatusoutput"],
+    ),
     ("How do I compute a SHA-256 hash of some bytes?", "hashlib", ["hashlib", "hashlib.new"]),
     ("How do I delete a directory and everything inside it?", "shutil", ["shutil.rmtree"]),
-    ("How can I copy a file and keep its timestamps and permissions?", "shutil",
-     ["shutil.copy2", "shutil.copystat"]),
-    ("How do I get the full path of a command-line program such as git?", "shutil",
-     ["shutil.which"]),
+    (
+        "How can I copy a file and keep its timestamps and permissions?",
+        "shutil",
+        ["shutil.copy2", "shutil.copystat"],
+    ),
+    ("How do I get the full path of a command-line program such as git?", "shutil", ["shutil.which"]),
     ("How do I read an environment variable with a default value?", "os", ["os.getenv"]),
-    ("How do I visit every file in a directory tree, including subdirectories?", "os",
-     ["os.walk"]),
-    ("How can I create a temporary directory that is removed automatically?", "tempfile",
-     ["tempfile", "tempfile.mkdtemp"]),
-    ("How do I find all files whose names match a wildcard pattern like *.txt?", "glob",
-     ["glob", "glob.glob", "glob.iglob"]),
-    ("How do I split a filename into its name and extension?", "os.path",
-     ["os.path.splitext"]),
-    ("How do I build a URL query string from a dictionary of parameters?", "urllib.parse",
-     ["urllib.parse.urlencode"]),
-    ("How do I break a URL into its scheme, host, path and query parts?", "urllib.parse",
-     ["urllib.parse.urlparse", "urllib.parse.urlsplit"]),
-    ("How do I download the contents of a URL?", "urllib.request",
-     ["urllib.request", "urllib.request.urlopen", "urllib.request.urlretrieve"]),
-    ("How do I encode binary data as base64 text?", "base64",
-     ["base64", "base64.b64encode"]),
-    ("How do I generate a secure random token for a password reset link?", "secrets",
-     ["secrets", "secrets.token_urlsafe", "secrets.token_hex", "secrets.token_bytes"]),
+    ("How do I visit every file in a directory tree, including subdirectories?", "os", ["os.walk"]),
+    (
+        "How can I create a temporary directory that is removed automatically?",
+        "tempfile",
+        ["tempfile", "tempfile.mkdtemp"],
+    ),
+    (
+        "How do I find all files whose names match a wildcard pattern like *.txt?",
+        "glob",
+        ["glob", "glob.glob", "glob.iglob"],
+    ),
+    ("How do I split a filename into its name and extension?", "os.path", ["os.path.splitext"]),
+    (
+        "How do I build a URL query string from a dictionary of parameters?",
+        "urllib.parse",
+        ["urllib.parse.urlencode"],
+    ),
+    (
+        "How do I break a URL into its scheme, host, path and query parts?",
+        "urllib.parse",
+        ["urllib.parse.urlparse", "urllib.parse.urlsplit"],
+    ),
+    (
+        "How do I download the contents of a URL?",
+        "urllib.request",
+        ["urllib.request", "urllib.request.urlopen", "urllib.request.urlretrieve"],
+    ),
+    ("How do I encode binary data as base64 text?", "base64", ["base64", "base64.b64encode"]),
+    (
+        "How do I generate a secure random token for a password reset link?",
+        "secrets",
+        ["secrets", "secrets.token_urlsafe", "secrets.token_hex", "secrets.token_bytes"],
+    ),
     ("How do I generate a random UUID?", "uuid", ["uuid", "uuid.UUID"]),
-    ("How can I compute the variance or standard deviation of a list of numbers?",
-     "statistics", ["statistics", "statistics.variance", "statistics.pvariance"]),
-    ("How do I count how many times each item occurs in a list?", "collections",
-     ["collections.Counter"]),
-    ("How do I cache the results of an expensive function call?", "functools",
-     ["functools.lru_cache"]),
-    ("How do I wrap a long paragraph of text to a fixed line width?", "textwrap",
-     ["textwrap.wrap", "textwrap.fill", "textwrap.TextWrapper"]),
-    ("How do I remove the common leading indentation from a multi-line string?", "textwrap",
-     ["textwrap.dedent"]),
+    (
+        "How can I compute the variance or standard deviation of a list of numbers?",
+        "statistics",
+        ["statistics", "statistics.variance", "statistics.pvariance"],
+    ),
+    ("How do I count how many times each item occurs in a list?", "collections", ["collections.Counter"]),
+    ("How do I cache the results of an expensive function call?", "functools", ["functools.lru_cache"]),
+    (
+        "How do I wrap a long paragraph of text to a fixed line width?",
+        "textwrap",
+        ["textwrap.wrap", "textwrap.fill", "textwrap.TextWrapper"],
+    ),
+    (
+        "How do I remove the common leading indentation from a multi-line string?",
+        "textwrap",
+        ["textwrap.dedent"],
+    ),
     ("How do I parse a date string according to a format?", "time", ["time.strptime"]),
-    ("How do I pack integers into bytes for a binary file format?", "struct",
-     ["struct", "struct.pack", "struct.pack_into"]),
-    ("How do I save a Python object to a file and load it back later?", "pickle",
-     ["pickle", "pickle.dump", "pickle.load"]),
+    (
+        "How do I pack integers into bytes for a binary file format?",
+        "struct",
+        ["struct", "struct.pack", "struct.pack_into"],
+    ),
+    (
+        "How do I save a Python object to a file and load it back later?",
+        "pickle",
+        ["pickle", "pickle.dump", "pickle.load"],
+    ),
     ("How do I run a function in a background thread?", "threading", ["threading.Thread"]),
-    ("How do I replace every match of a regular expression in a string?", "re",
-     ["re.sub", "re.subn"]),
-    ("How do I compress data with gzip?", "gzip",
-     ["gzip", "gzip.compress", "gzip.open", "gzip.GzipFile"]),
-    ("How do I compare two secret strings without leaking timing information?", "hmac",
-     ["hmac.compare_digest"]),
-    ("How do I insert an item into a sorted list and keep it sorted?", "bisect",
-     ["bisect.insort", "bisect.insort_left"]),
+    ("How do I replace every match of a regular expression in a string?", "re", ["re.sub", "re.subn"]),
+    ("How do I compress data with gzip?", "gzip", ["gzip", "gzip.compress", "gzip.open", "gzip.GzipFile"]),
+    (
+        "How do I compare two secret strings without leaking timing information?",
+        "hmac",
+        ["hmac.compare_digest"],
+    ),
+    (
+        "How do I insert an item into a sorted list and keep it sorted?",
+        "bisect",
+        ["bisect.insort", "bisect.insort_left"],
+    ),
 ]
 
 LICENSE_MD = """\
@@ -272,12 +500,12 @@ Agreement.
 """
 
 # Size targets, in "approximate tokens" (see approx_tokens).
-MIN_TOKENS = 10     # drop passages shorter than this
+MIN_TOKENS = 10  # drop passages shorter than this
 TARGET_TOKENS = 60  # stop merging paragraphs once a passage reaches this
-MAX_TOKENS = 200    # never merge past this; split longer paragraphs at sentences
+MAX_TOKENS = 200  # never merge past this; split longer paragraphs at sentences
 SPLIT_TOKENS = 120  # chunk size when a long paragraph is split
 MIN_PARA_WORDS = 4  # drop paragraphs with fewer words (headings, "Args:", ...)
-SHORT_OBJECT = 30   # objects with less text are merged into a group passage of their owner
+SHORT_OBJECT = 30  # objects with less text are merged into a group passage of their owner
 
 DEMO_MAX_PER_OBJECT = 2  # the demo corpus keeps the first passages of each object
 
@@ -436,16 +664,18 @@ def pack(paragraphs: list[str]) -> list[str]:
     for piece in paragraphs:
         if not cur:
             cur = piece
-        elif (approx_tokens(cur) < TARGET_TOKENS
-              and approx_tokens(cur + " " + piece) <= MAX_TOKENS):
+        elif approx_tokens(cur) < TARGET_TOKENS and approx_tokens(cur + " " + piece) <= MAX_TOKENS:
             cur = cur + "\n\n" + piece
         else:
             passages.append(cur)
             cur = piece
     if cur:
         # fold a short tail back into the previous passage when it fits
-        if (passages and approx_tokens(cur) < TARGET_TOKENS / 2
-                and approx_tokens(passages[-1] + " " + cur) <= MAX_TOKENS):
+        if (
+            passages
+            and approx_tokens(cur) < TARGET_TOKENS / 2
+            and approx_tokens(passages[-1] + " " + cur) <= MAX_TOKENS
+        ):
             passages[-1] = passages[-1] + "\n\n" + cur
         else:
             passages.append(cur)
@@ -479,8 +709,12 @@ def _public_members(mod, modname: str):
         if inspect.isclass(obj) and owner == "builtins" and real != "builtins":
             continue  # aliases such as typing.Text = str
         if explicit is None:
-            ok = (owner in (modname, real) or owner.startswith(modname + ".")
-                  or owner.startswith("_") or owner in ("posix", "builtins"))
+            ok = (
+                owner in (modname, real)
+                or owner.startswith(modname + ".")
+                or owner.startswith("_")
+                or owner in ("posix", "builtins")
+            )
             if not ok:
                 continue  # re-exported from another module
         yield name, obj
@@ -514,8 +748,7 @@ class _Units:
         self.rows: list[tuple[str, str, int, int, int | None, str]] = []
         self._seq: dict[str, int] = {}
 
-    def emit(self, module: str, title: str, level: int, passages: list[str],
-             group: bool = False) -> None:
+    def emit(self, module: str, title: str, level: int, passages: list[str], group: bool = False) -> None:
         for part, text in enumerate(passages):
             n = self._seq.get(title, 0)
             self._seq[title] = n + 1
@@ -566,8 +799,7 @@ def collect(modules: list[str]) -> list[tuple[str, str, int, int, int | None, st
                 if id(member) in seen_objects:
                     continue
                 seen_objects[id(member)] = member
-                units.add_object(modname, f"{title}.{mname}", f"{name}.{mname}", member, 1,
-                                 method_group)
+                units.add_object(modname, f"{title}.{mname}", f"{name}.{mname}", member, 1, method_group)
             units.emit(modname, title, 1, pack(method_group), group=True)
         units.emit(modname, modname, 0, pack(top_group), group=True)
     return units.rows
@@ -626,8 +858,10 @@ def _stats(name: str, records: list[dict]) -> None:
     except Exception:
         pass
     p90 = lengths[int(0.9 * (len(lengths) - 1))]
-    print(f"{name}: {len(records)} passages, {label}: min {lengths[0]} "
-          f"median {statistics.median(lengths):g} p90 {p90} max {lengths[-1]}")
+    print(
+        f"{name}: {len(records)} passages, {label}: min {lengths[0]} "
+        f"median {statistics.median(lengths):g} p90 {p90} max {lengths[-1]}"
+    )
 
 
 def write_queries(path: str, demo: list[dict]) -> list[dict]:
@@ -661,8 +895,7 @@ def _check(queries: list[dict], corpora: dict[str, list[dict]], k: int = 3) -> N
     model = SentenceTransformer(model_dir, device="cpu")
     q_emb = model.encode([q["query"] for q in queries], normalize_embeddings=True)
     for name, records in corpora.items():
-        p_emb = model.encode([r["text"] for r in records], normalize_embeddings=True,
-                             batch_size=64)
+        p_emb = model.encode([r["text"] for r in records], normalize_embeddings=True, batch_size=64)
         scores = q_emb @ p_emb.T
         hit_module = hit_title = 0
         for q, row in zip(queries, scores):
@@ -674,30 +907,40 @@ def _check(queries: list[dict], corpora: dict[str, list[dict]], k: int = 3) -> N
             if name == "python_docs.jsonl" and not ok_m:
                 print(f"  miss: {q['query']!r} -> {[r['id'] for r in top]}")
         n = len(queries)
-        print(f"{name}: right module in top {k}: {hit_module}/{n} ({hit_module / n:.0%}), "
-              f"a relevant title in top {k}: {hit_title}/{n} ({hit_title / n:.0%})")
+        print(
+            f"{name}: right module in top {k}: {hit_module}/{n} ({hit_module / n:.0%}), "
+            f"a relevant title in top {k}: {hit_title}/{n} ({hit_title / n:.0%})"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=DEFAULT_OUT, help="output folder (default: demo/corpus)")
-    ap.add_argument("--stats", action="store_true",
-                    help="print token-length statistics (uses tokenizers when installed)")
-    ap.add_argument("--check", action="store_true",
-                    help="run the retrieval check of the queries (needs sentence-transformers)")
+    ap.add_argument(
+        "--stats", action="store_true", help="print token-length statistics (uses tokenizers when installed)"
+    )
+    ap.add_argument(
+        "--check",
+        action="store_true",
+        help="run the retrieval check of the queries (needs sentence-transformers)",
+    )
     args = ap.parse_args(argv)
 
     if sys.version_info[:2] != (3, 11):
-        print(f"warning: built with Python {sys.version.split()[0]}; the shipped corpus "
-              "comes from Python 3.11", file=sys.stderr)
+        print(
+            f"warning: built with Python {sys.version.split()[0]}; the shipped corpus comes from Python 3.11",
+            file=sys.stderr,
+        )
     demo, large = build(MODULES)
     os.makedirs(args.out, exist_ok=True)
     write_jsonl(os.path.join(args.out, "python_docs.jsonl"), demo)
     write_jsonl(os.path.join(args.out, "python_docs_large.jsonl"), large)
     queries = write_queries(os.path.join(args.out, "queries.jsonl"), demo)
     write_license(os.path.join(args.out, "LICENSE.md"))
-    print(f"wrote {len(demo)} demo passages, {len(large)} large passages and "
-          f"{len(queries)} queries to {args.out}")
+    print(
+        f"wrote {len(demo)} demo passages, {len(large)} large passages and "
+        f"{len(queries)} queries to {args.out}"
+    )
     if args.stats:
         _stats("python_docs.jsonl", demo)
         _stats("python_docs_large.jsonl", large)

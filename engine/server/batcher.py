@@ -1,10 +1,11 @@
 """The cross-request queue: inputs from many clients filled into token-budget batches.
 
-As in text-embeddings-inference: every input of every request is one queue entry; a
-single consumer task takes entries in arrival order (skipping other tasks' entries) while
-the batch's padded size ``max_len x n`` fits the token budget, runs the batch in a worker
-thread (the event loop is never blocked by the model), and hands each result back to its
-request. Entries of a request whose client went away are dropped before they run.
+As in text-embeddings-inference: every input of every request is one queue entry, and a
+batch is filled while its padded size ``max_len x n`` fits the token budget. A single
+consumer task takes the oldest entry, adds entries of the same task closest to it in
+length (padding is paid for), runs the batch in a worker thread (the event loop is never
+blocked by the model), and hands each result back to its request. Entries of a request
+whose client went away are dropped before they run.
 """
 
 from __future__ import annotations
@@ -74,6 +75,9 @@ class Batcher:
         max_batch_size: cap on inputs per batch.
         metrics: where to record batch sizes and times (optional).
         poll_interval: seconds between checks that a waiting client is still connected.
+        scan_limit: queue entries looked at to fill a batch with inputs of similar length.
+        batch_overhead_tokens: the fixed cost of one forward pass, in tokens; an input joins
+            a batch when the padding it causes costs less than that.
         executor: where ``run`` runs (default: one dedicated thread).
     """
 
@@ -84,6 +88,8 @@ class Batcher:
         max_batch_size: int,
         metrics: ServerMetrics | None = None,
         poll_interval: float = 0.1,
+        scan_limit: int = 1024,
+        batch_overhead_tokens: int = 32,
         executor: Executor | None = None,
     ) -> None:
         if max_batch_tokens < 1 or max_batch_size < 1:
@@ -93,6 +99,8 @@ class Batcher:
         self.max_batch_size = max_batch_size
         self.metrics = metrics
         self.poll_interval = poll_interval
+        self.scan_limit = max(1, scan_limit)
+        self.batch_overhead_tokens = batch_overhead_tokens
         self.executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="vllm-pool-model")
         self._queue: deque[_Entry] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -166,27 +174,39 @@ class Batcher:
         self._task = None
 
     def next_batch(self) -> tuple[str, list[_Entry]] | None:
-        """Take the next batch off the queue: arrival order, one task, within the budget."""
-        queue, taken, skipped = self._queue, [], []
-        task, max_len = None, 0
-        while queue and len(skipped) < 4096:
-            entry = queue.popleft()
-            if entry.job.cancelled:
-                continue
-            task = task or entry.job.task
-            if entry.job.task != task:
-                skipped.append(entry)
-                continue
-            new_max = max(max_len, entry.request.num_tokens)
-            if taken and (
-                len(taken) >= self.max_batch_size or new_max * (len(taken) + 1) > self.max_batch_tokens
-            ):
-                queue.appendleft(entry)
+        """Take the next batch off the queue: one task, within the padded-token budget.
+
+        The oldest entry always goes first (no request waits forever); the rest of the batch
+        is filled from the next ``scan_limit`` entries of the same task, closest in length
+        first. An entry joins only if the padded tokens it adds are at most its own length
+        plus ``batch_overhead_tokens`` (what a separate forward pass costs), so that mixed
+        lengths do not pay for padding.
+        """
+        queue = self._queue
+        while queue and queue[0].job.cancelled:
+            queue.popleft()
+        if not queue:
+            return None
+        window = [queue.popleft() for _ in range(min(len(queue), self.scan_limit))]
+        anchor, task = window[0], window[0].job.task
+        size = anchor.request.num_tokens
+        live = [e for e in window[1:] if not e.job.cancelled]
+        candidates = sorted(
+            (e for e in live if e.job.task == task), key=lambda e: abs(e.request.num_tokens - size)
+        )
+        taken, max_len = [anchor], size
+        for entry in candidates:
+            if len(taken) >= self.max_batch_size:
                 break
-            taken.append(entry)
-            max_len = new_max
-        queue.extendleft(reversed(skipped))
-        return (task, taken) if taken and task is not None else None
+            n, length = len(taken), entry.request.num_tokens
+            new_max = max(max_len, length)
+            added = new_max * (n + 1) - max_len * n  # padded tokens this entry adds to the batch
+            if new_max * (n + 1) <= self.max_batch_tokens and added <= length + self.batch_overhead_tokens:
+                taken.append(entry)
+                max_len = new_max
+        chosen = {id(e) for e in taken}
+        queue.extendleft(reversed([e for e in live if id(e) not in chosen]))
+        return task, taken
 
     async def _consume(self) -> None:
         assert self._loop is not None and self._wakeup is not None

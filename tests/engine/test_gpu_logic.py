@@ -47,8 +47,9 @@ def test_single_prompt_that_does_not_fit(tiny_bert):
 
 
 def test_token_budget_scales_with_free_memory(tiny_bert):
-    from vllm_pool import LLM
     from vllm_pool.engine.runner import token_budget_for_memory
+
+    from vllm_pool import LLM
 
     cfg = LLM(str(tiny_bert)).model_config
     small = token_budget_for_memory(64 * 2**20, cfg)

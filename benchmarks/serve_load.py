@@ -1,0 +1,236 @@
+"""Online serving under load: ``vllm-pool serve`` vs Sentence Transformers behind FastAPI.
+
+The naive way users serve a model: a FastAPI ``def`` endpoint that calls
+``SentenceTransformer.encode`` per request (requests run in FastAPI's thread pool). Both
+servers answer ``POST /v1/embeddings`` with the same JSON, run one at a time in their own
+process on 127.0.0.1; this process is the load generator. For 1, 8 and 64 concurrent
+clients and short or mixed inputs (one text per request) it measures requests per second
+and p50 / p99 latency, prints a table and writes ``benchmarks/results/serve_load.json``.
+
+    python -m benchmarks.serve_load [--requests 256] [--concurrency 1 8 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import shlex
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import CORPUS, ROOT, load_texts, machine, write_result  # noqa: E402
+
+logger = logging.getLogger("serve_load")
+QUERIES = ROOT / "demo" / "corpus" / "queries.jsonl"
+SERVERS = ("vllm-pool", "st-fastapi")
+
+
+# ---------------------------------------------------------------------- the naive server
+def serve_st(model: str, port: int, threads: int | None = None) -> None:
+    """Sentence Transformers behind a FastAPI ``def`` endpoint (the naive baseline)."""
+    import torch
+    import uvicorn
+    from fastapi import FastAPI
+    from sentence_transformers import SentenceTransformer
+
+    if threads:
+        torch.set_num_threads(threads)
+    st = SentenceTransformer(_model_path(model), device="cpu")
+    app = FastAPI()
+
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        return {}
+
+    @app.post("/v1/embeddings")
+    def embeddings(body: dict[str, Any]) -> dict[str, Any]:
+        texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        vectors = st.encode(texts, batch_size=32, convert_to_numpy=True, show_progress_bar=False)
+        data = [{"index": i, "object": "embedding", "embedding": v.tolist()} for i, v in enumerate(vectors)]
+        return {"object": "list", "model": model, "data": data}
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
+def _model_path(model: str) -> str:
+    from vllm_pool.engine.model_source import resolve_model
+
+    return str(resolve_model(model))
+
+
+# ---------------------------------------------------------------------- load generation
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(
+    kind: str, model: str, serve_args: str = "", st_threads: int | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    port = _free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if kind == "vllm-pool":
+        cmd = ["-m", "vllm_pool.cli", "serve", model, "--log-level", "warning", *shlex.split(serve_args)]
+    else:
+        cmd = ["-m", "benchmarks.serve_load", "--serve-st", "--model", model]
+        cmd += ["--st-threads", str(st_threads)] if st_threads else []
+    cmd = [sys.executable, *cmd, "--port", str(port)]
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    import httpx
+
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{kind} server exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.25)
+    proc.kill()
+    raise RuntimeError(f"{kind} server did not start")
+
+
+async def run_load(url: str, texts: list[str], concurrency: int, n_requests: int) -> dict[str, float]:
+    """``n_requests`` one-text requests from ``concurrency`` clients; rps and latency percentiles."""
+    import httpx
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    latencies: list[float] = []
+    next_index = iter(range(n_requests))
+    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
+        for t in texts[: min(8, len(texts))]:  # warm-up
+            (await client.post("/v1/embeddings", json={"input": t})).raise_for_status()
+
+        async def worker() -> None:
+            for i in next_index:
+                t0 = time.perf_counter()
+                r = await client.post("/v1/embeddings", json={"input": texts[i % len(texts)]})
+                r.raise_for_status()
+                latencies.append(time.perf_counter() - t0)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - start
+    latencies.sort()
+    return {
+        "requests": n_requests,
+        "rps": n_requests / wall,
+        "p50_ms": 1000 * statistics.median(latencies),
+        "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
+    }
+
+
+async def first_vectors(url: str, texts: list[str]) -> list[list[float]]:
+    import httpx
+
+    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+        r = await client.post("/v1/embeddings", json={"input": texts})
+        r.raise_for_status()
+        return [d["embedding"] for d in r.json()["data"]]
+
+
+def input_sets(n: int) -> dict[str, list[str]]:
+    short = [json.loads(line)["query"] for line in QUERIES.read_text().splitlines() if line.strip()]
+    mixed = load_texts(CORPUS, n)
+    return {"short": short, "mixed": mixed}
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    by_key = {(r["server"], r["inputs"], r["concurrency"]): r for r in rows}
+    head = (
+        "| inputs | clients | vllm-pool req/s | p50 / p99 ms | ST+FastAPI req/s | p50 / p99 ms | speed-up |"
+    )
+    print(head)
+    print("|" + "---|" * 7)
+    for inputs, conc in sorted(
+        {(r["inputs"], r["concurrency"]) for r in rows}, key=lambda k: (k[0] != "short", k[1])
+    ):
+        ours, base = by_key.get(("vllm-pool", inputs, conc)), by_key.get(("st-fastapi", inputs, conc))
+        cells = []
+        for r in (ours, base):
+            cells += [f"{r['rps']:.1f}", f"{r['p50_ms']:.0f} / {r['p99_ms']:.0f}"] if r else ["-", "-"]
+        ratio = f"{ours['rps'] / base['rps']:.2f}x" if ours and base else "-"
+        print(f"| {inputs} | {conc} | " + " | ".join(cells) + f" | {ratio} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="sentence-transformers/all-MiniLM-L6-v2")
+    ap.add_argument("--requests", type=int, default=256, help="requests per (inputs, clients) run")
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64])
+    ap.add_argument("--inputs", nargs="+", default=["short", "mixed"], choices=["short", "mixed"])
+    ap.add_argument("--servers", nargs="+", default=list(SERVERS), choices=SERVERS)
+    ap.add_argument(
+        "--serve-args", default="", help="extra `vllm-pool serve` options, e.g. '--num-threads 2'"
+    )
+    ap.add_argument(
+        "--st-threads", type=int, default=None, help="torch threads of the ST server (default: torch's)"
+    )
+    ap.add_argument("--name", default="serve_load", help="result file name")
+    ap.add_argument("--serve-st", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--port", type=int, default=8001, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    if args.serve_st:
+        serve_st(args.model, args.port, args.st_threads)
+        return
+
+    sets = input_sets(max(args.requests, 64))
+    rows: list[dict[str, Any]] = []
+    vectors: dict[str, list[list[float]]] = {}
+    for kind in args.servers:
+        proc, url = start_server(kind, args.model, args.serve_args, args.st_threads)
+        try:
+            vectors[kind] = asyncio.run(first_vectors(url, sets["mixed"][:16]))
+            for inputs in args.inputs:
+                for conc in args.concurrency:
+                    n = max(args.requests, conc)
+                    res = asyncio.run(run_load(url, sets[inputs], conc, n))
+                    logger.info("%-10s %-5s %3d clients: %7.1f req/s  p50 %6.1f ms  p99 %6.1f ms",
+                                kind, inputs, conc, res["rps"], res["p50_ms"], res["p99_ms"])  # fmt: skip
+                    rows.append({"server": kind, "inputs": inputs, "concurrency": conc, **res})
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    result: dict[str, Any] = {
+        "model": args.model,
+        "machine": machine(),
+        "settings": {
+            "serve_args": args.serve_args,
+            "requests": args.requests,
+            "concurrency": args.concurrency,
+            "texts_per_request": 1,
+        },
+        "results": rows,
+    }
+    if len(vectors) == 2:
+        import numpy as np
+
+        a, b = (np.asarray(vectors[k], dtype=np.float64) for k in SERVERS)
+        cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+        result["min_cosine_vs_st"] = float(cos.min())
+    path = write_result(args.name, result)
+    print_table(rows)
+    if "min_cosine_vs_st" in result:
+        print(f"min cosine vllm-pool vs ST: {result['min_cosine_vs_st']:.6f}")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

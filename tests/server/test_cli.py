@@ -1,0 +1,100 @@
+"""`vllm-pool serve`: argument parsing, and the real command on a loopback port."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from vllm_pool.cli import build_parser, llm_kwargs
+
+
+def test_serve_options_are_llm_options():
+    args = build_parser().parse_args(
+        [
+            "serve", "some/model", "--runner", "pooling", "--convert", "embed",
+            "--pooler-config", '{"pooling_type": "MEAN", "normalize": false}',
+            "--hf-overrides", '{"matryoshka_dimensions": [256]}', "--dtype", "bfloat16", "--device", "cpu",
+            "--max-num-batched-tokens", "4096", "--port", "9000", "--api-key", "k",
+        ]
+    )  # fmt: skip
+    assert args.model == "some/model" and args.port == 9000 and args.api_key == "k"
+    assert args.host == "127.0.0.1" and args.max_inputs == 2048
+    kw = llm_kwargs(args)
+    assert kw["pooler_config"] == {"pooling_type": "MEAN", "normalize": False}
+    assert kw["hf_overrides"] == {"matryoshka_dimensions": [256]}
+    assert kw["max_num_batched_tokens"] == 4096 and kw["dtype"] == "bfloat16" and kw["runner"] == "pooling"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["serve", "m", "--pooler-config", "{bad"],
+        ["serve", "m", "--hf-overrides", "[1]"],
+        ["serve", "m", "--max-num-batched-tokens", "0"],
+        ["serve", "m", "--runner", "generate"],
+        [],
+    ],
+)
+def test_bad_arguments_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(argv)
+    assert exc.value.code == 2
+
+
+def test_importing_the_package_does_not_import_fastapi():
+    code = "import sys, vllm_pool, vllm_pool.engine, vllm_pool.cli; print('fastapi' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_serve_command_end_to_end():
+    port = _free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, "-m", "vllm_pool.cli", "serve", "--port", str(port), "--api-key", "k"]
+    cmd += ["--log-level", "warning"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the server did not come up"
+            time.sleep(0.2)
+        r = httpx.post(
+            f"{url}/v1/embeddings",
+            json={"input": "hello", "model": "sentence-transformers/all-MiniLM-L6-v2"},
+            headers={"Authorization": "Bearer k"},
+            timeout=30,
+        )
+        assert r.status_code == 200 and len(r.json()["data"][0]["embedding"]) == 384
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+    assert "vllm-pool serving sentence-transformers/all-MiniLM-L6-v2" in out
+    assert "Traceback" not in out
+
+
+def test_cpu_threads_leave_a_core_to_the_event_loop():
+    from vllm_pool.cli import cpu_threads
+
+    cores = len(os.sched_getaffinity(0))
+    assert cpu_threads(None, "cpu") == max(1, cores - 1)
+    assert cpu_threads(3, "cpu") == 3
+    assert cpu_threads(None, "cuda") is None
