@@ -29,6 +29,8 @@ def normalize_prompts(prompts: object) -> list[PromptType]:
         )
     for i, item in enumerate(items):
         if isinstance(item, str):
+            if not item:
+                raise ValueError(f"prompts[{i}] is an empty string")
             continue
         if isinstance(item, dict):
             _check_dict_prompt(item, i)
@@ -52,6 +54,8 @@ def _check_dict_prompt(item: dict[str, Any], i: int) -> None:
     elif "prompt" in item:
         if not isinstance(item["prompt"], str):
             raise TypeError(f"prompts[{i}]['prompt'] must be a string, got {type(item['prompt']).__name__}")
+        if not item["prompt"]:
+            raise ValueError(f"prompts[{i}]['prompt'] is an empty string")
     else:
         raise TypeError(f"prompts[{i}] is a dict without 'prompt' or 'prompt_token_ids'")
 

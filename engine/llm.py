@@ -184,6 +184,21 @@ class LLM:
         params = [pooler.resolve(p) for p in params]
         return self.input_processor(items, params)
 
+    def make_pair_requests(
+        self,
+        texts_1: Sequence[str],
+        texts_2: Sequence[str],
+        pooling_params: PoolingParams | Sequence[PoolingParams] | None = None,
+        truncate_prompt_tokens: int | None = None,
+    ) -> list[Request]:
+        """Check and tokenize equal-length lists of text pairs for the ``score`` task."""
+        pooler = self.poolers.get("score")
+        params = normalize_params(pooling_params, len(texts_1))
+        if truncate_prompt_tokens is not None:
+            params = [p.clone(truncate_prompt_tokens=truncate_prompt_tokens) for p in params]
+        params = [pooler.resolve(p) for p in params]
+        return self.input_processor.pairs(list(texts_1), list(texts_2), params)
+
     def run_requests(
         self, requests: list[Request], task: str, use_tqdm: bool = False
     ) -> list[PoolingRequestOutput[PoolingOutput]]:
@@ -321,12 +336,7 @@ class LLM:
         texts_1, texts_2 = pair_up(data_1, data_2)
         tasks = self.get_supported_tasks()
         if "score" in tasks:
-            pooler = self.poolers.get("score")
-            params = normalize_params(pooling_params, len(texts_1))
-            if truncate_prompt_tokens is not None:
-                params = [p.clone(truncate_prompt_tokens=truncate_prompt_tokens) for p in params]
-            params = [pooler.resolve(p) for p in params]
-            requests = self.input_processor.pairs(texts_1, texts_2, params)
+            requests = self.make_pair_requests(texts_1, texts_2, pooling_params, truncate_prompt_tokens)
             outs = self.run_requests(requests, "score", use_tqdm)
             return [_convert(o, ScoringOutput.from_base(o.outputs)) for o in outs]
         if "embed" not in tasks:

@@ -11,12 +11,16 @@ PAIR_SHAPE_ERROR = "Input lengths must be either 1:1, 1:N or N:N"
 
 def _as_list(data: object, name: str) -> list[str]:
     if isinstance(data, str):
+        if not data:
+            raise ValueError(f"{name} is an empty string")
         return [data]
     if isinstance(data, Sequence) and not isinstance(data, (bytes, bytearray)):
         items = list(data)
         for i, item in enumerate(items):
             if not isinstance(item, str):
                 raise TypeError(f"{name}[{i}] must be a string, got {type(item).__name__}")
+            if not item:
+                raise ValueError(f"{name}[{i}] is an empty string")
         return items
     raise TypeError(f"{name} must be a string or a list of strings, got {type(data).__name__}")
 

@@ -106,3 +106,16 @@ def test_bad_runner_convert_and_pooler_config(default_model_dir):
         LLM(str(default_model_dir), max_model_len=1000)
     with pytest.raises(ValueError, match="Unknown dtype"):
         LLM(str(default_model_dir), dtype="float8")
+
+
+def test_empty_text_is_an_error_but_whitespace_is_not(default_llm):
+    with pytest.raises(ValueError, match=r"prompts\[1\] is an empty string"):
+        default_llm.embed(["ok", ""], use_tqdm=False)
+    with pytest.raises(ValueError, match=r"prompts\[0\]\['prompt'\] is an empty string"):
+        default_llm.embed([{"prompt": ""}], use_tqdm=False)
+    with pytest.raises(ValueError, match=r"data_2\[1\] is an empty string"):
+        default_llm.score("q", ["a", ""], use_tqdm=False)
+    with pytest.raises(ValueError, match=r"data_1 is an empty string"):
+        default_llm.score("", "a", use_tqdm=False)
+    assert len(default_llm.embed(["  "], use_tqdm=False)) == 1
+    _still_works(default_llm)
