@@ -67,6 +67,8 @@ class LLM:
         revision: hub revision to fetch.
         io_processor_plugin: a registered IO processor plugin name (entry point group
             ``vllm_pool.io_processor_plugins``) or object, for ``pooling_task="plugin"``.
+        compile: ``torch.compile`` the model (inductor). Faster once warm (about 10-20% on
+            a CPU), at the cost of compiling during the first batches.
     """
 
     def __init__(
@@ -85,6 +87,7 @@ class LLM:
         max_num_seqs: int = 64,
         revision: str | None = None,
         io_processor_plugin: str | IOProcessor | None = None,
+        compile: bool = False,
     ) -> None:
         if runner not in ("auto", "pooling"):
             raise ValueError(
@@ -111,7 +114,7 @@ class LLM:
         )
         cfg = self.model_config
         self.tokenizer = tokenizers["tok"]
-        self.runner = ModelRunner(cfg)
+        self.runner = ModelRunner(cfg, compile=compile)
         self.poolers: TaskPoolers = build_poolers(cfg, self.runner.task_model, self.tokenizer)
         self.input_processor = InputProcessor(
             self.tokenizer,

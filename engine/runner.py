@@ -54,9 +54,10 @@ class ModelRunner:
     Args:
         cfg: the model configuration.
         model: an already loaded transformer (tests pass fakes); loaded from ``cfg`` if None.
+        compile: compile the transformer with ``torch.compile`` (see :meth:`compile`).
     """
 
-    def __init__(self, cfg: ModelConfig, model: torch.nn.Module | None = None) -> None:
+    def __init__(self, cfg: ModelConfig, model: torch.nn.Module | None = None, compile: bool = False) -> None:
         self.cfg = cfg
         self.task_model = model if model is not None else load_transformer(cfg)
         # the runner computes hidden states only; task heads are split off by the poolers
@@ -65,6 +66,26 @@ class ModelRunner:
         pad = getattr(cfg.hf_config, "pad_token_id", None)
         self.pad_token_id = int(pad) if isinstance(pad, int) else 0
         self._decoder = not cfg.is_encoder
+        self.compiled = False
+        if compile:
+            self.compile()
+
+    def compile(self) -> None:
+        """``torch.compile`` the transformer (inductor, dynamic shapes, frozen weights).
+
+        Fuses the elementwise work (bias, GELU, residual adds, LayerNorm) into the GEMMs.
+        The first batches of each new shape class compile (tens of seconds on a CPU).
+        """
+        self.model = torch.compile(self.model, dynamic=True)
+        self.compiled = True
+
+    def _call_model(self, **inputs: torch.Tensor) -> Any:
+        if not self.compiled:
+            return self.model(**inputs)
+        import torch._inductor.config as inductor_config
+
+        with inductor_config.patch(freezing=True):
+            return self.model(**inputs)
 
     def _inputs(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Right-padded ``input_ids`` / ``attention_mask`` (and ``token_type_ids`` for pairs)."""
@@ -95,7 +116,7 @@ class ModelRunner:
             call.pop("attention_mask")  # equal lengths: no masking needed, faster kernels
         if self._decoder:
             call["use_cache"] = False
-        out = self.model(**call)
+        out = self._call_model(**call)
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
         keep = mask.bool()
         lens = mask.sum(dim=1)

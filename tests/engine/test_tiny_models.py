@@ -97,3 +97,14 @@ def test_bfloat16_close_to_fp32(tiny_bert):
     for a, b in zip(fp32, bf16):
         assert b.dtype == torch.float32  # outputs are always returned in fp32
         assert float(F.cosine_similarity(a, b, dim=0)) >= 0.99
+
+
+def test_compiled_model_matches_eager(tiny_bert):
+    """``compile=True`` (torch.compile, inductor) gives the eager outputs, masks included."""
+    from vllm_pool import LLM
+
+    eager = _ours(LLM(str(tiny_bert), pooler_config={"pooling_type": "MEAN"}), TEXTS)
+    llm = LLM(str(tiny_bert), pooler_config={"pooling_type": "MEAN"}, compile=True)
+    assert llm.runner.compiled
+    for a, b in zip(eager, _ours(llm, TEXTS)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
