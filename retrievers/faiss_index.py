@@ -180,3 +180,38 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     """Row-wise L2 normalization (zero rows stay zero)."""
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.maximum(norms, 1e-12)
+
+
+def flat_topk_labels(index: faiss.Index, queries: np.ndarray, k: int) -> np.ndarray | None:
+    """Exact inner-product top-``k`` ids of an ``IDMap,Flat`` index, as one GEMM + ``torch.topk``.
+
+    FAISS selects a large ``k`` (ColBERT's per-token candidates, 256) with heaps, which costs
+    several times the GEMM itself on a CPU. This reads the flat index's vectors in place
+    (no copy). Returns ``None`` for any other index (GPU, IVF, HNSW...): search it as usual.
+
+    Args:
+        index: the candidate index.
+        queries: ``[nq, d]`` float32.
+        k: neighbours per query.
+
+    Returns:
+        ``[nq, min(k, ntotal)]`` ids, best first, or ``None``.
+    """
+    import torch
+
+    outer = faiss.downcast_index(index)
+    if not isinstance(outer, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+        return None
+    inner = faiss.downcast_index(outer.index)
+    exact_ip = (
+        type(inner) in (faiss.IndexFlat, faiss.IndexFlatIP)
+        and inner.metric_type == faiss.METRIC_INNER_PRODUCT
+    )
+    if not exact_ip or inner.ntotal == 0:
+        return None
+    n, d = inner.ntotal, inner.d
+    vectors = faiss.rev_swig_ptr(inner.get_xb(), n * d).reshape(n, d)  # [ntotal, d], a view
+    ids = faiss.vector_to_array(outer.id_map)
+    sim = torch.from_numpy(queries) @ torch.from_numpy(vectors).T  # [nq, ntotal]
+    top = torch.topk(sim, min(k, n), dim=1).indices.numpy()
+    return ids[top]

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from .faiss_index import (
     as_float32_matrix,
     build_index,
+    flat_topk_labels,
     l2_normalize,
     set_search_params,
     to_device,
@@ -305,7 +306,9 @@ class MultiVectorIndex:
         while todo:
             k_search = min(ntotal, k_tok + (self._tombstones if allowed is None else 0))
             flat = np.concatenate([qs[i] for i in todo])  # [sum Lq, D]
-            _, labels = self._index.search(flat, k_search)  # [sum Lq, k']
+            labels = flat_topk_labels(self._index, flat, k_search)
+            if labels is None:
+                _, labels = self._index.search(flat, k_search)  # [sum Lq, k']
             bounds = np.cumsum([0] + [len(qs[i]) for i in todo])
             retry = []
             for pos, qi in enumerate(todo):
@@ -326,10 +329,14 @@ class MultiVectorIndex:
         """Exact MaxSim of one query ``[Lq, D]`` against documents ``slots``; top ``k``."""
         if len(slots) == 0:
             return []
-        tokens, lengths = self._store.decode(slots)  # [T, D], [n]
-        sim = q @ tokens.T  # [Lq, T]
-        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-        scores = np.maximum.reduceat(sim, starts, axis=1).sum(axis=0)  # [n]
+        scores = None
+        if self._store.span_tokens(slots) * 4 > self._store.num_vectors:  # many candidates: no copies
+            scores = self._store.maxsim_in_place(q, slots)
+        if scores is None:
+            tokens, lengths = self._store.decode(slots)  # [T, D], [n]
+            sim = q @ tokens.T  # [Lq, T]
+            starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+            scores = np.maximum.reduceat(sim, starts, axis=1).sum(axis=0)  # [n]
         k = min(k, len(slots))
         top = np.argpartition(-scores, k - 1)[:k]
         top = top[np.argsort(-scores[top], kind="stable")]

@@ -166,6 +166,31 @@ class TokenStore:
             )
         return codes, scales, lengths
 
+    def maxsim_in_place(self, q: np.ndarray, slots: Sequence[int]) -> np.ndarray | None:
+        """Exact MaxSim of ``q`` ``[Lq, dim]`` against documents ``slots``, read in place.
+
+        One GEMM against every stored row, then a segmented max per document: cheaper than
+        gathering copies when the documents cover a large part of the store. fp32 storage
+        only (``None`` otherwise). Returns ``[n]`` scores in the order of ``slots``.
+        """
+        if self.storage != "fp32" or not len(slots):
+            return None
+        spans = np.asarray([self._span[int(s)] for s in slots], dtype=np.int64)  # [n, (start, len)]
+        order = np.argsort(spans[:, 0], kind="stable")
+        starts = spans[order, 0]
+        bounds = np.empty(2 * len(starts), dtype=np.int64)
+        bounds[0::2], bounds[1::2] = starts, starts + spans[order, 1]
+        sim = np.zeros((len(q), self._n + 1), dtype=np.float32)  # one spare column: ends may equal _n
+        np.matmul(q, self._codes[: self._n].T, out=sim[:, : self._n])
+        per_doc = np.maximum.reduceat(sim, bounds, axis=1)[:, 0::2]  # [Lq, n] max over each span
+        scores = np.empty(len(starts), dtype=np.float32)
+        scores[order] = per_doc.sum(axis=0)
+        return scores
+
+    def span_tokens(self, slots: Sequence[int]) -> int:
+        """Token vectors held by documents ``slots``."""
+        return sum(self._span[int(s)][1] for s in slots)
+
     def decode(self, slots: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """Token vectors of documents ``slots``: ``(float32 [T, dim], lengths int64 [n])``."""
         codes, scales, lengths = self.gather(slots)
