@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-
 from vllm_pool.retrievers.token_store import TokenStore
 
 
@@ -23,7 +22,6 @@ def test_maxsim_in_place_matches_loop():
 
 def test_flat_topk_labels_match_faiss_search():
     import faiss
-
     from vllm_pool.retrievers.faiss_index import flat_topk_labels
 
     rng = np.random.default_rng(1)
