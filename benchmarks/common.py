@@ -53,6 +53,15 @@ def machine() -> dict[str, Any]:
     return info
 
 
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (2**20 if sys.platform == "darwin" else 2**10)
+
+
 def write_result(name: str, result: dict[str, Any]) -> Path:
     """Write ``result`` as JSON (to a temporary name, then renamed into place)."""
     RESULTS.mkdir(parents=True, exist_ok=True)

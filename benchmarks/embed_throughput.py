@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 
 import numpy as np
 import torch
@@ -21,6 +22,7 @@ from benchmarks.common import (
     gemm_gflops,
     load_texts,
     machine,
+    peak_rss_mb,
     write_result,
 )
 
@@ -35,6 +37,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32", help="engine dtype (float32 or bfloat16)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--compile", action="store_true", help="LLM(compile=True): torch.compile the model")
+    ap.add_argument("--short", action="store_true", help="short texts: first sentences, <= 32 tokens")
     ap.add_argument("--name", default=None, help="result file name (default: embed_throughput[_dtype])")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -44,6 +47,8 @@ def main() -> None:
     from vllm_pool import LLM
 
     texts = load_texts(args.corpus, args.limit)
+    if args.short:
+        texts = [re.split(r"(?<=[.!?])\s", t, maxsplit=1)[0][:120] for t in texts]
     llm = LLM(args.model, dtype=args.dtype, device=args.device, compile=args.compile)
     device = str(llm.model_config.device)
     st = SentenceTransformer(str(llm.model_config.path), device=device)
@@ -86,6 +91,7 @@ def main() -> None:
         "model": args.model,
         "engine_dtype": args.dtype,
         "engine_compiled": args.compile,
+        "short_texts": args.short,
         "device": device,
         "passages": len(texts),
         "tokens": n_tokens,
@@ -111,8 +117,10 @@ def main() -> None:
         "fraction_of_ceiling": (n_tokens / eng_s) / ceiling,
         "min_cosine": float(cos.min()),
         "machine": machine(),
+        "peak_rss_mb": peak_rss_mb(),
     }
     default_name = "embed_throughput" + ("" if args.dtype == "float32" else f"_{args.dtype}")
+    default_name += ("_short" if args.short else "") + ("" if device == "cpu" else "_gpu")
     path = write_result(args.name or default_name + ("_compiled" if args.compile else ""), result)
     print(f"{'':24}{'passages/s':>12}{'tokens/s':>12}")
     for key in ("sentence_transformers", "engine"):

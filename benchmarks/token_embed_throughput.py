@@ -13,7 +13,7 @@ import statistics
 
 import torch
 
-from benchmarks.common import CORPUS, best_of, load_texts, machine, write_result
+from benchmarks.common import CORPUS, best_of, load_texts, machine, peak_rss_mb, write_result
 
 
 def main() -> None:
@@ -66,6 +66,7 @@ def main() -> None:
         "min_token_cosine": cos,
         "same_shapes": same_shapes,
         "machine": machine(),
+        "peak_rss_mb": peak_rss_mb(),
     }
     path = write_result("token_embed_throughput", result)
     print(f"ST {n_tokens / st_s:.0f} tokens/s, engine {n_tokens / eng_s:.0f} tokens/s")

@@ -123,9 +123,13 @@ def main() -> None:
                 snippet = textwrap.shorten(p["text"], 100, placeholder=" ...")
                 print(f"   [{rank}] ({s:.3f}) {p['title']}: {snippet}")
             print()
+    import resource
+
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     n = len(questions)
     print(f"Expected module in the top {args.top_k}, over {n} questions: "
           + ", ".join(f"{k} {v}/{n}" for k, v in found.items()))  # fmt: skip
+    print(f"Peak resident memory: {peak_mb:.0f} MiB")
 
 
 if __name__ == "__main__":
