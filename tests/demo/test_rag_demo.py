@@ -1,0 +1,35 @@
+"""The demo pipeline's pieces: fusion, and both indexes on a slice of the shipped corpus."""
+
+from __future__ import annotations
+
+import doctest
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _demo():
+    spec = importlib.util.spec_from_file_location("rag_demo", ROOT / "demo" / "rag.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_fuse_doctest():
+    demo = _demo()
+    assert doctest.testmod(demo, verbose=False).failed == 0
+    assert demo.fuse([["a"], ["a"], ["b"]])[0] == "a"
+
+
+def test_indexes_find_the_right_module(default_llm):
+    demo = _demo()
+    passages = [
+        p for p in demo.load_jsonl(demo.CORPUS) if p["module"] in ("json", "csv", "hashlib", "shutil")
+    ]
+    dense, colbert, encoder = demo.build_indexes(default_llm, passages)
+    assert len(dense) == len(passages)
+    query = "How do I parse a JSON string into a Python object?"
+    (vec,) = default_llm.embed(query, use_tqdm=False)
+    assert dense.search([vec.outputs.embedding], k=1)[0][0].metadata["module"] == "json"
+    assert colbert.search(encoder.encode_queries([query]), k=1)[0][0].metadata["module"] == "json"
