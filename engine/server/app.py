@@ -142,25 +142,14 @@ class ServerState:
     ) -> tuple[list[float], int]:
         """Scores of pairs: a cross-encoder's ``score`` task, else cosine of embeddings."""
         tasks = self.llm.get_supported_tasks()
-        if "score" in tasks:
+        if "score" in tasks:  # a cross-encoder: text pairs join the shared queue like any input
             params = PoolingParams(use_activation=use_activation)
-
-            def score() -> list[Any]:
-                with self.tokenizer_lock:
-                    return self.llm.score(
-                        texts_1,
-                        texts_2,
-                        pooling_params=params,
-                        use_tqdm=False,
-                        truncate_prompt_tokens=truncate,
-                    )
-
-            loop = asyncio.get_running_loop()
-            try:
-                outs = await loop.run_in_executor(self.batcher.executor, score)
-            except (ValueError, TypeError) as exc:
-                raise APIError(str(exc), 400) from exc
-            return [float(o.outputs.score) for o in outs], sum(len(o.prompt_token_ids) for o in outs)
+            reqs = await self.in_tokenizer_thread(
+                lambda: self.llm.make_pair_requests(texts_1, texts_2, params, truncate)
+            )
+            n_tokens = self.check_tokens(reqs)
+            outs = await self.run(reqs, "score", http)
+            return [float(o.outputs.data.reshape(-1)[0]) for o in outs], n_tokens
         if "embed" not in tasks:
             raise APIError(
                 f"Model {self.model_name!r} does not support scoring; supported tasks: {list(tasks)}"
