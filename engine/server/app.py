@@ -1,7 +1,7 @@
 """The FastAPI app: the spec's OpenAI-compatible endpoints over one :class:`LLM`.
 
 ``build_app(llm)`` returns an ASGI app. Every model call goes through the cross-request
-:class:`Batcher` (or, for cross-encoder scoring, the same model thread); tokenization runs
+:class:`Batcher` (cross-encoder text pairs included); tokenization runs
 in its own thread, so the event loop never waits on the tokenizer or the model.
 """
 
