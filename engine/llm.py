@@ -30,7 +30,7 @@ from vllm_pool.engine.plugins import IOProcessor, load_io_processor
 from vllm_pool.engine.pooler import TaskPoolers, build_poolers
 from vllm_pool.engine.runner import ModelRunner, token_budget_for_memory
 from vllm_pool.engine.scheduler import schedule
-from vllm_pool.engine.scoring import cosine_scores, pair_up
+from vllm_pool.engine.scoring import cosine_pair_scores, pair_up
 from vllm_pool.engine.types import ALL_POOLING_TASKS, Request
 
 logger = logging.getLogger(__name__)
@@ -348,17 +348,9 @@ class LLM:
         embs = self.embed(
             unique, pooling_params, use_tqdm=use_tqdm, truncate_prompt_tokens=truncate_prompt_tokens
         )
-        by_text = {t: o for t, o in zip(unique, embs)}
-        e1 = torch.tensor([by_text[t].outputs.embedding for t in texts_1])
-        e2 = torch.tensor([by_text[t].outputs.embedding for t in texts_2])
-        scores = cosine_scores(e1, e2)
         return [
-            PoolingRequestOutput(
-                request_id=str(next(self._ids)),
-                outputs=ScoringOutput(score=float(s)),
-                prompt_token_ids=by_text[a].prompt_token_ids + by_text[b].prompt_token_ids,
-            )
-            for a, b, s in zip(texts_1, texts_2, scores)
+            PoolingRequestOutput(str(next(self._ids)), ScoringOutput(score=s), prompt_token_ids=ids)
+            for ids, s in cosine_pair_scores(texts_1, texts_2, unique, embs)
         ]
 
     def encode_multi(
