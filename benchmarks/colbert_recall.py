@@ -34,13 +34,13 @@ DEFAULT_OUT = ROOT / "benchmarks" / "results" / "colbert_recall.json"
 
 # name -> MultiVectorIndex options
 SETTINGS: dict[str, dict] = {
-    "default (flat, fp32, k'=256)": {},
-    "flat, fp32, k'=32": {"candidates_per_token": 32},
-    "ivf (nprobe 32)": {"index_type": "ivf"},
-    "hnsw (ef 256)": {"index_type": "hnsw"},
-    "flat, fp16 store": {"storage": "fp16"},
-    "flat, int8 store": {"storage": "int8"},
-    "flat, pq store": {"storage": "pq"},
+    "default (flat, fp32, exact scan)": {},
+    "ivf (nprobe 32), k'=256": {"index_type": "ivf"},
+    "ivf (nprobe 32), k'=64": {"index_type": "ivf", "candidates_per_token": 64},
+    "hnsw (ef 256), k'=256": {"index_type": "hnsw"},
+    "ivf, fp16 store": {"index_type": "ivf", "storage": "fp16"},
+    "ivf, int8 store": {"index_type": "ivf", "storage": "int8"},
+    "ivf, pq store": {"index_type": "ivf", "storage": "pq"},
     "ivfpq + pq store": {"index_type": "ivfpq", "storage": "pq"},
 }
 

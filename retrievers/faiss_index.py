@@ -182,23 +182,14 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norms, 1e-12)
 
 
-def flat_topk_labels(index: faiss.Index, queries: np.ndarray, k: int) -> np.ndarray | None:
-    """Exact inner-product top-``k`` ids of an ``IDMap,Flat`` index, as one GEMM + ``torch.topk``.
+def flat_rows(index: faiss.Index) -> tuple[np.ndarray, np.ndarray] | None:
+    """The vectors and ids of an inner-product ``IDMap,Flat`` index on the CPU, without copies.
 
-    FAISS selects a large ``k`` (ColBERT's per-token candidates, 256) with heaps, which costs
-    several times the GEMM itself on a CPU. This reads the flat index's vectors in place
-    (no copy). Returns ``None`` for any other index (GPU, IVF, HNSW...): search it as usual.
-
-    Args:
-        index: the candidate index.
-        queries: ``[nq, d]`` float32.
-        k: neighbours per query.
-
-    Returns:
-        ``[nq, min(k, ntotal)]`` ids, best first, or ``None``.
+    Returns ``(vectors [ntotal, d] view, ids [ntotal])``, or ``None`` for any other index
+    (GPU, IVF, HNSW...) or an empty one. Lets callers scan a flat index with one BLAS GEMM:
+    FAISS selects a large ``k`` (ColBERT's per-token candidates) with heaps, which costs
+    several times the GEMM itself on a CPU.
     """
-    import torch
-
     outer = faiss.downcast_index(index)
     if not isinstance(outer, (faiss.IndexIDMap, faiss.IndexIDMap2)):
         return None
@@ -210,8 +201,5 @@ def flat_topk_labels(index: faiss.Index, queries: np.ndarray, k: int) -> np.ndar
     if not exact_ip or inner.ntotal == 0:
         return None
     n, d = inner.ntotal, inner.d
-    vectors = faiss.rev_swig_ptr(inner.get_xb(), n * d).reshape(n, d)  # [ntotal, d], a view
-    ids = faiss.vector_to_array(outer.id_map)
-    sim = torch.from_numpy(queries) @ torch.from_numpy(vectors).T  # [nq, ntotal]
-    top = torch.topk(sim, min(k, n), dim=1).indices.numpy()
-    return ids[top]
+    vectors = faiss.rev_swig_ptr(inner.get_xb(), n * d).reshape(n, d)
+    return vectors, faiss.vector_to_array(outer.id_map)

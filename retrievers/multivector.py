@@ -5,6 +5,10 @@ document's slot. A search (1) looks up the ``candidates_per_token`` nearest docu
 of every query token, (2) takes the union of their documents as candidates, (3) scores
 each candidate exactly with MaxSim over its full token vectors, read from a contiguous
 :class:`~.token_store.TokenStore`, and (4) keeps the top ``k``.
+
+A flat (exact) candidate index on the CPU is scanned in place instead: one GEMM of the query
+against every row costs what candidate generation would, so every document is scored
+exactly (recall 1.0) at the cost of exhaustive MaxSim.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from tqdm.auto import tqdm
 from .faiss_index import (
     as_float32_matrix,
     build_index,
-    flat_topk_labels,
+    flat_rows,
     l2_normalize,
     set_search_params,
     to_device,
@@ -41,10 +45,11 @@ TokenMatrices = Sequence[Any]
 class MultiVectorIndex:
     """Late-interaction (ColBERT) index with string ids, metadata and filters.
 
-    The default (flat candidate index, fp32 storage, 256 candidates per query token) has
-    recall@10 >= 0.99 against exhaustive MaxSim on our benchmark; the options trade recall
-    for speed or memory (see ``benchmarks/colbert_recall.py``). All public methods hold one
-    re-entrant lock, so searches and adds from several threads are safe.
+    The default (flat index, fp32 storage) is exact: every document is scored with MaxSim in
+    one pass over the index rows. IVF / HNSW candidate indexes (``candidates_per_token``
+    neighbours per query token, then exact MaxSim over the candidates) and compressed token
+    storage trade recall for speed or memory (see ``benchmarks/colbert_recall.py``). All
+    public methods hold one re-entrant lock, so searches and adds from several threads are safe.
 
     Args:
         dim: token vector dimension.
@@ -52,7 +57,7 @@ class MultiVectorIndex:
             ``"hnsw"`` or a FAISS factory string; IVF / PQ are trained on the first add.
         storage: token store codec: ``"fp32"`` (default, exact), ``"fp16"``, ``"int8"``,
             ``"pq"``.
-        candidates_per_token: FAISS neighbours fetched per query token.
+        candidates_per_token: FAISS neighbours fetched per query token (IVF / HNSW indexes).
         normalize: L2-normalize document and query token vectors.
         nlist: IVF lists (``None``: automatic).
         nprobe: IVF lists searched.
@@ -300,15 +305,16 @@ class MultiVectorIndex:
     def _search_candidates(
         self, qs: list[np.ndarray], k: int, k_tok: int, allowed: set[int] | None
     ) -> list[list[Hit]]:
+        rows = flat_rows(self._index)
+        if rows is not None:  # a flat index: exact MaxSim over every row costs what candidates would
+            return [self._score_rows(q, *rows, k, allowed) for q in qs]
         ntotal = self._index.ntotal
         results: list[list[Hit] | None] = [None] * len(qs)
         todo = list(range(len(qs)))
         while todo:
             k_search = min(ntotal, k_tok + (self._tombstones if allowed is None else 0))
             flat = np.concatenate([qs[i] for i in todo])  # [sum Lq, D]
-            labels = flat_topk_labels(self._index, flat, k_search)
-            if labels is None:
-                _, labels = self._index.search(flat, k_search)  # [sum Lq, k']
+            _, labels = self._index.search(flat, k_search)  # [sum Lq, k']
             bounds = np.cumsum([0] + [len(qs[i]) for i in todo])
             retry = []
             for pos, qi in enumerate(todo):
@@ -337,14 +343,36 @@ class MultiVectorIndex:
             sim = q @ tokens.T  # [Lq, T]
             starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
             scores = np.maximum.reduceat(sim, starts, axis=1).sum(axis=0)  # [n]
+        return self._top_hits(slots, scores, k)
+
+    def _score_rows(
+        self, q: np.ndarray, vectors: np.ndarray, row_slots: np.ndarray, k: int, allowed: set[int] | None
+    ) -> list[Hit]:
+        """Exact MaxSim of ``q`` against every document of a flat index, read in place.
+
+        ``vectors`` ``[N, D]`` are the index's rows and ``row_slots`` ``[N]`` their documents
+        (each document's rows are contiguous): one GEMM, then a max per document segment.
+        """
+        sim = q @ vectors.T  # [Lq, N]
+        starts = np.flatnonzero(np.r_[True, row_slots[1:] != row_slots[:-1]])
+        scores = np.maximum.reduceat(sim, starts, axis=1).sum(axis=0)  # [segments]
+        slots = row_slots[starts]
+        keep = np.fromiter(
+            (self._registry.is_live(int(s)) and (allowed is None or int(s) in allowed) for s in slots),
+            dtype=bool,
+            count=len(slots),
+        )
+        return self._top_hits(slots[keep], scores[keep], k)
+
+    def _top_hits(self, slots: np.ndarray, scores: np.ndarray, k: int) -> list[Hit]:
+        if len(slots) == 0:
+            return []
         k = min(k, len(slots))
         top = np.argpartition(-scores, k - 1)[:k]
         top = top[np.argsort(-scores[top], kind="stable")]
         return [
             Hit(
-                self._registry.doc_id(int(slots[j])),
-                float(scores[j]),
-                self._registry.metadata(int(slots[j])),
+                self._registry.doc_id(int(slots[j])), float(scores[j]), self._registry.metadata(int(slots[j]))
             )
             for j in top
         ]

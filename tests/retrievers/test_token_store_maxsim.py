@@ -20,16 +20,32 @@ def test_maxsim_in_place_matches_loop():
     assert TokenStore(8, "fp16").maxsim_in_place(q, [0]) is None
 
 
-def test_flat_topk_labels_match_faiss_search():
+def test_flat_rows_are_the_index_rows_in_place():
     import faiss
-    from vllm_pool.retrievers.faiss_index import flat_topk_labels
+    from vllm_pool.retrievers.faiss_index import flat_rows
 
     rng = np.random.default_rng(1)
     xb = rng.standard_normal((500, 16)).astype(np.float32)
     index = faiss.IndexIDMap(faiss.index_factory(16, "Flat", faiss.METRIC_INNER_PRODUCT))
     index.add_with_ids(xb, np.arange(1000, 1500, dtype=np.int64))
-    q = rng.standard_normal((7, 16)).astype(np.float32)
-    _, want = index.search(q, 50)
-    np.testing.assert_array_equal(flat_topk_labels(index, q, 50), want)
+    vectors, ids = flat_rows(index)
+    np.testing.assert_array_equal(vectors, xb)
+    np.testing.assert_array_equal(ids, np.arange(1000, 1500))
     hnsw = faiss.IndexIDMap(faiss.index_factory(16, "HNSW8,Flat", faiss.METRIC_INNER_PRODUCT))
-    assert flat_topk_labels(hnsw, q, 5) is None  # other index types search as usual
+    hnsw.add_with_ids(xb, np.arange(500, dtype=np.int64))
+    assert flat_rows(hnsw) is None  # other index types search as usual
+
+
+def test_flat_search_equals_exhaustive_after_removals():
+    from vllm_pool.retrievers import MultiVectorIndex
+
+    rng = np.random.default_rng(2)
+    docs = [rng.standard_normal((int(rng.integers(2, 12)), 16)).astype(np.float32) for _ in range(120)]
+    index = MultiVectorIndex.from_vectors(docs, ids=[f"d{i}" for i in range(120)])
+    index.remove([f"d{i}" for i in range(0, 120, 7)])
+    queries = [rng.standard_normal((5, 16)).astype(np.float32) for _ in range(6)]
+    fast = index.search(queries, k=10)
+    exact = index.search(queries, k=10, exhaustive=True)
+    for a, b in zip(fast, exact):
+        assert [h.id for h in a] == [h.id for h in b]
+        np.testing.assert_allclose([h.score for h in a], [h.score for h in b], rtol=1e-5)
