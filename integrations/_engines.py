@@ -27,6 +27,7 @@ _ENGINE_OPTIONS = frozenset(
         "max_num_batched_tokens",
         "max_num_seqs",
         "revision",
+        "compile",
     }
 )
 """Keys allowed in ``engine_kwargs`` (other ``vllm_pool.LLM`` arguments have their own fields)."""
