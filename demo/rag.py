@@ -61,7 +61,7 @@ def build_indexes(llm, passages: list[dict]):
     texts = [p["text"] for p in passages]
     ids = [p["id"] for p in passages]
     metas = [{"title": p["title"], "module": p["module"]} for p in passages]
-    dense = DenseIndex.from_texts(texts, EngineTextEmbedder(llm, use_tqdm=True), ids=ids, metadatas=metas)
+    dense = DenseIndex.from_texts(texts, EngineTextEmbedder(llm), ids=ids, metadatas=metas)
     # all-MiniLM-L6-v2 is not a trained ColBERT model: no markers, no [MASK] query padding
     colbert_encoder = ColBERTEncoder.from_llm(llm, ColBERTConfig(mask_augment=False))
     colbert = MultiVectorIndex.from_texts(texts, colbert_encoder, ids=ids, metadatas=metas)
