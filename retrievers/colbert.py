@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from .arrays import l2_normalize
 from .encoders import TokenEncoder
-from .faiss_index import l2_normalize
 
 logger = logging.getLogger(__name__)
 

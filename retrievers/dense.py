@@ -11,16 +11,10 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from .arrays import as_float32_matrix, l2_normalize
 from .encoders import TextEmbedder
-from .faiss_index import (
-    as_float32_matrix,
-    build_index,
-    l2_normalize,
-    set_search_params,
-    to_device,
-    try_remove,
-)
-from .persistence import IndexFiles, check_array, load_index_files, save_index_files
+from .faiss_index import build_index, set_search_params, to_device, try_remove
+from .persistence import IndexFiles, check_array, load_index_files, open_index, save_index_files
 from .registry import Registry, check_ids_and_metadatas
 from .types import Filter, Hit, IndexFormatError, Metadata, Record, check_k
 
@@ -340,11 +334,7 @@ class DenseIndex:
             use_gpu: as in :class:`DenseIndex`.
         """
         files = load_index_files(path, cls.kind, expected_dim)
-        try:
-            index = cls(files.dim, use_gpu=use_gpu, model_name=files.model_name, **files.config)
-            registry = Registry.from_json(files.docs)
-        except (TypeError, ValueError, KeyError) as exc:
-            raise IndexFormatError(f"{path}: inconsistent manifest or docs.json ({exc})") from exc
+        index, registry = open_index(cls, files, path, use_gpu)
         vectors = check_array(files, "vectors.npy", 2, files.dim)
         if len(vectors) != len(registry):
             raise IndexFormatError(f"{path}/vectors.npy: {len(vectors)} rows for {len(registry)} documents")

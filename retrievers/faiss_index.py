@@ -160,28 +160,6 @@ def try_remove(index: faiss.Index, labels: np.ndarray) -> bool:
     return True
 
 
-def as_float32_matrix(x: object, dim: int | None, name: str) -> np.ndarray:
-    """Validate and convert ``x`` to a C-contiguous ``float32 [n, dim]`` array."""
-    if hasattr(x, "detach"):  # torch tensor
-        x = x.detach().float().cpu().numpy()
-    arr = np.asarray(x)
-    if arr.dtype == object or not np.issubdtype(arr.dtype, np.number):
-        raise TypeError(f"{name} must be a numeric array, got dtype {arr.dtype}")
-    if arr.ndim != 2:
-        raise ValueError(f"{name} must be 2-D [n, dim], got shape {list(arr.shape)}")
-    if dim is not None and arr.shape[1] != dim:
-        raise ValueError(f"{name} has dimension {arr.shape[1]}, index dimension is {dim}")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} contains NaN or infinite values")
-    return np.ascontiguousarray(arr, dtype=np.float32)
-
-
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    """Row-wise L2 normalization (zero rows stay zero)."""
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)
-
-
 def flat_rows(index: faiss.Index) -> tuple[np.ndarray, np.ndarray] | None:
     """The vectors and ids of an inner-product ``IDMap,Flat`` index on the CPU, without copies.
 

@@ -22,16 +22,9 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from .faiss_index import (
-    as_float32_matrix,
-    build_index,
-    flat_rows,
-    l2_normalize,
-    set_search_params,
-    to_device,
-    try_remove,
-)
-from .persistence import IndexFiles, load_index_files, save_index_files
+from .arrays import is_single_matrix, l2_normalize, token_matrices
+from .faiss_index import build_index, flat_rows, set_search_params, to_device, try_remove
+from .persistence import IndexFiles, load_index_files, open_index, save_index_files
 from .registry import Registry, check_ids_and_metadatas
 from .token_store import TokenStore
 from .types import Filter, Hit, IndexFormatError, Metadata, Record, check_k
@@ -127,7 +120,7 @@ class MultiVectorIndex:
         **kwargs: Any,
     ) -> MultiVectorIndex:
         """Build an index from precomputed ``[L_i, D]`` token matrices."""
-        docs = _token_matrices(doc_vectors, None, None, "doc_vectors")
+        docs = token_matrices(doc_vectors, None, None, "doc_vectors")
         if not docs:
             raise ValueError("doc_vectors is empty")
         index = cls(docs[0].shape[1], **kwargs)
@@ -183,7 +176,7 @@ class MultiVectorIndex:
         Returns:
             The ids added.
         """
-        docs = _token_matrices(doc_vectors, doc_mask, self.dim, "doc_vectors")
+        docs = token_matrices(doc_vectors, doc_mask, self.dim, "doc_vectors")
         if self.config["normalize"]:
             docs = [l2_normalize(d) for d in docs]
         with self._lock:
@@ -285,9 +278,9 @@ class MultiVectorIndex:
         """
         k = check_k(k)
         k_tok = check_k(candidates_per_token or self.config["candidates_per_token"])
-        if _is_single_matrix(queries):
+        if is_single_matrix(queries):
             queries = [queries]
-        qs = _token_matrices(queries, query_mask, self.dim, "queries")
+        qs = token_matrices(queries, query_mask, self.dim, "queries")
         if not qs:
             raise ValueError("queries is empty: give at least one query")
         if self.config["normalize"]:
@@ -425,11 +418,7 @@ class MultiVectorIndex:
             use_gpu: as in :class:`MultiVectorIndex`.
         """
         files = load_index_files(path, cls.kind, expected_dim)
-        try:
-            index = cls(files.dim, use_gpu=use_gpu, model_name=files.model_name, **files.config)
-            registry = Registry.from_json(files.docs)
-        except (TypeError, ValueError, KeyError) as exc:
-            raise IndexFormatError(f"{path}: inconsistent manifest or docs.json ({exc})") from exc
+        index, registry = open_index(cls, files, path, use_gpu)
         try:
             index._store.load_arrays(registry.slots(), files.arrays)
         except (ValueError, KeyError) as exc:
@@ -447,38 +436,3 @@ class MultiVectorIndex:
             set_search_params(faiss_index, index.config["nprobe"], index.config["ef_search"])
             index._index = to_device(faiss_index, use_gpu)
         return index
-
-
-def _is_single_matrix(x: Any) -> bool:
-    return getattr(x, "ndim", None) == 2
-
-
-def _token_matrices(x: Any, mask: Any, dim: int | None, name: str) -> list[np.ndarray]:
-    """Validate ``x`` (list of ``[L_i, D]`` or padded ``[N, L, D]`` + mask) into fp32 arrays."""
-    if hasattr(x, "detach"):
-        x = x.detach().float().cpu().numpy()
-    if hasattr(mask, "detach"):
-        mask = mask.detach().cpu().numpy()
-    if isinstance(x, np.ndarray):
-        if x.ndim != 3:
-            raise ValueError(f"{name} as one array must be [N, L, D], got {list(x.shape)}")
-        if mask is not None:
-            mask = np.asarray(mask).astype(bool)
-            if mask.shape != x.shape[:2]:
-                raise ValueError(f"mask shape {list(mask.shape)} does not match {name} {list(x.shape[:2])}")
-            x = [row[m] for row, m in zip(x, mask, strict=True)]
-        else:
-            x = list(x)
-    elif mask is not None:
-        raise ValueError(f"a mask is only used with a padded [N, L, D] {name} array")
-    if isinstance(x, (str, bytes)) or not isinstance(x, Sequence):
-        raise TypeError(f"{name} must be a list of [L, D] arrays or an [N, L, D] array")
-    out = []
-    for i, item in enumerate(x):
-        arr = as_float32_matrix(item, dim, f"{name}[{i}]")
-        if len(arr) == 0:
-            raise ValueError(f"{name}[{i}] has no token vectors")
-        if dim is None:
-            dim = arr.shape[1]
-        out.append(arr)
-    return out

@@ -235,6 +235,22 @@ def _verify(path: Path, entry: Any) -> None:
         raise IndexFormatError(f"{path}: sha256 checksum differs from the manifest (corrupt)")
 
 
+def open_index(cls: Any, files: IndexFiles, path: str | os.PathLike, use_gpu: bool | None) -> tuple[Any, Any]:
+    """An empty index of class ``cls`` configured from ``files``, and its document registry.
+
+    Raises:
+        IndexFormatError: the manifest's configuration or ``docs.json`` do not fit together.
+    """
+    from .registry import Registry
+
+    try:
+        index = cls(files.dim, use_gpu=use_gpu, model_name=files.model_name, **files.config)
+        registry = Registry.from_json(files.docs)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise IndexFormatError(f"{path}: inconsistent manifest or docs.json ({exc})") from exc
+    return index, registry
+
+
 def check_array(files: IndexFiles, name: str, ndim: int, dim: int | None = None) -> np.ndarray:
     """Return ``files.arrays[name]``, raising :class:`IndexFormatError` on a bad shape."""
     if name not in files.arrays:
