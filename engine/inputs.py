@@ -113,13 +113,16 @@ class InputProcessor:
             )
         return t
 
-    def __call__(self, prompts: list[PromptType], params: list[PoolingParams]) -> list[Request]:
+    def __call__(
+        self, prompts: list[PromptType], params: list[PoolingParams], offset: int = 0
+    ) -> list[Request]:
+        """Tokenize ``prompts``; ``offset`` is the position of ``prompts[0]`` in the caller's list."""
         requests: list[Request | None] = [None] * len(prompts)
         texts: dict[int, list[int]] = {}  # limit -> prompt indices
         for i, (prompt, p) in enumerate(zip(prompts, params)):
-            limit = self.limit(p, i)
+            limit = self.limit(p, i + offset)
             if isinstance(prompt, dict) and "prompt_token_ids" in prompt:
-                requests[i] = self._from_ids(i, list(prompt["prompt_token_ids"]), p, limit)
+                requests[i] = self._from_ids(i + offset, list(prompt["prompt_token_ids"]), p, limit)
             else:
                 texts.setdefault(limit, []).append(i)
         for limit, indices in texts.items():
@@ -130,9 +133,18 @@ class InputProcessor:
             for j, i in enumerate(indices):
                 ids = enc["input_ids"][j]
                 if not ids:
-                    raise ValueError(f"prompts[{i}] is empty: it has no tokens")
-                requests[i] = Request(index=i, prompt_token_ids=ids, params=params[i], prompt=batch[j])
+                    raise ValueError(f"prompts[{i + offset}] is empty: it has no tokens")
+                requests[i] = Request(
+                    index=i + offset, prompt_token_ids=ids, params=params[i], prompt=batch[j]
+                )
         return [r for r in requests if r is not None]
+
+    def precheck(self, prompts: list[PromptType], params: list[PoolingParams]) -> None:
+        """The checks of :meth:`__call__` that need no tokenizer (limits, token-id prompts)."""
+        for i, (prompt, p) in enumerate(zip(prompts, params)):
+            limit = self.limit(p, i)
+            if isinstance(prompt, dict) and "prompt_token_ids" in prompt:
+                self._from_ids(i, list(prompt["prompt_token_ids"]), p, limit)
 
     def pairs(self, texts_1: list[str], texts_2: list[str], params: list[PoolingParams]) -> list[Request]:
         """Tokenize ``(texts_1[i], texts_2[i])`` as text pairs (cross-encoders).

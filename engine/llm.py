@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -127,6 +128,7 @@ class LLM:
         self.max_num_seqs = int(max_num_seqs)
         if self.max_num_batched_tokens < 1 or self.max_num_seqs < 1:
             raise ValueError("max_num_batched_tokens and max_num_seqs must be positive")
+        self.tokenize_chunk = 4096  # prompts tokenized ahead while the model runs
         self._lock = threading.RLock()
         self._ids = itertools.count()
         self.io_processor: IOProcessor | None = None
@@ -171,6 +173,20 @@ class LLM:
         return f"LLM(model={self.model_name!r}, device={cfg.device}, dtype={cfg.dtype})"
 
     # ------------------------------------------------------------------ the core verb
+    def _checked(
+        self,
+        prompts: object,
+        task: str,
+        pooling_params: PoolingParams | Sequence[PoolingParams] | None,
+        truncate_prompt_tokens: int | None,
+    ) -> tuple[list[Any], list[PoolingParams]]:
+        pooler = self.poolers.get(task)
+        items = normalize_prompts(prompts)
+        params = normalize_params(pooling_params, len(items))
+        if truncate_prompt_tokens is not None:
+            params = [p.clone(truncate_prompt_tokens=truncate_prompt_tokens) for p in params]
+        return items, [pooler.resolve(p) for p in params]
+
     def make_requests(
         self,
         prompts: object,
@@ -179,12 +195,7 @@ class LLM:
         truncate_prompt_tokens: int | None = None,
     ) -> list[Request]:
         """Check and tokenize ``prompts`` for ``task`` (all errors are raised here, before any work)."""
-        pooler = self.poolers.get(task)
-        items = normalize_prompts(prompts)
-        params = normalize_params(pooling_params, len(items))
-        if truncate_prompt_tokens is not None:
-            params = [p.clone(truncate_prompt_tokens=truncate_prompt_tokens) for p in params]
-        params = [pooler.resolve(p) for p in params]
+        items, params = self._checked(prompts, task, pooling_params, truncate_prompt_tokens)
         return self.input_processor(items, params)
 
     def make_pair_requests(
@@ -213,10 +224,12 @@ class LLM:
         requests: list[Request],
         tasks: dict[str, list[PoolingParams] | None],
         use_tqdm: bool,
+        outer_bar: Any = None,
     ) -> dict[str, list[PoolingRequestOutput[PoolingOutput]]]:
         """One forward pass per batch; every task's pooler reads the same hidden states.
 
-        ``tasks`` maps each task to per-request params (``None``: the requests' own).
+        ``tasks`` maps each task to per-request params (``None``: the requests' own);
+        ``outer_bar`` is a caller's progress bar to advance instead of a new one.
         """
         poolers = {task: self.poolers.get(task) for task in tasks}
         if not requests:
@@ -226,8 +239,14 @@ class LLM:
         with (
             self._lock,
             torch.inference_mode(),
-            tqdm(total=len(requests), desc="Processed prompts", disable=not use_tqdm, unit="prompt") as bar,
+            tqdm(
+                total=len(requests),
+                desc="Processed prompts",
+                disable=not use_tqdm or outer_bar is not None,
+                unit="prompt",
+            ) as own_bar,
         ):
+            bar = outer_bar if outer_bar is not None else own_bar
             for scheduled in schedule(requests, self.max_num_batched_tokens, self.max_num_seqs):
                 for batch, hidden in self.runner.forward_split(scheduled):
                     rows = [position[id(r)] for r in batch.requests]
@@ -258,9 +277,30 @@ class LLM:
         use_tqdm: bool,
         truncate_prompt_tokens: int | None = None,
     ) -> list[PoolingRequestOutput[PoolingOutput]]:
-        """The core verb: pool ``prompts`` for ``task``; outputs in the caller's order."""
-        requests = self.make_requests(prompts, task, pooling_params, truncate_prompt_tokens)
-        return self.run_requests(requests, task, use_tqdm)
+        """The core verb: pool ``prompts`` for ``task``; outputs in the caller's order.
+
+        Large inputs are tokenized in chunks of ``tokenize_chunk`` prompts on a helper thread,
+        the next chunk while the model runs the current one.
+        """
+        items, params = self._checked(prompts, task, pooling_params, truncate_prompt_tokens)
+        if len(items) <= self.tokenize_chunk:
+            return self.run_requests(self.input_processor(items, params), task, use_tqdm)
+        self.input_processor.precheck(items, params)  # bad limits or token ids fail before any work
+        size, outs = self.tokenize_chunk, []
+        with (
+            ThreadPoolExecutor(1, thread_name_prefix="vllm-pool-tokenize") as pool,
+            tqdm(total=len(items), desc="Processed prompts", disable=not use_tqdm, unit="prompt") as bar,
+        ):
+            pending = pool.submit(self.input_processor, items[:size], params[:size], 0)
+            for start in range(0, len(items), size):
+                requests = pending.result()
+                nxt = start + size
+                if nxt < len(items):
+                    pending = pool.submit(
+                        self.input_processor, items[nxt : nxt + size], params[nxt : nxt + size], nxt
+                    )
+                outs += self._execute(requests, {task: None}, use_tqdm, bar)[task]
+        return outs
 
     # ------------------------------------------------------------------ task wrappers
     def encode(

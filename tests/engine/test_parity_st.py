@@ -106,3 +106,21 @@ def test_encode_embed_equals_embed(default_llm):
         [o.outputs.data.numpy() for o in default_llm.encode(TEXTS[:2], pooling_task="embed", use_tqdm=False)]
     )
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_chunked_tokenization_pipeline_gives_the_same_outputs(default_model_dir):
+    """Inputs larger than ``tokenize_chunk`` are tokenized ahead on a thread, chunk by chunk."""
+    from vllm_pool import LLM
+
+    llm = LLM(str(default_model_dir))
+    texts = [f"{t} ({i})" for i, t in enumerate(TEXTS * 3)]
+    ref = _embed(llm, texts)
+    llm.tokenize_chunk = 5
+    outs = llm.embed(texts, use_tqdm=False)
+    assert [o.prompt_token_ids for o in outs] == [o.prompt_token_ids for o in llm.embed(texts, use_tqdm=False)]
+    np.testing.assert_allclose(np.array([o.outputs.embedding for o in outs]), ref, rtol=1e-5, atol=1e-6)
+    # a bad token-id prompt in a later chunk fails before any chunk runs, naming its position
+    with pytest.raises(ValueError, match=r"prompts\[12\]\['prompt_token_ids'\] has ids outside"):
+        llm.embed(texts[:12] + [{"prompt_token_ids": [10**6]}], use_tqdm=False)
+    tokens = llm.encode(texts, pooling_task="token_embed", use_tqdm=False)
+    assert [t.outputs.data.shape[0] for t in tokens] == [len(o.prompt_token_ids) for o in outs]
