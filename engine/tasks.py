@@ -1,0 +1,177 @@
+"""The task methods of :class:`~vllm_pool.engine.llm.LLM`: thin wrappers over its core verb.
+
+``encode``, ``embed``, ``classify``, ``reward``, ``score`` and ``encode_multi`` check their
+inputs, call ``LLM._run`` (or ``make_pair_requests`` / ``run_requests`` / ``_execute``) and
+wrap the pooled tensors in the spec's output objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from vllm_pool.engine.inputs import normalize_prompts
+from vllm_pool.engine.outputs import (
+    ClassificationOutput,
+    EmbeddingOutput,
+    PoolingOutput,
+    PoolingRequestOutput,
+    ScoringOutput,
+)
+from vllm_pool.engine.params import PoolingParams
+from vllm_pool.engine.scoring import cosine_pair_scores, pair_up
+from vllm_pool.engine.types import ALL_POOLING_TASKS
+
+if TYPE_CHECKING:
+    from vllm_pool.engine.llm import LLM
+
+
+class TaskMethods:
+    """Mixed into :class:`~vllm_pool.engine.llm.LLM`."""
+
+    def encode(
+        self: LLM,
+        prompts: object,
+        pooling_params: PoolingParams | Sequence[PoolingParams] | None = None,
+        *,
+        pooling_task: str | None = None,
+        use_tqdm: bool = True,
+        truncate_prompt_tokens: int | None = None,
+    ) -> list[PoolingRequestOutput[PoolingOutput]]:
+        """Raw pooled tensors (``.outputs.data``) for any task the model supports.
+
+        With ``pooling_task="plugin"`` the loaded IO processor plugin pre-processes
+        ``prompts`` and post-processes the outputs (``.outputs`` is then the plugin's result).
+        """
+        if pooling_task == "plugin":
+            return self._run_plugin(prompts, pooling_params, use_tqdm)
+        if pooling_task is None:
+            raise ValueError(
+                "LLM.encode needs pooling_task: one of "
+                f"{list(ALL_POOLING_TASKS)} (this model supports {list(self.get_supported_tasks())})"
+            )
+        return self._run(prompts, pooling_task, pooling_params, use_tqdm, truncate_prompt_tokens)
+
+    def embed(
+        self: LLM,
+        prompts: object,
+        pooling_params: PoolingParams | Sequence[PoolingParams] | None = None,
+        *,
+        use_tqdm: bool = True,
+        truncate_prompt_tokens: int | None = None,
+    ) -> list[PoolingRequestOutput[EmbeddingOutput]]:
+        """One embedding vector per prompt (``.outputs.embedding``)."""
+        outs = self._run(prompts, "embed", pooling_params, use_tqdm, truncate_prompt_tokens)
+        return [_convert(o, EmbeddingOutput.from_base(o.outputs)) for o in outs]
+
+    def classify(
+        self: LLM,
+        prompts: object,
+        pooling_params: PoolingParams | Sequence[PoolingParams] | None = None,
+        *,
+        use_tqdm: bool = True,
+        truncate_prompt_tokens: int | None = None,
+    ) -> list[PoolingRequestOutput[ClassificationOutput]]:
+        """Class probabilities per prompt (``.outputs.probs``; logits with ``use_activation=False``)."""
+        outs = self._run(prompts, "classify", pooling_params, use_tqdm, truncate_prompt_tokens)
+        return [_convert(o, ClassificationOutput.from_base(o.outputs)) for o in outs]
+
+    def reward(
+        self: LLM,
+        prompts: object,
+        pooling_params: PoolingParams | Sequence[PoolingParams] | None = None,
+        *,
+        use_tqdm: bool = True,
+        truncate_prompt_tokens: int | None = None,
+    ) -> list[PoolingRequestOutput[PoolingOutput]]:
+        """Per-token rewards (the ``token_classify`` task): ``.outputs.data`` is ``[tokens, labels]``."""
+        return self._run(prompts, "token_classify", pooling_params, use_tqdm, truncate_prompt_tokens)
+
+    def score(
+        self: LLM,
+        data_1: str | Sequence[str],
+        data_2: str | Sequence[str],
+        /,
+        *,
+        pooling_params: PoolingParams | None = None,
+        use_tqdm: bool = True,
+        truncate_prompt_tokens: int | None = None,
+    ) -> list[PoolingRequestOutput[ScoringOutput]]:
+        """Similarity scores of pairs (1:1, 1:N or N:N): ``.outputs.score``.
+
+        Cross-encoders (one label) score each pair jointly; models with only the ``embed``
+        task fall back to the cosine similarity of the two embeddings.
+        """
+        texts_1, texts_2 = pair_up(data_1, data_2)
+        tasks = self.get_supported_tasks()
+        if "score" in tasks:
+            requests = self.make_pair_requests(texts_1, texts_2, pooling_params, truncate_prompt_tokens)
+            outs = self.run_requests(requests, "score", use_tqdm)
+            return [_convert(o, ScoringOutput.from_base(o.outputs)) for o in outs]
+        if "embed" not in tasks:
+            self.poolers.get("score")  # raises, naming what the model supports
+        unique = list(dict.fromkeys(texts_1 + texts_2))
+        embs = self.embed(
+            unique, pooling_params, use_tqdm=use_tqdm, truncate_prompt_tokens=truncate_prompt_tokens
+        )
+        return [
+            PoolingRequestOutput(str(next(self._ids)), ScoringOutput(score=s), prompt_token_ids=ids)
+            for ids, s in cosine_pair_scores(texts_1, texts_2, unique, embs)
+        ]
+
+    def encode_multi(
+        self: LLM,
+        prompts: object,
+        pooling_tasks: Sequence[str],
+        pooling_params: dict[str, PoolingParams] | None = None,
+        *,
+        use_tqdm: bool = True,
+        truncate_prompt_tokens: int | None = None,
+    ) -> dict[str, list[PoolingRequestOutput[PoolingOutput]]]:
+        """Several tasks from ONE forward pass (e.g. BGE-M3's dense, sparse and ColBERT outputs).
+
+        Args:
+            prompts: as for :meth:`encode`.
+            pooling_tasks: tasks to return, e.g. ``["embed", "token_classify", "token_embed"]``.
+            pooling_params: optional params per task.
+
+        Returns:
+            ``{task: outputs in prompt order}``.
+        """
+        tasks = list(dict.fromkeys(pooling_tasks))
+        if not tasks:
+            raise ValueError("pooling_tasks must name at least one task")
+        given = pooling_params or {}
+        unknown = set(given) - set(tasks)
+        if unknown:
+            raise ValueError(f"pooling_params given for tasks not asked for: {sorted(unknown)}")
+        items = normalize_prompts(prompts)
+        per_task = {}
+        for task in tasks:
+            pooler = self.poolers.get(task)
+            p = given.get(task) or PoolingParams()
+            if truncate_prompt_tokens is not None:
+                p = p.clone(truncate_prompt_tokens=truncate_prompt_tokens)
+            per_task[task] = [pooler.resolve(p)] * len(items)
+        requests = self.input_processor(items, per_task[tasks[0]])
+        return self._execute(requests, per_task, use_tqdm)
+
+    def _run_plugin(
+        self: LLM,
+        data: object,
+        pooling_params: PoolingParams | Sequence[PoolingParams] | None,
+        use_tqdm: bool,
+    ) -> list[PoolingRequestOutput[Any]]:
+        if self.io_processor is None:
+            self.poolers.get("plugin")  # raises: no plugin loaded
+        assert self.io_processor is not None
+        prompts = self.io_processor.pre_process(data)
+        outs = self._run(prompts, self.io_processor.pooling_task, pooling_params, use_tqdm)
+        results = self.io_processor.post_process(data, outs)
+        return [_convert(o, r) for o, r in zip(outs, results)]
+
+
+def _convert(out: PoolingRequestOutput[Any], new: Any) -> PoolingRequestOutput[Any]:
+    return PoolingRequestOutput(
+        request_id=out.request_id, outputs=new, prompt_token_ids=out.prompt_token_ids, finished=out.finished
+    )
