@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ._engines import EngineOptions, get_engine
-from ._records import pack, unpack, user_filter
+from ._records import new_records, unpack, user_filter
 
 logger = logging.getLogger(__name__)
 
@@ -98,13 +98,7 @@ def add_texts(
 
     if isinstance(texts, str):
         raise TypeError("texts must be a list of strings, not a single string")
-    texts = list(texts)
-    if metadatas is not None and len(metadatas) != len(texts):
-        raise ValueError(f"got {len(texts)} texts but {len(metadatas)} metadatas")
-    if ids is not None and len(ids) != len(texts):
-        raise ValueError(f"got {len(texts)} texts but {len(ids)} ids")
-    ids = [i if i is not None else uuid.uuid4().hex for i in (ids or [None] * len(texts))]
-    metas = [pack(t, m) for t, m in zip(texts, metadatas or [None] * len(texts), strict=True)]
+    texts, ids, metas = new_records(texts, metadatas, ids)
     if not texts:
         return []
     to_encode = texts if encode_texts is None else list(encode_texts)

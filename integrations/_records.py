@@ -8,7 +8,8 @@ is stored in the metadata under :data:`TEXT_KEY`, so it is saved and loaded with
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 TEXT_KEY = "__vllm_pool_text__"
@@ -50,3 +51,25 @@ def user_filter(flt: Any) -> Any:
 
         return wrapped
     raise TypeError(f"filter must be a dict of metadata values or a callable, got {type(flt).__name__}")
+
+
+def new_records(
+    texts: Iterable[str],
+    metadatas: Sequence[Mapping[str, Any] | None] | None,
+    ids: Sequence[str | None] | None,
+) -> tuple[list[str], list[str], list[dict[str, Any]]]:
+    """Texts, ids and packed metadatas of documents about to be added.
+
+    A missing id (or a missing list) gets a new UUID.
+
+    Raises:
+        ValueError: ``metadatas`` or ``ids`` do not have one entry per text.
+    """
+    texts = list(texts)
+    if metadatas is not None and len(metadatas) != len(texts):
+        raise ValueError(f"got {len(texts)} texts but {len(metadatas)} metadatas")
+    if ids is not None and len(ids) != len(texts):
+        raise ValueError(f"got {len(texts)} texts but {len(ids)} ids")
+    new_ids = [i if i is not None else uuid.uuid4().hex for i in (ids or [None] * len(texts))]
+    metas = [pack(t, m) for t, m in zip(texts, metadatas or [None] * len(texts), strict=True)]
+    return texts, new_ids, metas

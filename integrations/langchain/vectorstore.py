@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import threading
-import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -14,7 +13,7 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.vectorstores import VectorStore
 from langchain_core.vectorstores.utils import maximal_marginal_relevance
 
-from .._records import pack, unpack, user_filter
+from .._records import new_records, unpack, user_filter
 
 
 class VllmPoolVectorStore(VectorStore):
@@ -92,15 +91,9 @@ class VllmPoolVectorStore(VectorStore):
         Returns:
             The ids, in order.
         """
-        texts = list(texts)
-        if metadatas is not None and len(metadatas) != len(texts):
-            raise ValueError(f"got {len(texts)} texts but {len(metadatas)} metadatas")
-        if ids is not None and len(ids) != len(texts):
-            raise ValueError(f"got {len(texts)} texts but {len(ids)} ids")
-        ids = [i if i is not None else uuid.uuid4().hex for i in (ids or [None] * len(texts))]
+        texts, ids, metas = new_records(texts, metadatas, ids)
         if not texts:
             return []
-        metas = [pack(t, m) for t, m in zip(texts, metadatas or [None] * len(texts), strict=True)]
         vectors = np.asarray(self._embedding.embed_documents(texts), dtype=np.float32)
         return self._index_for(vectors.shape[1]).add(vectors, ids, metas)
 
