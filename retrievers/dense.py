@@ -9,10 +9,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from .arrays import as_float32_matrix, l2_normalize
-from .encoders import TextEmbedder
+from .encoders import TextEmbedder, encode_in_batches
 from .faiss_index import build_index, set_search_params, to_device, try_remove
 from .persistence import IndexFiles, check_array, load_index_files, open_index, save_index_files
 from .registry import Registry, check_ids_and_metadatas
@@ -117,11 +116,7 @@ class DenseIndex:
             batch_size: texts per ``embed_texts`` call.
             **kwargs: options of :class:`DenseIndex`.
         """
-        if isinstance(texts, str) or len(texts) == 0:
-            raise ValueError("texts must be a non-empty list of strings")
-        chunks = []
-        for start in tqdm(range(0, len(texts), batch_size), desc="embedding", unit="batch"):
-            chunks.append(embedder.embed_texts(list(texts[start : start + batch_size])))
+        chunks = encode_in_batches(texts, embedder.embed_texts, batch_size, "embedding")
         kwargs.setdefault("model_name", getattr(embedder, "model_name", None))
         return cls.from_vectors(np.concatenate(chunks), ids, metadatas, **kwargs)
 

@@ -7,7 +7,7 @@ or a :class:`TokenEncoder` (one vector per token). :class:`EngineTextEmbedder` a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -72,3 +72,19 @@ class EngineTokenEncoder:
         prompts = [{"prompt_token_ids": list(ids)} for ids in token_ids]
         outs = self.llm.encode(prompts, pooling_task="token_embed", use_tqdm=self.use_tqdm)
         return [o.outputs.data.detach().float().cpu().numpy() for o in outs]
+
+
+def encode_in_batches(
+    texts: Sequence[str], encode: Callable[[list[str]], Any], batch_size: int, desc: str
+) -> list[Any]:
+    """``encode`` each batch of ``texts`` with a progress bar; one result per batch.
+
+    Raises:
+        ValueError: ``texts`` is a single string or empty.
+    """
+    from tqdm.auto import tqdm
+
+    if isinstance(texts, str) or len(texts) == 0:
+        raise ValueError("texts must be a non-empty list of strings")
+    starts = range(0, len(texts), batch_size)
+    return [encode(list(texts[i : i + batch_size])) for i in tqdm(starts, desc=desc, unit="batch")]

@@ -20,9 +20,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from .arrays import is_single_matrix, l2_normalize, token_matrices
+from .encoders import encode_in_batches
 from .faiss_index import build_index, flat_rows, set_search_params, to_device, try_remove
 from .persistence import IndexFiles, load_index_files, open_index, save_index_files
 from .registry import Registry, check_ids_and_metadatas
@@ -148,11 +148,8 @@ class MultiVectorIndex:
             batch_size: texts per encoder call.
             **kwargs: options of :class:`MultiVectorIndex`.
         """
-        if isinstance(texts, str) or len(texts) == 0:
-            raise ValueError("texts must be a non-empty list of strings")
-        docs: list[np.ndarray] = []
-        for start in tqdm(range(0, len(texts), batch_size), desc="encoding", unit="batch"):
-            docs.extend(encoder.encode_documents(list(texts[start : start + batch_size])))
+        batches = encode_in_batches(texts, encoder.encode_documents, batch_size, "encoding")
+        docs = [doc for batch in batches for doc in batch]
         kwargs.setdefault("model_name", getattr(encoder, "model_name", None))
         return cls.from_vectors(docs, ids, metadatas, **kwargs)
 
