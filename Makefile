@@ -9,7 +9,7 @@ TORCH_PIP_ARGS ?=
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 EXTRAS_TEST := dev,langchain,llamaindex,server
 
-.PHONY: demo test lint bench venv install install-test clean
+.PHONY: demo test lint bench gpu-bundle venv install install-test clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -43,7 +43,12 @@ test: $(VENV)/.installed-test
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
 
 bench: $(VENV)/.installed-test
-	HF_HUB_OFFLINE=1 $(PY) benchmarks/embed_throughput.py
+	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.embed_throughput
+
+# the default model in fp16 under .gpu/ (ignored), small enough to carry to a lent GPU
+# machine for benchmarks/gpu_check.sh
+gpu-bundle: $(VENV)/.installed-test
+	$(PY) -m benchmarks.gpu_bundle pack .gpu/minilm
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check .

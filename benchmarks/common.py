@@ -82,16 +82,23 @@ def flops_per_token(hf_config: Any, mean_len: float) -> float:
     return float(layers * (linear + attention))
 
 
-def gemm_gflops(hidden: int, inter: int, dtype: Any, tokens: int = 2048, seconds: float = 2.0) -> float:
+def gemm_gflops(
+    hidden: int, inter: int, dtype: Any, tokens: int = 2048, seconds: float = 2.0, device: str = "cpu"
+) -> float:
     """Measured GFLOP/s of the model's largest GEMM shape ``[tokens, hidden] x [hidden, inter]``."""
     import torch
 
-    a = torch.randn(tokens, hidden).to(dtype)
-    b = torch.randn(hidden, inter).to(dtype)
+    a = torch.randn(tokens, hidden, device=device).to(dtype)
+    b = torch.randn(hidden, inter, device=device).to(dtype)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     for _ in range(3):
         a @ b
+    sync()
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         a @ b
         n += 1
+        if n % 64 == 0:
+            sync()
+    sync()
     return 2 * tokens * hidden * inter * n / (time.perf_counter() - t0) / 1e9

@@ -67,6 +67,9 @@ class LLM(TaskMethods):
             ``vllm_pool.io_processor_plugins``) or object, for ``pooling_task="plugin"``.
         compile: ``torch.compile`` the model (inductor). Faster once warm (about 10-20% on
             a CPU), at the cost of compiling during the first batches.
+        packed: run packed variable-length batches (all prompts in one row, attention kept
+            inside each prompt, no compute on padding). ``None`` (default): on CUDA in half
+            precision; ``True`` forces it (checked against the padded path at load).
     """
 
     def __init__(
@@ -86,6 +89,7 @@ class LLM(TaskMethods):
         revision: str | None = None,
         io_processor_plugin: str | IOProcessor | None = None,
         compile: bool = False,
+        packed: bool | None = None,
     ) -> None:
         if runner not in ("auto", "pooling"):
             raise ValueError(
@@ -112,7 +116,7 @@ class LLM(TaskMethods):
         )
         cfg = self.model_config
         self.tokenizer = tokenizers["tok"]
-        self.runner = ModelRunner(cfg, compile=compile)
+        self.runner = ModelRunner(cfg, compile=compile, packed=packed)
         self.poolers: TaskPoolers = build_poolers(cfg, self.runner.task_model, self.tokenizer)
         self.input_processor = InputProcessor(
             self.tokenizer,
@@ -244,15 +248,16 @@ class LLM(TaskMethods):
             ) as own_bar,
         ):
             bar = outer_bar if outer_bar is not None else own_bar
-            for scheduled in schedule(requests, self.max_num_batched_tokens, self.max_num_seqs):
-                for batch, hidden in self.runner.forward_split(scheduled):
-                    rows = [position[id(r)] for r in batch.requests]
-                    for task, pooler in poolers.items():
-                        params = tasks[task]
-                        batch_params = [params[i] for i in rows] if params is not None else None
-                        for row, data in zip(rows, pooler(hidden, batch.requests, batch_params)):
-                            results[task][row] = data
-                    bar.update(len(batch.requests))
+            for batch, hidden in self.runner.run(
+                schedule(requests, self.max_num_batched_tokens, self.max_num_seqs)
+            ):
+                rows = [position[id(r)] for r in batch.requests]
+                for task, pooler in poolers.items():
+                    params = tasks[task]
+                    batch_params = [params[i] for i in rows] if params is not None else None
+                    for row, data in zip(rows, pooler(hidden, batch.requests, batch_params)):
+                        results[task][row] = data
+                bar.update(len(batch.requests))
         return {
             task: [
                 PoolingRequestOutput(

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+from vllm_pool.engine import packing
 from vllm_pool.engine.classifier import is_token_classification
 from vllm_pool.engine.config import ModelConfig
-from vllm_pool.engine.types import Batch, HiddenStates, ModelNotFoundError
+from vllm_pool.engine.params import PoolingParams
+from vllm_pool.engine.types import Batch, HiddenStates, ModelNotFoundError, Request
 
 logger = logging.getLogger(__name__)
+_PROBE = PoolingParams()
 
 
 def _auto_class(cfg: ModelConfig) -> Any:
@@ -48,16 +52,41 @@ def load_transformer(cfg: ModelConfig) -> torch.nn.Module:
     return model.to(cfg.device).eval().requires_grad_(False)
 
 
+@dataclass
+class Staged:
+    """A batch whose inputs are built on the host and on their way to the device.
+
+    ``inputs`` are the model's tensors, ``extra`` its other keyword arguments (packed
+    batches: segment bounds), ``rows`` the flat positions of the real tokens (padded
+    batches), ``cu_seqlens`` the request bounds, and ``ready`` the CUDA event of the copy.
+    """
+
+    batch: Batch
+    inputs: dict[str, torch.Tensor]
+    extra: dict[str, Any]
+    rows: torch.Tensor | None
+    cu_seqlens: torch.Tensor
+    ready: Any = None
+
+
 class ModelRunner:
-    """Runs padded batches through the transformer.
+    """Runs batches through the transformer, packed (one row, no padding) or padded.
 
     Args:
         cfg: the model configuration.
         model: an already loaded transformer (tests pass fakes); loaded from ``cfg`` if None.
         compile: compile the transformer with ``torch.compile`` (see :meth:`compile`).
+        packed: run packed variable-length batches (see ``engine.packing``). ``None``: on
+            CUDA in half precision when the architecture supports it and not compiled.
     """
 
-    def __init__(self, cfg: ModelConfig, model: torch.nn.Module | None = None, compile: bool = False) -> None:
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        model: torch.nn.Module | None = None,
+        compile: bool = False,
+        packed: bool | None = None,
+    ) -> None:
         self.cfg = cfg
         self.task_model = model if model is not None else load_transformer(cfg)
         # the runner computes hidden states only; task heads are split off by the poolers
@@ -66,7 +95,14 @@ class ModelRunner:
         pad = getattr(cfg.hf_config, "pad_token_id", None)
         self.pad_token_id = int(pad) if isinstance(pad, int) else 0
         self._decoder = not cfg.is_encoder
+        self._copy_stream: Any = None
+        self.packed = False
         self.compiled = False
+        self._pos_offset = 0
+        if packed is None:
+            packed = self.device.type == "cuda" and cfg.dtype != torch.float32 and not compile
+        if packed:
+            self._enable_packing()
         if compile:
             self.compile()
 
@@ -79,50 +115,130 @@ class ModelRunner:
         self.model = torch.compile(self.model, dynamic=True)
         self.compiled = True
 
-    def _call_model(self, **inputs: torch.Tensor) -> Any:
-        if not self.compiled:
-            return self.model(**inputs)
-        import torch._inductor.config as inductor_config
-
-        with inductor_config.patch(freezing=True):
-            return self.model(**inputs)
-
-    def _inputs(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """Right-padded ``input_ids`` / ``attention_mask`` (and ``token_type_ids`` for pairs)."""
-        reqs, max_len = batch.requests, batch.max_len
-        pads = [max_len - r.num_tokens for r in reqs]
-        inputs = {
-            "input_ids": torch.tensor(
-                [r.prompt_token_ids + [self.pad_token_id] * p for r, p in zip(reqs, pads)]
-            ),
-            "attention_mask": torch.tensor([[1] * r.num_tokens + [0] * p for r, p in zip(reqs, pads)]),
-        }
-        if any(r.token_type_ids is not None for r in reqs):
-            inputs["token_type_ids"] = torch.tensor(
-                [(r.token_type_ids or [0] * r.num_tokens) + [0] * p for r, p in zip(reqs, pads)]
-            )
-        pin = self.device.type == "cuda"
-        return {
-            k: (v.pin_memory() if pin else v).to(self.device, non_blocking=pin) for k, v in inputs.items()
-        }
-
-    @torch.inference_mode()
-    def forward(self, batch: Batch) -> HiddenStates:
-        """Run ``batch``; return its hidden states unpadded, in the batch's request order."""
-        inputs = self._inputs(batch)
-        mask = inputs["attention_mask"]
-        call = dict(inputs)
-        if bool(mask.all()):
-            call.pop("attention_mask")  # equal lengths: no masking needed, faster kernels
+    def _call_model(self, **inputs: Any) -> Any:
         if self._decoder:
-            call["use_cache"] = False
-        out = self._call_model(**call)
-        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-        keep = mask.bool()
-        lens = mask.sum(dim=1)
-        cu = torch.zeros(len(lens) + 1, dtype=torch.long, device=lens.device)
-        cu[1:] = torch.cumsum(lens, dim=0)
-        return HiddenStates(data=hidden[keep], cu_seqlens=cu, token_ids=inputs["input_ids"][keep])
+            inputs["use_cache"] = False
+        if not self.compiled:
+            out = self.model(**inputs)
+        else:
+            import torch._inductor.config as inductor_config
+
+            with inductor_config.patch(freezing=True):
+                out = self.model(**inputs)
+        return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+    def _enable_packing(self) -> None:
+        """Switch to packed batches if the architecture supports them and a probe agrees.
+
+        The probe runs a few short prompts padded and packed; packing stays off (with a
+        warning) if the outputs differ, e.g. for a model that derives positions itself.
+        """
+        if not packing.supports_packing(self.model):
+            logger.warning("%s does not support packed batches; running padded", type(self.model).__name__)
+            return
+        self._pos_offset = packing.position_offset(self.model)
+        vocab = int(getattr(self.cfg.hf_config, "vocab_size", 1000) or 1000)
+        lengths = (9, 4, 4, 6)  # two equal lengths: the grouped path runs too
+        ids = [[(7 * j + 3 * i + 1) % vocab for j in range(n)] for i, n in enumerate(lengths)]
+        probe = Batch([Request(index=i, prompt_token_ids=t, params=_PROBE) for i, t in enumerate(ids)])
+        padded = self.forward(probe).data.float()
+        previous = packing.use_packed_attention(self.model)
+        self.packed = True
+        got = self.forward(probe).data.float()
+        cosine = torch.nn.functional.cosine_similarity(got, padded, dim=-1).min().item()
+        if cosine < (0.99999 if self.cfg.dtype == torch.float32 else 0.999):
+            packing.restore_attention(self.model, previous)
+            self.packed = False
+            logger.warning("Packed batches disagree with padded ones (cosine %.5f); running padded", cosine)
+
+    # ------------------------------------------------------------------ host -> device
+    def _to_device(self, host: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], Any]:
+        """Copy host tensors to the device: pinned, non-blocking, on a side stream on CUDA."""
+        if self.device.type != "cuda":
+            return {k: v.to(self.device) for k, v in host.items()}, None
+        if self._copy_stream is None:
+            self._copy_stream = torch.cuda.Stream(self.device)
+        with torch.cuda.stream(self._copy_stream):
+            dev = {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in host.items()}
+            ready = torch.cuda.Event()
+            ready.record(self._copy_stream)
+        return dev, ready
+
+    def stage(self, batch: Batch) -> Staged:
+        """Build ``batch``'s inputs on the host and start their copy to the device."""
+        reqs = batch.requests
+        bounds = [0]
+        for r in reqs:
+            bounds.append(bounds[-1] + r.num_tokens)
+        if self.packed:
+            host, _, longest = packing.pack(
+                [r.prompt_token_ids for r in reqs], [r.token_type_ids for r in reqs], self._pos_offset
+            )
+            extra = packing.attention_kwargs(bounds, longest)
+            rows = None
+        else:
+            max_len = batch.max_len
+            pads = [max_len - r.num_tokens for r in reqs]
+            host = {
+                "input_ids": torch.tensor(
+                    [r.prompt_token_ids + [self.pad_token_id] * p for r, p in zip(reqs, pads)]
+                )
+            }
+            if any(pads):  # equal lengths: no mask, faster kernels
+                host["attention_mask"] = torch.tensor(
+                    [[1] * r.num_tokens + [0] * p for r, p in zip(reqs, pads)]
+                )
+            if any(r.token_type_ids is not None for r in reqs):
+                host["token_type_ids"] = torch.tensor(
+                    [(r.token_type_ids or [0] * r.num_tokens) + [0] * p for r, p in zip(reqs, pads)]
+                )
+            starts = [i * max_len for i in range(len(reqs))]
+            host["rows"] = torch.cat([torch.arange(a, a + r.num_tokens) for a, r in zip(starts, reqs)])
+            extra = {}
+        host["cu_seqlens"] = torch.tensor(bounds)
+        dev, ready = self._to_device(host)
+        rows, cu = dev.pop("rows", None), dev.pop("cu_seqlens")
+        if self.packed:
+            extra.update(cu_seq_lens_q=cu, cu_seq_lens_k=cu)
+        return Staged(batch, dev, extra, rows, cu, ready)
+
+    # ------------------------------------------------------------------ forward
+    @torch.inference_mode()
+    def forward(self, batch: Batch | Staged) -> HiddenStates:
+        """Run a batch; return its hidden states unpadded, in the batch's request order."""
+        staged = batch if isinstance(batch, Staged) else self.stage(batch)
+        if staged.ready is not None:
+            stream = torch.cuda.current_stream(self.device)
+            stream.wait_event(staged.ready)
+            for t in (*staged.inputs.values(), staged.cu_seqlens, staged.rows):
+                if t is not None:
+                    t.record_stream(stream)
+        hidden = self._call_model(**staged.inputs, **staged.extra)
+        ids = staged.inputs["input_ids"]
+        if staged.rows is None:  # packed: already flat
+            return HiddenStates(data=hidden[0], cu_seqlens=staged.cu_seqlens, token_ids=ids[0])
+        data = hidden.flatten(0, 1).index_select(0, staged.rows)
+        return HiddenStates(data=data, cu_seqlens=staged.cu_seqlens, token_ids=ids.flatten()[staged.rows])
+
+    def run(self, batches: Iterable[Batch]) -> Iterator[tuple[Batch, HiddenStates]]:
+        """Forward every batch in order, staging the next batch while the current one runs.
+
+        On CUDA the forward pass is queued asynchronously, so building and copying the next
+        batch's inputs overlaps it. Yields ``(batch, hidden_states)`` pairs; a batch that
+        runs out of device memory comes back as the halves of :meth:`forward_split`.
+        """
+        it = iter(batches)
+        current = next(it, None)
+        staged = self.stage(current) if current is not None else None
+        while current is not None and staged is not None:
+            try:
+                done = [(current, self.forward(staged))]
+            except torch.OutOfMemoryError as e:
+                done = list(self._split(current, e))
+            upcoming = next(it, None)
+            next_staged = self.stage(upcoming) if upcoming is not None else None
+            yield from done
+            current, staged = upcoming, next_staged
 
     def forward_split(self, batch: Batch) -> Iterator[tuple[Batch, HiddenStates]]:
         """Run ``batch``; on a device out-of-memory error, split it in halves and retry.
@@ -133,19 +249,22 @@ class ModelRunner:
         try:
             hidden = self.forward(batch)
         except torch.OutOfMemoryError as e:
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-            if len(batch.requests) == 1:
-                raise MemoryError(
-                    f"One prompt of {batch.max_len} tokens does not fit in device memory; "
-                    "lower max_model_len or truncate_prompt_tokens"
-                ) from e
-            half = len(batch.requests) // 2
-            logger.warning("Out of memory on a batch of %d prompts; splitting it", len(batch.requests))
-            yield from self.forward_split(Batch(batch.requests[:half]))
-            yield from self.forward_split(Batch(batch.requests[half:]))
+            yield from self._split(batch, e)
             return
         yield batch, hidden
+
+    def _split(self, batch: Batch, error: torch.OutOfMemoryError) -> Iterator[tuple[Batch, HiddenStates]]:
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        if len(batch.requests) == 1:
+            raise MemoryError(
+                f"One prompt of {batch.max_len} tokens does not fit in device memory; "
+                "lower max_model_len or truncate_prompt_tokens"
+            ) from error
+        half = len(batch.requests) // 2
+        logger.warning("Out of memory on a batch of %d prompts; splitting it", len(batch.requests))
+        yield from self.forward_split(Batch(batch.requests[:half]))
+        yield from self.forward_split(Batch(batch.requests[half:]))
 
 
 def token_budget_for_memory(free_bytes: int, cfg: ModelConfig, fraction: float = 0.3) -> int:

@@ -76,3 +76,30 @@ def test_cuda_device_without_cuda_is_a_clear_error(tiny_bert):
         pytest.skip("this machine has CUDA")
     with pytest.raises(ValueError, match="CUDA is not available"):
         LLM(str(tiny_bert), device="cuda")
+
+
+def test_next_batch_is_staged_while_the_current_one_runs(tiny_bert, monkeypatch):
+    """run(): batch i+1's inputs are built (and, on CUDA, copied) before batch i is handed back."""
+    from vllm_pool.engine.scheduler import schedule
+
+    from vllm_pool import LLM
+
+    llm = LLM(str(tiny_bert))
+    runner, events = llm.runner, []
+    stage, forward = runner.stage, runner.forward
+    monkeypatch.setattr(runner, "stage", lambda b: events.append(("stage", id(b))) or stage(b))
+    monkeypatch.setattr(runner, "forward", lambda s: events.append(("forward", id(s.batch))) or forward(s))
+    requests = llm.make_requests(TEXTS, "embed")
+    batches = list(schedule(requests, max_num_batched_tokens=48, max_num_seqs=64))
+    assert len(batches) >= 3
+    for batch, hidden in runner.run(batches):
+        events.append(("yield", id(batch)))
+        assert hidden.data.shape[0] == batch.num_tokens
+    ids = [id(b) for b in batches]
+    expected = [("stage", ids[0])]
+    for i, b in enumerate(ids):
+        expected.append(("forward", b))
+        if i + 1 < len(ids):
+            expected.append(("stage", ids[i + 1]))
+        expected.append(("yield", b))
+    assert events == expected

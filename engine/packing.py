@@ -1,0 +1,175 @@
+"""Packed variable-length batches: every prompt's tokens in one row, no padding computed.
+
+A packed batch is one ``[1, total_tokens]`` row. Each prompt keeps its own position ids,
+and attention stays inside each prompt through cumulative sequence lengths
+(``cu_seq_lens``), which transformers passes down to the attention function of every
+layer. The attention function registered here runs Flash Attention's variable-length
+kernel (``torch.nn.attention.varlen``) on CUDA in half precision, and otherwise runs
+``scaled_dot_product_attention`` per group of equal-length prompts, so the CPU exercises
+the same code path as the GPU.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
+
+ATTN_IMPLEMENTATION = "vllm_pool_varlen"
+
+
+def flash_kernel(query: torch.Tensor) -> Any:
+    """Flash Attention's variable-length kernel for ``query``, or None (CPU, fp32, older torch)."""
+    if not query.is_cuda or query.dtype not in (torch.float16, torch.bfloat16):
+        return None
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:  # torch without the varlen flash kernel
+        return None
+    return varlen_attn
+
+
+def _segments_sdpa(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    bounds: list[int],
+    scaling: float | None,
+    causal: bool,
+) -> torch.Tensor:
+    """SDPA inside each segment ``bounds[i]:bounds[i+1]``; equal lengths run as one batch.
+
+    ``query`` is ``[heads, tokens, dim]``; returns ``[tokens, heads, dim]``.
+    """
+    out = query.new_empty(query.shape[1], query.shape[0], value.shape[-1])
+    by_len: dict[int, list[int]] = {}
+    for i in range(len(bounds) - 1):
+        by_len.setdefault(bounds[i + 1] - bounds[i], []).append(bounds[i])
+    for length, starts in by_len.items():
+        if len(starts) == 1 or all(b - a == length for a, b in zip(starts, starts[1:])):
+            # contiguous run of equal lengths: a view, no gather
+            s0 = starts[0]
+            span = slice(s0, s0 + length * len(starts))
+            q = query[:, span].unflatten(1, (len(starts), length)).transpose(0, 1)
+            k = key[:, span].unflatten(1, (len(starts), length)).transpose(0, 1)
+            v = value[:, span].unflatten(1, (len(starts), length)).transpose(0, 1)
+            o = F.scaled_dot_product_attention(q, k, v, scale=scaling, is_causal=causal)
+            out[span] = o.permute(0, 2, 1, 3).reshape(-1, o.shape[1], o.shape[-1])
+            continue
+        idx = torch.cat([torch.arange(s, s + length) for s in starts]).to(query.device)
+        q, k, v = (t[:, idx].unflatten(1, (len(starts), length)).transpose(0, 1) for t in (query, key, value))
+        o = F.scaled_dot_product_attention(q, k, v, scale=scaling, is_causal=causal)
+        out[idx] = o.permute(0, 2, 1, 3).reshape(-1, o.shape[1], o.shape[-1])
+    return out
+
+
+def varlen_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """A transformers attention function for packed rows (``[1, heads, tokens, dim]`` inputs).
+
+    Reads ``cu_seq_lens_q`` / ``max_length_q`` from the layer's keyword arguments; without
+    them (an unpacked call) the row is one sequence.
+    """
+    if query.shape[0] != 1:
+        raise ValueError(f"packed attention expects one packed row, got a batch of {query.shape[0]}")
+    causal = bool(is_causal if is_causal is not None else getattr(module, "is_causal", False))
+    groups = query.shape[1] // key.shape[1]
+    q, k, v = query[0], key[0], value[0]
+    cu = kwargs.get("cu_seq_lens_q")
+    flash = flash_kernel(q) if cu is not None else None
+    if flash is not None:
+        cu32 = cu.to(torch.int32)
+        longest = int(kwargs["max_length_q"])
+        out = flash(
+            q.transpose(0, 1),
+            k.transpose(0, 1),
+            v.transpose(0, 1),
+            cu32,
+            cu32,
+            longest,
+            longest,
+            scale=scaling,
+            window_size=(-1, 0) if causal else (-1, -1),
+            enable_gqa=groups > 1,
+        )
+    else:
+        if groups > 1:
+            k, v = k.repeat_interleave(groups, dim=0), v.repeat_interleave(groups, dim=0)
+        bounds: list[int] = kwargs.get("packed_bounds") or (
+            cu.tolist() if cu is not None else [0, query.shape[2]]
+        )
+        out = _segments_sdpa(q, k, v, bounds, scaling, causal)
+    return out.unsqueeze(0), None
+
+
+def register() -> None:
+    """Register :func:`varlen_attention` with transformers (idempotent)."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(ATTN_IMPLEMENTATION, varlen_attention)
+
+
+def use_packed_attention(model: torch.nn.Module) -> str:
+    """Route ``model``'s attention through :func:`varlen_attention`; returns the previous implementation."""
+    register()
+    previous = str(model.config._attn_implementation)
+    model.config._attn_implementation = ATTN_IMPLEMENTATION
+    return previous
+
+
+def restore_attention(model: torch.nn.Module, previous: str) -> None:
+    model.config._attn_implementation = previous
+
+
+def position_offset(model: torch.nn.Module) -> int:
+    """Where position ids start: ``padding_idx + 1`` for RoBERTa-style embeddings, else 0."""
+    emb = getattr(model, "embeddings", None)
+    pad = getattr(emb, "padding_idx", None)
+    return int(pad) + 1 if isinstance(pad, int) and hasattr(emb, "position_embeddings") else 0
+
+
+def supports_packing(model: torch.nn.Module) -> bool:
+    """Whether the model routes attention through transformers' attention interface."""
+    return bool(getattr(model, "_supports_attention_backend", False))
+
+
+def attention_kwargs(bounds: list[int], longest: int) -> dict[str, Any]:
+    """The keyword arguments that carry segment bounds down to :func:`varlen_attention`.
+
+    ``cu_seq_lens_q`` / ``cu_seq_lens_k`` (device tensors) are added by the caller;
+    ``packed_bounds`` keeps the host copy so the CPU path never reads the device.
+    """
+    return {"max_length_q": longest, "max_length_k": longest, "packed_bounds": bounds}
+
+
+def pack(
+    token_ids: list[list[int]], token_type_ids: list[list[int] | None] | None, offset: int
+) -> tuple[dict[str, torch.Tensor], list[int], int]:
+    """Host tensors of one packed row, the segment bounds and the longest segment."""
+    lens = [len(t) for t in token_ids]
+    bounds = [0]
+    for n in lens:
+        bounds.append(bounds[-1] + n)
+    flat = [tok for ids in token_ids for tok in ids]
+    tensors = {
+        "input_ids": torch.tensor([flat]),
+        "position_ids": torch.cat([torch.arange(offset, offset + n) for n in lens]).unsqueeze(0),
+    }
+    if token_type_ids is not None and any(t is not None for t in token_type_ids):
+        tensors["token_type_ids"] = torch.tensor(
+            [[x for t, n in zip(token_type_ids, lens) for x in (t if t is not None else [0] * n)]]
+        )
+    return tensors, bounds, max(lens)

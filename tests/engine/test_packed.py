@@ -1,0 +1,147 @@
+"""Packed variable-length batches (the GPU default), exercised on the CPU.
+
+Packed outputs are compared with the padded path on the same weights, for an encoder, a
+RoBERTa-style encoder (positions start after the padding id), a causal decoder with
+grouped-query attention, and a cross-encoder with token type ids.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import tiny_models
+import torch
+import torch.nn.functional as F
+from tiny_models import TEXTS
+from vllm_pool.engine import packing
+
+from vllm_pool import LLM
+
+
+def _embed(llm: LLM) -> np.ndarray:
+    return np.array([o.outputs.embedding for o in llm.embed(TEXTS, use_tqdm=False)])
+
+
+def _tokens(llm: LLM) -> list[np.ndarray]:
+    return [np.asarray(o.outputs.data) for o in llm.encode(TEXTS, pooling_task="token_embed", use_tqdm=False)]
+
+
+@pytest.mark.parametrize("name", ["tiny_bert", "tiny_xlmr", "tiny_qwen2"])
+def test_packed_matches_padded(name, request):
+    folder = request.getfixturevalue(name)
+    padded = LLM(str(folder), packed=False, max_num_batched_tokens=96)
+    packed = LLM(str(folder), packed=True, max_num_batched_tokens=96)
+    assert packed.runner.packed and not padded.runner.packed
+    np.testing.assert_allclose(_embed(packed), _embed(padded), rtol=1e-4, atol=1e-5)
+    for a, b in zip(_tokens(packed), _tokens(padded)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_packed_cross_encoder_pairs_keep_token_types(tiny_dir):
+    folder = tiny_models.bert(tiny_dir / "bert_ce_packed", cls="BertForSequenceClassification", num_labels=1)
+    queries = ["what is a list", "sorting in python"]
+    docs = ["a list is a mutable sequence", "sorted returns a new list", "dicts map keys"]
+    ref = [o.outputs.score for o in LLM(str(folder), packed=False).score(queries[0], docs, use_tqdm=False)]
+    llm = LLM(str(folder), packed=True)
+    got = [o.outputs.score for o in llm.score(queries[0], docs, use_tqdm=False)]
+    assert llm.runner.packed
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-6)
+
+
+def test_cpu_default_is_padded(tiny_bert):
+    assert LLM(str(tiny_bert)).runner.packed is False
+
+
+def test_probe_turns_packing_off_when_outputs_disagree(tiny_bert, monkeypatch, caplog):
+    monkeypatch.setattr(packing, "position_offset", lambda model: 7)  # wrong positions
+    with caplog.at_level(logging.WARNING, logger="vllm_pool.engine.runner"):
+        llm = LLM(str(tiny_bert), packed=True)
+    assert llm.runner.packed is False
+    assert "disagree with padded" in caplog.text
+    assert llm.runner.model.config._attn_implementation == "sdpa"  # restored
+    monkeypatch.undo()
+    np.testing.assert_allclose(_embed(llm), _embed(LLM(str(tiny_bert))), rtol=1e-5, atol=1e-6)
+
+
+def test_architecture_without_attention_interface_runs_padded(tiny_bert, monkeypatch, caplog):
+    monkeypatch.setattr(packing, "supports_packing", lambda model: False)
+    with caplog.at_level(logging.WARNING, logger="vllm_pool.engine.runner"):
+        llm = LLM(str(tiny_bert), packed=True)
+    assert llm.runner.packed is False
+    assert "does not support packed batches" in caplog.text
+
+
+def _block_diagonal_reference(q, k, v, bounds, causal):
+    """Dense SDPA over the whole row with a block-diagonal (and causal) boolean mask."""
+    n = q.shape[-2]
+    seg = torch.zeros(n, dtype=torch.long)
+    for i in range(len(bounds) - 1):
+        seg[bounds[i] : bounds[i + 1]] = i
+    mask = seg[:, None] == seg[None, :]
+    if causal:
+        mask &= torch.ones(n, n, dtype=torch.bool).tril()
+    groups = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("lengths", [[4, 4, 4], [3, 5, 3, 3, 2, 5, 1]])  # one run / scattered lengths
+def test_varlen_attention_is_block_diagonal_attention(causal, lengths):
+    torch.manual_seed(0)
+    n, heads, kv_heads, dim = sum(lengths), 4, 2, 8
+    q = torch.randn(1, heads, n, dim)
+    k, v = torch.randn(1, kv_heads, n, dim), torch.randn(1, kv_heads, n, dim)
+    bounds = np.cumsum([0, *lengths]).tolist()
+    module = torch.nn.Module()
+    module.is_causal = causal
+    out, _ = packing.varlen_attention(
+        module, q, k, v, None, cu_seq_lens_q=torch.tensor(bounds), max_length_q=max(lengths)
+    )
+    ref = _block_diagonal_reference(q, k, v, bounds, causal)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_flash_kernel_gets_the_varlen_layout(monkeypatch):
+    """The CUDA branch: [tokens, heads, dim] tensors, int32 bounds, causal window, GQA flag."""
+    seen = {}
+
+    def fake_varlen(q, k, v, cu_q, cu_k, max_q, max_k, *, scale, window_size, enable_gqa):
+        seen.update(dtype=cu_q.dtype, max_q=max_q, window=window_size, gqa=enable_gqa, shape=tuple(q.shape))
+        bounds = cu_q.tolist()
+        groups = q.shape[1] // k.shape[1]
+        ref = _block_diagonal_reference(
+            q.transpose(0, 1)[None],
+            k.transpose(0, 1)[None],
+            v.transpose(0, 1)[None],
+            bounds,
+            window_size[1] == 0,
+        )
+        assert groups == 2
+        return ref[0]
+
+    monkeypatch.setattr(packing, "flash_kernel", lambda query: fake_varlen)
+    torch.manual_seed(1)
+    q, k, v = torch.randn(1, 4, 9, 8), torch.randn(1, 2, 9, 8), torch.randn(1, 2, 9, 8)
+    module = torch.nn.Module()
+    module.is_causal = True
+    out, _ = packing.varlen_attention(
+        module, q, k, v, None, cu_seq_lens_q=torch.tensor([0, 4, 9]), max_length_q=5
+    )
+    assert seen == {"dtype": torch.int32, "max_q": 5, "window": (-1, 0), "gqa": True, "shape": (9, 4, 8)}
+    torch.testing.assert_close(out, _block_diagonal_reference(q, k, v, [0, 4, 9], True))
+
+
+def test_flash_kernel_only_for_cuda_half_precision():
+    assert packing.flash_kernel(torch.zeros(2, 2)) is None
+    assert packing.flash_kernel(torch.zeros(2, 2, dtype=torch.bfloat16)) is None  # CPU
+
+
+def test_position_offset_follows_the_embeddings(tiny_bert, tiny_xlmr):
+    from transformers import AutoModel
+
+    assert packing.position_offset(AutoModel.from_pretrained(tiny_bert)) == 0
+    xlmr = AutoModel.from_pretrained(tiny_xlmr)
+    assert packing.position_offset(xlmr) == xlmr.config.pad_token_id + 1
