@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from vllm_pool.engine import packing
+from vllm_pool.engine import cpu_linear, packing
 from vllm_pool.engine.classifier import is_token_classification
 from vllm_pool.engine.config import ModelConfig
 from vllm_pool.engine.params import PoolingParams
@@ -99,6 +99,9 @@ class ModelRunner:
         self.packed = False
         self.compiled = False
         self._pos_offset = 0
+        if self.device.type == "cpu" and not compile and model is None:
+            n = cpu_linear.prepack(self.model, batch_hint=2048)
+            logger.debug("Prepacked %d linear layers for oneDNN", n)
         if packed is None:
             packed = self.device.type == "cuda" and cfg.dtype != torch.float32 and not compile
         if packed:

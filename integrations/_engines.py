@@ -28,6 +28,7 @@ _ENGINE_OPTIONS = frozenset(
         "max_num_seqs",
         "revision",
         "compile",
+        "packed",
     }
 )
 """Keys allowed in ``engine_kwargs`` (other ``vllm_pool.LLM`` arguments have their own fields)."""

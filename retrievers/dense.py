@@ -13,7 +13,7 @@ import numpy as np
 from .arrays import as_float32_matrix, l2_normalize
 from .encoders import TextEmbedder, encode_in_batches
 from .faiss_index import build_index, set_search_params, to_device, try_remove
-from .persistence import IndexFiles, check_array, load_index_files, open_index, save_index_files
+from .persistence import check_array, files_of, load_index_files, open_index, placed_faiss, save_index_files
 from .registry import Registry, check_ids_and_metadatas
 from .types import Filter, Hit, IndexFormatError, Metadata, Record, check_k
 
@@ -304,18 +304,8 @@ class DenseIndex:
                 self._rebuild()
             docs = self._registry.to_json()
             slots = np.asarray(docs["slots"], dtype=np.int64)
-            files = IndexFiles(
-                kind=self.kind,
-                dim=self.dim,
-                count=len(self._registry),
-                model_name=self.model_name,
-                config=self.config,
-                docs=docs,
-                arrays={"vectors.npy": self._live_vectors(slots)},
-            )
-            if self._index is not None:
-                files.indexes["index.faiss"] = self._index
-            save_index_files(path, files)
+            arrays = {"vectors.npy": self._live_vectors(slots)}
+            save_index_files(path, files_of(self, docs, arrays, "index.faiss"))
 
     @classmethod
     def load(
@@ -343,6 +333,5 @@ class DenseIndex:
                 raise IndexFormatError(
                     f"{path}/index.faiss: {faiss_index.ntotal} vectors for {len(registry)} documents"
                 )
-            set_search_params(faiss_index, index.config["nprobe"], index.config["ef_search"])
-            index._index = to_device(faiss_index, use_gpu)
+            index._index = placed_faiss(faiss_index, index.config, use_gpu)
         return index

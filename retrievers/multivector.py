@@ -16,15 +16,16 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from .arrays import is_single_matrix, l2_normalize, token_matrices
+from .candidates import candidate_slots, maxsim_slots, scan_flat_rows, top_k
 from .encoders import encode_in_batches
 from .faiss_index import build_index, flat_rows, set_search_params, to_device, try_remove
-from .persistence import IndexFiles, load_index_files, open_index, save_index_files
+from .persistence import files_of, load_index_files, open_index, placed_faiss, save_index_files
 from .registry import Registry, check_ids_and_metadatas
 from .token_store import TokenStore
 from .types import Filter, Hit, IndexFormatError, Metadata, Record, check_k
@@ -295,77 +296,27 @@ class MultiVectorIndex:
     def _search_candidates(
         self, qs: list[np.ndarray], k: int, k_tok: int, allowed: set[int] | None
     ) -> list[list[Hit]]:
+        keep = self._keep(allowed)
         rows = flat_rows(self._index)
         if rows is not None:  # a flat index: exact MaxSim over every row costs what candidates would
-            return [self._score_rows(q, *rows, k, allowed) for q in qs]
-        ntotal = self._index.ntotal
-        results: list[list[Hit] | None] = [None] * len(qs)
-        todo = list(range(len(qs)))
-        while todo:
-            k_search = min(ntotal, k_tok + (self._tombstones if allowed is None else 0))
-            flat = np.concatenate([qs[i] for i in todo])  # [sum Lq, D]
-            _, labels = self._index.search(flat, k_search)  # [sum Lq, k']
-            bounds = np.cumsum([0] + [len(qs[i]) for i in todo])
-            retry = []
-            for pos, qi in enumerate(todo):
-                cand = np.unique(labels[bounds[pos] : bounds[pos + 1]])
-                live = [
-                    int(s)
-                    for s in cand
-                    if s >= 0 and self._registry.is_live(int(s)) and (allowed is None or int(s) in allowed)
-                ]
-                if len(live) < k and k_search < ntotal and (allowed is not None or live == []):
-                    retry.append(qi)  # a filter or tombstones ate the candidates: widen
-                    continue
-                results[qi] = self._score(qs[qi], np.asarray(live, dtype=np.int64), k)
-            todo, k_tok = retry, 2 * k_tok
-        return results  # type: ignore[return-value]
+            return [self._hits(*scan_flat_rows(q, *rows, keep), k) for q in qs]
+        pools = candidate_slots(self._index, qs, k, k_tok, keep, self._tombstones, allowed is not None)
+        return [self._score(q, pool, k) for q, pool in zip(qs, pools)]
+
+    def _keep(self, allowed: set[int] | None) -> Callable[[int], bool]:
+        is_live = self._registry.is_live
+        return is_live if allowed is None else (lambda s: is_live(s) and s in allowed)
 
     def _score(self, q: np.ndarray, slots: np.ndarray, k: int) -> list[Hit]:
         """Exact MaxSim of one query ``[Lq, D]`` against documents ``slots``; top ``k``."""
         if len(slots) == 0:
             return []
-        scores = None
-        if self._store.span_tokens(slots) * 4 > self._store.num_vectors:  # many candidates: no copies
-            scores = self._store.maxsim_in_place(q, slots)
-        if scores is None:
-            tokens, lengths = self._store.decode(slots)  # [T, D], [n]
-            sim = q @ tokens.T  # [Lq, T]
-            starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-            scores = np.maximum.reduceat(sim, starts, axis=1).sum(axis=0)  # [n]
-        return self._top_hits(slots, scores, k)
+        return self._hits(slots, maxsim_slots(self._store, q, slots), k)
 
-    def _score_rows(
-        self, q: np.ndarray, vectors: np.ndarray, row_slots: np.ndarray, k: int, allowed: set[int] | None
-    ) -> list[Hit]:
-        """Exact MaxSim of ``q`` against every document of a flat index, read in place.
-
-        ``vectors`` ``[N, D]`` are the index's rows and ``row_slots`` ``[N]`` their documents
-        (each document's rows are contiguous): one GEMM, then a max per document segment.
-        """
-        sim = q @ vectors.T  # [Lq, N]
-        starts = np.flatnonzero(np.r_[True, row_slots[1:] != row_slots[:-1]])
-        scores = np.maximum.reduceat(sim, starts, axis=1).sum(axis=0)  # [segments]
-        slots = row_slots[starts]
-        keep = np.fromiter(
-            (self._registry.is_live(int(s)) and (allowed is None or int(s) in allowed) for s in slots),
-            dtype=bool,
-            count=len(slots),
-        )
-        return self._top_hits(slots[keep], scores[keep], k)
-
-    def _top_hits(self, slots: np.ndarray, scores: np.ndarray, k: int) -> list[Hit]:
-        if len(slots) == 0:
-            return []
-        k = min(k, len(slots))
-        top = np.argpartition(-scores, k - 1)[:k]
-        top = top[np.argsort(-scores[top], kind="stable")]
-        return [
-            Hit(
-                self._registry.doc_id(int(slots[j])), float(scores[j]), self._registry.metadata(int(slots[j]))
-            )
-            for j in top
-        ]
+    def _hits(self, slots: np.ndarray, scores: np.ndarray, k: int) -> list[Hit]:
+        slots, scores = top_k(slots, scores, k)
+        reg = self._registry
+        return [Hit(reg.doc_id(int(s)), float(v), reg.metadata(int(s))) for s, v in zip(slots, scores)]
 
     def memory_usage(self) -> dict[str, float]:
         """Bytes held: token store, candidate index (serialized size), per token vector."""
@@ -390,18 +341,8 @@ class MultiVectorIndex:
         """Save to the folder ``path`` (atomically replacing an existing one)."""
         with self._lock:
             docs = self._registry.to_json()
-            files = IndexFiles(
-                kind=self.kind,
-                dim=self.dim,
-                count=len(self._registry),
-                model_name=self.model_name,
-                config=self.config,
-                docs=docs,
-                arrays=self._store.to_arrays(docs["slots"]),
-            )
-            if self._index is not None:
-                files.indexes["candidates.faiss"] = self._index
-            save_index_files(path, files)
+            arrays = self._store.to_arrays(docs["slots"])
+            save_index_files(path, files_of(self, docs, arrays, "candidates.faiss"))
 
     @classmethod
     def load(
@@ -430,6 +371,5 @@ class MultiVectorIndex:
                     f"for {index._store.num_vectors} document tokens"
                 )
             index._tombstones = extra
-            set_search_params(faiss_index, index.config["nprobe"], index.config["ef_search"])
-            index._index = to_device(faiss_index, use_gpu)
+            index._index = placed_faiss(faiss_index, index.config, use_gpu)
         return index

@@ -251,6 +251,30 @@ def open_index(cls: Any, files: IndexFiles, path: str | os.PathLike, use_gpu: bo
     return index, registry
 
 
+def files_of(index: Any, docs: dict[str, Any], arrays: dict[str, np.ndarray], faiss_name: str) -> IndexFiles:
+    """The :class:`IndexFiles` of a dense or multi-vector ``index`` (its FAISS index as ``faiss_name``)."""
+    files = IndexFiles(
+        kind=index.kind,
+        dim=index.dim,
+        count=len(index._registry),
+        model_name=index.model_name,
+        config=index.config,
+        docs=docs,
+        arrays=arrays,
+    )
+    if index._index is not None:
+        files.indexes[faiss_name] = index._index
+    return files
+
+
+def placed_faiss(faiss_index: Any, config: dict[str, Any], use_gpu: bool | None) -> Any:
+    """A loaded FAISS index with the search settings of ``config``, on the chosen device."""
+    from .faiss_index import set_search_params, to_device
+
+    set_search_params(faiss_index, config["nprobe"], config["ef_search"])
+    return to_device(faiss_index, use_gpu)
+
+
 def check_array(files: IndexFiles, name: str, ndim: int, dim: int | None = None) -> np.ndarray:
     """Return ``files.arrays[name]``, raising :class:`IndexFormatError` on a bad shape."""
     if name not in files.arrays:

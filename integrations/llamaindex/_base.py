@@ -1,43 +1,59 @@
-"""Engine fields shared by the LlamaIndex classes (LlamaIndex's pydantic ``Field`` style)."""
+"""The engine fields and the shared engine of the pydantic LlamaIndex classes."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from llama_index.core.bridge.pydantic import Field
+from llama_index.core.bridge.pydantic import BaseModel, Field, PrivateAttr
 
 from vllm_pool import DEFAULT_MODEL
 
 from .._engines import EngineOptions, EngineRef
 
 
-def engine_fields() -> dict[str, Any]:
-    """Fresh pydantic ``Field`` objects for the engine fields (one set per class)."""
-    return {
-        "model": Field(
-            default=DEFAULT_MODEL,
-            description="A local model folder or a Hugging Face Hub id (default: all-MiniLM-L6-v2, offline).",
-        ),
-        "dtype": Field(
-            default="auto", description='Weights dtype: "auto" (fp32 on CPU, bf16/fp16 on GPU), "float32"...'
-        ),
-        "device": Field(default="auto", description='"auto" (GPU when there is one), "cpu", "cuda"...'),
-        "max_model_len": Field(default=None, description="Token limit of the model (None: the model's)."),
-        "trust_remote_code": Field(default=False, description="Allow custom model code in the folder."),
-        "engine_kwargs": Field(
-            default=None,
-            description="Other vllm_pool.LLM options: max_num_batched_tokens, max_num_seqs, pooler_config, "
-            "hf_overrides, convert, revision.",
-        ),
-    }
+class EngineFields(BaseModel):
+    """Engine fields (LlamaIndex's pydantic ``Field`` style) and the engine they select.
 
+    Mixed in before a LlamaIndex base class. The engine loads in ``__init__`` (shared per
+    process), so a bad model id fails at construction; pickling keeps only the fields.
+    """
 
-def engine_ref(obj: Any) -> EngineRef:
-    """An :class:`EngineRef` for the engine fields of ``obj``, with the engine loaded."""
-    ref = EngineRef(
-        EngineOptions.make(
-            obj.model, obj.dtype, obj.device, obj.max_model_len, obj.trust_remote_code, obj.engine_kwargs
-        )
+    model: str = Field(
+        default=DEFAULT_MODEL,
+        description="A local model folder or a Hugging Face Hub id (default: all-MiniLM-L6-v2, offline).",
     )
-    ref.llm  # load now (shared), so a bad model id fails at construction  # noqa: B018
-    return ref
+    dtype: str = Field(
+        default="auto", description='Weights dtype: "auto" (fp32 on CPU, bf16/fp16 on GPU), "float32"...'
+    )
+    device: str = Field(default="auto", description='"auto" (GPU when there is one), "cpu", "cuda"...')
+    max_model_len: int | None = Field(
+        default=None, description="Token limit of the model (None: the model's)."
+    )
+    trust_remote_code: bool = Field(default=False, description="Allow custom model code in the folder.")
+    engine_kwargs: dict[str, Any] | None = Field(
+        default=None,
+        description="Other vllm_pool.LLM options: max_num_batched_tokens, max_num_seqs, pooler_config, "
+        "hf_overrides, convert, revision, compile, packed.",
+    )
+
+    _engine: EngineRef = PrivateAttr()
+
+    def __init__(self, model: str | None = None, **kwargs: Any) -> None:
+        if model is not None:
+            kwargs["model"] = model
+        super().__init__(**kwargs)
+        options = EngineOptions.make(
+            self.model,
+            self.dtype,
+            self.device,
+            self.max_model_len,
+            self.trust_remote_code,
+            self.engine_kwargs,
+        )
+        self._engine = EngineRef(options)
+        self._engine.llm  # load now (shared), so a bad model id fails at construction  # noqa: B018
+
+    @property
+    def llm(self) -> Any:
+        """The shared ``vllm_pool.LLM`` this instance runs on."""
+        return self._engine.llm

@@ -6,15 +6,13 @@ import asyncio
 from typing import Any
 
 from llama_index.core.base.embeddings.base import BaseEmbedding
-from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr
+from llama_index.core.bridge.pydantic import ConfigDict, Field
 
-from .._engines import EngineRef, embed_texts, resolve_prefix
-from ._base import engine_fields, engine_ref
-
-_F = engine_fields()
+from .._engines import embed_texts, resolve_prefix
+from ._base import EngineFields
 
 
-class VllmPoolEmbedding(BaseEmbedding):
+class VllmPoolEmbedding(EngineFields, BaseEmbedding):
     """Embed queries and texts with any pooling model, in-process.
 
     ``_get_text_embeddings`` sends a whole batch (``embed_batch_size`` texts) to the
@@ -32,12 +30,6 @@ class VllmPoolEmbedding(BaseEmbedding):
         extra="forbid", protected_namespaces=("pydantic_model_",), arbitrary_types_allowed=True
     )
 
-    model: str = _F["model"]
-    dtype: str = _F["dtype"]
-    device: str = _F["device"]
-    max_model_len: int | None = _F["max_model_len"]
-    trust_remote_code: bool = _F["trust_remote_code"]
-    engine_kwargs: dict[str, Any] | None = _F["engine_kwargs"]
     embed_batch_size: int = Field(default=256, gt=0, description="Texts per engine call.")
     normalize: bool | None = Field(
         default=None, description="L2-normalize (None: the model's default, e.g. its Normalize module)."
@@ -60,24 +52,14 @@ class VllmPoolEmbedding(BaseEmbedding):
     )
     show_progress: bool = Field(default=False, description="Show the engine's progress bar.")
 
-    _engine: EngineRef = PrivateAttr()
-
     def __init__(self, model: str | None = None, **kwargs: Any) -> None:
-        if model is not None:
-            kwargs["model"] = model
-        super().__init__(**kwargs)
+        super().__init__(model, **kwargs)
         if self.model_name == "unknown":
             self.model_name = self.model
-        self._engine = engine_ref(self)
 
     @classmethod
     def class_name(cls) -> str:
         return "VllmPoolEmbedding"
-
-    @property
-    def llm(self) -> Any:
-        """The shared ``vllm_pool.LLM`` this instance runs on."""
-        return self._engine.llm
 
     def _embed(self, texts: list[str], kind: str) -> list[list[float]]:
         if kind == "query":

@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import llama_index.core.instrumentation as instrument
-from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr
+from llama_index.core.bridge.pydantic import ConfigDict, Field
 from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
-from .._engines import EngineRef, score_pairs
-from ._base import engine_fields, engine_ref
+from .._engines import score_pairs
+from ._base import EngineFields
 
 dispatcher = instrument.get_dispatcher(__name__)
 
-_F = engine_fields()
 
-
-class VllmPoolRerank(BaseNodePostprocessor):
+class VllmPoolRerank(EngineFields, BaseNodePostprocessor):
     """Rerank retrieved nodes against the query, best first, keeping ``top_n``.
 
     A cross-encoder (e.g. ``model="BAAI/bge-reranker-v2-m3"``) scores each (query, node)
@@ -33,12 +29,6 @@ class VllmPoolRerank(BaseNodePostprocessor):
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), arbitrary_types_allowed=True)
 
-    model: str = _F["model"]
-    dtype: str = _F["dtype"]
-    device: str = _F["device"]
-    max_model_len: int | None = _F["max_model_len"]
-    trust_remote_code: bool = _F["trust_remote_code"]
-    engine_kwargs: dict[str, Any] | None = _F["engine_kwargs"]
     top_n: int = Field(default=2, gt=0, description="Number of nodes to return, best first.")
     keep_retrieval_score: bool = Field(
         default=False, description='Keep the first-stage score in node.metadata["retrieval_score"].'
@@ -48,22 +38,9 @@ class VllmPoolRerank(BaseNodePostprocessor):
         default=None, description="Cut each pair (or text) to this many tokens."
     )
 
-    _engine: EngineRef = PrivateAttr()
-
-    def __init__(self, model: str | None = None, **kwargs: Any) -> None:
-        if model is not None:
-            kwargs["model"] = model
-        super().__init__(**kwargs)
-        self._engine = engine_ref(self)
-
     @classmethod
     def class_name(cls) -> str:
         return "VllmPoolRerank"
-
-    @property
-    def llm(self) -> Any:
-        """The shared ``vllm_pool.LLM`` this instance runs on."""
-        return self._engine.llm
 
     def _postprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None

@@ -1,0 +1,112 @@
+"""Prepacked oneDNN linear layers for CPU inference (what inductor's freezing does, in eager).
+
+On a CPU, ``F.linear`` hands oneDNN / MKL a plain row-major weight and pays for re-blocking
+it on every call; a weight reordered once into oneDNN's blocked layout runs the same GEMM
+10-15% faster, and the FFN's GELU can run inside the GEMM's epilogue. :func:`prepack`
+swaps the transformer layers' ``nn.Linear`` modules for :class:`PackedLinear` (and fuses
+exact GELU into the FFN's first linear), after checking on random inputs that the oneDNN
+op gives what ``F.linear`` gives. Heads and poolers outside the layers keep their modules.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import torch
+import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
+
+_LAYER = re.compile(r"(^|\.)(layer|layers|h|block|blocks)\.\d+\.")
+
+
+def available(dtype: torch.dtype) -> bool:
+    """Whether this torch has the oneDNN linear ops for ``dtype`` on the CPU."""
+    if dtype not in (torch.float32, torch.bfloat16) or not torch.backends.mkldnn.is_available():
+        return False
+    ops = torch.ops.mkldnn
+    return hasattr(ops, "_linear_pointwise") and hasattr(ops, "_reorder_linear_weight")
+
+
+class PackedLinear(torch.nn.Module):
+    """``activation(x @ weight.T + bias)`` with the weight prepacked for oneDNN.
+
+    Args:
+        linear: the layer to replace (its weight is reordered once, at construction).
+        batch_hint: typical number of rows per call (chooses the packed layout).
+        activation: ``"none"`` or ``"gelu"`` (exact, erf-based) fused into the GEMM.
+    """
+
+    def __init__(self, linear: torch.nn.Linear, batch_hint: int, activation: str = "none") -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.activation = activation
+        with torch.no_grad():
+            packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), batch_hint)
+        self.register_buffer("packed_weight", packed, persistent=False)
+        bias = linear.bias.detach() if linear.bias is not None else None
+        self.register_buffer("bias", bias, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        algorithm = "none" if self.activation == "gelu" else ""
+        return torch.ops.mkldnn._linear_pointwise(
+            x.contiguous(), self.packed_weight, self.bias, self.activation, [], algorithm
+        )
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, activation={self.activation}"
+
+
+def _exact_gelu(module: object) -> bool:
+    """Transformers' ``GELUActivation`` on the erf formula, or ``nn.GELU()``."""
+    if isinstance(module, torch.nn.GELU):
+        return module.approximate == "none"
+    act = getattr(module, "act", None)
+    return type(module).__name__ == "GELUActivation" and act is F.gelu
+
+
+def _agrees(linear: torch.nn.Linear, packed: PackedLinear, activation: str) -> bool:
+    x = torch.randn(7, linear.in_features, dtype=linear.weight.dtype)
+    with torch.no_grad():
+        ref = F.linear(x, linear.weight, linear.bias)
+        ref = F.gelu(ref) if activation == "gelu" else ref
+        got = packed(x)
+    tol = 1e-4 if x.dtype == torch.float32 else 3e-2
+    return bool(torch.allclose(got.float(), ref.float(), rtol=tol, atol=tol))
+
+
+def prepack(model: torch.nn.Module, batch_hint: int) -> int:
+    """Replace the linears inside ``model``'s transformer layers; returns how many.
+
+    Leaves the model untouched (and returns 0) when the oneDNN ops are missing or disagree
+    with ``F.linear`` on a random input.
+    """
+    linears = [
+        (name, mod)
+        for name, mod in model.named_modules()
+        if isinstance(mod, torch.nn.Linear) and _LAYER.search(name + ".")
+    ]
+    if not linears or not available(linears[0][1].weight.dtype):
+        return 0
+    swaps: list[tuple[torch.nn.Module, str, torch.nn.Module]] = []
+    for name, linear in linears:
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        act_fn = getattr(parent, "intermediate_act_fn", None)
+        activation = "gelu" if attr == "dense" and _exact_gelu(act_fn) else "none"
+        try:
+            packed = PackedLinear(linear, batch_hint, activation)
+            ok = _agrees(linear, packed, activation)
+        except RuntimeError as e:  # an op this build lacks for this shape or dtype
+            logger.info("oneDNN prepacking unavailable (%s); keeping torch linears", e)
+            return 0
+        if not ok:
+            logger.warning("oneDNN linear disagrees with F.linear on %s; keeping torch linears", name)
+            return 0
+        swaps.append((parent, attr, packed))
+        if activation == "gelu":
+            swaps.append((parent, "intermediate_act_fn", torch.nn.Identity()))
+    for parent, attr, module in swaps:
+        setattr(parent, attr, module)
+    return sum(isinstance(m, PackedLinear) for _, _, m in swaps)

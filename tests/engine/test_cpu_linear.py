@@ -1,0 +1,79 @@
+"""Prepacked oneDNN linears (the CPU default): what is swapped, what is kept, and the fallback.
+
+Every parity test of the engine (against transformers and Sentence Transformers) already
+runs through these layers on the CPU; these tests pin down the swap itself.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from transformers import AutoModel
+from vllm_pool.engine import cpu_linear
+from vllm_pool.engine.cpu_linear import PackedLinear
+
+from vllm_pool import LLM
+
+pytestmark = pytest.mark.skipif(not cpu_linear.available(torch.float32), reason="torch built without oneDNN")
+
+
+def _count(model: torch.nn.Module, cls: type) -> int:
+    return sum(isinstance(m, cls) for m in model.modules())
+
+
+def test_engine_prepacks_the_layer_linears_and_fuses_gelu(tiny_bert):
+    model = LLM(str(tiny_bert)).runner.model
+    layers = model.config.num_hidden_layers
+    assert _count(model, PackedLinear) == 6 * layers  # q, k, v, attention out, FFN in, FFN out
+    for layer in model.encoder.layer:
+        assert layer.intermediate.dense.activation == "gelu"
+        assert isinstance(layer.intermediate.intermediate_act_fn, torch.nn.Identity)
+        assert layer.output.dense.activation == "none"
+    assert isinstance(model.pooler.dense, torch.nn.Linear)  # outside the layers: kept
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_prepacked_model_matches_transformers(tiny_bert, dtype):
+    ref = AutoModel.from_pretrained(tiny_bert, dtype=dtype).eval()
+    packed = AutoModel.from_pretrained(tiny_bert, dtype=dtype).eval()
+    assert cpu_linear.prepack(packed, batch_hint=64) > 0
+    ids = torch.randint(5, 100, (3, 17))
+    mask = torch.ones_like(ids)
+    mask[1, 9:] = 0
+    with torch.inference_mode():
+        a = ref(input_ids=ids, attention_mask=mask).last_hidden_state
+        b = packed(input_ids=ids, attention_mask=mask).last_hidden_state
+    tol = 1e-5 if dtype == torch.float32 else 5e-2
+    torch.testing.assert_close(b.float(), a.float(), rtol=tol, atol=tol)
+
+
+def test_decoder_mlp_is_packed_without_gelu_fusion(tiny_qwen2):
+    model = LLM(str(tiny_qwen2)).runner.model
+    mlp = model.layers[0].mlp if hasattr(model, "layers") else model.model.layers[0].mlp
+    assert isinstance(mlp.gate_proj, PackedLinear) and mlp.gate_proj.activation == "none"
+    assert isinstance(mlp.down_proj, PackedLinear)
+
+
+def test_disagreeing_op_leaves_the_model_alone(tiny_bert, monkeypatch, caplog):
+    model = AutoModel.from_pretrained(tiny_bert).eval()
+    before = _count(model, torch.nn.Linear)
+    monkeypatch.setattr(cpu_linear, "_agrees", lambda *a: False)
+    with caplog.at_level(logging.WARNING, logger="vllm_pool.engine.cpu_linear"):
+        assert cpu_linear.prepack(model, batch_hint=64) == 0
+    assert "disagrees" in caplog.text
+    assert _count(model, PackedLinear) == 0 and _count(model, torch.nn.Linear) == before
+
+
+def test_missing_ops_leave_the_model_alone(tiny_bert, monkeypatch):
+    model = AutoModel.from_pretrained(tiny_bert).eval()
+    monkeypatch.setattr(cpu_linear, "available", lambda dtype: False)
+    assert cpu_linear.prepack(model, batch_hint=64) == 0
+    assert _count(model, PackedLinear) == 0
+
+
+def test_compiled_engine_is_not_prepacked(tiny_bert):
+    """torch.compile's freezing prepacks by itself; the eager swap stays out of its way."""
+    runner = LLM(str(tiny_bert), compile=True).runner
+    assert _count(runner.model, PackedLinear) == 0
