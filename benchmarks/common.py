@@ -85,20 +85,31 @@ def flops_per_token(hf_config: Any, mean_len: float) -> float:
 def gemm_gflops(
     hidden: int, inter: int, dtype: Any, tokens: int = 2048, seconds: float = 2.0, device: str = "cpu"
 ) -> float:
-    """Measured GFLOP/s of the model's largest GEMM shape ``[tokens, hidden] x [hidden, inter]``."""
-    import torch
+    """Measured GFLOP/s of the model's largest GEMM shape ``[tokens, hidden] x [hidden, inter]``.
 
-    a = torch.randn(tokens, hidden, device=device).to(dtype)
-    b = torch.randn(hidden, inter, device=device).to(dtype)
+    On the CPU, the better of ``F.linear`` and the prepacked oneDNN linear the engine uses.
+    """
+    import torch
+    from vllm_pool.engine import cpu_linear
+
+    x = torch.randn(tokens, hidden, device=device).to(dtype)
+    linear = torch.nn.Linear(hidden, inter, bias=False).to(device=device, dtype=dtype)
+    fns = [linear]
+    if device == "cpu" and cpu_linear.available(dtype):
+        fns.append(cpu_linear.PackedLinear(linear, tokens))
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    for _ in range(3):
-        a @ b
-    sync()
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        a @ b
-        n += 1
-        if n % 64 == 0:
+    best = 0.0
+    with torch.inference_mode():
+        for fn in fns:
+            for _ in range(3):
+                fn(x)
             sync()
-    sync()
-    return 2 * tokens * hidden * inter * n / (time.perf_counter() - t0) / 1e9
+            n, t0 = 0, time.perf_counter()
+            while time.perf_counter() - t0 < seconds:
+                fn(x)
+                n += 1
+                if n % 64 == 0:
+                    sync()
+            sync()
+            best = max(best, 2 * tokens * hidden * inter * n / (time.perf_counter() - t0) / 1e9)
+    return best
