@@ -68,8 +68,9 @@ class LLM(TaskMethods):
         compile: ``torch.compile`` the model (inductor). Faster once warm (about 10-20% on
             a CPU), at the cost of compiling during the first batches.
         packed: run packed variable-length batches (all prompts in one row, attention kept
-            inside each prompt, no compute on padding). ``None`` (default): on CUDA in half
-            precision; ``True`` forces it (checked against the padded path at load).
+            inside each prompt, no compute on padding). ``None`` (default): where Flash
+            Attention's variable-length kernel runs (CUDA, half precision); ``True`` forces
+            it anywhere (checked against the padded path at load).
     """
 
     def __init__(
@@ -150,7 +151,7 @@ class LLM(TaskMethods):
         if cfg.device.type != "cuda":
             return max(_CPU_TOKEN_BUDGET, cfg.max_model_len)
         free, _ = torch.cuda.mem_get_info(cfg.device)
-        return token_budget_for_memory(free, cfg)
+        return token_budget_for_memory(free, cfg, packed=self.runner.packed)
 
     # ------------------------------------------------------------------ introspection
     @property

@@ -33,6 +33,11 @@ def flash_kernel(query: torch.Tensor) -> Any:
     return varlen_attn
 
 
+def default_on(dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether packing is the default: where the varlen flash kernel runs (CUDA, fp16 / bf16)."""
+    return flash_kernel(torch.empty(0, dtype=dtype, device=device)) is not None
+
+
 def _segments_sdpa(
     query: torch.Tensor,
     key: torch.Tensor,

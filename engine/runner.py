@@ -76,8 +76,8 @@ class ModelRunner:
         cfg: the model configuration.
         model: an already loaded transformer (tests pass fakes); loaded from ``cfg`` if None.
         compile: compile the transformer with ``torch.compile`` (see :meth:`compile`).
-        packed: run packed variable-length batches (see ``engine.packing``). ``None``: on
-            CUDA in half precision when the architecture supports it and not compiled.
+        packed: run packed variable-length batches (see ``engine.packing``). ``None``: where
+            Flash Attention's variable-length kernel runs (CUDA, half precision), not compiled.
     """
 
     def __init__(
@@ -102,8 +102,8 @@ class ModelRunner:
         if self.device.type == "cpu" and not compile and model is None:
             n = cpu_linear.prepack(self.model, batch_hint=2048)
             logger.debug("Prepacked %d linear layers for oneDNN", n)
-        if packed is None:
-            packed = self.device.type == "cuda" and cfg.dtype != torch.float32 and not compile
+        if packed is None:  # by default only where Flash Attention's varlen kernel runs it
+            packed = not compile and packing.default_on(cfg.dtype, self.device)
         if packed:
             self._enable_packing()
         if compile:
@@ -270,18 +270,23 @@ class ModelRunner:
         yield from self.forward_split(Batch(batch.requests[half:]))
 
 
-def token_budget_for_memory(free_bytes: int, cfg: ModelConfig, fraction: float = 0.3) -> int:
+def token_budget_for_memory(
+    free_bytes: int, cfg: ModelConfig, fraction: float = 0.3, packed: bool = False
+) -> int:
     """A token budget whose activations fit in ``fraction`` of ``free_bytes`` (GPU sizing).
 
-    Counts, per token and per live layer, the hidden states, the FFN intermediate and the
-    attention scores of a ``max_model_len`` row, in the model's dtype.
+    Counts, per token and per live layer, the hidden states, the FFN intermediate and (for
+    padded batches, whose attention may materialize them) the attention scores of a
+    ``max_model_len`` row, in the model's dtype. Packed batches run Flash Attention, whose
+    memory grows with the tokens only.
     """
     hc = cfg.hf_config
     hidden = int(getattr(hc, "hidden_size", 1024))
     inter = int(getattr(hc, "intermediate_size", 4 * hidden) or 4 * hidden)
     heads = int(getattr(hc, "num_attention_heads", 16) or 16)
     elem = torch.finfo(cfg.dtype).bits // 8
-    per_token = elem * (8 * hidden + 2 * inter + heads * cfg.max_model_len)
+    scores = 0 if packed else heads * cfg.max_model_len
+    per_token = elem * (8 * hidden + 2 * inter + scores)
     budget = int(free_bytes * fraction) // max(per_token, 1)
     budget = max(cfg.max_model_len, min(budget, 262_144))
     return budget // 256 * 256 or cfg.max_model_len

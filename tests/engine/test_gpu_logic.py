@@ -54,6 +54,8 @@ def test_token_budget_scales_with_free_memory(tiny_bert):
     cfg = LLM(str(tiny_bert)).model_config
     small = token_budget_for_memory(64 * 2**20, cfg)
     large = token_budget_for_memory(8 * 2**30, cfg)
+    packed = token_budget_for_memory(64 * 2**20, cfg, packed=True)
+    assert packed > small  # no attention-score term with Flash Attention
     assert cfg.max_model_len <= small < large <= 262_144
     assert large % 256 == 0
 

@@ -50,8 +50,12 @@ def test_packed_cross_encoder_pairs_keep_token_types(tiny_dir):
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-6)
 
 
-def test_cpu_default_is_padded(tiny_bert):
-    assert LLM(str(tiny_bert)).runner.packed is False
+def test_packing_is_the_default_where_flash_varlen_runs(tiny_bert, monkeypatch):
+    assert packing.default_on(torch.float32, torch.device("cpu")) is False
+    assert LLM(str(tiny_bert)).runner.packed is False  # CPU: padded by default
+    monkeypatch.setattr(packing, "default_on", lambda dtype, device: True)  # as on a CUDA GPU in bf16
+    assert LLM(str(tiny_bert)).runner.packed is True
+    assert LLM(str(tiny_bert), compile=True).runner.packed is False  # compiled graphs stay padded
 
 
 def test_probe_turns_packing_off_when_outputs_disagree(tiny_bert, monkeypatch, caplog):
@@ -145,3 +149,29 @@ def test_position_offset_follows_the_embeddings(tiny_bert, tiny_xlmr):
     assert packing.position_offset(AutoModel.from_pretrained(tiny_bert)) == 0
     xlmr = AutoModel.from_pretrained(tiny_xlmr)
     assert packing.position_offset(xlmr) == xlmr.config.pad_token_id + 1
+
+
+class OOMAboveTokens(torch.nn.Module):
+    """Delegates to ``model`` but raises a device OOM for packed rows over ``limit`` tokens."""
+
+    def __init__(self, model: torch.nn.Module, limit: int) -> None:
+        super().__init__()
+        self.inner, self.limit, self.rows = model, limit, []
+
+    def forward(self, input_ids, **kwargs):
+        self.rows.append(input_ids.shape[1])
+        if input_ids.shape[1] > self.limit:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return self.inner(input_ids=input_ids, **kwargs)
+
+
+def test_packed_oom_splits_and_gives_the_same_outputs(tiny_bert):
+    llm = LLM(str(tiny_bert), packed=True)
+    ref = _embed(llm)
+    lengths = [len(ids) for ids in llm.get_tokenizer()(TEXTS)["input_ids"]]
+    limit = max(lengths)  # every prompt fits alone, the whole batch does not
+    fake = OOMAboveTokens(llm.runner.model, limit=limit)
+    llm.runner.model = fake
+    np.testing.assert_allclose(_embed(llm), ref, rtol=1e-5, atol=1e-6)
+    assert max(fake.rows) > limit  # the first try was too big
+    assert sum(r for r in fake.rows if r <= limit) == sum(lengths)  # the halves covered every token once
