@@ -11,6 +11,8 @@ the same code path as the GPU.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 from typing import Any
 
@@ -72,6 +74,48 @@ def _segments_sdpa(
     return out
 
 
+@functools.lru_cache(maxsize=4)
+def _parameters(fn: Any) -> frozenset[str]:
+    return frozenset(inspect.signature(fn).parameters)
+
+
+def call_flash(
+    flash: Any,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu: torch.Tensor,
+    longest: int,
+    scaling: float | None,
+    causal: bool,
+) -> torch.Tensor:
+    """Call ``varlen_attn`` with ``[heads, tokens, dim]`` inputs; returns ``[tokens, heads, dim]``.
+
+    Adapts to the signatures torch has shipped: ``is_causal`` without ``scale`` (2.9-2.10),
+    then ``scale`` / ``window_size``, then ``enable_gqa``. Without ``scale`` the query is
+    rescaled so the kernel's default ``1/sqrt(dim)`` gives the model's scaling; without
+    ``enable_gqa`` the key/value heads are repeated.
+    """
+    params = _parameters(flash)
+    kwargs: dict[str, Any] = {}
+    groups = q.shape[0] // k.shape[0]
+    if "enable_gqa" in params:
+        kwargs["enable_gqa"] = groups > 1
+    elif groups > 1:
+        k, v = k.repeat_interleave(groups, dim=0), v.repeat_interleave(groups, dim=0)
+    if "scale" in params:
+        kwargs["scale"] = scaling
+    elif scaling is not None:
+        q = q * (scaling * q.shape[-1] ** 0.5)
+    if "window_size" in params:
+        kwargs["window_size"] = (-1, 0) if causal else (-1, -1)
+    else:
+        kwargs["is_causal"] = causal
+    cu32 = cu.to(torch.int32)
+    t = (q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1))
+    return flash(*t, cu32, cu32, longest, longest, **kwargs)
+
+
 def varlen_attention(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -96,20 +140,7 @@ def varlen_attention(
     cu = kwargs.get("cu_seq_lens_q")
     flash = flash_kernel(q) if cu is not None else None
     if flash is not None:
-        cu32 = cu.to(torch.int32)
-        longest = int(kwargs["max_length_q"])
-        out = flash(
-            q.transpose(0, 1),
-            k.transpose(0, 1),
-            v.transpose(0, 1),
-            cu32,
-            cu32,
-            longest,
-            longest,
-            scale=scaling,
-            window_size=(-1, 0) if causal else (-1, -1),
-            enable_gqa=groups > 1,
-        )
+        out = call_flash(flash, q, k, v, cu, int(kwargs["max_length_q"]), scaling, causal)
     else:
         if groups > 1:
             k, v = k.repeat_interleave(groups, dim=0), v.repeat_interleave(groups, dim=0)

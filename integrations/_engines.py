@@ -144,6 +144,24 @@ class EngineRef:
         self.options = options
         self._llm: Any = None
 
+    @classmethod
+    def loaded_for(cls, fields: Any) -> EngineRef:
+        """The engine of an object's engine fields (``model``, ``dtype``, ``device``,
+        ``max_model_len``, ``trust_remote_code``, ``engine_kwargs``), loaded now so that a
+        bad model id fails when the object is built."""
+        ref = cls(
+            EngineOptions.make(
+                fields.model,
+                fields.dtype,
+                fields.device,
+                fields.max_model_len,
+                fields.trust_remote_code,
+                fields.engine_kwargs,
+            )
+        )
+        ref.llm  # noqa: B018
+        return ref
+
     @property
     def llm(self) -> Any:
         """The shared ``vllm_pool.LLM`` (loaded on first use)."""

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, PrivateAttr
 
 from vllm_pool import DEFAULT_MODEL
 
-from .._engines import EngineOptions, EngineRef
+from .._engines import EngineRef
 
 
 class EngineFields(BaseModel):
@@ -28,22 +28,13 @@ class EngineFields(BaseModel):
     """Allow custom model code declared in the model folder."""
     engine_kwargs: dict[str, Any] | None = None
     """Other ``vllm_pool.LLM`` options: ``max_num_batched_tokens``, ``max_num_seqs``,
-    ``pooler_config``, ``hf_overrides``, ``convert``, ``revision``."""
+    ``pooler_config``, ``hf_overrides``, ``convert``, ``revision``, ``compile``, ``packed``."""
 
     _engine: EngineRef = PrivateAttr()
 
     def model_post_init(self, context: Any, /) -> None:
         super().model_post_init(context)
-        options = EngineOptions.make(
-            self.model,
-            self.dtype,
-            self.device,
-            self.max_model_len,
-            self.trust_remote_code,
-            self.engine_kwargs,
-        )
-        self._engine = EngineRef(options)
-        self._engine.llm  # load now (shared), so a bad model id fails at construction  # noqa: B018
+        self._engine = EngineRef.loaded_for(self)  # shared; a bad model id fails here
 
     @property
     def llm(self) -> Any:

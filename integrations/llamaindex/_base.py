@@ -8,7 +8,7 @@ from llama_index.core.bridge.pydantic import BaseModel, Field, PrivateAttr
 
 from vllm_pool import DEFAULT_MODEL
 
-from .._engines import EngineOptions, EngineRef
+from .._engines import EngineRef
 
 
 class EngineFields(BaseModel):
@@ -42,16 +42,7 @@ class EngineFields(BaseModel):
         if model is not None:
             kwargs["model"] = model
         super().__init__(**kwargs)
-        options = EngineOptions.make(
-            self.model,
-            self.dtype,
-            self.device,
-            self.max_model_len,
-            self.trust_remote_code,
-            self.engine_kwargs,
-        )
-        self._engine = EngineRef(options)
-        self._engine.llm  # load now (shared), so a bad model id fails at construction  # noqa: B018
+        self._engine = EngineRef.loaded_for(self)  # shared; a bad model id fails here
 
     @property
     def llm(self) -> Any:

@@ -108,34 +108,60 @@ def test_varlen_attention_is_block_diagonal_attention(causal, lengths):
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
 
 
-def test_flash_kernel_gets_the_varlen_layout(monkeypatch):
-    """The CUDA branch: [tokens, heads, dim] tensors, int32 bounds, causal window, GQA flag."""
+def _reference_kernel(seen, scale_default=False):
+    """Varlen semantics in plain torch, recording how it was called."""
+
+    def attend(q, k, v, cu_q, cu_k, max_q, max_k, causal, scale, gqa):
+        seen.update(dtype=cu_q.dtype, max_q=max_q, causal=causal, gqa=gqa, shape=tuple(q.shape))
+        qh, kh, vh = (t.transpose(0, 1)[None] for t in (q, k, v))
+        if scale is not None:
+            qh = qh * (scale / q.shape[-1] ** -0.5)
+        return _block_diagonal_reference(qh, kh, vh, cu_q.tolist(), causal)[0]
+
+    def v213(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1), enable_gqa=False):
+        return attend(q, k, v, cu_q, cu_k, max_q, max_k, window_size[1] == 0, scale, enable_gqa)
+
+    def v211(q, k, v, cu_q, cu_k, max_q, max_k, *, return_aux=None, scale=None, window_size=(-1, -1)):
+        return attend(q, k, v, cu_q, cu_k, max_q, max_k, window_size[1] == 0, scale, None)
+
+    def v210(q, k, v, cu_q, cu_k, max_q, max_k, is_causal=False, return_aux=None):
+        return attend(q, k, v, cu_q, cu_k, max_q, max_k, is_causal, None, None)
+
+    return {"2.13": v213, "2.11": v211, "2.10": v210}
+
+
+@pytest.mark.parametrize("version", ["2.13", "2.11", "2.10"])
+def test_flash_kernel_gets_the_varlen_layout(monkeypatch, version):
+    """The CUDA branch: [tokens, heads, dim] tensors, int32 bounds, causality, scale and GQA,
+    for each varlen_attn signature torch has shipped."""
     seen = {}
-
-    def fake_varlen(q, k, v, cu_q, cu_k, max_q, max_k, *, scale, window_size, enable_gqa):
-        seen.update(dtype=cu_q.dtype, max_q=max_q, window=window_size, gqa=enable_gqa, shape=tuple(q.shape))
-        bounds = cu_q.tolist()
-        groups = q.shape[1] // k.shape[1]
-        ref = _block_diagonal_reference(
-            q.transpose(0, 1)[None],
-            k.transpose(0, 1)[None],
-            v.transpose(0, 1)[None],
-            bounds,
-            window_size[1] == 0,
-        )
-        assert groups == 2
-        return ref[0]
-
-    monkeypatch.setattr(packing, "flash_kernel", lambda query: fake_varlen)
+    kernel = _reference_kernel(seen)[version]
+    monkeypatch.setattr(packing, "flash_kernel", lambda query: kernel)
     torch.manual_seed(1)
     q, k, v = torch.randn(1, 4, 9, 8), torch.randn(1, 2, 9, 8), torch.randn(1, 2, 9, 8)
     module = torch.nn.Module()
     module.is_causal = True
+    scaling = 0.2  # not the default 1/sqrt(8): the 2.10 signature gets a rescaled query
     out, _ = packing.varlen_attention(
-        module, q, k, v, None, cu_seq_lens_q=torch.tensor([0, 4, 9]), max_length_q=5
+        module, q, k, v, None, scaling=scaling, cu_seq_lens_q=torch.tensor([0, 4, 9]), max_length_q=5
     )
-    assert seen == {"dtype": torch.int32, "max_q": 5, "window": (-1, 0), "gqa": True, "shape": (9, 4, 8)}
-    torch.testing.assert_close(out, _block_diagonal_reference(q, k, v, [0, 4, 9], True))
+    assert seen["dtype"] == torch.int32 and seen["max_q"] == 5 and seen["causal"] is True
+    assert seen["shape"] == (9, 4, 8)
+    assert seen["gqa"] is (True if version == "2.13" else None)
+    ref = _block_diagonal_reference(q * (scaling / 8**-0.5), k, v, [0, 4, 9], True)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_failing_flash_kernel_falls_back_to_padded(tiny_bert, monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise RuntimeError("FlashAttention only supports Ampere GPUs or newer")
+
+    monkeypatch.setattr(packing, "flash_kernel", lambda query: broken)
+    with caplog.at_level(logging.WARNING, logger="vllm_pool.engine.runner"):
+        llm = LLM(str(tiny_bert), packed=True)
+    assert llm.runner.packed is False and "Packed batches failed" in caplog.text
+    monkeypatch.undo()
+    np.testing.assert_allclose(_embed(llm), _embed(LLM(str(tiny_bert))), rtol=1e-5, atol=1e-6)
 
 
 def test_flash_kernel_only_for_cuda_half_precision():
