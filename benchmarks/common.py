@@ -13,7 +13,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "demo" / "corpus" / "python_docs_large.jsonl"
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(os.environ.get("VLLM_POOL_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
+"""Where result files go (``VLLM_POOL_BENCH_RESULTS`` overrides, e.g. for a dry run)."""
 
 
 def load_texts(path: Path = CORPUS, limit: int | None = None) -> list[str]:

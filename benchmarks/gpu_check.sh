@@ -10,8 +10,15 @@
 # machine (no hub, no PyPI) it uses the image's python3, which has torch, transformers and
 # sentence-transformers, installs this package without dependencies, and rebuilds the
 # default model from the fp16 bundle: run `make gpu-bundle` here first and carry `.gpu`.
+#
+# Dry run of the same steps on a CPU (the tests do this, small):
+#   GPU_CHECK_DEVICE=cpu GPU_CHECK_LIMIT=40 GPU_CHECK_ROUNDS=1 VLLM_POOL_BENCH_RESULTS=/tmp/r bash benchmarks/gpu_check.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+DEVICE=${GPU_CHECK_DEVICE:-cuda}
+LIMIT=${GPU_CHECK_LIMIT:-3290}
+ROUNDS=${GPU_CHECK_ROUNDS:-5}
+export VLLM_POOL_BENCH_RESULTS=${VLLM_POOL_BENCH_RESULTS:-$PWD/benchmarks/results}
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 if [ -x .venv/bin/python ]; then
   PY=.venv/bin/python
@@ -24,21 +31,26 @@ else
   MODEL=$(mktemp -d)/minilm
   $PY -m benchmarks.gpu_bundle unpack .gpu/minilm "$MODEL" >&2
 fi
-$PY -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name(0), torch.__version__)" >&2
-rm -f benchmarks/results/*_gpu.json
-$PY -m benchmarks.gpu_parity --model "$MODEL" >&2
-for corpus in "" --short; do
-  $PY -m benchmarks.embed_throughput --model "$MODEL" --device cuda --dtype auto --limit 3290 --rounds 5 $corpus >&2
+if [ "$DEVICE" = cuda ]; then
+  $PY -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name(0), torch.__version__)" >&2
+fi
+$PY -m benchmarks.gpu_parity --model "$MODEL" --device "$DEVICE" --limit "$LIMIT" >&2
+for corpus in mixed short; do
+  flag=$([ $corpus = short ] && echo --short || true)
+  $PY -m benchmarks.embed_throughput --model "$MODEL" --device "$DEVICE" --dtype auto \
+    --limit "$LIMIT" --rounds "$ROUNDS" --name "gpu_check_$corpus" $flag >&2
 done
 $PY - <<'PY'
-import json, pathlib, torch
-res = {"gpu": torch.cuda.get_device_name(0)}
-for f in sorted(pathlib.Path("benchmarks/results").glob("embed_throughput_*gpu.json")):
-    r = json.loads(f.read_text())
-    res[f.stem] = {k: r[k] for k in ("speedup", "min_cosine", "engine_packed", "passages")}
-    res[f.stem]["engine_passages_per_s"] = round(r["engine"]["passages_per_s"], 1)
-    res[f.stem]["st_fp16_passages_per_s"] = round(r["sentence_transformers"]["passages_per_s"], 1)
-parity = json.loads(pathlib.Path("benchmarks/results/gpu_parity.json").read_text())
+import json, os, pathlib
+results = pathlib.Path(os.environ["VLLM_POOL_BENCH_RESULTS"])
+res = {}
+for corpus in ("mixed", "short"):
+    r = json.loads((results / f"gpu_check_{corpus}.json").read_text())
+    res.setdefault("machine", r["machine"])
+    res[corpus] = {k: r[k] for k in ("speedup", "min_cosine", "engine_dtype", "engine_packed", "st_dtype", "passages")}
+    res[corpus]["engine_passages_per_s"] = round(r["engine"]["passages_per_s"], 1)
+    res[corpus]["st_passages_per_s"] = round(r["sentence_transformers"]["passages_per_s"], 1)
+parity = json.loads((results / "gpu_parity.json").read_text())
 res["parity"] = {k: v for k, v in parity.items() if k != "machine"}
 print(json.dumps({"gpu_check": res}))
 PY
