@@ -7,6 +7,10 @@ sides of every comparison (Sentence Transformers and the engine) load that same 
 
     python -m benchmarks.gpu_bundle pack .gpu/minilm      # here (ignored folder)
     python -m benchmarks.gpu_bundle unpack .gpu/minilm /tmp/minilm   # on the device
+    python -m benchmarks.gpu_bundle source /tmp/site      # the package, importable from /tmp/site
+
+``source`` lays the packages out as pyproject's ``package-dir`` maps them, without pip or
+a build backend (a bare machine may lack ``wheel``); entry points are not registered.
 """
 
 from __future__ import annotations
@@ -40,10 +44,23 @@ def unpack(src: Path, dst: Path) -> None:
     _copy_folder(src, dst, torch.float32)
 
 
+def source(dst: Path) -> None:
+    import tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    mapping = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    for package, folder in sorted(mapping.items()):  # parents before their subpackages
+        target = dst.joinpath(*package.split("."))
+        skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+        shutil.copytree(root / folder, target, ignore=skip, dirs_exist_ok=True)
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["pack"] and len(sys.argv) == 3:
         pack(Path(sys.argv[2]))
     elif sys.argv[1:2] == ["unpack"] and len(sys.argv) == 4:
         unpack(Path(sys.argv[2]), Path(sys.argv[3]))
+    elif sys.argv[1:2] == ["source"] and len(sys.argv) == 3:
+        source(Path(sys.argv[2]))
     else:
         sys.exit(__doc__)

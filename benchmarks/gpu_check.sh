@@ -8,7 +8,7 @@
 #
 # Where .venv exists (this repo's `make install-test`), it runs there. On the lent GPU
 # machine (no hub, no PyPI) it uses the image's python3, which has torch, transformers and
-# sentence-transformers, installs this package without dependencies, and rebuilds the
+# sentence-transformers, puts this package on its path (no pip, no build), and rebuilds the
 # default model from the fp16 bundle: run `make gpu-bundle` here first and carry `.gpu`.
 #
 # Dry run of the same steps on a CPU (the tests do this, small):
@@ -26,7 +26,7 @@ if [ -x .venv/bin/python ]; then
 else
   PY=python3
   SITE=$(mktemp -d)
-  $PY -m pip install -q --no-index --no-deps --no-build-isolation --target "$SITE" . >&2
+  $PY -m benchmarks.gpu_bundle source "$SITE"
   export PYTHONPATH="$SITE:$PWD"
   MODEL=$(mktemp -d)/minilm
   $PY -m benchmarks.gpu_bundle unpack .gpu/minilm "$MODEL" >&2
