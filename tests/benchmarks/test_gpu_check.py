@@ -1,0 +1,54 @@
+"""`benchmarks/gpu_check.sh`, dry-run on the CPU with a few passages.
+
+The GPU run happens only on a lent GPU machine; this runs the same script end to end
+(parity script, both throughput runs, the JSON summary) so that it cannot rot, and checks
+the parity it reports: packed batches against the fp32 padded reference.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_gpu_check_dry_run_on_cpu(tmp_path):
+    env = dict(
+        os.environ,
+        GPU_CHECK_DEVICE="cpu",
+        GPU_CHECK_LIMIT="24",
+        GPU_CHECK_ROUNDS="1",
+        VLLM_POOL_BENCH_RESULTS=str(tmp_path),
+    )
+    proc = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1  # one JSON line on stdout, the rest on stderr
+    report = json.loads(lines[0])["gpu_check"]
+    for corpus in ("mixed", "short"):
+        row = report[corpus]
+        assert row["passages"] == 24 and row["engine_dtype"] == "float32"
+        assert row["min_cosine"] >= 0.99999
+        assert row["engine_passages_per_s"] > 0 and row["st_passages_per_s"] > 0
+    parity = report["parity"]
+    assert parity["flash_varlen_kernel"] is False  # no CUDA here
+    for model in ("default_model", "tiny_bert", "tiny_xlm_roberta", "tiny_qwen2"):
+        assert parity[model]["packed"]["packed"] is True
+        assert parity[model]["padded"]["packed"] is False
+        for mode in ("packed", "padded"):
+            assert parity[model][mode]["embed_min_cosine"] >= 0.99999
+            assert parity[model][mode]["token_embed_min_cosine"] >= 0.99999
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "gpu_check_mixed.json",
+        "gpu_check_short.json",
+        "gpu_parity.json",
+    ]
