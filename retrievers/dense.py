@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,15 +11,15 @@ import numpy as np
 
 from .arrays import as_float32_matrix, l2_normalize
 from .encoders import TextEmbedder, encode_in_batches
-from .faiss_index import build_index, set_search_params, to_device, try_remove
+from .index_base import DocumentIndex
 from .persistence import check_array, files_of, load_index_files, open_index, placed_faiss, save_index_files
-from .registry import Registry, check_ids_and_metadatas
-from .types import Filter, Hit, IndexFormatError, Metadata, Record, check_k
+from .registry import check_ids_and_metadatas
+from .types import Filter, Hit, IndexFormatError, Metadata, check_k
 
 logger = logging.getLogger(__name__)
 
 
-class DenseIndex:
+class DenseIndex(DocumentIndex):
     """FAISS inner-product index over (by default L2-normalized) vectors, with string ids,
     metadata and filters.
 
@@ -59,10 +58,7 @@ class DenseIndex:
         exact_filter_limit: int = 20_000,
         model_name: str | None = None,
     ) -> None:
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
-            raise ValueError(f"dim must be a positive int, got {dim!r}")
-        self.dim = dim
-        self.config: dict[str, Any] = {
+        config = {
             "index_type": index_type,
             "normalize": normalize,
             "nlist": nlist,
@@ -71,15 +67,10 @@ class DenseIndex:
             "ef_search": ef_search,
             "exact_filter_limit": exact_filter_limit,
         }
-        self.use_gpu = use_gpu
-        self.model_name = model_name
-        self._lock = threading.RLock()
-        self._registry = Registry()
-        self._index = None  # built on the first add (IVF needs training data)
+        super().__init__(dim, config, use_gpu, model_name)
         self._vectors = np.zeros((0, dim), dtype=np.float32)  # [rows, D]
         self._row_of: dict[int, int] = {}  # slot -> row of self._vectors
         self._n_rows = 0
-        self._tombstones = 0  # vectors still in FAISS whose slot was removed
 
     # -- building ------------------------------------------------------------------------
     @classmethod
@@ -154,27 +145,13 @@ class DenseIndex:
                 self._registry.put(doc_id, int(slot), meta)
             return ids
 
-    def remove(self, ids: Sequence[str]) -> int:
-        """Remove documents by id (missing ids are ignored); return how many were removed."""
-        if isinstance(ids, str):
-            raise TypeError("ids must be a list of strings, not a single string")
-        with self._lock:
-            slots = self._registry.drop(ids)
-            if len(slots) == 0:
-                return 0
-            for s in slots:
-                del self._row_of[int(s)]
-            if not try_remove(self._index, slots):
-                self._tombstones += len(slots)
-                if self._tombstones > max(len(self._registry), 1000):
-                    self._rebuild()
-            return len(slots)
+    def _forget(self, slots: np.ndarray) -> int:
+        for s in slots:
+            del self._row_of[int(s)]
+        return len(slots)
 
-    def _new_index(self, train: np.ndarray) -> Any:
-        cfg = self.config
-        index = build_index(cfg["index_type"], self.dim, train, cfg["nlist"], cfg["hnsw_m"])
-        set_search_params(index, cfg["nprobe"], cfg["ef_search"])
-        return to_device(index, self.use_gpu)
+    def _live_rows(self) -> int:
+        return len(self._registry)
 
     def _append_rows(self, slots: np.ndarray, arr: np.ndarray) -> None:
         if self._n_rows + len(arr) > len(self._vectors):
@@ -212,24 +189,8 @@ class DenseIndex:
         return self._vectors[rows] if len(rows) else np.zeros((0, self.dim), np.float32)
 
     # -- reading -------------------------------------------------------------------------
-    def __len__(self) -> int:
-        return len(self._registry)
-
-    def __contains__(self, doc_id: object) -> bool:
-        return doc_id in self._registry
-
-    def get(self, ids: Sequence[str]) -> list[Record]:
-        """Return the stored documents for ``ids`` in that order; missing ids are skipped."""
-        if isinstance(ids, str):
-            raise TypeError("ids must be a list of strings, not a single string")
-        with self._lock:
-            out = []
-            for doc_id in ids:
-                slot = self._registry.slot(doc_id)
-                if slot is not None:
-                    vec = self._vectors[self._row_of[slot]].copy()
-                    out.append(Record(doc_id, self._registry.metadata(slot), vec))
-            return out
+    def _stored(self, slot: int) -> np.ndarray:
+        return self._vectors[self._row_of[slot]].copy()
 
     def search(self, query_vectors: Any, k: int = 4, filter: Filter | None = None) -> list[list[Hit]]:
         """Find the ``k`` documents with the highest inner product for each query.

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,11 +23,12 @@ import numpy as np
 from .arrays import is_single_matrix, l2_normalize, token_matrices
 from .candidates import candidate_slots, maxsim_slots, scan_flat_rows, top_k
 from .encoders import encode_in_batches
-from .faiss_index import build_index, flat_rows, set_search_params, to_device, try_remove
+from .faiss_index import flat_rows
+from .index_base import DocumentIndex
 from .persistence import files_of, load_index_files, open_index, placed_faiss, save_index_files
-from .registry import Registry, check_ids_and_metadatas
+from .registry import check_ids_and_metadatas
 from .token_store import TokenStore
-from .types import Filter, Hit, IndexFormatError, Metadata, Record, check_k
+from .types import Filter, Hit, IndexFormatError, Metadata, check_k
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ TokenMatrices = Sequence[Any]
 """Documents or queries: a list of ``[L_i, D]`` arrays, or one padded ``[N, L, D]`` array."""
 
 
-class MultiVectorIndex:
+class MultiVectorIndex(DocumentIndex):
     """Late-interaction (ColBERT) index with string ids, metadata and filters.
 
     The default (flat index, fp32 storage) is exact: every document is scored with MaxSim in
@@ -67,6 +67,7 @@ class MultiVectorIndex:
     """
 
     kind = "multivector"
+    rebuild_after = 10_000
 
     def __init__(
         self,
@@ -86,12 +87,9 @@ class MultiVectorIndex:
         exact_filter_limit: int = 2_000,
         model_name: str | None = None,
     ) -> None:
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
-            raise ValueError(f"dim must be a positive int, got {dim!r}")
         check_k(candidates_per_token)
-        self.dim = dim
-        self._store = TokenStore(dim, storage, pq_m, pq_nbits)
-        self.config: dict[str, Any] = {
+        store = TokenStore(dim, storage, pq_m, pq_nbits) if isinstance(dim, int) and dim > 0 else None
+        config = {
             "index_type": index_type,
             "storage": storage,
             "candidates_per_token": candidates_per_token,
@@ -100,16 +98,12 @@ class MultiVectorIndex:
             "nprobe": nprobe,
             "hnsw_m": hnsw_m,
             "ef_search": ef_search,
-            "pq_m": self._store.pq_m,
+            "pq_m": store.pq_m if store is not None else pq_m,
             "pq_nbits": pq_nbits,
             "exact_filter_limit": exact_filter_limit,
         }
-        self.use_gpu = use_gpu
-        self.model_name = model_name
-        self._lock = threading.RLock()
-        self._registry = Registry()
-        self._index = None  # candidate index, built on the first add
-        self._tombstones = 0  # token vectors in FAISS whose document was removed
+        super().__init__(dim, config, use_gpu, model_name)  # checks dim
+        self._store: TokenStore = store  # type: ignore[assignment]
 
     # -- building ------------------------------------------------------------------------
     @classmethod
@@ -193,27 +187,13 @@ class MultiVectorIndex:
                 self._registry.put(doc_id, int(slot), meta)
             return ids
 
-    def remove(self, ids: Sequence[str]) -> int:
-        """Remove documents by id (missing ids are ignored); return how many were removed."""
-        if isinstance(ids, str):
-            raise TypeError("ids must be a list of strings, not a single string")
-        with self._lock:
-            slots = self._registry.drop(ids)
-            if len(slots) == 0:
-                return 0
-            n_tokens = int(self._store.gather(slots)[2].sum())
-            self._store.remove(slots)
-            if not try_remove(self._index, slots):
-                self._tombstones += n_tokens
-                if self._tombstones > max(self._store.num_vectors, 10_000):
-                    self._rebuild()
-            return len(slots)
+    def _forget(self, slots: np.ndarray) -> int:
+        n_tokens = int(self._store.gather(slots)[2].sum())
+        self._store.remove(slots)
+        return n_tokens
 
-    def _new_index(self, train: np.ndarray) -> Any:
-        cfg = self.config
-        index = build_index(cfg["index_type"], self.dim, train, cfg["nlist"], cfg["hnsw_m"])
-        set_search_params(index, cfg["nprobe"], cfg["ef_search"])
-        return to_device(index, self.use_gpu)
+    def _live_rows(self) -> int:
+        return self._store.num_vectors
 
     def _rebuild(self) -> None:
         """Recreate the candidate index from the stored (decoded) token vectors."""
@@ -226,30 +206,14 @@ class MultiVectorIndex:
         self._tombstones = 0
 
     # -- reading -------------------------------------------------------------------------
-    def __len__(self) -> int:
-        return len(self._registry)
-
-    def __contains__(self, doc_id: object) -> bool:
-        return doc_id in self._registry
-
     @property
     def num_vectors(self) -> int:
         """Live document token vectors."""
         return self._store.num_vectors
 
-    def get(self, ids: Sequence[str]) -> list[Record]:
-        """Return stored documents (decoded ``[L, D]`` token vectors) for ``ids``, in that
-        order; missing ids are skipped."""
-        if isinstance(ids, str):
-            raise TypeError("ids must be a list of strings, not a single string")
-        with self._lock:
-            out = []
-            for doc_id in ids:
-                slot = self._registry.slot(doc_id)
-                if slot is not None:
-                    tokens, _ = self._store.decode([slot])
-                    out.append(Record(doc_id, self._registry.metadata(slot), tokens))
-            return out
+    def _stored(self, slot: int) -> np.ndarray:
+        """Decoded ``[L, D]`` token vectors of one document."""
+        return self._store.decode([slot])[0]
 
     def search(
         self,
