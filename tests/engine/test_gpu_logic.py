@@ -5,21 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from fakes import OOMAbove
 from tiny_models import TEXTS
-
-
-class OOMAbove(torch.nn.Module):
-    """Delegates to ``model`` but raises a device OOM for batches larger than ``limit``."""
-
-    def __init__(self, model: torch.nn.Module, limit: int) -> None:
-        super().__init__()
-        self.inner, self.limit, self.calls = model, limit, []
-
-    def forward(self, input_ids, **kwargs):
-        self.calls.append(input_ids.shape[0])
-        if input_ids.shape[0] > self.limit:
-            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return self.inner(input_ids=input_ids, **kwargs)
 
 
 def test_oom_splits_the_batch_and_gives_the_same_outputs(tiny_bert):

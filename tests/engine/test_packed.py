@@ -14,6 +14,7 @@ import pytest
 import tiny_models
 import torch
 import torch.nn.functional as F
+from fakes import OOMAbove
 from tiny_models import TEXTS
 from vllm_pool.engine import packing
 
@@ -177,27 +178,13 @@ def test_position_offset_follows_the_embeddings(tiny_bert, tiny_xlmr):
     assert packing.position_offset(xlmr) == xlmr.config.pad_token_id + 1
 
 
-class OOMAboveTokens(torch.nn.Module):
-    """Delegates to ``model`` but raises a device OOM for packed rows over ``limit`` tokens."""
-
-    def __init__(self, model: torch.nn.Module, limit: int) -> None:
-        super().__init__()
-        self.inner, self.limit, self.rows = model, limit, []
-
-    def forward(self, input_ids, **kwargs):
-        self.rows.append(input_ids.shape[1])
-        if input_ids.shape[1] > self.limit:
-            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return self.inner(input_ids=input_ids, **kwargs)
-
-
 def test_packed_oom_splits_and_gives_the_same_outputs(tiny_bert):
     llm = LLM(str(tiny_bert), packed=True)
     ref = _embed(llm)
     lengths = [len(ids) for ids in llm.get_tokenizer()(TEXTS)["input_ids"]]
     limit = max(lengths)  # every prompt fits alone, the whole batch does not
-    fake = OOMAboveTokens(llm.runner.model, limit=limit)
+    fake = OOMAbove(llm.runner.model, limit=limit, per="tokens")
     llm.runner.model = fake
     np.testing.assert_allclose(_embed(llm), ref, rtol=1e-5, atol=1e-6)
-    assert max(fake.rows) > limit  # the first try was too big
-    assert sum(r for r in fake.rows if r <= limit) == sum(lengths)  # the halves covered every token once
+    assert max(fake.calls) > limit  # the first try was too big
+    assert sum(r for r in fake.calls if r <= limit) == sum(lengths)  # the halves covered every token once
