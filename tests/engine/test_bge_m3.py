@@ -40,10 +40,12 @@ def _reference(folder, text):
         )
 
 
-def test_three_heads_match_reference(bge_folder):
+@pytest.mark.parametrize("packed", [False, True])
+def test_three_heads_match_reference(bge_folder, packed):
     from vllm_pool import LLM
 
-    llm = LLM(str(bge_folder), hf_overrides=BGE)
+    llm = LLM(str(bge_folder), hf_overrides=BGE, packed=packed)
+    assert llm.runner.packed is packed
     assert llm.get_supported_tasks() == ("embed", "token_embed", "token_classify")
     dense = llm.embed(TEXTS, use_tqdm=False)
     sparse = llm.encode(TEXTS, pooling_task="token_classify", use_tqdm=False)

@@ -51,6 +51,21 @@ def test_packed_cross_encoder_pairs_keep_token_types(tiny_dir):
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-6)
 
 
+def test_packed_decoder_classifier_and_reward(tiny_dir):
+    """A causal score head over a batch: LAST-token classify and per-token reward."""
+    folder = tiny_models.qwen2(
+        tiny_dir / "qwen_seq_packed", cls="Qwen2ForSequenceClassification", num_labels=2
+    )
+    padded, packed = LLM(str(folder), packed=False), LLM(str(folder), packed=True)
+    assert packed.runner.packed
+    for a, b in zip(packed.classify(TEXTS, use_tqdm=False), padded.classify(TEXTS, use_tqdm=False)):
+        np.testing.assert_allclose(a.outputs.probs, b.outputs.probs, rtol=1e-4, atol=1e-6)
+    for a, b in zip(packed.reward(TEXTS, use_tqdm=False), padded.reward(TEXTS, use_tqdm=False)):
+        np.testing.assert_allclose(
+            np.asarray(a.outputs.data), np.asarray(b.outputs.data), rtol=1e-4, atol=1e-6
+        )
+
+
 def test_packing_is_the_default_where_flash_varlen_runs(tiny_bert, monkeypatch):
     assert packing.default_on(torch.float32, torch.device("cpu")) is False
     assert LLM(str(tiny_bert)).runner.packed is False  # CPU: padded by default
