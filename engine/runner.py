@@ -105,10 +105,11 @@ class ModelRunner:
         if self.device.type == "cpu" and not compile and model is None:
             n = cpu_linear.prepack(self.model, batch_hint=2048)
             logger.debug("Prepacked %d linear layers for oneDNN", n)
+        asked = packed is True
         if packed is None:  # by default only where Flash Attention's varlen kernel runs it
             packed = not compile and packing.default_on(cfg.dtype, self.device)
         if packed:
-            self._enable_packing()
+            self._enable_packing(asked)
         if compile:
             self.compile()
 
@@ -133,14 +134,15 @@ class ModelRunner:
                 out = self.model(**inputs)
         return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
-    def _enable_packing(self) -> None:
+    def _enable_packing(self, asked: bool) -> None:
         """Switch to packed batches if the architecture supports them and a probe agrees.
 
         The probe runs a few short prompts padded and packed; packing stays off (with a
         warning) if the outputs differ, e.g. for a model that derives positions itself.
         """
         if not packing.supports_packing(self.model):
-            logger.warning("%s does not support packed batches; running padded", type(self.model).__name__)
+            log = logger.warning if asked else logger.info
+            log("%s does not support packed batches; running padded", type(self.model).__name__)
             return
         self._pos_offset = packing.position_offset(self.model)
         vocab = int(getattr(self.cfg.hf_config, "vocab_size", 1000) or 1000)
