@@ -91,10 +91,28 @@ def test_serve_command_end_to_end():
     assert "Traceback" not in out
 
 
-def test_cpu_threads_leave_a_core_to_the_event_loop():
+def test_cpu_threads_every_core_with_passive_openmp(monkeypatch):
     from vllm_pool.cli import cpu_threads
 
     cores = len(os.sched_getaffinity(0))
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    assert cpu_threads(None, "cpu") == cores
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # spinning threads: leave a core to HTTP
     assert cpu_threads(None, "cpu") == max(1, cores - 1)
     assert cpu_threads(3, "cpu") == 3
     assert cpu_threads(None, "cuda") is None
+
+
+def test_console_script_reexecs_with_passive_openmp(monkeypatch):
+    """OpenMP reads its wait policy when torch loads: `serve` re-runs itself with it set."""
+    from vllm_pool import cli
+
+    calls = []
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setattr(cli.os, "execv", lambda exe, args: calls.append(args))
+    cli.passive_openmp(["serve", "m", "--port", "1"])
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert calls and calls[0][1:] == ["-m", "vllm_pool.cli", "serve", "m", "--port", "1"]
+    calls.clear()
+    cli.passive_openmp(["serve", "m"])  # already set (the re-run): no loop
+    assert calls == []
