@@ -32,6 +32,13 @@ def _auto_class(cfg: ModelConfig) -> Any:
     return transformers.AutoModelForSequenceClassification
 
 
+def _attention(cfg: ModelConfig) -> str:
+    """SDPA, except half precision on the CPU: there PyTorch's CPU flash kernel is slower than
+    transformers' eager attention (batched matmuls, softmax) on short sequences."""
+    half = cfg.dtype in (torch.bfloat16, torch.float16)
+    return "eager" if half and cfg.device.type == "cpu" else "sdpa"
+
+
 def load_transformer(cfg: ModelConfig) -> torch.nn.Module:
     """Load the model of ``cfg`` from its folder: the base model, or the task model for classify."""
     auto = _auto_class(cfg)
@@ -40,7 +47,7 @@ def load_transformer(cfg: ModelConfig) -> torch.nn.Module:
     )
     try:
         try:
-            model = auto.from_pretrained(cfg.hf_path, attn_implementation="sdpa", **kwargs)
+            model = auto.from_pretrained(cfg.hf_path, attn_implementation=_attention(cfg), **kwargs)
         except (ValueError, ImportError) as e:
             if "sdpa" not in str(e).lower() and "attention" not in str(e).lower():
                 raise

@@ -125,3 +125,27 @@ def test_chunked_tokenization_pipeline_gives_the_same_outputs(default_model_dir)
         llm.embed(texts[:12] + [{"prompt_token_ids": [10**6]}], use_tqdm=False)
     tokens = llm.encode(texts, pooling_task="token_embed", use_tqdm=False)
     assert [t.outputs.data.shape[0] for t in tokens] == [len(o.prompt_token_ids) for o in outs]
+
+
+def test_bfloat16_cpu_mode_stays_within_the_issue_bound(default_model_dir, st_model):
+    """bf16 on the CPU (eager attention, prepacked bf16 linears): cosine >= 0.999 vs ST fp32,
+    on a padded batch of mixed lengths."""
+    from vllm_pool import LLM
+
+    llm = LLM(str(default_model_dir), dtype="bfloat16")
+    assert llm.runner.model.config._attn_implementation == "eager"
+    ref = st_model.encode(TEXTS, convert_to_numpy=True)
+    assert _cos(_embed(llm, TEXTS), ref).min() >= 0.999
+
+
+def test_attention_choice_per_device_and_dtype():
+    from types import SimpleNamespace
+
+    from vllm_pool.engine.runner import _attention
+
+    def cfg(device: str, dtype: torch.dtype) -> SimpleNamespace:
+        return SimpleNamespace(device=torch.device(device), dtype=dtype)
+
+    assert _attention(cfg("cpu", torch.float32)) == "sdpa"  # the CPU flash kernel wins in fp32
+    assert _attention(cfg("cpu", torch.bfloat16)) == "eager"
+    assert _attention(cfg("cuda", torch.bfloat16)) == "sdpa"
