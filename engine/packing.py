@@ -57,20 +57,14 @@ def _segments_sdpa(
     for i in range(len(bounds) - 1):
         by_len.setdefault(bounds[i + 1] - bounds[i], []).append(bounds[i])
     for length, starts in by_len.items():
-        if len(starts) == 1 or all(b - a == length for a, b in zip(starts, starts[1:])):
-            # contiguous run of equal lengths: a view, no gather
-            s0 = starts[0]
-            span = slice(s0, s0 + length * len(starts))
-            q = query[:, span].unflatten(1, (len(starts), length)).transpose(0, 1)
-            k = key[:, span].unflatten(1, (len(starts), length)).transpose(0, 1)
-            v = value[:, span].unflatten(1, (len(starts), length)).transpose(0, 1)
-            o = F.scaled_dot_product_attention(q, k, v, scale=scaling, is_causal=causal)
-            out[span] = o.permute(0, 2, 1, 3).reshape(-1, o.shape[1], o.shape[-1])
-            continue
-        idx = torch.cat([torch.arange(s, s + length) for s in starts]).to(query.device)
-        q, k, v = (t[:, idx].unflatten(1, (len(starts), length)).transpose(0, 1) for t in (query, key, value))
+        n = len(starts)
+        if all(b - a == length for a, b in zip(starts, starts[1:])):
+            sel: slice | torch.Tensor = slice(starts[0], starts[0] + length * n)  # a view, no gather
+        else:
+            sel = torch.cat([torch.arange(s, s + length) for s in starts]).to(query.device)
+        q, k, v = (t[:, sel].unflatten(1, (n, length)).transpose(0, 1) for t in (query, key, value))
         o = F.scaled_dot_product_attention(q, k, v, scale=scaling, is_causal=causal)
-        out[idx] = o.permute(0, 2, 1, 3).reshape(-1, o.shape[1], o.shape[-1])
+        out[sel] = o.permute(0, 2, 1, 3).reshape(-1, o.shape[1], o.shape[-1])
     return out
 
 
@@ -135,13 +129,13 @@ def varlen_attention(
     if query.shape[0] != 1:
         raise ValueError(f"packed attention expects one packed row, got a batch of {query.shape[0]}")
     causal = bool(is_causal if is_causal is not None else getattr(module, "is_causal", False))
-    groups = query.shape[1] // key.shape[1]
     q, k, v = query[0], key[0], value[0]
     cu = kwargs.get("cu_seq_lens_q")
     flash = flash_kernel(q) if cu is not None else None
     if flash is not None:
         out = call_flash(flash, q, k, v, cu, int(kwargs["max_length_q"]), scaling, causal)
     else:
+        groups = q.shape[0] // k.shape[0]
         if groups > 1:
             k, v = k.repeat_interleave(groups, dim=0), v.repeat_interleave(groups, dim=0)
         bounds: list[int] = kwargs.get("packed_bounds") or (
@@ -193,19 +187,16 @@ def attention_kwargs(bounds: list[int], longest: int) -> dict[str, Any]:
 
 def pack(
     token_ids: list[list[int]], token_type_ids: list[list[int] | None] | None, offset: int
-) -> tuple[dict[str, torch.Tensor], list[int], int]:
-    """Host tensors of one packed row, the segment bounds and the longest segment."""
+) -> dict[str, torch.Tensor]:
+    """Host tensors of one packed row: ``input_ids``, ``position_ids`` (from ``offset`` in
+    each prompt) and, for text pairs, ``token_type_ids``; each ``[1, total_tokens]``."""
     lens = [len(t) for t in token_ids]
-    bounds = [0]
-    for n in lens:
-        bounds.append(bounds[-1] + n)
-    flat = [tok for ids in token_ids for tok in ids]
     tensors = {
-        "input_ids": torch.tensor([flat]),
+        "input_ids": torch.tensor([[tok for ids in token_ids for tok in ids]]),
         "position_ids": torch.cat([torch.arange(offset, offset + n) for n in lens]).unsqueeze(0),
     }
     if token_type_ids is not None and any(t is not None for t in token_type_ids):
         tensors["token_type_ids"] = torch.tensor(
             [[x for t, n in zip(token_type_ids, lens) for x in (t if t is not None else [0] * n)]]
         )
-    return tensors, bounds, max(lens)
+    return tensors

@@ -193,10 +193,10 @@ class ModelRunner:
         for r in reqs:
             bounds.append(bounds[-1] + r.num_tokens)
         if self.packed:
-            host, _, longest = packing.pack(
+            host = packing.pack(
                 [r.prompt_token_ids for r in reqs], [r.token_type_ids for r in reqs], self._pos_offset
             )
-            extra = packing.attention_kwargs(bounds, longest)
+            extra = packing.attention_kwargs(bounds, batch.max_len)
             rows = None
         else:
             max_len = batch.max_len
@@ -250,43 +250,38 @@ class ModelRunner:
         runs out of device memory comes back as the halves of :meth:`forward_split`.
         """
         it = iter(batches)
-        current = next(it, None)
-        staged = self.stage(current) if current is not None else None
-        while current is not None and staged is not None:
-            try:
-                done = [(current, self.forward(staged))]
-            except torch.OutOfMemoryError as e:
-                done = list(self._split(current, e))
+        first = next(it, None)
+        staged = self.stage(first) if first is not None else None
+        while staged is not None:
+            done = list(self.forward_split(staged))  # queued on CUDA, not yet finished
             upcoming = next(it, None)
             next_staged = self.stage(upcoming) if upcoming is not None else None
             yield from done
-            current, staged = upcoming, next_staged
+            staged = next_staged
 
-    def forward_split(self, batch: Batch) -> Iterator[tuple[Batch, HiddenStates]]:
+    def forward_split(self, batch: Batch | Staged) -> Iterator[tuple[Batch, HiddenStates]]:
         """Run ``batch``; on a device out-of-memory error, split it in halves and retry.
 
         Yields ``(sub_batch, hidden_states)`` pairs that together cover ``batch``. A single
         request that does not fit raises a ``MemoryError`` naming its length.
         """
+        plain = batch.batch if isinstance(batch, Staged) else batch
         try:
             hidden = self.forward(batch)
         except torch.OutOfMemoryError as e:
-            yield from self._split(batch, e)
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if len(plain.requests) == 1:
+                raise MemoryError(
+                    f"One prompt of {plain.max_len} tokens does not fit in device memory; "
+                    "lower max_model_len or truncate_prompt_tokens"
+                ) from e
+            half = len(plain.requests) // 2
+            logger.warning("Out of memory on a batch of %d prompts; splitting it", len(plain.requests))
+            yield from self.forward_split(Batch(plain.requests[:half]))
+            yield from self.forward_split(Batch(plain.requests[half:]))
             return
-        yield batch, hidden
-
-    def _split(self, batch: Batch, error: torch.OutOfMemoryError) -> Iterator[tuple[Batch, HiddenStates]]:
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-        if len(batch.requests) == 1:
-            raise MemoryError(
-                f"One prompt of {batch.max_len} tokens does not fit in device memory; "
-                "lower max_model_len or truncate_prompt_tokens"
-            ) from error
-        half = len(batch.requests) // 2
-        logger.warning("Out of memory on a batch of %d prompts; splitting it", len(batch.requests))
-        yield from self.forward_split(Batch(batch.requests[:half]))
-        yield from self.forward_split(Batch(batch.requests[half:]))
+        yield plain, hidden
 
 
 def token_budget_for_memory(

@@ -87,8 +87,6 @@ class MultiVectorIndex(DocumentIndex):
         exact_filter_limit: int = 2_000,
         model_name: str | None = None,
     ) -> None:
-        check_k(candidates_per_token)
-        store = TokenStore(dim, storage, pq_m, pq_nbits) if isinstance(dim, int) and dim > 0 else None
         config = {
             "index_type": index_type,
             "storage": storage,
@@ -98,12 +96,14 @@ class MultiVectorIndex(DocumentIndex):
             "nprobe": nprobe,
             "hnsw_m": hnsw_m,
             "ef_search": ef_search,
-            "pq_m": store.pq_m if store is not None else pq_m,
+            "pq_m": pq_m,
             "pq_nbits": pq_nbits,
             "exact_filter_limit": exact_filter_limit,
         }
         super().__init__(dim, config, use_gpu, model_name)  # checks dim
-        self._store: TokenStore = store  # type: ignore[assignment]
+        check_k(candidates_per_token)
+        self._store = TokenStore(dim, storage, pq_m, pq_nbits)
+        self.config["pq_m"] = self._store.pq_m  # the store resolves the automatic PQ size
 
     # -- building ------------------------------------------------------------------------
     @classmethod
