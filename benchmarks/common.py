@@ -54,6 +54,14 @@ def machine() -> dict[str, Any]:
     return info
 
 
+def min_cosine(a: Any, b: Any) -> float:
+    """The smallest cosine between matching rows of ``a`` and ``b`` (computed in float64)."""
+    import numpy as np
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(((a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))).min())
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, in MiB."""
     import resource

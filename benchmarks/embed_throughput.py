@@ -22,6 +22,7 @@ from benchmarks.common import (
     gemm_gflops,
     load_texts,
     machine,
+    min_cosine,
     peak_rss_mb,
     write_result,
 )
@@ -94,9 +95,6 @@ def main() -> None:
     fpt = flops_per_token(hc, n_tokens / len(texts))
     ceiling = gflops * 1e9 / fpt  # tokens/s if every FLOP ran at GEMM speed
 
-    def min_cos(a: np.ndarray, b: np.ndarray) -> float:
-        return float(((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))).min())
-
     result = {
         "benchmark": "embed_throughput",
         "model": args.model,
@@ -128,8 +126,8 @@ def main() -> None:
         "flops_per_token": fpt,
         "gemm_bound_tokens_per_s": ceiling,
         "fraction_of_ceiling": (n_tokens / eng_s) / ceiling,
-        "min_cosine": min_cos(fp32_ref if fp32_ref is not None else ref, ours),  # vs fp32
-        "min_cosine_vs_timed_st": min_cos(ref, ours),
+        "min_cosine": min_cosine(fp32_ref if fp32_ref is not None else ref, ours),  # vs fp32
+        "min_cosine_vs_timed_st": min_cosine(ref, ours),
         "machine": machine(),
         "peak_rss_mb": peak_rss_mb(),
     }

@@ -23,11 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.common import ROOT, load_texts, machine, write_result
-
-
-def _min_cos(a: np.ndarray, b: np.ndarray) -> float:
-    return float(((a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))).min())
+from benchmarks.common import ROOT, load_texts, machine, min_cosine, write_result
 
 
 def _outputs(llm: Any, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -47,8 +43,8 @@ def check(path: str, texts: list[str], device: str) -> dict[str, Any]:
         row[name] = {
             "dtype": str(llm.model_config.dtype).replace("torch.", ""),
             "packed": llm.runner.packed,
-            "embed_min_cosine": _min_cos(emb, ref[0]),
-            "token_embed_min_cosine": _min_cos(toks, ref[1]),
+            "embed_min_cosine": min_cosine(emb, ref[0]),
+            "token_embed_min_cosine": min_cosine(toks, ref[1]),
         }
     return row
 

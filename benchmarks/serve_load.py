@@ -29,7 +29,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import CORPUS, ROOT, load_texts, machine, write_result  # noqa: E402
+from benchmarks.common import CORPUS, ROOT, load_texts, machine, min_cosine, write_result  # noqa: E402
 
 logger = logging.getLogger("serve_load")
 QUERIES = ROOT / "demo" / "corpus" / "queries.jsonl"
@@ -220,11 +220,7 @@ def main() -> None:
         "results": rows,
     }
     if len(vectors) == 2:
-        import numpy as np
-
-        a, b = (np.asarray(vectors[k], dtype=np.float64) for k in SERVERS)
-        cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
-        result["min_cosine_vs_st"] = float(cos.min())
+        result["min_cosine_vs_st"] = min_cosine(*(vectors[k] for k in SERVERS))
     path = write_result(args.name, result)
     print_table(rows)
     if "min_cosine_vs_st" in result:
