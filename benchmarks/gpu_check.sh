@@ -19,14 +19,14 @@ DEVICE=${GPU_CHECK_DEVICE:-cuda}
 LIMIT=${GPU_CHECK_LIMIT:-3290}
 ROUNDS=${GPU_CHECK_ROUNDS:-5}
 export VLLM_POOL_BENCH_RESULTS=${VLLM_POOL_BENCH_RESULTS:-$PWD/benchmarks/results}
-export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 if [ -x .venv/bin/python ]; then
   PY=.venv/bin/python
   MODEL=sentence-transformers/all-MiniLM-L6-v2
 else
-  PY=python3
+  PY="python3 -P"  # -P: the working directory must not shadow the laid-out package
   SITE=$(mktemp -d)
-  $PY -m benchmarks.gpu_bundle source "$SITE"
+  PYTHONPATH=$PWD $PY -m benchmarks.gpu_bundle source "$SITE"
   export PYTHONPATH="$SITE:$PWD"
   MODEL=$(mktemp -d)/minilm
   $PY -m benchmarks.gpu_bundle unpack .gpu/minilm "$MODEL" >&2

@@ -7,9 +7,10 @@ names the position.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from vllm_pool.engine.encoder import FastEncoder
 from vllm_pool.engine.params import PoolingParams
 from vllm_pool.engine.types import Request
 
@@ -63,7 +64,7 @@ def _check_dict_prompt(item: dict[str, Any], i: int) -> None:
 def normalize_params(params: PoolingParams | Sequence[PoolingParams] | None, n: int) -> list[PoolingParams]:
     """One :class:`PoolingParams` per prompt."""
     if params is None:
-        return [PoolingParams() for _ in range(n)]
+        return [PoolingParams()] * n  # one shared object: resolved once (see resolve_params)
     if isinstance(params, PoolingParams):
         return [params] * n
     if isinstance(params, Sequence) and not isinstance(params, (str, bytes)):
@@ -75,6 +76,31 @@ def normalize_params(params: PoolingParams | Sequence[PoolingParams] | None, n: 
                 raise TypeError(f"pooling_params[{i}] must be PoolingParams, got {type(p).__name__}")
         return params
     raise TypeError(f"pooling_params must be PoolingParams or a list of them, got {type(params).__name__}")
+
+
+def resolve_params(
+    resolve: Callable[[PoolingParams], PoolingParams],
+    params: list[PoolingParams],
+    truncate_prompt_tokens: int | None = None,
+) -> list[PoolingParams]:
+    """``resolve`` (a pooler's check and defaults) applied once per distinct params object.
+
+    Callers usually pass one object for every prompt; resolving it once per prompt costs
+    more than a GPU's forward pass on short texts.
+    """
+    done: dict[int, PoolingParams] = {}
+    out = []
+    for p in params:
+        r = done.get(id(p))
+        if r is None:
+            given = (
+                p
+                if truncate_prompt_tokens is None
+                else p.clone(truncate_prompt_tokens=truncate_prompt_tokens)
+            )
+            r = done[id(p)] = resolve(given)
+        out.append(r)
+    return out
 
 
 class InputProcessor:
@@ -101,6 +127,7 @@ class InputProcessor:
         self.max_model_len = max_model_len
         self.vocab_size = vocab_size
         self.do_lower_case = do_lower_case
+        self.encoder = FastEncoder(tokenizer)
 
     def limit(self, params: PoolingParams, index: int) -> int:
         t = params.truncate_prompt_tokens
@@ -129,15 +156,18 @@ class InputProcessor:
             batch = [_text(prompts[i]) for i in indices]
             if self.do_lower_case:
                 batch = [t.lower() for t in batch]
-            enc = self.tokenizer(batch, truncation=True, max_length=limit, add_special_tokens=True)
-            for j, i in enumerate(indices):
-                ids = enc["input_ids"][j]
+            for j, (i, ids) in enumerate(zip(indices, self._encode(batch, limit))):
                 if not ids:
                     raise ValueError(f"prompts[{i + offset}] is empty: it has no tokens")
                 requests[i] = Request(
                     index=i + offset, prompt_token_ids=ids, params=params[i], prompt=batch[j]
                 )
         return [r for r in requests if r is not None]
+
+    def _encode(self, texts: list[str], limit: int) -> list[list[int]]:
+        if self.encoder.available:
+            return self.encoder(texts, limit)
+        return self.tokenizer(texts, truncation=True, max_length=limit, add_special_tokens=True)["input_ids"]
 
     def precheck(self, prompts: list[PromptType], params: list[PoolingParams]) -> None:
         """The checks of :meth:`__call__` that need no tokenizer (limits, token-id prompts)."""

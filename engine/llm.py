@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 from vllm_pool.engine.config import ModelConfig, PoolerConfig, build_model_config
-from vllm_pool.engine.inputs import InputProcessor, normalize_params, normalize_prompts
+from vllm_pool.engine.inputs import InputProcessor, normalize_params, normalize_prompts, resolve_params
 from vllm_pool.engine.outputs import (
     PoolingOutput,
     PoolingRequestOutput,
@@ -36,6 +36,13 @@ logger = logging.getLogger(__name__)
 # Measured on a 2-core CPU: a 2,048-token budget runs as fast as batches of 32, larger
 # budgets are slower. On a GPU the budget is sized from free memory.
 _CPU_TOKEN_BUDGET = 2048
+
+
+def default_max_num_seqs(device: torch.device) -> int:
+    """Prompts per forward pass: 64 on a CPU, where cache-sized batches run fastest; 1024 on
+    a GPU, where a forward pass costs a fixed launch overhead (on an H100, 64 -> 1024 took
+    3,290 short texts from 0.36 s to 0.12 s)."""
+    return 1024 if device.type == "cuda" else 64
 
 
 def _load_tokenizer(path: os.PathLike[str], trust_remote_code: bool) -> Any:
@@ -61,7 +68,7 @@ class LLM(TaskMethods):
         max_model_len: token limit of the model (defaults to Sentence Transformers'
             ``max_seq_length``, else the model's position limit).
         max_num_batched_tokens: token budget of one forward pass, padding included.
-        max_num_seqs: cap on prompts per forward pass.
+        max_num_seqs: cap on prompts per forward pass (default: :func:`default_max_num_seqs`).
         revision: hub revision to fetch.
         io_processor_plugin: a registered IO processor plugin name (entry point group
             ``vllm_pool.io_processor_plugins``) or object, for ``pooling_task="plugin"``.
@@ -86,7 +93,7 @@ class LLM(TaskMethods):
         trust_remote_code: bool = False,
         max_model_len: int | None = None,
         max_num_batched_tokens: int | None = None,
-        max_num_seqs: int = 64,
+        max_num_seqs: int | None = None,
         revision: str | None = None,
         io_processor_plugin: str | IOProcessor | None = None,
         compile: bool = False,
@@ -127,7 +134,7 @@ class LLM(TaskMethods):
             use_token_type_ids=int(getattr(cfg.hf_config, "type_vocab_size", 1) or 1) > 1,
         )
         self.max_num_batched_tokens = int(max_num_batched_tokens or self._default_budget())
-        self.max_num_seqs = int(max_num_seqs)
+        self.max_num_seqs = int(default_max_num_seqs(cfg.device) if max_num_seqs is None else max_num_seqs)
         if self.max_num_batched_tokens < 1 or self.max_num_seqs < 1:
             raise ValueError("max_num_batched_tokens and max_num_seqs must be positive")
         self.tokenize_chunk = 4096  # prompts tokenized ahead while the model runs
@@ -185,9 +192,7 @@ class LLM(TaskMethods):
         pooler = self.poolers.get(task)
         items = normalize_prompts(prompts)
         params = normalize_params(pooling_params, len(items))
-        if truncate_prompt_tokens is not None:
-            params = [p.clone(truncate_prompt_tokens=truncate_prompt_tokens) for p in params]
-        return items, [pooler.resolve(p) for p in params]
+        return items, resolve_params(pooler.resolve, params, truncate_prompt_tokens)
 
     def make_requests(
         self,
@@ -210,9 +215,7 @@ class LLM(TaskMethods):
         """Check and tokenize equal-length lists of text pairs for the ``score`` task."""
         pooler = self.poolers.get("score")
         params = normalize_params(pooling_params, len(texts_1))
-        if truncate_prompt_tokens is not None:
-            params = [p.clone(truncate_prompt_tokens=truncate_prompt_tokens) for p in params]
-        params = [pooler.resolve(p) for p in params]
+        params = resolve_params(pooler.resolve, params, truncate_prompt_tokens)
         return self.input_processor.pairs(list(texts_1), list(texts_2), params)
 
     def run_requests(

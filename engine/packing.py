@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 import logging
 from typing import Any
 
@@ -190,13 +191,14 @@ def pack(
 ) -> dict[str, torch.Tensor]:
     """Host tensors of one packed row: ``input_ids``, ``position_ids`` (from ``offset`` in
     each prompt) and, for text pairs, ``token_type_ids``; each ``[1, total_tokens]``."""
-    lens = [len(t) for t in token_ids]
+    lens = torch.tensor([len(t) for t in token_ids])
+    starts = torch.repeat_interleave(torch.cumsum(lens, 0) - lens, lens)
     tensors = {
-        "input_ids": torch.tensor([[tok for ids in token_ids for tok in ids]]),
-        "position_ids": torch.cat([torch.arange(offset, offset + n) for n in lens]).unsqueeze(0),
+        "input_ids": torch.tensor(list(itertools.chain.from_iterable(token_ids))).unsqueeze(0),
+        "position_ids": (torch.arange(len(starts)) - starts + offset).unsqueeze(0),
     }
     if token_type_ids is not None and any(t is not None for t in token_type_ids):
         tensors["token_type_ids"] = torch.tensor(
-            [[x for t, n in zip(token_type_ids, lens) for x in (t if t is not None else [0] * n)]]
+            [[x for t, n in zip(token_type_ids, lens.tolist()) for x in (t if t is not None else [0] * n)]]
         )
     return tensors

@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--trust-remote-code", action="store_true")
     g.add_argument("--max-model-len", type=_positive, default=None)
     g.add_argument("--max-num-batched-tokens", type=_positive, default=None, help="token budget of a batch")
-    g.add_argument("--max-num-seqs", type=_positive, default=64)
+    g.add_argument("--max-num-seqs", type=_positive, default=None)
     g.add_argument("--revision", default=None)
     h = s.add_argument_group("server")
     h.add_argument("--host", default="127.0.0.1")
