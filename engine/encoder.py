@@ -5,7 +5,7 @@ type ids, per-token conversions) that the engine does not use; on a GPU that wor
 model, bounds throughput. :class:`FastEncoder` calls the backend ``tokenizers.Tokenizer``
 directly (one parallel ``encode_batch`` without the GIL) and reads only the token ids.
 
-It keeps its own copy of the backend per truncation limit, so it never changes the
+It keeps its own copy of the backend, so it never changes the truncation or padding of the
 tokenizer that callers share. A probe at construction compares it with the tokenizer's
 own ``__call__`` on a few texts; where they differ (a tokenizer whose Python class adds
 its own processing) or there is no Rust backend, :meth:`FastEncoder.available` is False
@@ -38,33 +38,30 @@ class FastEncoder:
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
         fast = getattr(tokenizer, "is_fast", False)
-        self._backend = getattr(tokenizer, "backend_tokenizer", None) if fast else None
-        self._by_limit: dict[int, Any] = {}
+        backend = getattr(tokenizer, "backend_tokenizer", None) if fast else None
+        self._own: Any = None  # a copy of the backend, set to one limit at a time
+        self._limit: int | None = None
         self._lock = threading.Lock()
-        self.available = self._backend is not None and self._agrees()
-
-    def _encoder(self, limit: int) -> Any:
-        with self._lock:
-            enc = self._by_limit.get(limit)
-            if enc is None:
-                from tokenizers import Tokenizer
-
-                enc = Tokenizer.from_str(self._backend.to_str())
-                enc.no_padding()
-                side = getattr(self.tokenizer, "truncation_side", "right")
-                enc.enable_truncation(limit, stride=0, strategy="longest_first", direction=side)
-                self._by_limit[limit] = enc
-        return enc
+        self.available = backend is not None and self._agrees(backend)
 
     def __call__(self, texts: list[str], limit: int) -> list[list[int]]:
         """The token ids of each text, as ``tokenizer(texts, truncation=True, max_length=limit)``."""
-        enc = self._encoder(limit)
-        encode = getattr(enc, "encode_batch_fast", enc.encode_batch)  # no offsets (tokenizers >= 0.21)
-        return [e.ids for e in encode(texts, add_special_tokens=True)]
+        with self._lock:  # one call at a time: the limit is the copy's state (it runs on every core)
+            if limit != self._limit:
+                side = getattr(self.tokenizer, "truncation_side", "right")
+                self._own.enable_truncation(limit, stride=0, strategy="longest_first", direction=side)
+                self._limit = limit
+            encode = getattr(self._own, "encode_batch_fast", self._own.encode_batch)  # tokenizers >= 0.21
+            encodings = encode(texts, add_special_tokens=True)
+        return [e.ids for e in encodings]
 
-    def _agrees(self) -> bool:
+    def _agrees(self, backend: Any) -> bool:
         texts = list(_PROBE_TEXTS)
         try:
+            from tokenizers import Tokenizer
+
+            self._own = Tokenizer.from_str(backend.to_str())
+            self._own.no_padding()
             for limit in (8, 512):
                 want = self.tokenizer(texts, truncation=True, max_length=limit, add_special_tokens=True)
                 if self(texts, limit) != [list(ids) for ids in want["input_ids"]]:

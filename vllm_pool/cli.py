@@ -7,6 +7,7 @@ extra (``pip install 'vllm-pool[server]'``).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -125,6 +126,18 @@ def passive_openmp(argv: Sequence[str]) -> None:
     os.execv(sys.executable, [sys.executable, "-m", "vllm_pool.cli", *argv])
 
 
+def freeze_startup_heap() -> None:
+    """Move everything loaded so far (torch, transformers, the model) out of the garbage
+    collector's view (``gc.freeze``), as vLLM's server does.
+
+    A full collection otherwise walks those few hundred thousand objects: about 0.2 s on this
+    machine, landing on whichever request happens to trigger it.
+    """
+    gc.collect()
+    gc.freeze()
+    logger.debug("Froze %d startup objects", gc.get_freeze_count())
+
+
 def serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
@@ -156,6 +169,7 @@ def serve(args: argparse.Namespace) -> int:
         max_request_tokens=args.max_request_tokens,
     )
     app = build_app(llm, config)
+    freeze_startup_heap()
     print(
         f"vllm-pool serving {llm.model_name} (tasks: {', '.join(llm.get_supported_tasks())}) "
         f"on http://{args.host}:{args.port}" + (" with an API key" if args.api_key else ""),

@@ -91,6 +91,26 @@ def test_serve_command_end_to_end():
     assert "Traceback" not in out
 
 
+def test_serve_freezes_the_startup_heap_before_serving(monkeypatch):
+    import gc
+
+    import torch
+    import uvicorn
+
+    from vllm_pool import cli
+
+    seen = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.append(gc.get_freeze_count()))
+    gc.unfreeze()
+    try:
+        threads = str(torch.get_num_threads())  # the other tests keep theirs
+        args = build_parser().parse_args(["serve", "--log-level", "warning", "--num-threads", threads])
+        assert cli.serve(args) == 0
+    finally:
+        gc.unfreeze()  # give the objects back to the collector for the other tests
+    assert len(seen) == 1 and seen[0] > 10_000
+
+
 def test_cpu_threads_every_core_with_passive_openmp(monkeypatch):
     from vllm_pool.cli import cpu_threads
 
