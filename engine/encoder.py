@@ -8,8 +8,8 @@ directly (one parallel ``encode_batch`` without the GIL) and reads only the toke
 It keeps its own copy of the backend, so it never changes the truncation or padding of the
 tokenizer that callers share. A probe at construction compares it with the tokenizer's
 own ``__call__`` on a few texts; where they differ (a tokenizer whose Python class adds
-its own processing) or there is no Rust backend, :meth:`FastEncoder.available` is False
-and the caller keeps ``__call__``.
+its own processing) or there is no Rust backend, ``available`` is False and the caller
+keeps ``__call__``; ``pairs_available`` says the same of text pairs (cross-encoders).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ _PROBE_TEXTS = (
 
 
 class FastEncoder:
-    """Token ids of many texts at once, special tokens added, cut to a limit.
+    """Token ids of many texts (or text pairs) at once, special tokens added, cut to a limit.
 
     Args:
         tokenizer: a Hugging Face tokenizer; only fast (Rust-backed) ones are used.
@@ -40,23 +40,38 @@ class FastEncoder:
         fast = getattr(tokenizer, "is_fast", False)
         backend = getattr(tokenizer, "backend_tokenizer", None) if fast else None
         self._own: Any = None  # a copy of the backend, set to one limit at a time
-        self._limit: int | None = None
+        self._truncation: tuple[int, str] | None = None
         self._lock = threading.Lock()
+        self.pairs_available = False  # text pairs too (set by the probe)
         self.available = backend is not None and self._agrees(backend)
 
     def __call__(self, texts: list[str], limit: int) -> list[list[int]]:
         """The token ids of each text, as ``tokenizer(texts, truncation=True, max_length=limit)``."""
+        return [e.ids for e in self._encode(texts, limit, "longest_first")]
+
+    def pairs(self, pairs: list[tuple[str, str]], limit: int) -> list[tuple[list[int], list[int]]] | None:
+        """Ids and segment ids of each pair, as ``tokenizer(a, b, truncation="only_second",
+        max_length=limit)``; ``None`` when a first text alone is over the limit (the caller
+        then cuts those pairs one by one)."""
+        try:
+            encodings = self._encode(pairs, limit, "only_second")
+        except Exception:  # the backend refuses the whole batch when a first text is too long
+            return None
+        return [(e.ids, e.type_ids) for e in encodings]
+
+    def _encode(self, inputs: list[Any], limit: int, strategy: str) -> list[Any]:
         with self._lock:  # one call at a time: the limit is the copy's state (it runs on every core)
-            if limit != self._limit:
+            if (limit, strategy) != self._truncation:
                 side = getattr(self.tokenizer, "truncation_side", "right")
-                self._own.enable_truncation(limit, stride=0, strategy="longest_first", direction=side)
-                self._limit = limit
+                self._own.enable_truncation(limit, stride=0, strategy=strategy, direction=side)
+                self._truncation = (limit, strategy)
             encode = getattr(self._own, "encode_batch_fast", self._own.encode_batch)  # tokenizers >= 0.21
-            encodings = encode(texts, add_special_tokens=True)
-        return [e.ids for e in encodings]
+            return encode(inputs, add_special_tokens=True)
 
     def _agrees(self, backend: Any) -> bool:
+        """Copy the backend, and check it against ``__call__`` on single texts, then pairs."""
         texts = list(_PROBE_TEXTS)
+        pairs = [(texts[3], t) for t in texts]  # a short first text: only the second is cut
         try:
             from tokenizers import Tokenizer
 
@@ -65,12 +80,23 @@ class FastEncoder:
             for limit in (8, 512):
                 want = self.tokenizer(texts, truncation=True, max_length=limit, add_special_tokens=True)
                 if self(texts, limit) != [list(ids) for ids in want["input_ids"]]:
-                    logger.info(
-                        "The Rust tokenizer backend differs from %s; using its __call__",
-                        type(self.tokenizer).__name__,
-                    )
+                    logger.info("The Rust tokenizer backend differs from %s", type(self.tokenizer).__name__)
                     return False
         except Exception as e:  # an unusual backend: keep the tokenizer's own call
             logger.info("The Rust tokenizer backend is not usable (%s: %s)", type(e).__name__, e)
             return False
+        try:
+            for limit in (8, 512):
+                want_pairs = [
+                    self.tokenizer(a, b, truncation="only_second", max_length=limit) for a, b in pairs
+                ]
+                got = self.pairs(pairs, limit)
+                self.pairs_available = got is not None and all(
+                    ids == list(w["input_ids"]) and types == list(w.get("token_type_ids") or types)
+                    for (ids, types), w in zip(got, want_pairs)
+                )
+                if not self.pairs_available:
+                    break
+        except Exception:  # a tokenizer without pairs
+            self.pairs_available = False
         return True

@@ -182,23 +182,35 @@ class InputProcessor:
         Only the second text is cut when a pair is too long (``only_second``), unless the
         first alone is over the limit.
         """
-        requests = []
-        for i, (a, b, p) in enumerate(zip(texts_1, texts_2, params)):
+        for i, (a, b) in enumerate(zip(texts_1, texts_2)):
             for name, text in (("data_1", a), ("data_2", b)):
                 if not isinstance(text, str):
                     raise TypeError(f"score inputs must be strings; {name} item {i} is {type(text).__name__}")
-            if self.do_lower_case:
-                a, b = a.lower(), b.lower()
-            limit = self.limit(p, i)
-            try:
-                enc = self.tokenizer(a, b, truncation="only_second", max_length=limit)
-            except Exception:  # the first text alone is over the limit
-                enc = self.tokenizer(a, b, truncation="longest_first", max_length=limit)
-            type_ids = enc.get("token_type_ids") if self.use_token_type_ids else None
-            requests.append(
-                Request(index=i, prompt_token_ids=enc["input_ids"], params=p, token_type_ids=type_ids)
-            )
-        return requests
+        if self.do_lower_case:
+            texts_1, texts_2 = [a.lower() for a in texts_1], [b.lower() for b in texts_2]
+        by_limit: dict[int, list[int]] = {}
+        for i, p in enumerate(params):
+            by_limit.setdefault(self.limit(p, i), []).append(i)
+        requests: dict[int, Request] = {}
+        for limit, indices in by_limit.items():
+            pairs = [(texts_1[i], texts_2[i]) for i in indices]
+            encoded = self.encoder.pairs(pairs, limit) if self.encoder.pairs_available else None
+            for j, i in enumerate(indices):
+                ids, type_ids = encoded[j] if encoded is not None else self._pair(*pairs[j], limit)
+                requests[i] = Request(
+                    index=i,
+                    prompt_token_ids=ids,
+                    params=params[i],
+                    token_type_ids=type_ids if self.use_token_type_ids else None,
+                )
+        return [requests[i] for i in range(len(params))]
+
+    def _pair(self, a: str, b: str, limit: int) -> tuple[list[int], list[int] | None]:
+        try:
+            enc = self.tokenizer(a, b, truncation="only_second", max_length=limit)
+        except Exception:  # the first text alone is over the limit
+            enc = self.tokenizer(a, b, truncation="longest_first", max_length=limit)
+        return enc["input_ids"], enc.get("token_type_ids")
 
     def _from_ids(self, i: int, ids: list[int], params: PoolingParams, limit: int) -> Request:
         if not ids:

@@ -133,3 +133,36 @@ def test_default_prompts_per_batch_follow_the_device(default_llm):
 def test_max_num_seqs_must_still_be_positive(tiny_bert):
     with pytest.raises(ValueError, match="must be positive"):
         LLM(str(tiny_bert), max_num_seqs=0)
+
+
+@pytest.mark.parametrize("limit", [6, 24, 512])
+def test_pairs_give_the_tokenizers_ids_and_segments(tokenizer, limit):
+    enc = FastEncoder(tokenizer)
+    assert enc.pairs_available
+    pairs = [("q", t) for t in TEXTS]
+    got = enc.pairs(pairs, limit)
+    for (ids, types), (a, b) in zip(got, pairs):
+        want = tokenizer(a, b, truncation="only_second", max_length=limit)
+        assert ids == want["input_ids"]
+        assert types == want.get("token_type_ids", types)
+
+
+def test_a_first_text_over_the_limit_falls_back_to_the_tokenizer(default_llm):
+    long_query = "retrieval " * 40
+    enc = default_llm.input_processor.encoder
+    assert enc.pairs([(long_query, "short passage")], 16) is None
+    texts_1, texts_2 = ["q", long_query, "another q"], ["passage " * 30, "short passage", "p"]
+    params = [
+        PoolingParams(truncate_prompt_tokens=16),
+        PoolingParams(truncate_prompt_tokens=16),
+        PoolingParams(),
+    ]
+    got = default_llm.input_processor.pairs(texts_1, texts_2, params)
+    tok = default_llm.get_tokenizer()
+    want = [
+        tok("q", "passage " * 30, truncation="only_second", max_length=16),
+        tok(long_query, "short passage", truncation="longest_first", max_length=16),
+        tok("another q", "p", truncation="only_second", max_length=default_llm.model_config.max_model_len),
+    ]
+    assert [r.prompt_token_ids for r in got] == [w["input_ids"] for w in want]
+    assert [r.index for r in got] == [0, 1, 2]
