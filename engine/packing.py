@@ -191,7 +191,8 @@ def pack(
 ) -> dict[str, torch.Tensor]:
     """Host tensors of one packed row: ``input_ids``, ``position_ids`` (from ``offset`` in
     each prompt) and, for text pairs, ``token_type_ids``; each ``[1, total_tokens]``."""
-    lens = torch.tensor([len(t) for t in token_ids])
+    sizes = [len(t) for t in token_ids]
+    lens = torch.tensor(sizes)
     starts = torch.repeat_interleave(torch.cumsum(lens, 0) - lens, lens)
     tensors = {
         "input_ids": torch.tensor(list(itertools.chain.from_iterable(token_ids))).unsqueeze(0),
@@ -199,6 +200,6 @@ def pack(
     }
     if token_type_ids is not None and any(t is not None for t in token_type_ids):
         tensors["token_type_ids"] = torch.tensor(
-            [[x for t, n in zip(token_type_ids, lens.tolist()) for x in (t if t is not None else [0] * n)]]
+            [[x for t, n in zip(token_type_ids, sizes) for x in (t if t is not None else [0] * n)]]
         )
     return tensors
