@@ -1,5 +1,6 @@
 """vllm_pool.engine: model loading, poolers, tasks, batching and the `LLM` API."""
 
+from vllm_pool.engine.args import EngineArgs
 from vllm_pool.engine.config import PoolerConfig
 from vllm_pool.engine.llm import LLM
 from vllm_pool.engine.model_source import DEFAULT_MODEL
@@ -18,6 +19,7 @@ __all__ = [
     "LLM",
     "ClassificationOutput",
     "EmbeddingOutput",
+    "EngineArgs",
     "ModelNotFoundError",
     "PoolerConfig",
     "PoolingOutput",

@@ -94,7 +94,3 @@ def token_classifier(model: Any, hf_config: Any) -> Classifier:
         if _linear(module):
             return Classifier(module, PoolingType.ALL, n)
     raise ValueError(f"Cannot find the token-classification head of {type(model).__name__}")
-
-
-def is_token_classification(architectures: list[str]) -> bool:
-    return any(a.endswith("ForTokenClassification") for a in architectures)

@@ -9,14 +9,17 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from vllm_pool.engine.model_source import resolve_model
-from vllm_pool.engine.st_config import STConfig, load_st_config
+from vllm_pool.engine.args import DTYPES
+from vllm_pool.engine.st_config import STConfig
 from vllm_pool.engine.types import PoolingType
+
+if TYPE_CHECKING:
+    from vllm_pool.engine.args import EngineArgs
 
 logger = logging.getLogger(__name__)
 
@@ -29,11 +32,6 @@ ENCODER_MODEL_TYPES = frozenset(
     }
 )  # fmt: skip
 
-_DTYPES = {
-    "float32": torch.float32, "float": torch.float32, "fp32": torch.float32,
-    "float16": torch.float16, "half": torch.float16, "fp16": torch.float16,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-}  # fmt: skip
 
 
 @dataclass
@@ -130,9 +128,9 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
-    if dtype not in _DTYPES:
-        raise ValueError(f"Unknown dtype {dtype!r}; choose 'auto' or one of {sorted(_DTYPES)}")
-    return _DTYPES[dtype]
+    if dtype not in DTYPES:
+        raise ValueError(f"Unknown dtype {dtype!r}; choose 'auto' or one of {sorted(DTYPES)}")
+    return DTYPES[dtype]
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -161,7 +159,6 @@ class ModelConfig:
     st: STConfig | None
     pooler: PoolerConfig
     trust_remote_code: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def architectures(self) -> list[str]:
@@ -226,40 +223,47 @@ def _max_model_len(hf_config: Any, st: STConfig | None, tokenizer_max: int | Non
     return user
 
 
-def build_model_config(
-    model: str | os.PathLike[str],
-    *,
-    convert: str = "auto",
-    dtype: str | torch.dtype = "auto",
-    device: str | torch.device = "auto",
-    pooler_config: PoolerConfig | dict[str, Any] | None = None,
-    hf_overrides: dict[str, Any] | Callable[[Any], Any] | None = None,
-    trust_remote_code: bool = False,
-    max_model_len: int | None = None,
-    revision: str | None = None,
-    tokenizer_max_len: Callable[[Path], int | None] | None = None,
-) -> ModelConfig:
-    """Resolve the model folder and every setting the engine needs."""
+def load_hf_config(
+    hf_path: Path, trust_remote_code: bool, hf_overrides: dict[str, Any] | Callable[[Any], Any] | None
+) -> Any:
+    """The transformers config of the folder, with ``hf_overrides`` applied."""
     from transformers import AutoConfig
 
-    path = resolve_model(model, revision=revision)
-    st = load_st_config(path)
-    hf_path = path / st.transformer_path if st is not None and st.transformer_path else path
-    hf_config = AutoConfig.from_pretrained(hf_path, trust_remote_code=trust_remote_code)
-    hf_config = _apply_overrides(hf_config, hf_overrides)
+    config = AutoConfig.from_pretrained(hf_path, trust_remote_code=trust_remote_code)
+    return _apply_overrides(config, hf_overrides)
+
+
+def build_model_config(
+    args: EngineArgs,
+    path: Path,
+    hf_path: Path,
+    hf_config: Any,
+    st: STConfig | None,
+    tokenizer_max_len: int | None,
+) -> ModelConfig:
+    """Every setting the engine needs, from the options and what was read from the folder.
+
+    Args:
+        args: the engine options.
+        path: the model folder.
+        hf_path: the folder of the transformers checkpoint (a Sentence Transformers
+            ``Transformer`` module's path inside ``path``, else ``path``).
+        hf_config: the transformers config (overrides applied).
+        st: the Sentence Transformers configuration, if the folder has one.
+        tokenizer_max_len: the tokenizer's ``model_max_length``.
+    """
+    dev = resolve_device(args.device)
     architectures = list(getattr(hf_config, "architectures", None) or [])
-    dev = resolve_device(device)
-    tok_max = tokenizer_max_len(hf_path) if tokenizer_max_len else None
     return ModelConfig(
-        name=os.fspath(model),
+        name=os.fspath(args.model),
         path=path,
         hf_path=hf_path,
         hf_config=hf_config,
-        convert=resolve_convert(architectures, convert),
+        convert=resolve_convert(architectures, args.convert),
         device=dev,
-        dtype=resolve_dtype(dtype, dev),
-        max_model_len=_max_model_len(hf_config, st, tok_max, max_model_len),
+        dtype=resolve_dtype(args.dtype, dev),
+        max_model_len=_max_model_len(hf_config, st, tokenizer_max_len, args.max_model_len),
         st=st,
-        pooler=PoolerConfig.from_any(pooler_config),
-        trust_remote_code=trust_remote_code,
+        pooler=PoolerConfig.from_any(args.pooler_config),
+        trust_remote_code=args.trust_remote_code,
     )

@@ -2,7 +2,9 @@
 
 Accepts a string, a ``{"prompt_token_ids": [...]}`` dict (vLLM's ``TokensPrompt``), a
 ``{"prompt": "..."}`` dict, or a list of those. Anything else is a ``TypeError`` that
-names the position.
+names the position. A text dict may carry an ``"instruction"`` (a Sentence Transformers
+prompt such as ``"query: "``): the text run is ``instruction + prompt``, and the request
+records how many tokens the instruction takes, for models whose ST Pooling excludes them.
 """
 
 from __future__ import annotations
@@ -57,6 +59,10 @@ def _check_dict_prompt(item: dict[str, Any], i: int) -> None:
             raise TypeError(f"prompts[{i}]['prompt'] must be a string, got {type(item['prompt']).__name__}")
         if not item["prompt"]:
             raise ValueError(f"prompts[{i}]['prompt'] is an empty string")
+        if not isinstance(item.get("instruction", ""), str):
+            raise TypeError(
+                f"prompts[{i}]['instruction'] must be a string, got {type(item['instruction']).__name__}"
+            )
     else:
         raise TypeError(f"prompts[{i}] is a dict without 'prompt' or 'prompt_token_ids'")
 
@@ -128,6 +134,19 @@ class InputProcessor:
         self.vocab_size = vocab_size
         self.do_lower_case = do_lower_case
         self.encoder = FastEncoder(tokenizer)
+        self._instruction_lens: dict[str, int] = {}
+
+    def instruction_len(self, instruction: str) -> int:
+        """Tokens of ``instruction`` at the start of a prompt: its tokenization with special
+        tokens, less a trailing special token (Sentence Transformers' prompt length)."""
+        n = self._instruction_lens.get(instruction)
+        if n is None:
+            text = instruction.lower() if self.do_lower_case else instruction
+            ids = self.tokenizer(text, add_special_tokens=True)["input_ids"] if text else []
+            special = set(getattr(self.tokenizer, "all_special_ids", []) or [])
+            n = len(ids) - (1 if ids and ids[-1] in special else 0)
+            self._instruction_lens[instruction] = n
+        return n
 
     def limit(self, params: PoolingParams, index: int) -> int:
         t = params.truncate_prompt_tokens
@@ -159,8 +178,13 @@ class InputProcessor:
             for j, (i, ids) in enumerate(zip(indices, self._encode(batch, limit))):
                 if not ids:
                     raise ValueError(f"prompts[{i + offset}] is empty: it has no tokens")
+                instruction = _instruction(prompts[i])
                 requests[i] = Request(
-                    index=i + offset, prompt_token_ids=ids, params=params[i], prompt=batch[j]
+                    index=i + offset,
+                    prompt_token_ids=ids,
+                    params=params[i],
+                    prompt=batch[j],
+                    instruction_len=self.instruction_len(instruction) if instruction else 0,
                 )
         return [r for r in requests if r is not None]
 
@@ -232,4 +256,8 @@ class InputProcessor:
 
 
 def _text(prompt: PromptType) -> str:
-    return prompt if isinstance(prompt, str) else prompt["prompt"]
+    return prompt if isinstance(prompt, str) else prompt.get("instruction", "") + prompt["prompt"]
+
+
+def _instruction(prompt: PromptType) -> str:
+    return "" if isinstance(prompt, str) else prompt.get("instruction", "")

@@ -17,15 +17,18 @@ from typing import Any
 
 import torch
 from tqdm.auto import tqdm
-from vllm_pool.engine.config import ModelConfig, PoolerConfig, build_model_config
+from vllm_pool.engine.architectures import build_poolers
+from vllm_pool.engine.args import EngineArgs
+from vllm_pool.engine.config import PoolerConfig
 from vllm_pool.engine.inputs import InputProcessor, normalize_params, normalize_prompts, resolve_params
+from vllm_pool.engine.loader import load_model
 from vllm_pool.engine.outputs import (
     PoolingOutput,
     PoolingRequestOutput,
 )
 from vllm_pool.engine.params import PoolingParams
 from vllm_pool.engine.plugins import IOProcessor, load_io_processor
-from vllm_pool.engine.pooler import TaskPoolers, build_poolers
+from vllm_pool.engine.pooler import TaskPoolers
 from vllm_pool.engine.runner import ModelRunner, token_budget_for_memory
 from vllm_pool.engine.scheduler import schedule
 from vllm_pool.engine.tasks import TaskMethods
@@ -45,14 +48,11 @@ def default_max_num_seqs(device: torch.device) -> int:
     return 1024 if device.type == "cuda" else 64
 
 
-def _load_tokenizer(path: os.PathLike[str], trust_remote_code: bool) -> Any:
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-
-
 class LLM(TaskMethods):
     """An in-process pooling engine.
+
+    The keyword options are those of :class:`~vllm_pool.engine.args.EngineArgs` (the one
+    declaration the CLI and the integrations share), checked before anything loads.
 
     Args:
         model: a local folder or a Hugging Face Hub id. The default model id
@@ -99,19 +99,10 @@ class LLM(TaskMethods):
         compile: bool = False,
         packed: bool | None = None,
     ) -> None:
-        if runner not in ("auto", "pooling"):
-            raise ValueError(
-                f"runner={runner!r} is not supported: vllm-pool runs pooling models only "
-                "(runner='auto' or 'pooling')"
-            )
-        tokenizers: dict[str, Any] = {}
-
-        def tokenizer_max_len(path: os.PathLike[str]) -> int | None:
-            tokenizers["tok"] = _load_tokenizer(path, trust_remote_code)
-            return getattr(tokenizers["tok"], "model_max_length", None)
-
-        self.model_config: ModelConfig = build_model_config(
-            model,
+        # the keywords are EngineArgs' fields, with its defaults (tests/engine/test_engine_args.py)
+        args = EngineArgs(
+            model=model,
+            runner=runner,
             convert=convert,
             dtype=dtype,
             device=device,
@@ -119,13 +110,20 @@ class LLM(TaskMethods):
             hf_overrides=hf_overrides,
             trust_remote_code=trust_remote_code,
             max_model_len=max_model_len,
+            max_num_batched_tokens=max_num_batched_tokens,
+            max_num_seqs=max_num_seqs,
             revision=revision,
-            tokenizer_max_len=tokenizer_max_len,
+            io_processor_plugin=io_processor_plugin,
+            compile=compile,
+            packed=packed,
         )
-        cfg = self.model_config
-        self.tokenizer = tokenizers["tok"]
-        self.runner = ModelRunner(cfg, compile=compile, packed=packed)
-        self.poolers: TaskPoolers = build_poolers(cfg, self.runner.task_model, self.tokenizer)
+        self.engine_args = args
+        # load (config, tokenizer, weights), build the poolers from the architecture entry, run
+        loaded = load_model(args)
+        cfg = self.model_config = loaded.config
+        self.tokenizer = loaded.tokenizer
+        self.runner = ModelRunner(cfg, loaded.backbone, compile=compile, packed=packed, prepack=True)
+        self.poolers: TaskPoolers = build_poolers(cfg, loaded.architecture, loaded.model, self.tokenizer)
         self.input_processor = InputProcessor(
             self.tokenizer,
             max_model_len=cfg.max_model_len,
@@ -135,8 +133,6 @@ class LLM(TaskMethods):
         )
         self.max_num_batched_tokens = int(max_num_batched_tokens or self._default_budget())
         self.max_num_seqs = int(default_max_num_seqs(cfg.device) if max_num_seqs is None else max_num_seqs)
-        if self.max_num_batched_tokens < 1 or self.max_num_seqs < 1:
-            raise ValueError("max_num_batched_tokens and max_num_seqs must be positive")
         self.tokenize_chunk = 4096  # prompts tokenized ahead while the model runs
         self._lock = threading.RLock()
         self._ids = itertools.count()
@@ -152,6 +148,11 @@ class LLM(TaskMethods):
             cfg.max_model_len,
             self.get_supported_tasks(),
         )
+
+    @classmethod
+    def from_engine_args(cls, args: EngineArgs) -> LLM:
+        """An engine from an :class:`~vllm_pool.engine.args.EngineArgs` (CLI, integrations)."""
+        return cls(args.model, **args.llm_kwargs())
 
     def _default_budget(self) -> int:
         cfg = self.model_config

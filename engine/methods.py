@@ -36,6 +36,25 @@ def mean_pool(hidden: HiddenStates) -> torch.Tensor:
     return (ones @ data) / lens.clamp(min=1).unsqueeze(-1).to(data.dtype)
 
 
+def skip_instructions(hidden: HiddenStates, starts: list[int]) -> HiddenStates:
+    """``hidden`` without the first ``starts[i]`` tokens of each request (instruction tokens
+    that Sentence Transformers' ``include_prompt: false`` keeps out of pooling).
+
+    At least the last token of each request stays. Returns ``hidden`` itself when no
+    request has an instruction.
+    """
+    if not any(starts):
+        return hidden
+    lens = hidden.seq_lens.tolist()
+    cut = [min(s, n - 1) for s, n in zip(starts, lens)]
+    bounds = hidden.cu_seqlens.tolist()
+    keep = torch.cat([torch.arange(a + c, b) for a, b, c in zip(bounds[:-1], bounds[1:], cut)])
+    keep = keep.to(hidden.data.device)
+    new_lens = torch.tensor([n - c for n, c in zip(lens, cut)], device=hidden.cu_seqlens.device)
+    cu = torch.cat([new_lens.new_zeros(1), new_lens.cumsum(0)])
+    return HiddenStates(data=hidden.data[keep], cu_seqlens=cu, token_ids=hidden.token_ids[keep])
+
+
 def all_pool(hidden: HiddenStates) -> list[torch.Tensor]:
     """Every token of each request. Returns a list of ``[len_i, hidden]`` views."""
     return hidden.split()
@@ -57,4 +76,3 @@ SEQUENCE_METHODS = {
     PoolingType.LAST: last_pool,
     PoolingType.MEAN: mean_pool,
 }
-TOKEN_METHODS = (PoolingType.ALL, PoolingType.STEP)

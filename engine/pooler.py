@@ -6,16 +6,15 @@ construction; ``supported_tasks`` is what the model can do.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 from vllm_pool.engine.activations import classification_activation, sigmoid, softmax
-from vllm_pool.engine.classifier import is_token_classification, sequence_classifier, token_classifier
+from vllm_pool.engine.classifier import Classifier
 from vllm_pool.engine.config import ModelConfig
 from vllm_pool.engine.heads import ClassifyHead, EmbeddingHead, Projection
-from vllm_pool.engine.methods import SEQUENCE_METHODS, all_pool, step_pool
+from vllm_pool.engine.methods import SEQUENCE_METHODS, all_pool, skip_instructions, step_pool
 from vllm_pool.engine.params import PoolingParams
 from vllm_pool.engine.types import (
     ALL_POOLING_TASKS,
@@ -37,12 +36,15 @@ class Pooler:
     """Pools one task: ``method`` chooses tokens, ``head`` turns them into the output.
 
     Sequence methods (CLS / MEAN / LAST) give one ``[out]`` vector per request; token
-    methods (ALL / STEP) give ``[tokens, out]`` per request.
+    methods (ALL / STEP) give ``[tokens, out]`` per request. With ``include_instruction``
+    off (Sentence Transformers' ``include_prompt: false``), sequence methods read each
+    request's tokens after its instruction (``Request.instruction_len``), as ST's Pooling does.
     """
 
     task: str
     method: PoolingType
     head: Head
+    include_instruction: bool = True
 
     def resolve(self, params: PoolingParams) -> PoolingParams:
         """Check the request's params for this task and fill in the model defaults."""
@@ -55,6 +57,8 @@ class Pooler:
         """One output per request (``params`` overrides the requests' own params)."""
         params = params if params is not None else [r.params for r in requests]
         if self.method in SEQUENCE_METHODS:
+            if not self.include_instruction:
+                hidden = skip_instructions(hidden, [r.instruction_len for r in requests])
             pooled = SEQUENCE_METHODS[self.method](hidden)  # [batch, hidden]
             if all(p == params[0] for p in params):
                 return list(self.head(pooled, params[0]).float().cpu().unbind(0))
@@ -75,7 +79,6 @@ class TaskPoolers:
             raise ValueError(f"Unknown pooling tasks {sorted(unknown)}")
         self.model_name = model_name
         self._poolers = poolers
-        self.plugins: dict[str, Callable[..., object]] = {}
 
     @property
     def supported_tasks(self) -> tuple[str, ...]:
@@ -95,7 +98,9 @@ class TaskPoolers:
         return self._poolers[task]
 
 
-def _embed_poolers(cfg: ModelConfig) -> dict[str, Pooler]:
+def embed_poolers(cfg: ModelConfig) -> dict[str, Pooler]:
+    """``embed`` (sequence methods only) and ``token_embed``: ST Dense projections, Matryoshka
+    slice and normalization on the pooled hidden states."""
     dense = cfg.st.dense if cfg.st is not None else []
     projection = Projection(dense).to(cfg.device, cfg.dtype) if dense else None
     head = EmbeddingHead(
@@ -116,14 +121,11 @@ def _embed_poolers(cfg: ModelConfig) -> dict[str, Pooler]:
     return poolers
 
 
-def _classify_poolers(cfg: ModelConfig, task_model: Any, tokenizer: Any) -> dict[str, Pooler]:
-    archs = cfg.architectures
+def classify_poolers(cfg: ModelConfig, clf: Classifier) -> dict[str, Pooler]:
+    """``classify`` (and ``score`` for one label) and ``token_classify`` over a classifier
+    head split off the task model (``engine.classifier``), with the model's activation."""
     st_act = cfg.st.activation_fn if cfg.st is not None else None
     st_act = st_act or (getattr(cfg.hf_config, "sentence_transformers", None) or {}).get("activation_fn")
-    if is_token_classification(archs):
-        clf = token_classifier(task_model, cfg.hf_config)
-    else:
-        clf = sequence_classifier(task_model, cfg.hf_config, tokenizer)
     activation = classification_activation(cfg.hf_config, st_act, cfg.trust_remote_code)
     if clf.num_labels != int(getattr(cfg.hf_config, "num_labels", clf.num_labels)) and not st_act:
         # heads built from an LM keep their own size; use the activation for that size
@@ -142,7 +144,8 @@ def _classify_poolers(cfg: ModelConfig, task_model: Any, tokenizer: Any) -> dict
     return poolers
 
 
-def _bge_m3_poolers(cfg: ModelConfig) -> dict[str, Pooler]:
+def bge_m3_poolers(cfg: ModelConfig) -> dict[str, Pooler]:
+    """BGE-M3's dense (CLS), ColBERT and sparse heads from the folder's ``*_linear.pt`` files."""
     from vllm_pool.engine import bge_m3
 
     dense = EmbeddingHead(model_name=cfg.name, hidden_size=cfg.hidden_size, normalize_default=True)
@@ -153,16 +156,3 @@ def _bge_m3_poolers(cfg: ModelConfig) -> dict[str, Pooler]:
         "token_embed": Pooler("token_embed", PoolingType.ALL, bge_m3.ColbertHead(colbert)),
         "token_classify": Pooler("token_classify", PoolingType.ALL, bge_m3.SparseHead(sparse)),
     }
-
-
-def build_poolers(cfg: ModelConfig, task_model: Any = None, tokenizer: Any = None) -> TaskPoolers:
-    """The task-to-pooler map of a model, from its configuration and loaded task model."""
-    from vllm_pool.engine.bge_m3 import ARCHITECTURE as BGE_M3
-
-    if BGE_M3 in cfg.architectures:
-        poolers = _bge_m3_poolers(cfg)
-    elif cfg.convert == "classify":
-        poolers = _classify_poolers(cfg, task_model, tokenizer)
-    else:
-        poolers = _embed_poolers(cfg)
-    return TaskPoolers(cfg.name, poolers)

@@ -1,4 +1,4 @@
-"""The model runner: loads the transformer and turns a batch into flat hidden states."""
+"""The model runner: turns a batch into flat hidden states (loading is ``engine.loader``'s)."""
 
 from __future__ import annotations
 
@@ -9,54 +9,12 @@ from typing import Any
 
 import torch
 from vllm_pool.engine import cpu_linear, packing
-from vllm_pool.engine.classifier import is_token_classification
 from vllm_pool.engine.config import ModelConfig
 from vllm_pool.engine.params import PoolingParams
-from vllm_pool.engine.types import Batch, HiddenStates, ModelNotFoundError, Request
+from vllm_pool.engine.types import Batch, HiddenStates, Request
 
 logger = logging.getLogger(__name__)
 _PROBE = PoolingParams()
-
-
-def _auto_class(cfg: ModelConfig) -> Any:
-    """The transformers auto class that loads the checkpoint with the head the task needs."""
-    import transformers
-
-    if cfg.convert != "classify":
-        return transformers.AutoModel
-    archs = cfg.architectures
-    if getattr(cfg.hf_config, "classifier_from_token", None) or any(a.endswith("ForCausalLM") for a in archs):
-        return transformers.AutoModelForCausalLM
-    if is_token_classification(archs):
-        return transformers.AutoModelForTokenClassification
-    return transformers.AutoModelForSequenceClassification
-
-
-def _attention(cfg: ModelConfig) -> str:
-    """SDPA, except half precision on the CPU: there PyTorch's CPU flash kernel is slower than
-    transformers' eager attention (batched matmuls, softmax) on short sequences."""
-    half = cfg.dtype in (torch.bfloat16, torch.float16)
-    return "eager" if half and cfg.device.type == "cpu" else "sdpa"
-
-
-def load_transformer(cfg: ModelConfig) -> torch.nn.Module:
-    """Load the model of ``cfg`` from its folder: the base model, or the task model for classify."""
-    auto = _auto_class(cfg)
-    kwargs: dict[str, Any] = dict(
-        config=cfg.hf_config, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code
-    )
-    try:
-        try:
-            model = auto.from_pretrained(cfg.hf_path, attn_implementation=_attention(cfg), **kwargs)
-        except (ValueError, ImportError) as e:
-            if "sdpa" not in str(e).lower() and "attention" not in str(e).lower():
-                raise
-            model = auto.from_pretrained(cfg.hf_path, attn_implementation="eager", **kwargs)
-    except OSError as e:
-        raise ModelNotFoundError(
-            f"Could not load the weights of model {cfg.name!r} from {cfg.hf_path}: {e}"
-        ) from e
-    return model.to(cfg.device).eval().requires_grad_(False)
 
 
 @dataclass
@@ -79,28 +37,26 @@ class Staged:
 class ModelRunner:
     """Runs batches through the transformer, packed (one row, no padding) or padded.
 
-    On the CPU the linears of a model it loads itself run prepacked for oneDNN
-    (``engine.cpu_linear``); a model passed in is left as it is.
-
     Args:
         cfg: the model configuration.
-        model: an already loaded transformer (tests pass fakes); loaded from ``cfg`` if None.
+        model: the loaded backbone (hidden states only; the poolers own the task heads).
         compile: compile the transformer with ``torch.compile`` (see :meth:`compile`).
         packed: run packed variable-length batches (see ``engine.packing``). ``None``: where
             Flash Attention's variable-length kernel runs (CUDA, half precision), not compiled.
+        prepack: on the CPU, prepack the linears for oneDNN (``engine.cpu_linear``); the
+            engine does for the models it loads (not when compiling).
     """
 
     def __init__(
         self,
         cfg: ModelConfig,
-        model: torch.nn.Module | None = None,
+        model: torch.nn.Module,
         compile: bool = False,
         packed: bool | None = None,
+        prepack: bool = False,
     ) -> None:
         self.cfg = cfg
-        self.task_model = model if model is not None else load_transformer(cfg)
-        # the runner computes hidden states only; task heads are split off by the poolers
-        self.model = self.task_model.base_model if cfg.convert == "classify" else self.task_model
+        self.model = model
         self.device = cfg.device
         pad = getattr(cfg.hf_config, "pad_token_id", None)
         self.pad_token_id = int(pad) if isinstance(pad, int) else 0
@@ -109,7 +65,7 @@ class ModelRunner:
         self.packed = False
         self.compiled = False
         self._pos_offset = 0
-        if self.device.type == "cpu" and not compile and model is None:
+        if prepack and self.device.type == "cpu" and not compile:
             n = cpu_linear.prepack(self.model, batch_hint=2048)
             logger.debug("Prepacked %d linear layers for oneDNN", n)
         asked = packed is True

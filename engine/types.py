@@ -20,9 +20,6 @@ if TYPE_CHECKING:
 PoolingTask = Literal["embed", "classify", "score", "token_embed", "token_classify", "plugin"]
 ALL_POOLING_TASKS: tuple[str, ...] = get_args(PoolingTask)
 
-Runner = Literal["auto", "pooling"]
-Convert = Literal["auto", "embed", "classify", "none"]
-
 
 class PoolingType(str, enum.Enum):
     """Which hidden states a pooler reads."""
@@ -44,6 +41,9 @@ class Request:
         params: the resolved pooling parameters of this request.
         token_type_ids: segment ids for text pairs (cross-encoders), else ``None``.
         prompt: the original text, when there was one.
+        instruction_len: how many leading tokens are the prompt's instruction (a Sentence
+            Transformers prompt such as ``"query: "``); poolers of models whose ST Pooling
+            says ``include_prompt: false`` leave them out.
     """
 
     index: int
@@ -51,6 +51,7 @@ class Request:
     params: PoolingParams
     token_type_ids: list[int] | None = None
     prompt: str | None = None
+    instruction_len: int = 0
 
     @property
     def num_tokens(self) -> int:

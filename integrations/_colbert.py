@@ -17,7 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ._engines import EngineOptions, get_engine
+from ._engines import EngineOptions, get_engine, on_clear
 from ._records import new_records, unpack, user_filter
 
 logger = logging.getLogger(__name__)
@@ -28,6 +28,14 @@ SETTINGS_VERSION = 1
 
 _encoders: dict[tuple[EngineOptions, Any], Any] = {}
 _encoders_lock = threading.Lock()
+
+
+def _clear_encoders() -> None:
+    with _encoders_lock:
+        _encoders.clear()
+
+
+on_clear(_clear_encoders)  # clear_engine_cache drops the encoders holding the old engines
 
 
 def colbert_config(

@@ -18,20 +18,22 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-_ENGINE_OPTIONS = frozenset(
-    {
-        "runner",
-        "convert",
-        "pooler_config",
-        "hf_overrides",
-        "max_num_batched_tokens",
-        "max_num_seqs",
-        "revision",
-        "compile",
-        "packed",
-    }
+OWN_FIELDS = ("model", "dtype", "device", "max_model_len", "trust_remote_code")
+"""``vllm_pool.EngineArgs`` options that the classes expose as fields of their own."""
+
+
+def engine_kwargs_keys() -> tuple[str, ...]:
+    """Keys allowed in ``engine_kwargs``: every other ``vllm_pool.EngineArgs`` option."""
+    from vllm_pool import EngineArgs
+
+    return tuple(name for name in EngineArgs.names() if name not in OWN_FIELDS)
+
+
+ENGINE_KWARGS_HELP = (
+    "Other vllm_pool.LLM options (vllm_pool.EngineArgs): max_num_batched_tokens, max_num_seqs, "
+    "pooler_config, hf_overrides, convert, runner, revision, io_processor_plugin, compile, packed."
 )
-"""Keys allowed in ``engine_kwargs`` (other ``vllm_pool.LLM`` arguments have their own fields)."""
+"""The description of the classes' ``engine_kwargs`` field (a test checks it names every key)."""
 
 
 @dataclass(frozen=True)
@@ -69,35 +71,48 @@ class EngineOptions:
         Raises:
             ValueError: an ``engine_kwargs`` key that is not an engine option.
         """
+        from vllm_pool import EngineArgs
+
         extra = dict(engine_kwargs or {})
-        unknown = sorted(set(extra) - _ENGINE_OPTIONS)
+        allowed = engine_kwargs_keys()
+        unknown = sorted(set(extra) - set(allowed))
         if unknown:
             raise ValueError(
-                f"unknown engine_kwargs {unknown}: allowed keys are {sorted(_ENGINE_OPTIONS)} "
+                f"unknown engine_kwargs {unknown}: allowed keys are {sorted(allowed)} "
                 "(model, dtype, device, max_model_len and trust_remote_code are fields of their own)"
             )
+        # every value is checked now, with the option's name, before any engine loads
+        EngineArgs(str(model), dtype=dtype, device=device, max_model_len=max_model_len,
+                   trust_remote_code=trust_remote_code, **extra)  # fmt: skip
+        for key, value in extra.items():
+            try:
+                json.dumps(value)
+            except (TypeError, ValueError):
+                raise TypeError(
+                    f"engine_kwargs[{key!r}] must be JSON-like (the options are shared and pickled "
+                    f"by value), got {type(value).__name__}"
+                ) from None
         return cls(
             model=str(model),
             dtype=str(dtype),
             device=str(device),
             max_model_len=max_model_len,
             trust_remote_code=bool(trust_remote_code),
-            engine_kwargs=json.dumps(extra, sort_keys=True, default=repr),
+            engine_kwargs=json.dumps(extra, sort_keys=True),
         )
+
+    def engine_args(self) -> Any:
+        """These options as a ``vllm_pool.EngineArgs``."""
+        from vllm_pool import EngineArgs
+
+        own = {name: getattr(self, name) for name in OWN_FIELDS}
+        return EngineArgs(**own, **json.loads(self.engine_kwargs))
 
     def build(self) -> Any:
         """Load a new ``vllm_pool.LLM`` with these options (use :func:`get_engine` instead)."""
         from vllm_pool import LLM
 
-        kwargs = json.loads(self.engine_kwargs)
-        return LLM(
-            self.model,
-            dtype=self.dtype,
-            device=self.device,
-            max_model_len=self.max_model_len,
-            trust_remote_code=self.trust_remote_code,
-            **kwargs,
-        )
+        return LLM.from_engine_args(self.engine_args())
 
 
 _cache: dict[EngineOptions, Any] = {}
@@ -125,11 +140,22 @@ def get_engine(options: EngineOptions) -> Any:
         return engine
 
 
+_on_clear: list[Any] = []
+
+
+def on_clear(callback: Any) -> None:
+    """Call ``callback()`` from :func:`clear_engine_cache` (caches of objects holding engines)."""
+    _on_clear.append(callback)
+
+
 def clear_engine_cache() -> None:
-    """Forget every cached engine (instances holding one keep it alive until they go)."""
+    """Forget every cached engine, and every cached object holding one (the ColBERT
+    encoders); instances already holding an engine keep it alive until they go."""
     with _cache_lock:
         _cache.clear()
         _key_locks.clear()
+    for callback in _on_clear:
+        callback()
 
 
 class EngineRef:

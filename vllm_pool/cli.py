@@ -1,6 +1,7 @@
 """The ``vllm-pool`` command: ``vllm-pool serve MODEL [options]``.
 
-The engine options are those of :class:`vllm_pool.LLM`; the server needs the ``server``
+The engine flags are generated from :class:`~vllm_pool.engine.args.EngineArgs` (every
+option of :class:`vllm_pool.LLM`, with its default in ``--help``); the server needs the ``server``
 extra (``pip install 'vllm-pool[server]'``).
 """
 
@@ -8,67 +9,38 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import logging
 import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from vllm_pool.engine.model_source import DEFAULT_MODEL
+from vllm_pool.engine.args import EngineArgs, positive_int
 
 logger = logging.getLogger("vllm_pool.cli")
-
-
-def _json_arg(name: str):
-    def parse(text: str) -> dict[str, Any]:
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise argparse.ArgumentTypeError(f"{name} must be a JSON object: {exc}") from exc
-        if not isinstance(value, dict):
-            raise argparse.ArgumentTypeError(f"{name} must be a JSON object, got {type(value).__name__}")
-        return value
-
-    return parse
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vllm-pool", description="vllm-pool: an in-process pooling engine.")
     sub = parser.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("serve", help="Serve a model over the OpenAI-compatible HTTP API.")
-    s.add_argument(
-        "model", nargs="?", default=DEFAULT_MODEL, help=f"local folder or hub id ({DEFAULT_MODEL})"
+    s = sub.add_parser(
+        "serve",
+        help="Serve a model over the OpenAI-compatible HTTP API.",
+        description="Serve a model over the OpenAI-compatible HTTP API.",
     )
-    g = s.add_argument_group("engine (the options of LLM)")
-    g.add_argument("--runner", default="auto", choices=["auto", "pooling"])
-    g.add_argument("--convert", default="auto", choices=["auto", "embed", "classify", "none"])
-    g.add_argument("--pooler-config", type=_json_arg("--pooler-config"), default=None, help="JSON object")
-    g.add_argument("--hf-overrides", type=_json_arg("--hf-overrides"), default=None, help="JSON object")
-    g.add_argument("--dtype", default="auto")
-    g.add_argument("--device", default="auto")
-    g.add_argument("--trust-remote-code", action="store_true")
-    g.add_argument("--max-model-len", type=_positive, default=None)
-    g.add_argument("--max-num-batched-tokens", type=_positive, default=None, help="token budget of a batch")
-    g.add_argument("--max-num-seqs", type=_positive, default=None)
-    g.add_argument("--revision", default=None)
+    EngineArgs.add_cli_args(s.add_argument_group("engine (the options of LLM, from EngineArgs)"))
     h = s.add_argument_group("server")
     h.add_argument("--host", default="127.0.0.1")
     h.add_argument("--port", type=int, default=8000)
     h.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (not on /health)")
     h.add_argument("--served-model-name", nargs="+", default=None, help="names clients may use as model")
-    h.add_argument("--max-inputs", type=_positive, default=2048, help="inputs per request (413 above)")
-    h.add_argument("--max-request-tokens", type=_positive, default=524_288, help="tokens per request (413)")
+    h.add_argument("--max-inputs", type=positive_int, default=2048, help="inputs per request (413 above)")
+    h.add_argument(
+        "--max-request-tokens", type=positive_int, default=524_288, help="tokens per request (413)"
+    )
     h.add_argument(
         "--num-threads",
-        type=_positive,
+        type=positive_int,
         default=None,
         help="torch CPU threads (default on CPU: every core, with OpenMP threads sleeping when "
         "idle; all cores but one under another OMP_WAIT_POLICY)",
@@ -78,20 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def llm_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """The :class:`LLM` keyword arguments of parsed ``serve`` arguments."""
-    return {
-        "runner": args.runner,
-        "convert": args.convert,
-        "pooler_config": args.pooler_config,
-        "hf_overrides": args.hf_overrides,
-        "dtype": args.dtype,
-        "device": args.device,
-        "trust_remote_code": args.trust_remote_code,
-        "max_model_len": args.max_model_len,
-        "max_num_batched_tokens": args.max_num_batched_tokens,
-        "max_num_seqs": args.max_num_seqs,
-        "revision": args.revision,
-    }
+    """The :class:`LLM` keyword arguments of parsed ``serve`` arguments (checked by EngineArgs)."""
+    return EngineArgs.from_cli_args(args).llm_kwargs()
 
 
 def cpu_threads(requested: int | None, device_type: str) -> int | None:
@@ -152,7 +112,7 @@ def serve(args: argparse.Namespace) -> int:
     from vllm_pool import LLM
 
     try:
-        llm = LLM(args.model, **llm_kwargs(args))
+        llm = LLM.from_engine_args(EngineArgs.from_cli_args(args))
     except (ValueError, TypeError, OSError) as exc:
         print(f"vllm-pool serve: cannot load {args.model!r}: {exc}", file=sys.stderr)
         return 1

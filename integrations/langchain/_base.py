@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from vllm_pool import DEFAULT_MODEL
 
-from .._engines import EngineRef
+from .._engines import ENGINE_KWARGS_HELP, EngineRef
 
 
 class EngineFields(BaseModel):
@@ -26,9 +26,7 @@ class EngineFields(BaseModel):
     """Token limit of the model (``None``: the model's own)."""
     trust_remote_code: bool = False
     """Allow custom model code declared in the model folder."""
-    engine_kwargs: dict[str, Any] | None = None
-    """Other ``vllm_pool.LLM`` options: ``max_num_batched_tokens``, ``max_num_seqs``,
-    ``pooler_config``, ``hf_overrides``, ``convert``, ``revision``, ``compile``, ``packed``."""
+    engine_kwargs: dict[str, Any] | None = Field(default=None, description=ENGINE_KWARGS_HELP)
 
     _engine: EngineRef = PrivateAttr()
 

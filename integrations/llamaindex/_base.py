@@ -8,7 +8,7 @@ from llama_index.core.bridge.pydantic import BaseModel, Field, PrivateAttr
 
 from vllm_pool import DEFAULT_MODEL
 
-from .._engines import EngineRef
+from .._engines import ENGINE_KWARGS_HELP, EngineRef
 
 
 class EngineFields(BaseModel):
@@ -30,11 +30,7 @@ class EngineFields(BaseModel):
         default=None, description="Token limit of the model (None: the model's)."
     )
     trust_remote_code: bool = Field(default=False, description="Allow custom model code in the folder.")
-    engine_kwargs: dict[str, Any] | None = Field(
-        default=None,
-        description="Other vllm_pool.LLM options: max_num_batched_tokens, max_num_seqs, pooler_config, "
-        "hf_overrides, convert, revision, compile, packed.",
-    )
+    engine_kwargs: dict[str, Any] | None = Field(default=None, description=ENGINE_KWARGS_HELP)
 
     _engine: EngineRef = PrivateAttr()
 

@@ -141,7 +141,7 @@ def test_bfloat16_cpu_mode_stays_within_the_issue_bound(default_model_dir, st_mo
 def test_attention_choice_per_device_and_dtype():
     from types import SimpleNamespace
 
-    from vllm_pool.engine.runner import _attention
+    from vllm_pool.engine.loader import attention_implementation as _attention
 
     def cfg(device: str, dtype: torch.dtype) -> SimpleNamespace:
         return SimpleNamespace(device=torch.device(device), dtype=dtype)
