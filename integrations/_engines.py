@@ -271,7 +271,8 @@ def embed_texts(
     Args:
         llm: the engine.
         texts: the texts (an empty list gives ``[]``).
-        prefix: instruction put before each text.
+        prefix: instruction put before each text (a Sentence Transformers prompt: kept out
+            of pooling when the model's Pooling module says ``include_prompt: false``).
         dimensions: Matryoshka output size.
         normalize: L2-normalize (``None``: the model's default).
         truncate_prompt_tokens: cut each text to this many tokens.
@@ -285,7 +286,9 @@ def embed_texts(
 
     if isinstance(texts, str):
         raise TypeError("expected a list of strings, not a single string")
-    texts = [prefix + t if prefix else t for t in texts]
+    # the prefix goes in as an instruction: the text run is prefix + text, and models whose ST
+    # Pooling says include_prompt=false leave the prefix tokens out of pooling, as ST does
+    texts = [{"prompt": t, "instruction": prefix} if prefix and t else prefix + t for t in texts]
     if not texts:
         return []
     if batch_size < 1:
@@ -311,14 +314,32 @@ def score_pairs(
     truncate_prompt_tokens: int | None = None,
     batch_size: int = 256,
 ) -> list[float]:
-    """Relevance of each of ``texts`` to ``query`` through ``LLM.score`` (1:N).
+    """Relevance of each of ``texts`` to ``query`` (1:N).
 
-    A cross-encoder scores the pairs; a bi-encoder (e.g. the default model) gives the
-    cosine of the embeddings (the engine's ``score`` fallback).
+    A cross-encoder scores the pairs through ``LLM.score``; a bi-encoder (e.g. the default
+    model) compares the embeddings with the model's Sentence Transformers similarity
+    function (``similarity_fn_name``: cosine by default, or dot, euclidean, manhattan), as
+    ``SentenceTransformer.similarity`` would.
     """
+    from ._similarity import scores, similarity_fn_name
+
     if not texts:
         return []
-    scores: list[float] = []
+    tasks = llm.get_supported_tasks()
+    if "score" not in tasks and "embed" in tasks:
+        if not isinstance(query, str) or not query:
+            kind = ValueError if isinstance(query, str) else TypeError
+            raise kind(f"query must be a non-empty string, got {query!r}")
+        for i, text in enumerate(texts):
+            if not isinstance(text, str) or not text:
+                kind = ValueError if isinstance(text, str) else TypeError
+                raise kind(f"documents[{i}] must be a non-empty string, got {text!r}")
+        name = similarity_fn_name(llm)
+        vectors = embed_texts(
+            llm, [query, *texts], truncate_prompt_tokens=truncate_prompt_tokens, batch_size=batch_size
+        )
+        return [float(x) for x in scores(name, vectors[0], vectors[1:])]
+    out: list[float] = []
     for start in range(0, len(texts), batch_size):
         outs = llm.score(
             query,
@@ -326,5 +347,5 @@ def score_pairs(
             use_tqdm=False,
             truncate_prompt_tokens=truncate_prompt_tokens,
         )
-        scores.extend(float(o.outputs.score) for o in outs)
-    return scores
+        out.extend(float(o.outputs.score) for o in outs)
+    return out

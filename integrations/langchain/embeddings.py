@@ -8,6 +8,7 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.runnables.config import run_in_executor
 
 from .._engines import embed_texts, resolve_prefix
+from .._similarity import similarity_fn_name
 from ._base import EngineFields
 
 
@@ -45,6 +46,12 @@ class VllmPoolEmbeddings(EngineFields, Embeddings):
     ``document_instruction``). Without either, the model's ``"document"`` / ``"passage"`` prompt."""
     show_progress: bool = False
     """Show a progress bar while embedding documents."""
+
+    @property
+    def similarity_fn_name(self) -> str:
+        """The model's Sentence Transformers similarity function (``cosine`` by default;
+        ``dot``, ``euclidean`` or ``manhattan``): what ``VllmPoolVectorStore`` scores with."""
+        return similarity_fn_name(self.llm)
 
     def _prefix(self, kind: str) -> str:
         if kind == "query":

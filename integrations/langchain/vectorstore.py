@@ -14,6 +14,7 @@ from langchain_core.vectorstores import VectorStore
 from langchain_core.vectorstores.utils import maximal_marginal_relevance
 
 from .._records import new_records, unpack, user_filter
+from .._similarity import relevance_fn, scores
 
 
 class VllmPoolVectorStore(VectorStore):
@@ -21,8 +22,12 @@ class VllmPoolVectorStore(VectorStore):
 
     Works with any LangChain ``Embeddings`` (``VllmPoolEmbeddings`` runs the model
     in-process). The store starts empty; adding a document with an existing id replaces
-    it; deleting missing ids does nothing; scores are cosine similarities (vectors are
-    L2-normalized), higher is better; ``filter`` is a dict of required metadata values or a
+    it; deleting missing ids does nothing; scores are the model's Sentence Transformers
+    similarity (``similarity_fn_name`` of ``VllmPoolEmbeddings``; cosine for other
+    embeddings), higher is better: cosine and dot are searched exactly by inner product
+    (of normalized vectors for cosine); euclidean and manhattan rescore exactly the best
+    ``max(4 * k, k + 16)`` candidates by inner product (the same ranking as euclidean for
+    normalized embeddings); ``filter`` is a dict of required metadata values or a
     callable on the metadata. Saved with :meth:`save_local` as ``.npy`` / FAISS / JSON
     files (no pickle). Thread-safe.
 
@@ -55,6 +60,11 @@ class VllmPoolVectorStore(VectorStore):
         return self._embedding
 
     @property
+    def similarity_fn_name(self) -> str:
+        """The similarity of the scores: the embeddings' ``similarity_fn_name``, else cosine."""
+        return str(getattr(self._embedding, "similarity_fn_name", None) or "cosine")
+
+    @property
     def index(self) -> Any:
         """The ``DenseIndex`` (``None`` until the first add)."""
         return self._index
@@ -67,7 +77,12 @@ class VllmPoolVectorStore(VectorStore):
             if self._index is None:
                 from vllm_pool.retrievers import DenseIndex
 
-                kwargs = {"model_name": getattr(self._embedding, "model", None), **self._index_kwargs}
+                kwargs = {
+                    "model_name": getattr(self._embedding, "model", None),
+                    # cosine: inner products of normalized vectors; the others keep raw vectors
+                    "normalize": self.similarity_fn_name == "cosine",
+                    **self._index_kwargs,
+                }
                 self._index = DenseIndex(dim, **kwargs)
             return self._index
 
@@ -127,20 +142,28 @@ class VllmPoolVectorStore(VectorStore):
     def similarity_search_with_score_by_vector(
         self, embedding: list[float], k: int = 4, filter: Any = None, **kwargs: Any
     ) -> list[tuple[Document, float]]:
-        """The ``k`` most similar documents to a vector, with cosine scores, best first."""
+        """The ``k`` most similar documents to a vector, with the store's scores, best first."""
         if self._index is None or len(self._index) == 0:
             return []
-        hits = self._index.search(np.asarray(embedding, dtype=np.float32), k=k, filter=user_filter(filter))[0]
+        name = self.similarity_fn_name
+        query = np.asarray(embedding, dtype=np.float32)
+        fetch = k if name in ("cosine", "dot") else max(4 * k, k + 16)
+        hits = self._index.search(query, k=fetch, filter=user_filter(filter))[0]
+        found = [float(hit.score) for hit in hits]
+        if name not in ("cosine", "dot") and hits:  # exact ST scores of the candidates
+            records = {r.id: r.vectors for r in self._index.get([hit.id for hit in hits])}
+            found = [float(x) for x in scores(name, query, [records[hit.id] for hit in hits])]
+        ranked = sorted(zip(hits, found), key=lambda pair: -pair[1])[:k]
         out = []
-        for hit in hits:
+        for hit, score in ranked:
             text, meta = unpack(hit.metadata)
-            out.append((Document(id=hit.id, page_content=text, metadata=meta), float(hit.score)))
+            out.append((Document(id=hit.id, page_content=text, metadata=meta), score))
         return out
 
     def similarity_search_with_score(
         self, query: str, k: int = 4, filter: Any = None, **kwargs: Any
     ) -> list[tuple[Document, float]]:
-        """The ``k`` most similar documents to ``query`` with cosine scores (higher is better).
+        """The ``k`` most similar documents to ``query`` with the store's scores (higher is better).
 
         Args:
             query: the query text.
@@ -196,8 +219,8 @@ class VllmPoolVectorStore(VectorStore):
         return self.max_marginal_relevance_search_by_vector(vector, k, fetch_k, lambda_mult, filter)
 
     def _select_relevance_score_fn(self) -> Callable[[float], float]:
-        """Cosine similarity in [-1, 1] mapped to a relevance in [0, 1]."""
-        return lambda score: min(1.0, max(0.0, (1.0 + score) / 2.0))
+        """The store's scores mapped to a relevance in [0, 1] (``_similarity.relevance_fn``)."""
+        return relevance_fn(self.similarity_fn_name)
 
     # -- building and persistence --------------------------------------------------------
     @classmethod

@@ -158,20 +158,29 @@ def sentence_transformer(
     normalize: bool = True,
     max_seq_length: int = 64,
     do_lower_case: bool = False,
+    include_prompt: bool = True,
+    prompts: dict[str, str] | None = None,
+    similarity_fn_name: str | None = None,
 ) -> Path:
-    """A Sentence Transformers folder over ``base``: Pooling, optional Dense (Tanh), Normalize."""
+    """A Sentence Transformers folder over ``base``: Pooling, optional Dense (Tanh), Normalize,
+    with optional prompts and similarity function in ``config_sentence_transformers.json``."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling, Transformer
 
     transformer = Transformer(str(base), max_seq_length=max_seq_length, do_lower_case=do_lower_case)
     dim = transformer.get_embedding_dimension() if hasattr(transformer, "get_embedding_dimension") else 32
-    modules: list[torch.nn.Module] = [transformer, Pooling(dim, pooling_mode=pooling)]
+    modules: list[torch.nn.Module] = [
+        transformer,
+        Pooling(dim, pooling_mode=pooling, include_prompt=include_prompt),
+    ]
     if dense_out:
         torch.manual_seed(1)
         modules.append(Dense(dim, dense_out, activation_function=torch.nn.Tanh()))
     if normalize:
         modules.append(Normalize())
-    SentenceTransformer(modules=modules, device="cpu").save(str(folder))
+    SentenceTransformer(
+        modules=modules, device="cpu", prompts=prompts, similarity_fn_name=similarity_fn_name
+    ).save(str(folder))
     return folder
 
 
