@@ -15,7 +15,7 @@ import argparse
 import json
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import MISSING, Field, asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal, get_args
 
 import torch
@@ -64,8 +64,8 @@ def _option(default: Any, help: str, **cli: Any) -> Any:
 class EngineArgs:
     """Every option of the engine, checked when built.
 
-    Attributes are documented in their ``help`` metadata (shown by ``vllm-pool serve --help``
-    with its default); :func:`describe` renders them as text.
+    Each field's ``help`` metadata documents it (``vllm-pool serve --help`` shows it with the
+    default); ``cli`` metadata holds its argparse settings.
     """
 
     model: str | os.PathLike[str] = _option(
@@ -122,6 +122,7 @@ class EngineArgs:
         "packed variable-length batches (no compute on padding); None: where Flash Attention's "
         "varlen kernel runs (CUDA, half precision); --packed forces it (checked against the padded "
         "path at load), --no-packed turns it off",
+        action=argparse.BooleanOptionalAction,
     )
 
     def __post_init__(self) -> None:
@@ -165,27 +166,21 @@ class EngineArgs:
 
     # ------------------------------------------------------------------ fronts
     @classmethod
-    def options(cls) -> tuple[Field[Any], ...]:
-        """The option fields, in declaration order."""
-        return fields(cls)
-
-    @classmethod
     def names(cls) -> tuple[str, ...]:
+        """The option names, in declaration order."""
         return tuple(f.name for f in fields(cls))
 
     def llm_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of ``LLM`` (every option but ``model``)."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "model"}
 
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
     @classmethod
     def add_cli_args(cls, parser: argparse.ArgumentParser | Any, model_positional: bool = True) -> None:
         """Add one flag per option (``--max-model-len``...) to an argparse parser or group.
 
-        ``model`` becomes an optional positional argument; booleans with a ``False`` default are
-        switches (``--compile``); ``packed`` (default ``None``) is ``--packed`` / ``--no-packed``.
+        ``model`` becomes an optional positional argument (``--model`` with
+        ``model_positional=False``); booleans with a ``False`` default are switches
+        (``--compile``); ``packed`` (default ``None``) is ``--packed`` / ``--no-packed``.
         Every help line ends with the default.
         """
         for f in fields(cls):
@@ -197,8 +192,6 @@ class EngineArgs:
             flag = "--" + f.name.replace("_", "-")
             if f.default is False:
                 parser.add_argument(flag, action="store_true", help=help_text)
-            elif f.name == "packed":
-                parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
             else:
                 parser.add_argument(flag, default=f.default, help=help_text, **cli)
 
@@ -206,17 +199,3 @@ class EngineArgs:
     def from_cli_args(cls, args: argparse.Namespace) -> EngineArgs:
         """The options of parsed arguments (those :meth:`add_cli_args` added)."""
         return cls(**{name: getattr(args, name) for name in cls.names() if hasattr(args, name)})
-
-
-def default_of(name: str) -> Any:
-    """The default value of option ``name``."""
-    for f in fields(EngineArgs):
-        if f.name == name:
-            return f.default if f.default is not MISSING else None
-    raise KeyError(name)
-
-
-def describe(names: tuple[str, ...] | list[str] | None = None) -> str:
-    """The options ``names`` (default: all) as ``name: help`` lines, for docstrings and fields."""
-    chosen = fields(EngineArgs) if names is None else [f for f in fields(EngineArgs) if f.name in names]
-    return "; ".join(f"{f.name}: {f.metadata['help']}" for f in chosen)

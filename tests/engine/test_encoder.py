@@ -131,7 +131,7 @@ def test_default_prompts_per_batch_follow_the_device(default_llm):
 
 
 def test_max_num_seqs_must_still_be_positive(tiny_bert):
-    with pytest.raises(ValueError, match="must be positive"):
+    with pytest.raises(ValueError, match="max_num_seqs must be a positive integer, got 0"):
         LLM(str(tiny_bert), max_num_seqs=0)
 
 
