@@ -159,6 +159,11 @@ class EngineArgs:
         ):
             kind = type(self.hf_overrides).__name__
             raise TypeError(f"hf_overrides must be a dict or a callable, got {kind}")
+        if self.io_processor_plugin is not None and not isinstance(self.io_processor_plugin, str):
+            from vllm_pool.engine.plugins import IOProcessor
+
+            if not isinstance(self.io_processor_plugin, IOProcessor):
+                raise TypeError("io_processor_plugin must be a registered name or an IOProcessor object")
         if self.pooler_config is not None:
             from vllm_pool.engine.config import PoolerConfig
 

@@ -79,6 +79,7 @@ def test_cli_flags_round_trip_to_engine_args():
         ({"hf_overrides": [1]}, TypeError, "hf_overrides must be a dict or a callable"),
         ({"pooler_config": {"poolng_type": "CLS"}}, ValueError, "Unknown pooler_config field 'poolng_type'"),
         ({"revision": 3}, TypeError, "revision must be a string"),
+        ({"io_processor_plugin": 7}, TypeError, "io_processor_plugin must be a registered name"),
         ({"model": ""}, TypeError, "model must be"),
     ],
 )
