@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 # Extra pip options for torch, e.g. TORCH_PIP_ARGS="--index-url <a CPU wheel index>".
 TORCH_PIP_ARGS ?=
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
-EXTRAS_TEST := dev,langchain,llamaindex,server
+EXTRAS_TEST := dev,langchain,llamaindex,server,ray
 
 .PHONY: demo test lint bench gpu-bundle venv install install-test clean
 

@@ -8,6 +8,7 @@ from .dense import DenseIndex
 from .encoders import EngineTextEmbedder, EngineTokenEncoder, TextEmbedder, TokenEncoder
 from .maxsim import maxsim, pad_token_vectors
 from .multivector import MultiVectorIndex
+from .sharded import ShardedIndex, load_index, merge_indexes
 from .types import Filter, Hit, IndexFormatError, Metadata, Record
 
 __all__ = [
@@ -22,8 +23,11 @@ __all__ = [
     "Metadata",
     "MultiVectorIndex",
     "Record",
+    "ShardedIndex",
     "TextEmbedder",
     "TokenEncoder",
+    "load_index",
     "maxsim",
+    "merge_indexes",
     "pad_token_vectors",
 ]

@@ -84,6 +84,11 @@ class DocumentIndex:
     def __contains__(self, doc_id: object) -> bool:
         return doc_id in self._registry
 
+    def ids(self) -> list[str]:
+        """The ids of the stored documents, in the order they were added."""
+        with self._lock:
+            return [self._registry.doc_id(int(s)) for s in self._registry.slots()]
+
     def get(self, ids: Sequence[str]) -> list[Record]:
         """Return the stored documents for ``ids`` in that order; missing ids are skipped."""
         if isinstance(ids, str):

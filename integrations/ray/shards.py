@@ -1,0 +1,132 @@
+"""One Ray Data batch -> one index shard folder, written with the package's persistence format.
+
+:func:`write_shard` runs as a Ray task inside ``map_batches``; it returns one row naming the
+shard, so the driver learns which shards exist from the job's output (never by listing a
+folder that an earlier run may have filled). Shard names and generated ids depend only on the
+rows, so a retried task rewrites the same shard (atomically) and a rerun names the same ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from .columns import column_matrix, column_token_vectors
+
+ID_HASH_CHARS = 24
+
+
+def content_id(text: str | None, metadata: dict[str, Any]) -> str:
+    """A deterministic id for a row without one: a hash of its text and metadata.
+
+    >>> content_id("a", {}) == content_id("a", {}) != content_id("b", {})
+    True
+    """
+    payload = json.dumps([text, metadata], sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:ID_HASH_CHARS]
+
+
+def _metadata_columns(batch: pa.Table, given: list[str] | None, skip: set[str]) -> list[str]:
+    if given is not None:
+        missing = [c for c in given if c not in batch.column_names]
+        if missing:
+            raise KeyError(f"metadata columns {missing} are not in the dataset (it has {batch.column_names})")
+        return list(given)
+    vector_types = (pa.ListType, pa.LargeListType, pa.FixedSizeListType, pa.ExtensionType)
+    return [
+        f.name for f in batch.schema if f.name not in skip and not isinstance(f.type, vector_types)
+    ]
+
+
+def batch_rows(
+    batch: pa.Table,
+    *,
+    kind: str,
+    vector_column: str,
+    id_column: str,
+    text_column: str,
+    metadata_columns: list[str] | None,
+) -> tuple[list[str], Any, list[dict[str, Any]]]:
+    """The ids, vectors and metadata of a batch.
+
+    Ids come from ``id_column`` when the batch has it, else from :func:`content_id` of the
+    text column and the metadata. Metadata is ``metadata_columns`` (default: every column
+    that holds no vectors, except the id and text columns).
+
+    Raises:
+        KeyError: a missing vector column, or neither an id nor a text column.
+        ValueError: a null id.
+    """
+    names = batch.column_names
+    if vector_column not in names:
+        raise KeyError(f"the dataset has no vector column {vector_column!r} (it has {names})")
+    meta_cols = _metadata_columns(batch, metadata_columns, {vector_column, id_column, text_column})
+    metas = batch.select(meta_cols).to_pylist() if meta_cols else [{} for _ in range(batch.num_rows)]
+    if id_column in names:
+        raw = batch[id_column].to_pylist()
+        if any(v is None for v in raw):
+            raise ValueError(f"column {id_column!r} has null ids")
+        ids = [str(v) for v in raw]
+    elif text_column in names:
+        texts = batch[text_column].to_pylist()
+        ids = [content_id(t, m) for t, m in zip(texts, metas, strict=True)]
+    else:
+        raise KeyError(f"the dataset needs an id column {id_column!r} or a text column {text_column!r}")
+    col = batch[vector_column]
+    read = column_matrix if kind == "dense" else column_token_vectors
+    vectors = read(col, vector_column)
+    return ids, vectors, metas
+
+
+def _dedupe(ids: list[str], vectors: Any, metas: list[dict[str, Any]]) -> tuple[list[str], Any, list[dict]]:
+    """Keep the first row of each id (a repeated row: same text and metadata, same id)."""
+    seen: dict[str, int] = {}
+    keep = [i for i, doc_id in enumerate(ids) if seen.setdefault(doc_id, i) == i]
+    if len(keep) == len(ids):
+        return ids, vectors, metas
+    picked = vectors[keep] if hasattr(vectors, "shape") else [vectors[i] for i in keep]
+    return [ids[i] for i in keep], picked, [metas[i] for i in keep]
+
+
+def write_shard(
+    batch: pa.Table,
+    *,
+    folder: str,
+    kind: str,
+    vector_column: str,
+    id_column: str,
+    text_column: str,
+    metadata_columns: list[str] | None,
+    shard_kwargs: dict[str, Any],
+) -> pa.Table:
+    """Index one batch into a shard folder under ``folder``; return its row.
+
+    Returns:
+        A one-row table: ``shard`` (folder name), ``count`` and ``ids`` (a list); no row for
+        an empty batch.
+    """
+    from vllm_pool.retrievers.sharded import index_class
+
+    schema = pa.schema([("shard", pa.string()), ("count", pa.int64()), ("ids", pa.list_(pa.string()))])
+    if batch.num_rows == 0:
+        return schema.empty_table()
+    ids, vectors, metas = _dedupe(
+        *batch_rows(
+            batch,
+            kind=kind,
+            vector_column=vector_column,
+            id_column=id_column,
+            text_column=text_column,
+            metadata_columns=metadata_columns,
+        )
+    )
+    dim = vectors.shape[1] if kind == "dense" else vectors[0].shape[1]
+    index = index_class(kind)(dim, **shard_kwargs)
+    index.add(vectors, ids, metas)
+    name = "shard-" + hashlib.sha256("\n".join(sorted(ids)).encode("utf-8")).hexdigest()[:16]
+    index.save(Path(folder) / name)
+    return pa.table({"shard": [name], "count": [len(ids)], "ids": [ids]}, schema=schema)
