@@ -1,6 +1,7 @@
 """The offline RAG demo: dense and ColBERT retrieval, fusion and reranking over a shipped corpus.
 
     make demo     # or: python demo/rag.py [--model M] [--reranker R] [--queries 5] [--top-k 3]
+    python demo/rag.py --ray 2   # build both indexes on a local Ray cluster (pip install "vllm-pool[ray]")
 
 Pipeline, all in this process, no server:
 
@@ -68,6 +69,36 @@ def build_indexes(llm, passages: list[dict]):
     return dense, colbert, colbert_encoder
 
 
+def build_indexes_ray(llm, passages: list[dict], actors: int, model: str | None = None):
+    """The same two indexes, built on Ray Data: ``actors`` CPU actors per task embed the
+    passages (``embed`` and ColBERT ``token_embed`` in one pipeline), Ray tasks index each
+    block into a shard, and the shards are merged here. Starts a local Ray cluster unless
+    one is running (``ray.init(address=...)`` first to use a real cluster)."""
+    import ray
+    from vllm_pool.integrations.ray import build_index, map_pooling
+    from vllm_pool.retrievers import ColBERTConfig, ColBERTEncoder
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(include_dashboard=False, log_to_driver=False)
+        ray.data.DataContext.get_current().enable_progress_bars = False
+    try:
+        model = model or llm.model_name
+        rows = [{k: p[k] for k in ("id", "text", "title", "module")} for p in passages]
+        ds = ray.data.from_items(rows, override_num_blocks=max(2, 2 * actors))
+        colbert_settings = {"mask_augment": False}
+        ds = map_pooling(ds, model, task="embed", concurrency=actors, batch_size=128)
+        ds = map_pooling(ds, model, task="token_embed", colbert=colbert_settings, concurrency=actors,
+                         batch_size=64)  # fmt: skip
+        ds = ds.materialize()  # both vector columns, computed once
+        dense = build_index(ds, kind="dense", model_name=model)
+        colbert = build_index(ds, kind="multivector", model_name=model)
+    finally:
+        if started:
+            ray.shutdown()
+    return dense, colbert, ColBERTEncoder.from_llm(llm, ColBERTConfig(**colbert_settings))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description="Offline RAG demo over the Python docs corpus")
     ap.add_argument("--model", default="sentence-transformers/all-MiniLM-L6-v2", help="embedding model")
@@ -75,6 +106,8 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=5, help="questions whose context is printed")
     ap.add_argument("--candidates", type=int, default=10, help="passages per retriever before fusion")
     ap.add_argument("--top-k", type=int, default=3, help="passages given to the generator")
+    ap.add_argument("--ray", type=int, default=0, metavar="ACTORS",
+                    help="build the indexes on Ray Data, ACTORS CPU actors per task (needs vllm-pool[ray])")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
@@ -91,7 +124,10 @@ def main() -> None:
     print(f"Reranker: {reranker.model_name} ({kind})")
 
     t0 = time.perf_counter()
-    dense, colbert, colbert_encoder = build_indexes(llm, passages)
+    if args.ray:
+        dense, colbert, colbert_encoder = build_indexes_ray(llm, passages, args.ray, args.model)
+    else:
+        dense, colbert, colbert_encoder = build_indexes(llm, passages)
     print(f"Indexed {len(dense)} passages (dense) and {colbert.num_vectors} token vectors (ColBERT) "
           f"in {time.perf_counter() - t0:.1f}s\n")  # fmt: skip
 

@@ -59,3 +59,16 @@ def tiny_xlmr(tiny_dir) -> Path:
 @pytest.fixture(scope="session")
 def tiny_qwen2(tiny_dir) -> Path:
     return _cached(tiny_dir, "qwen2", tiny_models.qwen2)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A local Ray cluster (2 CPUs, no dashboard) shared by the Ray tests, shut down at the end."""
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray.data")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    try:
+        yield ray
+    finally:
+        ray.shutdown()

@@ -6,6 +6,8 @@ import doctest
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -33,3 +35,21 @@ def test_indexes_find_the_right_module(default_llm):
     (vec,) = default_llm.embed(query, use_tqdm=False)
     assert dense.search([vec.outputs.embedding], k=1)[0][0].metadata["module"] == "json"
     assert colbert.search(encoder.encode_queries([query]), k=1)[0][0].metadata["module"] == "json"
+
+
+@pytest.mark.slow
+def test_indexes_built_through_ray_equal_the_in_process_ones(ray_cluster, default_llm):
+    pytest.importorskip("ray.data")
+    demo = _demo()
+    passages = [p for p in demo.load_jsonl(demo.CORPUS) if p["module"] in ("json", "csv", "hashlib")]
+    dense, colbert, encoder = demo.build_indexes(default_llm, passages)
+    r_dense, r_colbert, r_encoder = demo.build_indexes_ray(default_llm, passages, actors=1)
+    assert sorted(r_dense.ids()) == sorted(dense.ids()) and sorted(r_colbert.ids()) == sorted(colbert.ids())
+    assert r_dense.get(["json#0"])[0].metadata == dense.get(["json#0"])[0].metadata
+    assert r_colbert.num_vectors == colbert.num_vectors
+    query = "How do I parse a JSON string into a Python object?"
+    (vec,) = default_llm.embed(query, use_tqdm=False)
+    q = [vec.outputs.embedding]
+    assert [h.id for h in r_dense.search(q, k=3)[0]] == [h.id for h in dense.search(q, k=3)[0]]
+    qt = encoder.encode_queries([query])
+    assert [h.id for h in r_colbert.search(qt, k=3)[0]] == [h.id for h in colbert.search(qt, k=3)[0]]

@@ -37,15 +37,3 @@ def queries(passages: list[dict]) -> list[dict]:
         pytest.skip(f"{path} is missing")
     return [q for q in _jsonl(path) if q["module"] in MODULES]
 
-
-@pytest.fixture(scope="session")
-def ray_cluster():
-    """A local Ray cluster (2 CPUs, no dashboard) shared by the Ray tests, shut down at the end."""
-    ray = pytest.importorskip("ray")
-    pytest.importorskip("ray.data")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
