@@ -51,15 +51,20 @@ def _ray_job(ray, texts: list[str], model: str, actors: int, cpus: float, gpus: 
 
 
 def _threads(ray, cpus: float) -> int:
-    """torch's thread count in a Ray worker given ``cpus`` CPUs (Ray sets OMP_NUM_THREADS)."""
+    """torch's thread count in a new Ray actor of ``cpus`` CPUs (Ray sets OMP_NUM_THREADS)."""
 
     @ray.remote(num_cpus=cpus)
-    def probe() -> int:
-        import torch
+    class Probe:
+        def threads(self) -> int:
+            import torch
 
-        return torch.get_num_threads()
+            return torch.get_num_threads()
 
-    return int(ray.get(probe.remote()))
+    probe = Probe.remote()
+    try:
+        return int(ray.get(probe.threads.remote()))
+    finally:
+        ray.kill(probe)
 
 
 def main() -> None:
@@ -91,7 +96,27 @@ def main() -> None:
     def in_process():
         return np.asarray([o.outputs.embedding for o in llm.embed(texts, use_tqdm=False)], dtype=np.float32)
 
-    local_s, local_runs, ref = best_of(in_process, args.rounds)
+    layouts = _layouts(args.layouts)
+    num_cpus = args.num_cpus or os.cpu_count()
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    local_runs: list[float] = []
+    runs: dict[int, list[float]] = {i: [] for i in range(len(layouts))}
+    startup: dict[int, list[float]] = {i: [] for i in range(len(layouts))}
+    vectors: dict[int, np.ndarray] = {}
+    try:
+        for _ in range(args.rounds):  # alternate, so that a busy moment of the machine hits every row
+            _, t, ref = best_of(in_process, 1)
+            local_runs += t
+            for i, (actors, cpus) in enumerate(layouts):
+                job = (args.model, actors, cpus, args.num_gpus, args.batch_size)
+                seconds, vectors[i] = _ray_job(ray, texts, *job)
+                runs[i].append(seconds)
+                startup[i].append(_ray_job(ray, texts[: 2 * actors], *job)[0])
+        threads = [_threads(ray, cpus) for _, cpus in layouts]
+    finally:
+        ray.shutdown()
+    local_s = float(np.median(local_runs))
     result = {
         "benchmark": "ray_embed",
         "model": args.model,
@@ -102,40 +127,28 @@ def main() -> None:
         "in_process": {"seconds": local_s, "rows_per_s": len(texts) / local_s, "runs": local_runs},
         "ray": [],
     }
-    num_cpus = args.num_cpus or os.cpu_count()
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    try:
-        for actors, cpus in _layouts(args.layouts):
-            job = (args.model, actors, cpus, args.num_gpus, args.batch_size)
-            runs, vectors = [], None
-            for _ in range(args.rounds):
-                seconds, vectors = _ray_job(ray, texts, *job)
-                runs.append(seconds)
-            startup = [_ray_job(ray, texts[: 2 * actors], *job)[0] for _ in range(args.rounds)]
-            total_s, start_s = float(np.median(runs)), float(np.median(startup))
-            row = {
-                "actors": actors,
-                "cpus_per_actor": cpus,
-                "gpus_per_actor": args.num_gpus,
-                "torch_threads_per_actor": _threads(ray, cpus),
-                "seconds": total_s,
-                "rows_per_s": len(texts) / total_s,
-                "startup_seconds": start_s,
-                "steady_rows_per_s": len(texts) / max(total_s - start_s, 1e-9),
-                "vs_in_process": local_s / total_s,
-                "steady_vs_in_process": local_s / max(total_s - start_s, 1e-9),
-                "min_cosine_vs_in_process": min_cosine(ref, vectors),
-                "runs": runs,
-                "startup_runs": startup,
-            }
-            result["ray"].append(row)
-            print(f"{actors} actor(s) x {cpus:g} CPU: {row['rows_per_s']:.1f} rows/s end to end "
-                  f"({row['vs_in_process']:.2f}x in-process), {row['steady_rows_per_s']:.1f} rows/s after "
-                  f"{start_s:.1f}s start-up ({row['steady_vs_in_process']:.2f}x), "
-                  f"min cosine {row['min_cosine_vs_in_process']:.6f}")  # fmt: skip
-    finally:
-        ray.shutdown()
+    for i, (actors, cpus) in enumerate(layouts):
+        total_s, start_s = float(np.median(runs[i])), float(np.median(startup[i]))
+        row = {
+            "actors": actors,
+            "cpus_per_actor": cpus,
+            "gpus_per_actor": args.num_gpus,
+            "torch_threads_per_actor": threads[i],
+            "seconds": total_s,
+            "rows_per_s": len(texts) / total_s,
+            "startup_seconds": start_s,
+            "steady_rows_per_s": len(texts) / max(total_s - start_s, 1e-9),
+            "vs_in_process": local_s / total_s,
+            "steady_vs_in_process": local_s / max(total_s - start_s, 1e-9),
+            "min_cosine_vs_in_process": min_cosine(ref, vectors[i]),
+            "runs": runs[i],
+            "startup_runs": startup[i],
+        }
+        result["ray"].append(row)
+        print(f"{actors} actor(s) x {cpus:g} CPU: {row['rows_per_s']:.1f} rows/s end to end "
+              f"({row['vs_in_process']:.2f}x in-process), {row['steady_rows_per_s']:.1f} rows/s after "
+              f"{start_s:.1f}s start-up ({row['steady_vs_in_process']:.2f}x), "
+              f"min cosine {row['min_cosine_vs_in_process']:.6f}")  # fmt: skip
     result["machine"] = machine()
     result["load_average_1m"] = {"before": load_before[0], "after": os.getloadavg()[0]}  # a shared machine
     result["peak_rss_mb"] = peak_rss_mb()
