@@ -47,7 +47,7 @@ class PredictorSettings:
         dimensions: Matryoshka output size (``embed``).
         normalize: L2-normalize embeddings (``None``: the model's default; ``embed``).
         truncate_prompt_tokens: cut each text to this many tokens.
-        engine: keyword arguments of ``vllm_pool.LLM`` (``dtype``, ``device``, ...).
+        engine: engine options, fields of ``vllm_pool.EngineArgs`` (``dtype``, ``device``, ...).
     """
 
     model: str
@@ -68,7 +68,7 @@ class PredictorSettings:
             raise ValueError("colbert settings apply to task='token_embed' only")
         if self.task != "embed" and (self.dimensions is not None or self.normalize is not None):
             raise ValueError("dimensions and normalize apply to task='embed' only")
-        object.__setattr__(self, "engine", check_engine_options(self.engine))
+        object.__setattr__(self, "engine", check_engine_options(self.engine, self.model or None))
         if self.task == "token_embed":
             object.__setattr__(self, "colbert", asdict(self.colbert_config()))
 
@@ -116,8 +116,9 @@ class PoolingPredictor:
         dimensions: Matryoshka output size for ``embed``.
         normalize: L2-normalize ``embed`` outputs (``None``: the model's default).
         truncate_prompt_tokens: cut each text to this many tokens.
-        **engine_options: keyword arguments of ``vllm_pool.LLM`` (``dtype="bfloat16"``,
-            ``max_num_seqs=...``); an unknown name raises ``TypeError``.
+        **engine_options: fields of ``vllm_pool.EngineArgs`` (``dtype="bfloat16"``,
+            ``max_num_seqs=...``), checked before the engine loads; an unknown name raises
+            ``TypeError``.
 
     Raises:
         ValueError: an unknown task, or a task the model does not support.

@@ -111,6 +111,8 @@ def test_bad_settings_fail_before_the_engine_loads():
         PoolingPredictor(task="token_embed", colbert={"doc_len": 8})
     with pytest.raises(TypeError, match="not a plain value"):
         PoolingPredictor(task="embed", hf_overrides=lambda c: c)
+    with pytest.raises(ValueError, match="max_num_seqs must be a positive integer, got 0"):
+        PoolingPredictor(task="embed", max_num_seqs=0)  # EngineArgs' own check
 
 
 def test_map_pooling_checks_on_the_driver():
