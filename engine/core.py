@@ -308,25 +308,24 @@ class EngineCore:
         by_job: dict[Job, list[int]] = {}
         for i, (job, _) in enumerate(scheduled.entries):
             by_job.setdefault(job, []).append(i)
-        queue_seconds = []
-        with self._cond:
-            for job, rows in by_job.items():
-                if job.done:
-                    continue
-                if job.first_run is None:
-                    job.first_run = start
-                    queue_seconds.append(start - job.enqueued)
-                positions = [scheduled.entries[i][1] for i in rows]
-                job.deliver({t: [outs[i] for i in rows] for t, outs in outputs.items()}, positions)
-            self._cond.notify_all()
-        for job, rows in by_job.items():
-            if job.on_batch is not None:
-                job.on_batch(len(rows))
+        # metrics and progress first: a caller woken by its results sees them counted
         if self.on_batch is not None:
+            queue_seconds = [start - job.enqueued for job in by_job if job.first_run is None]
             lengths = [job.requests[pos].num_tokens for job, pos in scheduled.entries]
             padded = sum(lengths) if self.scheduler.packed else max(lengths) * len(lengths)
-            stats = BatchStats(scheduled.key, len(lengths), len(by_job), padded, now - start, queue_seconds)
-            self.on_batch(stats)
+            n_jobs, seconds = len(by_job), now - start
+            self.on_batch(BatchStats(scheduled.key, len(lengths), n_jobs, padded, seconds, queue_seconds))
+        for job, rows in by_job.items():
+            if job.first_run is None:
+                job.first_run = start
+            if job.on_batch is not None and not job.done:
+                job.on_batch(len(rows))
+        with self._cond:
+            for job, rows in by_job.items():
+                if not job.done:
+                    positions = [scheduled.entries[i][1] for i in rows]
+                    job.deliver({t: [outs[i] for i in rows] for t, outs in outputs.items()}, positions)
+            self._cond.notify_all()
 
 
 class _Done:

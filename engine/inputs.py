@@ -136,6 +136,8 @@ class InputProcessor:
         self.do_lower_case = do_lower_case
         self.encoder = FastEncoder(tokenizer)
         self._instruction_lens: dict[str, int] = {}
+        # a Hugging Face tokenizer changes its truncation settings per call: one caller at a time
+        self.lock = threading.RLock()
 
     def instruction_len(self, instruction: str) -> int:
         """Tokens of ``instruction`` at the start of a prompt: its tokenization with special
@@ -148,8 +150,6 @@ class InputProcessor:
             n = len(ids) - (1 if ids and ids[-1] in special else 0)
             self._instruction_lens[instruction] = n
         return n
-        # a Hugging Face tokenizer changes its truncation settings per call: one caller at a time
-        self._lock = threading.RLock()
 
     def limit(self, params: PoolingParams, index: int) -> int:
         t = params.truncate_prompt_tokens
@@ -166,7 +166,7 @@ class InputProcessor:
         self, prompts: list[PromptType], params: list[PoolingParams], offset: int = 0
     ) -> list[Request]:
         """Tokenize ``prompts``; ``offset`` is the position of ``prompts[0]`` in the caller's list."""
-        with self._lock:
+        with self.lock:
             return self._tokenize(prompts, params, offset)
 
     def _tokenize(self, prompts: list[PromptType], params: list[PoolingParams], offset: int) -> list[Request]:
@@ -213,7 +213,7 @@ class InputProcessor:
         Only the second text is cut when a pair is too long (``only_second``), unless the
         first alone is over the limit.
         """
-        with self._lock:
+        with self.lock:
             return self._pairs(texts_1, texts_2, params)
 
     def _pairs(self, texts_1: list[str], texts_2: list[str], params: list[PoolingParams]) -> list[Request]:

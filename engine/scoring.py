@@ -23,13 +23,19 @@ def _as_list(data: object, name: str) -> list[str]:
     raise TypeError(f"{name} must be a string or a list of strings, got {type(data).__name__}")
 
 
-def pair_up(data_1: object, data_2: object) -> tuple[list[str], list[str]]:
+def pair_up(
+    data_1: object, data_2: object, names: tuple[str, str] = ("data_1", "data_2")
+) -> tuple[list[str], list[str]]:
     """Expand 1:1, 1:N and N:N inputs into two equal-length lists.
+
+    ``names`` are the inputs' names in error messages (the server's ``text_1`` / ``text_2``).
 
     >>> pair_up("q", ["a", "b"])
     (['q', 'q'], ['a', 'b'])
     """
-    a, b = _as_list(data_1, "data_1"), _as_list(data_2, "data_2")
+    a, b = _as_list(data_1, names[0]), _as_list(data_2, names[1])
+    if not a or not b:
+        raise ValueError(f"{names[0]} and {names[1]} must not be empty")
     if len(a) == 1 and len(b) >= 1:
         a = a * len(b)
     elif len(a) != len(b) or not a:

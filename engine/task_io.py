@@ -127,8 +127,10 @@ class ScoreIO:
         data_2: object,
         pooling_params: PoolingParams | None = None,
         truncate_prompt_tokens: int | None = None,
+        names: tuple[str, str] = ("data_1", "data_2"),
     ) -> Prepared:
-        texts_1, texts_2 = pair_up(data_1, data_2)
+        """Pair, check and tokenize (``names``: the inputs' names in error messages)."""
+        texts_1, texts_2 = pair_up(data_1, data_2, names)
         llm = self.llm
         if self.cross_encoder:
             pooler = llm.poolers.get("score")
