@@ -13,9 +13,12 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow  # the whole script: several model loads (over a minute on a busy 2-core machine)
 def test_gpu_check_dry_run_on_cpu(tmp_path):
     env = dict(
         os.environ,
