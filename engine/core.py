@@ -111,7 +111,9 @@ class EngineCore:
         with self._cond:
             return self.scheduler.num_pending
 
-    def run(self, requests: list[Request], tasks: TaskSpec, on_batch: Callable[[int], None] | None = None):
+    def run(
+        self, requests: list[Request], tasks: TaskSpec, on_batch: Callable[[int], None] | None = None
+    ) -> dict[str, list[Any]]:
         """Submit and wait: ``{task: outputs in list order}`` (drives the loop if no one else does)."""
         job = self.submit(requests, tasks, on_batch)
         return self.wait([job])[0]
@@ -151,7 +153,7 @@ class EngineCore:
             self._thread.start()
 
     def stop(self, timeout: float | None = 10.0) -> None:
-        """Stop the background thread (after the batch it is running) and the output thread."""
+        """Stop the background thread (after the batch it is running); queued jobs stay queued."""
         with self._cond:
             self._stop = True
             self._cond.notify_all()
@@ -161,6 +163,7 @@ class EngineCore:
         self._thread = None
 
     def close(self) -> None:
+        """Stop the background thread and the output thread."""
         self.stop()
         if self._outputs is not None:
             self._outputs.shutdown(wait=True)
@@ -371,25 +374,38 @@ class ModelExecutor:
 
         On CUDA each task's outputs are gathered into one flat tensor on the device and
         copied with one non-blocking copy into pinned memory; the output thread then waits on
-        one event and splits it. Elsewhere the outputs are already on the host.
+        one event, moves the data to ordinary memory (the pinned block goes back to the
+        allocator's cache) and splits it. Elsewhere the outputs are already on the host.
         """
         if self.device.type != "cuda":
             return lambda: outputs
-        flat: dict[str, tuple[torch.Tensor, list[torch.Size]]] = {}
-        for task, outs in outputs.items():
-            shapes = [o.shape for o in outs]
-            dev = torch.cat([o.reshape(-1).float() for o in outs]) if outs else torch.empty(0)
-            host = torch.empty(dev.shape, dtype=torch.float32, pin_memory=True)
-            host.copy_(dev, non_blocking=True)
-            flat[task] = (host, shapes)
+        flat = gather_to_host(outputs, pinned=True)
         event = torch.cuda.Event()
         event.record()
 
         def wait() -> dict[str, list[Any]]:
             event.synchronize()
-            return {task: split_flat(host, shapes) for task, (host, shapes) in flat.items()}
+            return {task: split_flat(host.clone(), shapes) for task, (host, shapes) in flat.items()}
 
         return wait
+
+
+def gather_to_host(
+    outputs: dict[str, list[torch.Tensor]], pinned: bool
+) -> dict[str, tuple[torch.Tensor, list[torch.Size]]]:
+    """Each task's outputs flattened into one fp32 tensor and copied to the host in one transfer.
+
+    Returns ``{task: (flat host tensor, shapes)}``; with ``pinned`` the copy is non-blocking
+    into pinned memory (wait for the device before reading it).
+    """
+    flat: dict[str, tuple[torch.Tensor, list[torch.Size]]] = {}
+    for task, outs in outputs.items():
+        shapes = [o.shape for o in outs]
+        dev = torch.cat([o.reshape(-1).float() for o in outs]) if outs else torch.empty(0)
+        host = torch.empty(dev.shape, dtype=torch.float32, pin_memory=pinned)
+        host.copy_(dev, non_blocking=pinned)
+        flat[task] = (host, shapes)
+    return flat
 
 
 def split_flat(flat: torch.Tensor, shapes: list[torch.Size]) -> list[torch.Tensor]:

@@ -226,3 +226,25 @@ def test_empty_job_and_bad_budget():
     assert core.run([], {"embed": None}) == {"embed": []}
     with pytest.raises(ValueError, match="positive"):
         Scheduler(0, 1)
+
+
+def test_outputs_gathered_into_one_transfer_and_split_back():
+    """The CUDA output path's logic (one flat copy per task, split by shape), run on the CPU."""
+    import torch
+    from vllm_pool.engine.core import gather_to_host, split_flat
+
+    outputs = {
+        "embed": [torch.randn(8), torch.randn(8).to(torch.bfloat16)],
+        "token_embed": [torch.randn(3, 4), torch.randn(1, 4), torch.randn(5, 4)],
+        "classify": [],
+    }
+    flat = gather_to_host(outputs, pinned=False)
+    assert {t: h.shape for t, (h, _) in flat.items()} == {
+        "embed": (16,), "token_embed": (36,), "classify": (0,)
+    }  # fmt: skip
+    for task, (host, shapes) in flat.items():
+        back = split_flat(host, shapes)
+        assert len(back) == len(outputs[task])
+        for got, want in zip(back, outputs[task]):
+            assert got.dtype == torch.float32 and got.shape == want.shape
+            assert torch.equal(got, want.float())
