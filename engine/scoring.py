@@ -34,8 +34,6 @@ def pair_up(
     (['q', 'q'], ['a', 'b'])
     """
     a, b = _as_list(data_1, names[0]), _as_list(data_2, names[1])
-    if not a or not b:
-        raise ValueError(f"{names[0]} and {names[1]} must not be empty")
     if len(a) == 1 and len(b) >= 1:
         a = a * len(b)
     elif len(a) != len(b) or not a:
