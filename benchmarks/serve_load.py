@@ -7,6 +7,10 @@ process on 127.0.0.1; this process is the load generator. For 1, 8 and 64 concur
 clients and short or mixed inputs (one text per request) it measures requests per second
 and p50 / p99 latency, prints a table and writes ``benchmarks/results/serve_load.json``.
 
+Then, with the servers stopped, it runs the same inputs through an offline ``LLM.embed``
+call in this process and reports the ratio of the server's throughput at each client count
+to that offline throughput (``serve_vs_offline``): what serving costs over the engine.
+
     python -m benchmarks.serve_load [--requests 256] [--concurrency 1 8 64]
 """
 
@@ -150,6 +154,21 @@ def input_sets(n: int) -> dict[str, list[str]]:
     return {"short": short, "mixed": mixed}
 
 
+def offline_rps(model: str, texts: list[str], n_requests: int, rounds: int = 3) -> float:
+    """Inputs per second of one offline ``LLM.embed`` call on the requests' texts (best of ``rounds``)."""
+    from vllm_pool import LLM
+
+    llm = LLM(model)
+    inputs = [texts[i % len(texts)] for i in range(n_requests)]
+    llm.embed(inputs[:64], use_tqdm=False)  # warm-up
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        llm.embed(inputs, use_tqdm=False)
+        best = min(best, time.perf_counter() - t0)
+    return n_requests / best
+
+
 def print_table(rows: list[dict[str, Any]]) -> None:
     by_key = {(r["server"], r["inputs"], r["concurrency"]): r for r in rows}
     head = (
@@ -182,6 +201,9 @@ def main() -> None:
         "--st-threads", type=int, default=None, help="torch threads of the ST server (default: torch's)"
     )
     ap.add_argument("--name", default="serve_load", help="result file name")
+    ap.add_argument(
+        "--no-offline", action="store_true", help="skip the offline LLM.embed baseline (serve_vs_offline)"
+    )
     ap.add_argument("--serve-st", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, default=8001, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -221,8 +243,19 @@ def main() -> None:
     }
     if len(vectors) == 2:
         result["min_cosine_vs_st"] = min_cosine(*(vectors[k] for k in SERVERS))
+    if not args.no_offline and "vllm-pool" in args.servers:
+        offline = {inputs: offline_rps(args.model, sets[inputs], args.requests) for inputs in args.inputs}
+        result["offline_inputs_per_s"] = offline
+        result["serve_vs_offline"] = {
+            f"{r['inputs']}/{r['concurrency']}": r["rps"] / offline[r["inputs"]]
+            for r in rows
+            if r["server"] == "vllm-pool"
+        }
     path = write_result(args.name, result)
     print_table(rows)
+    for key, ratio in result.get("serve_vs_offline", {}).items():
+        inputs, conc = key.split("/")
+        print(f"vllm-pool serve, {inputs} inputs, {conc} clients: {ratio:.2f}x offline LLM.embed")
     if "min_cosine_vs_st" in result:
         print(f"min cosine vllm-pool vs ST: {result['min_cosine_vs_st']:.6f}")
     print(f"wrote {path}")
