@@ -19,6 +19,7 @@ import torch
 from vllm_pool.engine.activations import normalize
 from vllm_pool.engine.params import PoolingParams
 from vllm_pool.engine.types import ModelNotFoundError
+
 from vllm_pool.maxsim_kernel import segment_maxsim
 
 ARCHITECTURE = "BgeM3EmbeddingModel"

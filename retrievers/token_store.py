@@ -48,6 +48,7 @@ class TokenStore:
         self._n = 0  # rows in use (live + dead)
         self._span: dict[int, tuple[int, int]] = {}  # slot -> (start, length)
         self._dead = 0
+        self._segments: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # cache of segments()
 
     def _code_shape(self) -> tuple[int]:
         return (self.pq_m * self.pq_nbits // 8,) if self.storage == "pq" else (self.dim,)
@@ -101,6 +102,7 @@ class TokenStore:
         if scales is not None:
             self._scales[self._n : self._n + len(flat)] = scales
         start = self._n
+        self._segments = None
         for slot, doc in zip(slots, docs, strict=True):
             self._span[int(slot)] = (start, len(doc))
             start += len(doc)
@@ -124,6 +126,7 @@ class TokenStore:
 
     def remove(self, slots: Sequence[int]) -> None:
         """Forget documents (their rows are reclaimed by :meth:`compact`)."""
+        self._segments = None
         for slot in slots:
             span = self._span.pop(int(slot), None)
             if span is not None:
@@ -139,6 +142,7 @@ class TokenStore:
         self._span = {s: (int(st), int(n)) for s, st, n in zip(order, starts, lengths, strict=True)}
         self._n = len(codes)
         self._dead = 0
+        self._segments = None
 
     # -- reading -------------------------------------------------------------------------
     def __contains__(self, slot: object) -> bool:
@@ -166,26 +170,24 @@ class TokenStore:
             )
         return codes, scales, lengths
 
-    def maxsim_in_place(self, q: np.ndarray, slots: Sequence[int]) -> np.ndarray | None:
-        """Exact MaxSim of ``q`` ``[Lq, dim]`` against documents ``slots``, read in place.
+    def segments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The live documents in row order: ``(starts, lengths, slots)``, each ``int64 [n]``."""
+        if self._segments is None:
+            spans = np.asarray(
+                [(st, n, slot) for slot, (st, n) in self._span.items()], dtype=np.int64
+            ).reshape(-1, 3)
+            spans = spans[np.argsort(spans[:, 0], kind="stable")]
+            self._segments = (spans[:, 0].copy(), spans[:, 1].copy(), spans[:, 2].copy())
+        return self._segments
 
-        One GEMM against every stored row, then a segmented max per document: cheaper than
-        gathering copies when the documents cover a large part of the store. fp32 storage
-        only (``None`` otherwise). Returns ``[n]`` scores in the order of ``slots``.
-        """
-        if self.storage != "fp32" or not len(slots):
-            return None
-        spans = np.asarray([self._span[int(s)] for s in slots], dtype=np.int64)  # [n, (start, len)]
-        order = np.argsort(spans[:, 0], kind="stable")
-        starts = spans[order, 0]
-        bounds = np.empty(2 * len(starts), dtype=np.int64)
-        bounds[0::2], bounds[1::2] = starts, starts + spans[order, 1]
-        sim = np.zeros((len(q), self._n + 1), dtype=np.float32)  # one spare column: ends may equal _n
-        np.matmul(q, self._codes[: self._n].T, out=sim[:, : self._n])
-        per_doc = np.maximum.reduceat(sim, bounds, axis=1)[:, 0::2]  # [Lq, n] max over each span
-        scores = np.empty(len(starts), dtype=np.float32)
-        scores[order] = per_doc.sum(axis=0)
-        return scores
+    def decode_range(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``[start, stop)`` decoded to ``float32`` (a view for fp32 storage)."""
+        scales = self._scales[start:stop] if self.storage == "int8" else None
+        return self.decode_rows(self._codes[start:stop], scales)
+
+    def lengths(self, slots: Sequence[int]) -> np.ndarray:
+        """Token vectors of each of the documents ``slots``, ``int64 [n]``."""
+        return np.fromiter((self._span[int(s)][1] for s in slots), dtype=np.int64, count=len(slots))
 
     def span_tokens(self, slots: Sequence[int]) -> int:
         """Token vectors held by documents ``slots``."""
@@ -244,3 +246,4 @@ class TokenStore:
         self._span = {int(s): (int(st), int(n)) for s, st, n in zip(order, starts, lengths, strict=True)}
         self._n = len(codes)
         self._dead = 0
+        self._segments = None

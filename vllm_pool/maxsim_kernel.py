@@ -69,10 +69,8 @@ def segment_maxsim(
     cuda = device.type == "cuda"
     compute = tokens.dtype if cuda and tokens.dtype in (torch.float16, torch.bfloat16) else torch.float32
     q = queries.to(device=device, dtype=compute).reshape(n_q * lq, dim)  # [Q*Lq, D]
-    qm = None if query_mask is None else query_mask.to(device=device, dtype=torch.float32).reshape(-1)
-    out = torch.zeros((len(starts), n_q), dtype=torch.float32, device=device)  # [n, Q]
-    if len(starts) == 0:
-        return out.T
+    qm = None if query_mask is None else query_mask.to(device=device, dtype=torch.float32).reshape(-1, 1)
+    out = torch.zeros((n_q, len(starts)), dtype=torch.float32, device=device)  # [Q, n]
     block = max(1, BLOCK_ELEMENTS // max(1, n_q * lq))
     ends = starts + lengths
     first = 0
@@ -81,19 +79,58 @@ def segment_maxsim(
         last = int(np.searchsorted(ends, starts[first] + block, side="right"))
         last = max(last, first + 1)
         base, stop = int(starts[first]), int(ends[last - 1])
-        sim = tokens[base:stop].to(compute) @ q.T  # [t, Q*Lq]
+        sim = q @ tokens[base:stop].to(compute).T  # [Q*Lq, t]
         if compute != torch.float32:
             sim = sim.float()
         if token_mask is not None:
-            sim = sim.masked_fill(~token_mask[base:stop, None].to(device), float("-inf"))
-        bounds = np.empty(2 * (last - first), dtype=np.int64)  # segments: doc, gap, doc, ..., doc
-        bounds[0::2] = starts[first:last] - base
-        bounds[1::2] = ends[first:last] - base
-        best = torch.segment_reduce(sim, "max", offsets=torch.from_numpy(bounds).to(device), axis=0)
-        best = best[0::2]  # [docs, Q*Lq] (the odd segments are the gaps between documents)
-        best = torch.where(torch.isinf(best), torch.zeros_like(best), best)
+            sim = sim.masked_fill(~token_mask[None, base:stop].to(device), float("-inf"))
+        best = segment_max(sim, starts[first:last] - base, lengths[first:last])  # [Q*Lq, docs]
         if qm is not None:
             best = best * qm
-        out[first:last] = best.reshape(-1, n_q, lq).sum(dim=-1)
+        out[:, first:last] = best.reshape(n_q, lq, -1).sum(dim=1)
         first = last
-    return out.T
+    return out
+
+
+def segment_max(sim: torch.Tensor, starts: np.ndarray, lengths: np.ndarray) -> torch.Tensor:
+    """The max over each document's columns of a similarity matrix: the "Max" of MaxSim.
+
+    Args:
+        sim: ``[R, T]`` similarities of ``R`` query tokens with ``T`` document tokens.
+        starts: ``int64 [n]`` first column of each document, ascending, spans not overlapping.
+        lengths: ``int64 [n]`` columns of each document.
+
+    Returns:
+        ``float32 [R, n]``: per query token and document, the best similarity (0 for a
+        document without columns, or whose columns are all ``-inf``). Summing it over the
+        query tokens gives the MaxSim score.
+    """
+    starts = np.asarray(starts, dtype=np.int64)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if sim.device.type == "cpu":  # numpy's reduceat: one pass, no thread hand-offs per small op
+        return torch.from_numpy(_segment_max_numpy(sim.numpy(), starts, lengths))
+    if len(starts) == 0:
+        return sim.new_zeros((sim.shape[0], 0))
+    bounds = np.empty(2 * len(starts) + 2, dtype=np.int64)  # segments: gap, doc, gap, ..., doc, tail
+    bounds[0] = 0
+    bounds[1:-1:2] = starts
+    bounds[2:-1:2] = starts + lengths
+    bounds[-1] = sim.shape[1]
+    offsets = torch.from_numpy(bounds).to(sim.device)
+    best = torch.segment_reduce(sim.T.contiguous(), "max", offsets=offsets, axis=0)
+    best = best[1:-1:2].T  # the even segments are the columns between, before and after documents
+    return torch.nan_to_num(best, neginf=0.0)
+
+
+def _segment_max_numpy(sim: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    out = np.zeros((sim.shape[0], len(starts)), dtype=np.float32)
+    full = lengths > 0
+    if full.any():
+        bounds = np.empty(2 * int(full.sum()), dtype=np.int64)  # doc, gap, doc, ..., doc[, tail]
+        bounds[0::2] = starts[full]
+        bounds[1::2] = starts[full] + lengths[full]
+        if bounds[-1] >= sim.shape[1]:
+            bounds = bounds[:-1]  # the last document runs to the end
+        out[:, full] = np.maximum.reduceat(sim, bounds, axis=1)[:, 0::2]
+    out[np.isneginf(out)] = 0.0  # documents whose tokens are all masked
+    return out
