@@ -120,8 +120,9 @@ class MultiVectorIndex(DocumentIndex):
         super().__init__(dim, config, use_gpu, model_name)  # checks dim
         check_k(candidates_per_token)
         for name in ("ncells", "ndocs"):
-            if config[name] is not None:
-                check_k(config[name])
+            value = config[name]
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be None or an int >= 1, got {value!r}")
         if str(index_type).lower() == "plaid":
             if storage != "fp32":
                 raise ValueError(
