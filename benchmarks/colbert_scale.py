@@ -43,8 +43,9 @@ def synthetic(n_vectors: int, n_queries: int, seed: int = 0) -> tuple[list[np.nd
     """Passages of 64 unit vectors from a Gaussian mixture, and held-out 32-token queries.
 
     A vocabulary of ``16 * sqrt(n)`` token types (mixture components); each passage draws
-    its tokens from two topics of 64 types each, plus Gaussian noise (sigma 0.3 overall).
-    A query takes 32 types of a random passage with fresh noise (it is not in the index).
+    its tokens from two topics of 64 types each, plus Gaussian noise (norm about 0.3). A
+    query paraphrases a random passage: 32 of its token vectors with fresh noise (norm about
+    0.1), so its vectors are not in the index.
     """
     rng = np.random.default_rng(seed)
     n_docs = max(1, n_vectors // DOC_LEN)
@@ -63,9 +64,10 @@ def synthetic(n_vectors: int, n_queries: int, seed: int = 0) -> tuple[list[np.nd
     for _ in tqdm(range(n_docs), desc=f"synthetic {n_vectors:.0e}", unit="passage", mininterval=5):
         docs.append(sample(topics[rng.integers(0, n_topics, 2)].ravel(), DOC_LEN))
     queries = []
-    for _ in range(n_queries):
-        vocab = topics[rng.integers(0, n_topics, 2)].ravel()
-        queries.append(sample(rng.choice(vocab, 8, replace=False), QUERY_LEN))
+    for target in rng.integers(0, n_docs, n_queries):
+        x = docs[target][rng.choice(DOC_LEN, QUERY_LEN, replace=False)]
+        x = x + (0.1 / np.sqrt(DIM)) * rng.standard_normal(x.shape).astype(np.float32)
+        queries.append(x / np.linalg.norm(x, axis=1, keepdims=True))
     return docs, queries
 
 

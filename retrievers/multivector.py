@@ -70,8 +70,9 @@ class MultiVectorIndex(DocumentIndex):
         nbits: residual bits per dimension of ``index_type="plaid"`` (1, 2 or 4).
         ncells: cells probed per query token by ``"plaid"`` (``None``: 1 for ``k <= 10``,
             2 up to 100, else 4).
-        ndocs: candidates ``"plaid"`` keeps after centroid-only pruning and scores exactly
-            (``None``: 256 / 1024 / ``max(4k, 4096)`` by ``k`` as above).
+        ndocs: ``"plaid"`` prunes its candidates on centroid-only scores to ``ndocs / 4``
+            (at least ``k``), scored exactly (``None``: 256 / 1024 / ``max(4k, 4096)`` by
+            ``k`` as above).
         device: where ``"plaid"`` searches (torch device; ``None``: a GPU when torch sees one).
     """
 

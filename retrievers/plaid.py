@@ -8,8 +8,8 @@ PLAID (Santhanam et al., 2022):
 
 1. candidate generation: query tokens x centroids, the ``ncells`` best cells of each query
    token, their documents from the inverted list;
-2. pruning: each candidate's centroid-only MaxSim (its tokens replaced by their centroids),
-   the best ``ndocs`` kept;
+2. pruning: each candidate's centroid-only MaxSim (its tokens replaced by their centroids);
+   the best ``ndocs / 4`` (at least ``k``) are kept, as after PLAID's stages 2 and 3;
 3. exact MaxSim of the query against the decompressed token vectors of those documents.
 
 Everything per query is bounded by ``ncells``, ``ndocs`` and the cell sizes, not by the
@@ -172,7 +172,8 @@ class PlaidStore(TokenStore):
             allowed: ``int64`` slots that may be returned (``None``: all).
             ncells: cells probed per query token (default :func:`search_defaults`); doubled
                 until the candidates reach ``min(k, allowed documents)``.
-            ndocs: candidates kept by the centroid-only pruning and scored exactly.
+            ndocs: the centroid-only pruning keeps the best ``ndocs / 4`` candidates (at
+                least ``k``) and scores them exactly on their decompressed vectors.
         """
         starts, lengths, slots = self.segments()
         if len(starts) == 0:
@@ -185,12 +186,13 @@ class PlaidStore(TokenStore):
         centroids = self._centroids()
         out = []
         for q in qs:
-            qt = torch.from_numpy(np.ascontiguousarray(q)).to(self.device)
+            qt = torch.from_numpy(np.ascontiguousarray(q, dtype=np.float32)).to(self.device)
             cell_scores = qt @ centroids.T  # [Lq, C]
             cand = self._candidates(cell_scores, offsets, docs, mask, min(k, n_allowed), ncells)
-            if len(cand) > ndocs:  # prune on centroid-only MaxSim
+            keep = max(k, ndocs // 4)
+            if len(cand) > keep:  # prune on centroid-only MaxSim: ndocs, then the best quarter
                 approx = self._centroid_scores(cell_scores, starts[cand], lengths[cand])
-                cand = cand[np.argpartition(-approx, ndocs - 1)[:ndocs]]
+                cand = cand[np.argpartition(-approx, keep - 1)[:keep]]
             cand = np.sort(cand)
             scores = self._exact_scores(qt, starts[cand], lengths[cand])
             out.append(top_k(slots[cand], scores, k))
