@@ -10,6 +10,7 @@ peak RSS. Writes ``benchmarks/results/colbert_scale.json`` (``--device cuda``:
 ``colbert_scale_gpu.json``).
 
     python -m benchmarks.colbert_scale                      # CPU: corpus, 1e5 and 1e6 vectors
+    python -m benchmarks.colbert_scale --scales 1e6 --no-corpus --nbits 2 --name colbert_scale_1e6
     python -m benchmarks.colbert_scale --scales 1e5 --no-corpus --queries 30
     python -m benchmarks.colbert_scale --device cuda --scales 1e6 1e7 1e8
     python -m benchmarks.colbert_scale --dry-run            # tiny, GPU code path on the CPU
@@ -204,13 +205,14 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU part")
     parser.add_argument("--threads", type=int, default=1, help="torch / FAISS threads (CPU)")
     parser.add_argument("--dry-run", action="store_true", help="tiny sizes; the device code path on the CPU")
+    parser.add_argument("--name", default=None, help="result file name (default colbert_scale[_gpu])")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
     import faiss
 
     faiss.omp_set_num_threads(args.threads)
-    out_name = "colbert_scale" if args.device == "cpu" else "colbert_scale_gpu"
+    out_name = args.name or ("colbert_scale" if args.device == "cpu" else "colbert_scale_gpu")
     if args.dry_run:
         args.scales, args.queries, args.latency_queries, args.no_corpus = [4096], 8, 4, True
         out_name += "_dry_run"

@@ -47,7 +47,11 @@ def merge_top_k(
 
 
 def scan_store(
-    store: TokenStore, qs: list[np.ndarray], k: int, allowed: np.ndarray | None = None
+    store: TokenStore,
+    qs: list[np.ndarray],
+    k: int,
+    allowed: np.ndarray | None = None,
+    device: torch.device | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Exact MaxSim of every query against every (allowed) stored document; top ``k`` each.
 
@@ -59,6 +63,8 @@ def scan_store(
         qs: query token matrices ``[Lq_i, D]``.
         k: hits per query.
         allowed: ``int64`` slots that may be returned (``None``: every stored document).
+        device: scan the store's decoded copy held on this torch device (fp16 on a GPU,
+            see :meth:`~.token_store.TokenStore.device_rows`) instead of its numpy rows.
 
     Returns:
         Per query ``(slots, scores)``, best first.
@@ -71,22 +77,26 @@ def scan_store(
     empty = (np.zeros(0, np.int64), np.zeros(0, np.float32))
     best = [empty] * len(qs)
     ends = starts + lengths
+    held = None if device is None else store.device_rows(device)
     first = 0
     while first < len(starts):
         last = max(int(np.searchsorted(ends, starts[first] + BLOCK_TOKENS, side="right")), first + 1)
         base, stop = int(starts[first]), int(ends[last - 1])
-        rows = torch.from_numpy(store.decode_range(base, stop))  # [t, D]
-        scores = segment_maxsim(q, rows, starts[first:last] - base, lengths[first:last], q_mask).numpy()
+        rows = torch.from_numpy(store.decode_range(base, stop)) if held is None else held[base:stop]  # [t, D]
+        scores = segment_maxsim(q, rows, starts[first:last] - base, lengths[first:last], q_mask).cpu().numpy()
         for qi in range(len(qs)):
             best[qi] = merge_top_k(best[qi], slots[first:last], scores[qi], k)
         first = last
     return best
 
 
-def maxsim_slots(store: TokenStore, q: np.ndarray, slots: np.ndarray) -> np.ndarray:
+def maxsim_slots(
+    store: TokenStore, q: np.ndarray, slots: np.ndarray, device: torch.device | None = None
+) -> np.ndarray:
     """MaxSim scores ``[n]`` of one query ``[Lq, D]`` against the documents ``slots``.
 
-    The documents are gathered and decoded in groups of about :data:`BLOCK_TOKENS` rows.
+    The documents are gathered and decoded in groups of about :data:`BLOCK_TOKENS` rows
+    (from the store's copy on ``device`` when given, as :func:`scan_store` reads it).
     """
     out = np.zeros(len(slots), dtype=np.float32)
     qt = torch.from_numpy(np.ascontiguousarray(q))
@@ -95,9 +105,15 @@ def maxsim_slots(store: TokenStore, q: np.ndarray, slots: np.ndarray) -> np.ndar
     while first < len(slots):
         base = int(ends[first - 1]) if first else 0
         last = max(int(np.searchsorted(ends, base + BLOCK_TOKENS, side="right")), first + 1)
-        rows, lengths = store.decode(slots[first:last])  # [T, D], [n]
+        if device is None:
+            rows, lengths = store.decode(slots[first:last])  # [T, D], [n]
+            rows = torch.from_numpy(rows)
+        else:
+            lengths = store.lengths(slots[first:last])
+            spans = store.spans(slots[first:last])
+            rows = store.device_rows(device)[torch.from_numpy(spans).to(device)]
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-        out[first:last] = segment_maxsim(qt, torch.from_numpy(rows), starts, lengths)[0].numpy()
+        out[first:last] = segment_maxsim(qt, rows, starts, lengths)[0].cpu().numpy()
         first = last
     return out
 

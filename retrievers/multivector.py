@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
 from .arrays import is_single_matrix, l2_normalize, token_matrices
 from .candidates import candidate_slots, maxsim_slots, scan_store, top_k
@@ -34,6 +35,19 @@ logger = logging.getLogger(__name__)
 
 TokenMatrices = Sequence[Any]
 """Documents or queries: a list of ``[L_i, D]`` arrays, or one padded ``[N, L, D]`` array."""
+
+
+def scan_device(device: str | None, index_type: str) -> torch.device | None:
+    """Where exact MaxSim reads the token store: ``None`` = its numpy rows on the CPU.
+
+    With a GPU (``device=None``) or an explicit ``device`` the decoded rows are also held
+    on that torch device (fp16 on a GPU) and scanned there; PLAID keeps its own device.
+    """
+    if index_type == "plaid":
+        return None
+    if device is None:
+        return torch.device("cuda") if torch.cuda.is_available() else None
+    return torch.device(device)
 
 
 class MultiVectorIndex(DocumentIndex):
@@ -73,7 +87,10 @@ class MultiVectorIndex(DocumentIndex):
         ndocs: ``"plaid"`` prunes its candidates on centroid-only scores to ``ndocs / 4``
             (at least ``k``), scored exactly (``None``: 256 / 1024 / ``max(4k, 4096)`` by
             ``k`` as above).
-        device: where ``"plaid"`` searches (torch device; ``None``: a GPU when torch sees one).
+        device: torch device of exact MaxSim and of ``"plaid"``: with a GPU (the default
+            when torch sees one) the decoded token vectors are also held there in fp16 and the
+            flat scan runs there (recall 1.0 while they fit); ``"cpu"`` runs the same torch
+            code path on the CPU; ``None`` without a GPU reads the numpy rows.
     """
 
     kind = "multivector"
@@ -135,6 +152,7 @@ class MultiVectorIndex(DocumentIndex):
             self._store: TokenStore = PlaidStore(dim, nbits, device)
         else:
             self._store = TokenStore(dim, storage, pq_m, pq_nbits)
+        self._device = scan_device(device, str(index_type).lower())
         self.config["pq_m"] = self._store.pq_m  # the store resolves the automatic PQ size
 
     # -- building ------------------------------------------------------------------------
@@ -299,7 +317,8 @@ class MultiVectorIndex(DocumentIndex):
                 return [self._score(q, pool, k) for q in qs]
             allowed_arr = None if allowed is None else np.fromiter(allowed, np.int64, len(allowed))
             if exhaustive or self._index is None and self._uses_faiss():  # IVF not trained yet
-                return [self._hits(*found, k) for found in scan_store(self._store, qs, k, allowed_arr)]
+                found = scan_store(self._store, qs, k, allowed_arr, self._device)
+                return [self._hits(*f, k) for f in found]
             return self._search_candidates(qs, k, k_tok, allowed, allowed_arr)
 
     def _search_candidates(
@@ -312,7 +331,8 @@ class MultiVectorIndex(DocumentIndex):
     ) -> list[list[Hit]]:
         index_type = str(self.config["index_type"]).lower()
         if index_type == "flat":  # exact: every document, scanned in blocks
-            return [self._hits(*found, k) for found in scan_store(self._store, qs, k, allowed_arr)]
+            found = scan_store(self._store, qs, k, allowed_arr, self._device)
+            return [self._hits(*f, k) for f in found]
         if index_type == "plaid":
             found = self._store.search(qs, k, allowed_arr, self.config["ncells"], self.config["ndocs"])
             return [self._hits(*f, k) for f in found]
@@ -322,7 +342,7 @@ class MultiVectorIndex(DocumentIndex):
         out = []
         for q, pool in zip(qs, pools, strict=True):
             if pool is None:  # the candidate index cannot give k documents: score all of them
-                out.append(self._hits(*scan_store(self._store, [q], k, allowed_arr)[0], k))
+                out.append(self._hits(*scan_store(self._store, [q], k, allowed_arr, self._device)[0], k))
             else:
                 out.append(self._score(q, pool, k))
         return out
@@ -335,7 +355,7 @@ class MultiVectorIndex(DocumentIndex):
         """Exact MaxSim of one query ``[Lq, D]`` against documents ``slots``; top ``k``."""
         if len(slots) == 0:
             return []
-        return self._hits(slots, maxsim_slots(self._store, q, slots), k)
+        return self._hits(slots, maxsim_slots(self._store, q, slots, self._device), k)
 
     def _hits(self, slots: np.ndarray, scores: np.ndarray, k: int) -> list[Hit]:
         slots, scores = top_k(slots, scores, k)

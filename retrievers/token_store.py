@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import faiss
 import numpy as np
+import torch
 
 STORAGES = ("fp32", "fp16", "int8", "pq")
 
@@ -49,6 +50,8 @@ class TokenStore:
         self._span: dict[int, tuple[int, int]] = {}  # slot -> (start, length)
         self._dead = 0
         self._segments: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # cache of segments()
+        self._mirror: torch.Tensor | None = None  # decoded rows on a device (see device_rows)
+        self._mirror_n = 0  # rows of the mirror in sync
 
     def _code_shape(self) -> tuple[int]:
         return (self.pq_m * self.pq_nbits // 8,) if self.storage == "pq" else (self.dim,)
@@ -143,6 +146,7 @@ class TokenStore:
         self._n = len(codes)
         self._dead = 0
         self._segments = None
+        self._mirror = None
 
     # -- reading -------------------------------------------------------------------------
     def __contains__(self, slot: object) -> bool:
@@ -184,6 +188,34 @@ class TokenStore:
         """Rows ``[start, stop)`` decoded to ``float32`` (a view for fp32 storage)."""
         scales = self._scales[start:stop] if self.storage == "int8" else None
         return self.decode_rows(self._codes[start:stop], scales)
+
+    def device_rows(self, device: torch.device) -> torch.Tensor:
+        """All rows decoded, held on ``device``: fp16 on a GPU, fp32 on the CPU (a torch view).
+
+        The copy is kept: rows added later are uploaded incrementally, a compaction makes a
+        new copy. Dead rows stay in it, as in the store, until compaction.
+        """
+        dtype = torch.float16 if device.type == "cuda" else torch.float32
+        if self._mirror is None or self._mirror.device != device or len(self._mirror) < self._n:
+            capacity = max(len(self._codes), self._n)
+            grown = torch.empty((capacity, self.dim), dtype=dtype, device=device)
+            if self._mirror is not None and self._mirror.device == device:
+                grown[: self._mirror_n] = self._mirror[: self._mirror_n]
+            else:
+                self._mirror_n = 0
+            self._mirror = grown
+        for start in range(self._mirror_n, self._n, 1 << 16):  # upload in chunks
+            stop = min(start + (1 << 16), self._n)
+            self._mirror[start:stop] = torch.from_numpy(self.decode_range(start, stop)).to(device, dtype)
+        self._mirror_n = self._n
+        return self._mirror[: self._n]
+
+    def spans(self, slots: Sequence[int]) -> np.ndarray:
+        """Row indices ``int64 [T]`` of the documents ``slots``, concatenated in that order."""
+        spans = [self._span[int(s)] for s in slots]
+        if not spans:
+            return np.zeros(0, dtype=np.int64)
+        return np.concatenate([np.arange(st, st + n, dtype=np.int64) for st, n in spans])
 
     def lengths(self, slots: Sequence[int]) -> np.ndarray:
         """Token vectors of each of the documents ``slots``, ``int64 [n]``."""
@@ -247,3 +279,4 @@ class TokenStore:
         self._n = len(codes)
         self._dead = 0
         self._segments = None
+        self._mirror = None

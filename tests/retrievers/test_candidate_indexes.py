@@ -89,3 +89,22 @@ def test_compressed_storage_saves_the_memory_it_claims(rng, make_docs):
     assert per_vector["flat", "fp32"] == 4 * 64 and per_vector["flat", "int8"] == 64 + 4
     for index_type in ("ivf", "hnsw"):  # FAISS keeps 1-byte scalar-quantized codes, not fp32
         assert per_vector[index_type, "int8"] < 0.55 * per_vector[index_type, "fp32"]
+
+
+@pytest.mark.parametrize("storage", ["fp32", "int8"])
+def test_device_copy_scan_equals_the_numpy_scan(rng, make_docs, storage):
+    """``device="cpu"`` runs the GPU code path (a decoded copy held by torch, scanned there)."""
+    docs = make_docs(rng, 120, 16)
+    metas = [{"g": i % 2} for i in range(120)]
+    on_host = MultiVectorIndex.from_vectors(docs, storage=storage, metadatas=metas)
+    held = MultiVectorIndex.from_vectors(docs, storage=storage, metadatas=metas, device="cpu")
+    queries = make_docs(rng, 4, 16)
+    for flt in (None, {"g": 1}):
+        a, b = on_host.search(queries, k=7, filter=flt), held.search(queries, k=7, filter=flt)
+        for x, y in zip(a, b, strict=True):
+            assert [h.id for h in x] == [h.id for h in y]
+            np.testing.assert_allclose([h.score for h in x], [h.score for h in y], rtol=1e-5)
+    held.remove([str(i) for i in range(0, 120, 3)])  # the copy keeps dead rows until compaction
+    held.add(docs[:40], ids=[f"n{i}" for i in range(40)])  # appended rows are uploaded
+    assert held.search(docs[3], k=1)[0][0].id == "n3"
+    assert held._store._mirror_n == held._store._n
