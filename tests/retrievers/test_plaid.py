@@ -3,6 +3,8 @@ of ColBERTv2's residual codec."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from vllm_pool.retrievers import IndexFormatError, MultiVectorIndex, maxsim, pad_token_vectors
@@ -192,3 +194,27 @@ def test_bad_input(data):
         index.add([np.zeros((0, 32), np.float32)], ids=["z"])
     assert len(index) == 50 and "x" not in index  # nothing indexed was lost or half-added
     assert index.search(docs[7], k=1)[0][0].id == "7"
+
+
+def test_failed_add_and_foreign_folders_lose_nothing(tmp_path, data, monkeypatch):
+    docs, _, _ = data
+    index = MultiVectorIndex.from_vectors(docs[:60], index_type="plaid")
+    store = index._store
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(store, "add", broken)
+    with pytest.raises(RuntimeError):
+        index.add([docs[70]], ids=["3"])  # would overwrite "3"
+    monkeypatch.undo()
+    assert len(index) == 60 and index.search(docs[3], k=1)[0][0].id == "3"
+    index.save(tmp_path / "p")
+    flat = MultiVectorIndex.from_vectors(docs[:5])
+    flat.save(tmp_path / "flat")
+    (tmp_path / "p" / "token_codes.npy").write_bytes((tmp_path / "flat" / "token_codes.npy").read_bytes())
+    m = json.loads((tmp_path / "p" / "manifest.json").read_text())
+    m["files"]["token_codes.npy"] = {"size": (tmp_path / "p" / "token_codes.npy").stat().st_size}
+    (tmp_path / "p" / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(IndexFormatError, match=r"token_codes\.npy"):  # fp32 rows in a PLAID folder
+        MultiVectorIndex.load(tmp_path / "p")
