@@ -28,6 +28,19 @@ BLOCK_TOKENS = 1 << 16
 """Token vectors decoded and scored at once by :func:`scan_store` and :func:`maxsim_slots`."""
 
 
+def scan_device(device: str | None, index_type: str) -> torch.device | None:
+    """Where exact MaxSim reads the token store: ``None`` = its numpy rows on the CPU.
+
+    With a GPU (``device=None``) or an explicit ``device`` the decoded rows are also held
+    on that torch device (fp16 on a GPU) and scanned there; PLAID keeps its own device.
+    """
+    if index_type == "plaid":
+        return None
+    if device is None:
+        return torch.device("cuda") if torch.cuda.is_available() else None
+    return torch.device(device)
+
+
 def pad_queries(qs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
     """Queries ``[Lq_i, D]`` as one zero-padded ``[Q, Lq, D]`` tensor and its ``[Q, Lq]`` mask."""
     lq = max(len(q) for q in qs)

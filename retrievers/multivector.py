@@ -1,14 +1,16 @@
-"""A ColBERT multi-vector index: candidates from per-token FAISS search, then exact MaxSim.
+"""A ColBERT multi-vector index with string ids, metadata and filters.
 
-Every document token vector goes into a FAISS inner-product index labelled with its
-document's slot. A search (1) looks up the ``candidates_per_token`` nearest document tokens
-of every query token, (2) takes the union of their documents as candidates, (3) scores
-each candidate exactly with MaxSim over its full token vectors, read from a contiguous
-:class:`~.token_store.TokenStore`, and (4) keeps the top ``k``.
+The token vectors of every document sit in a contiguous :class:`~.token_store.TokenStore`
+(fp32, fp16, int8 or PQ codes), or in a :class:`~.plaid.PlaidStore` (centroid id + residual
+bits) for ``index_type="plaid"``. A search, by index type:
 
-A flat (exact) candidate index on the CPU is scanned in place instead: one GEMM of the query
-against every row costs what candidate generation would, so every document is scored
-exactly (recall 1.0) at the cost of exhaustive MaxSim.
+- ``"flat"`` (default): every document is scored exactly, the store read in fixed-size
+  blocks (:func:`~.candidates.scan_store`), on a device copy when there is a GPU;
+- ``"plaid"``: centroid interaction, pruning, exact MaxSim on decompressed vectors;
+- FAISS candidate indexes (``"ivf"``, ``"hnsw"``...): the ``candidates_per_token`` nearest
+  document tokens of every query token, the union of their documents scored exactly.
+
+All MaxSim goes through :func:`vllm_pool.maxsim_kernel.segment_maxsim`.
 """
 
 from __future__ import annotations
@@ -19,10 +21,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-import torch
 
 from .arrays import is_single_matrix, l2_normalize, token_matrices
-from .candidates import candidate_slots, maxsim_slots, scan_store, top_k
+from .candidates import candidate_slots, maxsim_slots, scan_device, scan_store, top_k
 from .encoders import encode_in_batches
 from .index_base import DocumentIndex
 from .persistence import files_of, load_index_files, open_index, placed_faiss, save_index_files
@@ -35,19 +36,6 @@ logger = logging.getLogger(__name__)
 
 TokenMatrices = Sequence[Any]
 """Documents or queries: a list of ``[L_i, D]`` arrays, or one padded ``[N, L, D]`` array."""
-
-
-def scan_device(device: str | None, index_type: str) -> torch.device | None:
-    """Where exact MaxSim reads the token store: ``None`` = its numpy rows on the CPU.
-
-    With a GPU (``device=None``) or an explicit ``device`` the decoded rows are also held
-    on that torch device (fp16 on a GPU) and scanned there; PLAID keeps its own device.
-    """
-    if index_type == "plaid":
-        return None
-    if device is None:
-        return torch.device("cuda") if torch.cuda.is_available() else None
-    return torch.device(device)
 
 
 class MultiVectorIndex(DocumentIndex):
