@@ -14,10 +14,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 import torch
 from vllm_pool.engine.activations import normalize
 from vllm_pool.engine.params import PoolingParams
 from vllm_pool.engine.types import ModelNotFoundError
+
+from vllm_pool.maxsim_kernel import segment_maxsim
 
 ARCHITECTURE = "BgeM3EmbeddingModel"
 
@@ -101,4 +104,5 @@ def lexical_score(a: dict[int, float], b: dict[int, float]) -> float:
 
 def colbert_score(query: torch.Tensor, doc: torch.Tensor) -> float:
     """MaxSim averaged over query tokens: ``mean_i max_j q_i . d_j`` (``[Lq, D]``, ``[Ld, D]``)."""
-    return float((query.float() @ doc.float().T).max(dim=1).values.mean())
+    lengths = np.array([len(doc)], dtype=np.int64)
+    return float(segment_maxsim(query, doc, np.zeros(1, dtype=np.int64), lengths)[0, 0]) / len(query)

@@ -136,13 +136,15 @@ class DenseIndex(DocumentIndex):
             if len(arr) == 0:
                 return []
             self.remove([i for i in ids if i in self._registry])
-            if self._index is None:
+            if self._index is None and not self._trains():
                 self._index = self._new_index(arr)
             slots = self._registry.new_slots(len(arr))
-            self._index.add_with_ids(arr, slots)
+            if self._index is not None:
+                self._index.add_with_ids(arr, slots)
             self._append_rows(slots, arr)
             for doc_id, slot, meta in zip(ids, slots, metadatas, strict=True):
                 self._registry.put(doc_id, int(slot), meta)
+            self._maybe_build()  # IVF: trained once there is enough data, re-trained as it grows
             return ids
 
     def _forget(self, slots: np.ndarray) -> int:
@@ -218,7 +220,13 @@ class DenseIndex(DocumentIndex):
             allowed = self._registry.allowed_slots(filter)
             if allowed is not None and len(allowed) <= self.config["exact_filter_limit"]:
                 return self._search_exact(q, k, np.fromiter(allowed, np.int64, len(allowed)))
+            if self._index is None:  # an IVF index waiting for training data: exact
+                return self._search_exact(q, k, self._pool(allowed))
             return self._search_faiss(q, k, allowed)
+
+    def _pool(self, allowed: set[int] | None) -> np.ndarray:
+        """The slots a search may return."""
+        return self._registry.slots() if allowed is None else np.fromiter(allowed, np.int64, len(allowed))
 
     def _search_exact(self, q: np.ndarray, k: int, slots: np.ndarray) -> list[list[Hit]]:
         if len(slots) == 0:
@@ -234,6 +242,7 @@ class DenseIndex(DocumentIndex):
 
     def _search_faiss(self, q: np.ndarray, k: int, allowed: set[int] | None) -> list[list[Hit]]:
         ntotal = self._index.ntotal
+        want = min(k, len(self._registry) if allowed is None else len(allowed))
         k_search = min(ntotal, k + self._tombstones) if allowed is None else min(ntotal, 4 * k)
         while True:
             scores, labels = self._index.search(q, max(k_search, 1))  # [Q, k'], [Q, k']
@@ -250,7 +259,13 @@ class DenseIndex(DocumentIndex):
                     if len(hits) == k:
                         break
                 results.append(hits)
-            if k_search >= ntotal or all(len(h) == k for h in results):
+            if all(len(h) == want for h in results):
+                return results
+            if k_search >= ntotal:  # IVF returns only the probed lists: score the short ones exactly
+                pool = self._pool(allowed)
+                for i, hits in enumerate(results):
+                    if len(hits) < want:
+                        results[i] = self._search_exact(q[i : i + 1], k, pool)[0]
                 return results
             k_search = min(ntotal, 2 * k_search)
 

@@ -63,7 +63,9 @@ def to_cpu(index: faiss.Index) -> faiss.Index:
     return index
 
 
-def factory_string(index_type: str, dim: int, n_train: int, nlist: int | None, hnsw_m: int) -> str:
+def factory_string(
+    index_type: str, dim: int, n_train: int, nlist: int | None, hnsw_m: int, codec: str = "Flat"
+) -> str:
     """The ``faiss.index_factory`` string for ``index_type``.
 
     Args:
@@ -74,6 +76,8 @@ def factory_string(index_type: str, dim: int, n_train: int, nlist: int | None, h
         nlist: IVF lists; ``None`` = ``4 * sqrt(n_train)`` capped so each list gets >= 39
             training vectors.
         hnsw_m: HNSW graph degree.
+        codec: how an ``"ivf"`` / ``"hnsw"`` index stores its vectors: ``"Flat"`` (fp32),
+            ``"SQfp16"`` or ``"SQ8"`` (FAISS scalar quantizers: 2 / 1 bytes per dimension).
 
     Returns:
         A factory string; IDMap wrappers are added for types that need them.
@@ -82,20 +86,25 @@ def factory_string(index_type: str, dim: int, n_train: int, nlist: int | None, h
     if name == "flat":
         return "IDMap,Flat"
     if name == "hnsw":
-        return f"IDMap,HNSW{hnsw_m},Flat"
+        return f"IDMap,HNSW{hnsw_m},{codec}"
     if name in ("ivf", "ivfpq"):
         if nlist is None:
             nlist = int(4 * math.sqrt(max(n_train, 1)))
             nlist = max(1, min(nlist, n_train // 39))
         if name == "ivf":
-            return f"IVF{nlist},Flat"
+            return f"IVF{nlist},{codec}"
         m = max(m for m in range(1, max(1, dim // 8) + 1) if dim % m == 0)
         return f"IVF{nlist},PQ{m}"
     return index_type
 
 
 def build_index(
-    index_type: str, dim: int, train: np.ndarray, nlist: int | None = None, hnsw_m: int = 32
+    index_type: str,
+    dim: int,
+    train: np.ndarray,
+    nlist: int | None = None,
+    hnsw_m: int = 32,
+    codec: str = "Flat",
 ) -> faiss.Index:
     """Create (and train when needed) an inner-product FAISS index that takes int64 labels.
 
@@ -105,11 +114,12 @@ def build_index(
         train: ``[n, dim]`` fp32 vectors to train on (IVF / PQ); unused for flat and HNSW.
         nlist: IVF lists (see :func:`factory_string`).
         hnsw_m: HNSW graph degree.
+        codec: vector codec of ``"ivf"`` / ``"hnsw"`` (see :func:`factory_string`).
 
     Returns:
         An empty, trained index supporting ``add_with_ids``.
     """
-    spec = factory_string(index_type, dim, len(train), nlist, hnsw_m)
+    spec = factory_string(index_type, dim, len(train), nlist, hnsw_m, codec)
     try:
         index = faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
@@ -158,26 +168,3 @@ def try_remove(index: faiss.Index, labels: np.ndarray) -> bool:
     except RuntimeError:
         return False
     return True
-
-
-def flat_rows(index: faiss.Index) -> tuple[np.ndarray, np.ndarray] | None:
-    """The vectors and ids of an inner-product ``IDMap,Flat`` index on the CPU, without copies.
-
-    Returns ``(vectors [ntotal, d] view, ids [ntotal])``, or ``None`` for any other index
-    (GPU, IVF, HNSW...) or an empty one. Lets callers scan a flat index with one BLAS GEMM:
-    FAISS selects a large ``k`` (ColBERT's per-token candidates) with heaps, which costs
-    several times the GEMM itself on a CPU.
-    """
-    outer = faiss.downcast_index(index)
-    if not isinstance(outer, (faiss.IndexIDMap, faiss.IndexIDMap2)):
-        return None
-    inner = faiss.downcast_index(outer.index)
-    exact_ip = (
-        type(inner) in (faiss.IndexFlat, faiss.IndexFlatIP)
-        and inner.metric_type == faiss.METRIC_INNER_PRODUCT
-    )
-    if not exact_ip or inner.ntotal == 0:
-        return None
-    n, d = inner.ntotal, inner.d
-    vectors = faiss.rev_swig_ptr(inner.get_xb(), n * d).reshape(n, d)
-    return vectors, faiss.vector_to_array(outer.id_map)

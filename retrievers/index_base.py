@@ -7,6 +7,7 @@ many FAISS rows they had, ``_stored`` reads them back) and how to rebuild its FA
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -17,13 +18,23 @@ from .faiss_index import build_index, set_search_params, to_device, try_remove
 from .registry import Registry
 from .types import Record
 
+logger = logging.getLogger(__name__)
+
 
 class DocumentIndex:
     """Base of :class:`~.dense.DenseIndex` and :class:`~.multivector.MultiVectorIndex`."""
 
     kind = "base"
     rebuild_after = 1000
-    """Tombstones tolerated (at least; more when more vectors are live) before a rebuild."""
+    """Tombstones tolerated (at least) before a rebuild."""
+    rebuild_fraction = 0.25
+    """Tombstones tolerated as a share of the live rows before a rebuild (HNSW cannot remove,
+    and a graph a quarter full of removed nodes searches measurably slower)."""
+    min_train = 1024
+    """Vectors an IVF index waits for before it is trained (searches are exact until then)."""
+    retrain_growth = 4
+    """An IVF index with an automatic ``nlist`` is re-trained when it holds this many times
+    the vectors it was trained on, so that ``nlist`` follows the data."""
 
     def __init__(
         self, dim: int, config: dict[str, Any], use_gpu: bool | None, model_name: str | None
@@ -36,8 +47,9 @@ class DocumentIndex:
         self.model_name = model_name
         self._lock = threading.RLock()
         self._registry = Registry()
-        self._index: Any = None  # built on the first add (IVF needs training data)
+        self._index: Any = None  # built after an add (IVF once it has enough training data)
         self._tombstones = 0  # vectors still in FAISS whose document was removed
+        self._trained_on = 0  # vectors the FAISS index was built from
 
     # -- hooks ---------------------------------------------------------------------------
     def _forget(self, slots: np.ndarray) -> int:
@@ -57,11 +69,30 @@ class DocumentIndex:
         raise NotImplementedError
 
     # -- shared --------------------------------------------------------------------------
-    def _new_index(self, train: np.ndarray) -> Any:
+    def _new_index(self, train: np.ndarray, codec: str = "Flat") -> Any:
         cfg = self.config
-        index = build_index(cfg["index_type"], self.dim, train, cfg["nlist"], cfg["hnsw_m"])
+        index = build_index(cfg["index_type"], self.dim, train, cfg["nlist"], cfg["hnsw_m"], codec)
         set_search_params(index, cfg["nprobe"], cfg["ef_search"])
+        self._trained_on = len(train)
         return to_device(index, self.use_gpu)
+
+    def _trains(self) -> bool:
+        """Whether the FAISS index is an IVF index that needs training data."""
+        return str(self.config["index_type"]).lower() in ("ivf", "ivfpq")
+
+    def _maybe_build(self) -> None:
+        """After an add: build the FAISS index once there is enough training data, and
+        re-train an automatic-``nlist`` IVF index that has grown well past its training set."""
+        n = self._live_rows()
+        if not self._trains():
+            return
+        if self._index is None:
+            nlist = self.config["nlist"]
+            if n >= (self.min_train if nlist is None else max(nlist, 1)):
+                self._rebuild()
+        elif self.config["nlist"] is None and n >= self.retrain_growth * max(self._trained_on, 1):
+            logger.info("re-training the IVF index: %d vectors, trained on %d", n, self._trained_on)
+            self._rebuild()
 
     def remove(self, ids: Sequence[str]) -> int:
         """Remove documents by id (missing ids are ignored); return how many were removed."""
@@ -72,9 +103,10 @@ class DocumentIndex:
             if len(slots) == 0:
                 return 0
             rows = self._forget(slots)
-            if not try_remove(self._index, slots):
+            if self._index is not None and not try_remove(self._index, slots):
                 self._tombstones += rows
-                if self._tombstones > max(self._live_rows(), self.rebuild_after):
+                limit = max(self.rebuild_fraction * self._live_rows(), self.rebuild_after)
+                if self._tombstones > limit:
                     self._rebuild()
             return len(slots)
 

@@ -1,4 +1,7 @@
-"""Late-interaction (ColBERT) MaxSim scoring, batched and masked."""
+"""Late-interaction (ColBERT) MaxSim scoring of padded batches, with masks.
+
+A thin front over :func:`vllm_pool.maxsim_kernel.segment_maxsim`, the one MaxSim kernel.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +10,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from vllm_pool.maxsim_kernel import as_tensor as _as_tensor
+from vllm_pool.maxsim_kernel import segment_maxsim
+
 ArrayLike = np.ndarray | torch.Tensor
-
-# Upper bound on the [Q, n, Lq, Ld] similarity block computed at once (fp32 elements).
-_BLOCK_ELEMENTS = 1 << 24
-
-
-def _as_tensor(x: ArrayLike, name: str) -> torch.Tensor:
-    if isinstance(x, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(x))
-    if isinstance(x, torch.Tensor):
-        return x
-    raise TypeError(f"{name} must be a numpy array or a torch tensor, got {type(x).__name__}")
 
 
 def maxsim(
@@ -62,21 +57,12 @@ def maxsim(
     if q.shape[2] != d.shape[2]:
         raise ValueError(f"dimension mismatch: queries have {q.shape[2]}, documents {d.shape[2]}")
     n_q, lq, _ = q.shape
-    n_d, ld, _ = d.shape
-    q = q.to(device=d.device, dtype=torch.float32)  # [Q, Lq, D]
-    d = d.to(torch.float32)  # [N, Ld, D]
+    n_d, ld, dim = d.shape
     qm = _mask(query_mask, (n_q, lq), "query_mask", d.device)  # [Q, Lq]
     dm = _mask(doc_mask, (n_d, ld), "doc_mask", d.device)  # [N, Ld]
-
-    out = torch.zeros((n_q, n_d), dtype=torch.float32, device=d.device)  # [Q, N]
-    step = max(1, _BLOCK_ELEMENTS // max(1, n_q * lq * ld))
-    for start in range(0, n_d, step):
-        block = d[start : start + step]  # [n, Ld, D]
-        sim = torch.einsum("qid,njd->qnij", q, block)  # [Q, n, Lq, Ld]
-        sim = sim.masked_fill(~dm[start : start + step][None, :, None, :], float("-inf"))
-        best = sim.amax(dim=-1)  # [Q, n, Lq]
-        best = torch.where(torch.isinf(best), torch.zeros_like(best), best)
-        out[:, start : start + step] = (best * qm[:, None, :]).sum(dim=-1)
+    starts = np.arange(n_d, dtype=np.int64) * ld  # the padded documents as spans of one [N*Ld, D]
+    lengths = np.full(n_d, ld, dtype=np.int64)
+    out = segment_maxsim(q, d.reshape(n_d * ld, dim), starts, lengths, qm, dm.reshape(-1))  # [Q, N]
     return out.cpu().numpy() if as_numpy else out
 
 

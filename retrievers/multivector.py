@@ -1,14 +1,16 @@
-"""A ColBERT multi-vector index: candidates from per-token FAISS search, then exact MaxSim.
+"""A ColBERT multi-vector index with string ids, metadata and filters.
 
-Every document token vector goes into a FAISS inner-product index labelled with its
-document's slot. A search (1) looks up the ``candidates_per_token`` nearest document tokens
-of every query token, (2) takes the union of their documents as candidates, (3) scores
-each candidate exactly with MaxSim over its full token vectors, read from a contiguous
-:class:`~.token_store.TokenStore`, and (4) keeps the top ``k``.
+The token vectors of every document sit in a contiguous :class:`~.token_store.TokenStore`
+(fp32, fp16, int8 or PQ codes), or in a :class:`~.plaid.PlaidStore` (centroid id + residual
+bits) for ``index_type="plaid"``. A search, by index type:
 
-A flat (exact) candidate index on the CPU is scanned in place instead: one GEMM of the query
-against every row costs what candidate generation would, so every document is scored
-exactly (recall 1.0) at the cost of exhaustive MaxSim.
+- ``"flat"`` (default): every document is scored exactly, the store read in fixed-size
+  blocks (:func:`~.candidates.scan_store`), on a device copy when there is a GPU;
+- ``"plaid"``: centroid interaction, pruning, exact MaxSim on decompressed vectors;
+- FAISS candidate indexes (``"ivf"``, ``"hnsw"``...): the ``candidates_per_token`` nearest
+  document tokens of every query token, the union of their documents scored exactly.
+
+All MaxSim goes through :func:`vllm_pool.maxsim_kernel.segment_maxsim`.
 """
 
 from __future__ import annotations
@@ -21,11 +23,11 @@ from typing import Any
 import numpy as np
 
 from .arrays import is_single_matrix, l2_normalize, token_matrices
-from .candidates import candidate_slots, maxsim_slots, scan_flat_rows, top_k
+from .candidates import candidate_slots, maxsim_slots, scan_device, scan_store, top_k
 from .encoders import encode_in_batches
-from .faiss_index import flat_rows
 from .index_base import DocumentIndex
 from .persistence import files_of, load_index_files, open_index, placed_faiss, save_index_files
+from .plaid import PlaidStore
 from .registry import check_ids_and_metadatas
 from .token_store import TokenStore
 from .types import Filter, Hit, IndexFormatError, Metadata, check_k
@@ -47,8 +49,11 @@ class MultiVectorIndex(DocumentIndex):
 
     Args:
         dim: token vector dimension.
-        index_type: candidate index: ``"flat"`` (default), ``"ivf"``, ``"ivfpq"``,
-            ``"hnsw"`` or a FAISS factory string; IVF / PQ are trained on the first add.
+        index_type: ``"flat"`` (default: exact, every document scanned in blocks of the
+            token store), ``"plaid"`` (compressed PLAID-style index, see :mod:`.plaid`), or a
+            FAISS candidate index: ``"ivf"``, ``"ivfpq"``, ``"hnsw"`` or a factory string. IVF
+            is trained once 1,024 token vectors are in (exact search until then) and
+            re-trained with an automatic ``nlist`` as the index grows 4x.
         storage: token store codec: ``"fp32"`` (default, exact), ``"fp16"``, ``"int8"``,
             ``"pq"``.
         candidates_per_token: FAISS neighbours fetched per query token (IVF / HNSW indexes).
@@ -64,6 +69,16 @@ class MultiVectorIndex(DocumentIndex):
         exact_filter_limit: filtered searches matching at most this many documents score
             all of them exactly instead of using candidates.
         model_name: the model that made the vectors (saved in the manifest).
+        nbits: residual bits per dimension of ``index_type="plaid"`` (1, 2 or 4).
+        ncells: cells probed per query token by ``"plaid"`` (``None``: 1 for ``k <= 10``,
+            2 up to 100, else 4).
+        ndocs: ``"plaid"`` prunes its candidates on centroid-only scores to ``ndocs / 4``
+            (at least ``k``), scored exactly (``None``: 256 / 1024 / ``max(4k, 4096)`` by
+            ``k`` as above).
+        device: torch device of exact MaxSim and of ``"plaid"``: with a GPU (the default
+            when torch sees one) the decoded token vectors are also held there in fp16 and the
+            flat scan runs there (recall 1.0 while they fit); ``"cpu"`` runs the same torch
+            code path on the CPU; ``None`` without a GPU reads the numpy rows.
     """
 
     kind = "multivector"
@@ -86,6 +101,10 @@ class MultiVectorIndex(DocumentIndex):
         use_gpu: bool | None = None,
         exact_filter_limit: int = 2_000,
         model_name: str | None = None,
+        nbits: int = 2,
+        ncells: int | None = None,
+        ndocs: int | None = None,
+        device: str | None = None,
     ) -> None:
         config = {
             "index_type": index_type,
@@ -99,10 +118,29 @@ class MultiVectorIndex(DocumentIndex):
             "pq_m": pq_m,
             "pq_nbits": pq_nbits,
             "exact_filter_limit": exact_filter_limit,
+            "nbits": nbits,
+            "ncells": ncells,
+            "ndocs": ndocs,
+            "device": device,
         }
         super().__init__(dim, config, use_gpu, model_name)  # checks dim
         check_k(candidates_per_token)
-        self._store = TokenStore(dim, storage, pq_m, pq_nbits)
+        for name in ("ncells", "ndocs"):
+            value = config[name]
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be None or an int >= 1, got {value!r}")
+        if str(index_type).lower() == "plaid":
+            if storage != "fp32":
+                raise ValueError(
+                    "index_type='plaid' keeps its own compressed codes: leave storage at 'fp32', "
+                    f"got {storage!r}"
+                )
+            if not normalize:
+                raise ValueError("index_type='plaid' needs normalize=True (its centroids are unit vectors)")
+            self._store: TokenStore = PlaidStore(dim, nbits, device)
+        else:
+            self._store = TokenStore(dim, storage, pq_m, pq_nbits)
+        self._device = scan_device(device, str(index_type).lower())
         self.config["pq_m"] = self._store.pq_m  # the store resolves the automatic PQ size
 
     # -- building ------------------------------------------------------------------------
@@ -175,17 +213,26 @@ class MultiVectorIndex(DocumentIndex):
             ids, metadatas = check_ids_and_metadatas(len(docs), ids, metadatas, self._registry.next_slot)
             if not docs:
                 return []
-            self.remove([i for i in ids if i in self._registry])
-            flat = np.concatenate(docs)  # [T, D]
-            if self._index is None:
-                self._index = self._new_index(flat)
             slots = self._registry.new_slots(len(docs))
-            self._store.add(slots, docs)  # may train PQ: before touching FAISS
-            labels = np.repeat(slots, [len(d) for d in docs])  # [T]
-            self._index.add_with_ids(flat, labels)
+            self._store.add(slots, docs)  # may train PQ / the PLAID codec, and fail: nothing changed yet
+            self.remove([i for i in ids if i in self._registry])  # the documents being overwritten
+            if self._index is None and self._uses_faiss() and not self._trains():
+                self._index = self._new_index(np.concatenate(docs), self._faiss_codec())
+            if self._index is not None:
+                labels = np.repeat(slots, [len(d) for d in docs])  # [T]
+                self._index.add_with_ids(np.concatenate(docs), labels)
             for doc_id, slot, meta in zip(ids, slots, metadatas, strict=True):
                 self._registry.put(doc_id, int(slot), meta)
+            self._maybe_build()
             return ids
+
+    def _uses_faiss(self) -> bool:
+        """Flat and PLAID indexes search their own store; the others keep a FAISS index."""
+        return str(self.config["index_type"]).lower() not in ("flat", "plaid")
+
+    def _faiss_codec(self) -> str:
+        """The FAISS codec matching the token storage, so compressed storage saves memory."""
+        return {"fp16": "SQfp16", "int8": "SQ8"}.get(self.config["storage"], "Flat")
 
     def _forget(self, slots: np.ndarray) -> int:
         n_tokens = int(self._store.gather(slots)[2].sum())
@@ -197,10 +244,12 @@ class MultiVectorIndex(DocumentIndex):
 
     def _rebuild(self) -> None:
         """Recreate the candidate index from the stored (decoded) token vectors."""
+        if not self._uses_faiss():
+            return
         slots = self._registry.slots()
         tokens, lengths = self._store.decode(slots)
         logger.info("rebuilding candidate index over %d token vectors", len(tokens))
-        self._index = self._new_index(tokens)
+        self._index = self._new_index(tokens, self._faiss_codec())
         if len(tokens):
             self._index.add_with_ids(tokens, np.repeat(slots, lengths))
         self._tombstones = 0
@@ -251,21 +300,40 @@ class MultiVectorIndex(DocumentIndex):
             if len(self._registry) == 0:
                 return [[] for _ in qs]
             allowed = self._registry.allowed_slots(filter)
-            if exhaustive or (allowed is not None and len(allowed) <= self.config["exact_filter_limit"]):
-                pool = self._registry.slots() if allowed is None else sorted(allowed)
-                pool = np.asarray(pool, dtype=np.int64)
+            if allowed is not None and len(allowed) <= self.config["exact_filter_limit"]:
+                pool = np.asarray(sorted(allowed), dtype=np.int64)
                 return [self._score(q, pool, k) for q in qs]
-            return self._search_candidates(qs, k, k_tok, allowed)
+            allowed_arr = None if allowed is None else np.fromiter(allowed, np.int64, len(allowed))
+            if exhaustive or self._index is None and self._uses_faiss():  # IVF not trained yet
+                found = scan_store(self._store, qs, k, allowed_arr, self._device)
+                return [self._hits(*f, k) for f in found]
+            return self._search_candidates(qs, k, k_tok, allowed, allowed_arr)
 
     def _search_candidates(
-        self, qs: list[np.ndarray], k: int, k_tok: int, allowed: set[int] | None
+        self,
+        qs: list[np.ndarray],
+        k: int,
+        k_tok: int,
+        allowed: set[int] | None,
+        allowed_arr: np.ndarray | None,
     ) -> list[list[Hit]]:
+        index_type = str(self.config["index_type"]).lower()
+        if index_type == "flat":  # exact: every document, scanned in blocks
+            found = scan_store(self._store, qs, k, allowed_arr, self._device)
+            return [self._hits(*f, k) for f in found]
+        if index_type == "plaid":
+            found = self._store.search(qs, k, allowed_arr, self.config["ncells"], self.config["ndocs"])
+            return [self._hits(*f, k) for f in found]
+        want = min(k, len(self._registry) if allowed is None else len(allowed))
         keep = self._keep(allowed)
-        rows = flat_rows(self._index)
-        if rows is not None:  # a flat index: exact MaxSim over every row costs what candidates would
-            return [self._hits(*scan_flat_rows(q, *rows, keep), k) for q in qs]
-        pools = candidate_slots(self._index, qs, k, k_tok, keep, self._tombstones, allowed is not None)
-        return [self._score(q, pool, k) for q, pool in zip(qs, pools)]
+        pools = candidate_slots(self._index, qs, want, k_tok, keep, self._tombstones, allowed is not None)
+        out = []
+        for q, pool in zip(qs, pools, strict=True):
+            if pool is None:  # the candidate index cannot give k documents: score all of them
+                out.append(self._hits(*scan_store(self._store, [q], k, allowed_arr, self._device)[0], k))
+            else:
+                out.append(self._score(q, pool, k))
+        return out
 
     def _keep(self, allowed: set[int] | None) -> Callable[[int], bool]:
         is_live = self._registry.is_live
@@ -275,7 +343,7 @@ class MultiVectorIndex(DocumentIndex):
         """Exact MaxSim of one query ``[Lq, D]`` against documents ``slots``; top ``k``."""
         if len(slots) == 0:
             return []
-        return self._hits(slots, maxsim_slots(self._store, q, slots), k)
+        return self._hits(slots, maxsim_slots(self._store, q, slots, self._device), k)
 
     def _hits(self, slots: np.ndarray, scores: np.ndarray, k: int) -> list[Hit]:
         slots, scores = top_k(slots, scores, k)
@@ -283,7 +351,12 @@ class MultiVectorIndex(DocumentIndex):
         return [Hit(reg.doc_id(int(s)), float(v), reg.metadata(int(s))) for s, v in zip(slots, scores)]
 
     def memory_usage(self) -> dict[str, float]:
-        """Bytes held: token store, candidate index (serialized size), per token vector."""
+        """Bytes held: token store, candidate index (serialized size), per token vector.
+
+        For ``"plaid"`` the store counts the codes (centroid id + packed residual), the
+        inverted list, the document table and the codec (centroids, buckets, lookup table).
+        Not counted: the ids and metadata of the documents (Python objects, as for every type).
+        """
         import faiss
 
         from .faiss_index import to_cpu
@@ -326,7 +399,7 @@ class MultiVectorIndex(DocumentIndex):
         except (ValueError, KeyError) as exc:
             raise IndexFormatError(f"{path}: {exc}") from exc
         index._registry = registry
-        if "candidates.faiss" in files.indexes:
+        if "candidates.faiss" in files.indexes and index._uses_faiss():
             faiss_index = files.indexes["candidates.faiss"]
             extra = faiss_index.ntotal - index._store.num_vectors
             if extra < 0:
@@ -335,5 +408,6 @@ class MultiVectorIndex(DocumentIndex):
                     f"for {index._store.num_vectors} document tokens"
                 )
             index._tombstones = extra
+            index._trained_on = faiss_index.ntotal
             index._index = placed_faiss(faiss_index, index.config, use_gpu)
         return index

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import faiss
 import numpy as np
+import torch
 
 STORAGES = ("fp32", "fp16", "int8", "pq")
 
@@ -48,6 +49,9 @@ class TokenStore:
         self._n = 0  # rows in use (live + dead)
         self._span: dict[int, tuple[int, int]] = {}  # slot -> (start, length)
         self._dead = 0
+        self._segments: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # cache of segments()
+        self._mirror: torch.Tensor | None = None  # decoded rows on a device (see device_rows)
+        self._mirror_n = 0  # rows of the mirror in sync
 
     def _code_shape(self) -> tuple[int]:
         return (self.pq_m * self.pq_nbits // 8,) if self.storage == "pq" else (self.dim,)
@@ -101,6 +105,7 @@ class TokenStore:
         if scales is not None:
             self._scales[self._n : self._n + len(flat)] = scales
         start = self._n
+        self._segments = None
         for slot, doc in zip(slots, docs, strict=True):
             self._span[int(slot)] = (start, len(doc))
             start += len(doc)
@@ -124,6 +129,7 @@ class TokenStore:
 
     def remove(self, slots: Sequence[int]) -> None:
         """Forget documents (their rows are reclaimed by :meth:`compact`)."""
+        self._segments = None
         for slot in slots:
             span = self._span.pop(int(slot), None)
             if span is not None:
@@ -139,6 +145,8 @@ class TokenStore:
         self._span = {s: (int(st), int(n)) for s, st, n in zip(order, starts, lengths, strict=True)}
         self._n = len(codes)
         self._dead = 0
+        self._segments = None
+        self._mirror = None
 
     # -- reading -------------------------------------------------------------------------
     def __contains__(self, slot: object) -> bool:
@@ -166,26 +174,52 @@ class TokenStore:
             )
         return codes, scales, lengths
 
-    def maxsim_in_place(self, q: np.ndarray, slots: Sequence[int]) -> np.ndarray | None:
-        """Exact MaxSim of ``q`` ``[Lq, dim]`` against documents ``slots``, read in place.
+    def segments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The live documents in row order: ``(starts, lengths, slots)``, each ``int64 [n]``."""
+        if self._segments is None:
+            spans = np.asarray(
+                [(st, n, slot) for slot, (st, n) in self._span.items()], dtype=np.int64
+            ).reshape(-1, 3)
+            spans = spans[np.argsort(spans[:, 0], kind="stable")]
+            self._segments = (spans[:, 0].copy(), spans[:, 1].copy(), spans[:, 2].copy())
+        return self._segments
 
-        One GEMM against every stored row, then a segmented max per document: cheaper than
-        gathering copies when the documents cover a large part of the store. fp32 storage
-        only (``None`` otherwise). Returns ``[n]`` scores in the order of ``slots``.
+    def decode_range(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``[start, stop)`` decoded to ``float32`` (a view for fp32 storage)."""
+        scales = self._scales[start:stop] if self.storage == "int8" else None
+        return self.decode_rows(self._codes[start:stop], scales)
+
+    def device_rows(self, device: torch.device) -> torch.Tensor:
+        """All rows decoded, held on ``device``: fp16 on a GPU, fp32 on the CPU (a torch view).
+
+        The copy is kept: rows added later are uploaded incrementally, a compaction makes a
+        new copy. Dead rows stay in it, as in the store, until compaction.
         """
-        if self.storage != "fp32" or not len(slots):
-            return None
-        spans = np.asarray([self._span[int(s)] for s in slots], dtype=np.int64)  # [n, (start, len)]
-        order = np.argsort(spans[:, 0], kind="stable")
-        starts = spans[order, 0]
-        bounds = np.empty(2 * len(starts), dtype=np.int64)
-        bounds[0::2], bounds[1::2] = starts, starts + spans[order, 1]
-        sim = np.zeros((len(q), self._n + 1), dtype=np.float32)  # one spare column: ends may equal _n
-        np.matmul(q, self._codes[: self._n].T, out=sim[:, : self._n])
-        per_doc = np.maximum.reduceat(sim, bounds, axis=1)[:, 0::2]  # [Lq, n] max over each span
-        scores = np.empty(len(starts), dtype=np.float32)
-        scores[order] = per_doc.sum(axis=0)
-        return scores
+        dtype = torch.float16 if device.type == "cuda" else torch.float32
+        if self._mirror is None or self._mirror.device != device or len(self._mirror) < self._n:
+            capacity = max(len(self._codes), self._n)
+            grown = torch.empty((capacity, self.dim), dtype=dtype, device=device)
+            if self._mirror is not None and self._mirror.device == device:
+                grown[: self._mirror_n] = self._mirror[: self._mirror_n]
+            else:
+                self._mirror_n = 0
+            self._mirror = grown
+        for start in range(self._mirror_n, self._n, 1 << 16):  # upload in chunks
+            stop = min(start + (1 << 16), self._n)
+            self._mirror[start:stop] = torch.from_numpy(self.decode_range(start, stop)).to(device, dtype)
+        self._mirror_n = self._n
+        return self._mirror[: self._n]
+
+    def spans(self, slots: Sequence[int]) -> np.ndarray:
+        """Row indices ``int64 [T]`` of the documents ``slots``, concatenated in that order."""
+        spans = [self._span[int(s)] for s in slots]
+        if not spans:
+            return np.zeros(0, dtype=np.int64)
+        return np.concatenate([np.arange(st, st + n, dtype=np.int64) for st, n in spans])
+
+    def lengths(self, slots: Sequence[int]) -> np.ndarray:
+        """Token vectors of each of the documents ``slots``, ``int64 [n]``."""
+        return np.fromiter((self._span[int(s)][1] for s in slots), dtype=np.int64, count=len(slots))
 
     def span_tokens(self, slots: Sequence[int]) -> int:
         """Token vectors held by documents ``slots``."""
@@ -244,3 +278,5 @@ class TokenStore:
         self._span = {int(s): (int(st), int(n)) for s, st, n in zip(order, starts, lengths, strict=True)}
         self._n = len(codes)
         self._dead = 0
+        self._segments = None
+        self._mirror = None

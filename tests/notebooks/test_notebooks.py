@@ -99,3 +99,4 @@ def test_colbert_vs_dense(kernel_manager_factory) -> None:
     assert "reloaded index gives the same answers" in text
     assert "ColBERT (MaxSim)" in text and "dense (cosine)" in text
     assert "<image/png>" in text
+    assert "PLAID top 10 vs the exact index's top 10" in text and text.count("<image/png>") == 2

@@ -43,20 +43,22 @@ def test_indexes_use_the_device_choice(monkeypatch, rng, make_docs):
     )
     monkeypatch.setattr(fi.faiss, "index_gpu_to_cpu", lambda idx: idx, raising=False)
     docs = make_docs(rng, 10, 8)
-    mv = MultiVectorIndex.from_vectors(docs)
+    mv = MultiVectorIndex.from_vectors(docs, index_type="ivf", nlist=2, nprobe=2)
     dense = DenseIndex.from_vectors(np.stack([d[0] for d in docs]))
     assert len(moved) == 2
     assert mv.search(docs[3], k=1)[0][0].id == "3" and dense.search(docs[3][0], 1)[0][0].id == "3"
-    cpu_only = MultiVectorIndex.from_vectors(docs, use_gpu=False)
+    cpu_only = MultiVectorIndex.from_vectors(docs, index_type="ivf", nlist=2, use_gpu=False)
     assert len(moved) == 2 and cpu_only.search(docs[3], k=1)[0][0].id == "3"
+    flat = MultiVectorIndex.from_vectors(docs)  # the exact scan reads its own token store: no FAISS
+    assert len(moved) == 2 and flat._index is None and flat.search(docs[3], k=1)[0][0].id == "3"
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(fi.gpu_count() == 0, reason="needs a GPU build of FAISS and a GPU")
 def test_gpu_matches_cpu(rng, make_docs):
     docs, queries = make_docs(rng, 200, 16), make_docs(rng, 5, 16)
-    gpu = MultiVectorIndex.from_vectors(docs, use_gpu=True)
-    cpu = MultiVectorIndex.from_vectors(docs, use_gpu=False)
+    gpu = MultiVectorIndex.from_vectors(docs, index_type="ivf", nlist=4, use_gpu=True)
+    cpu = MultiVectorIndex.from_vectors(docs, index_type="ivf", nlist=4, use_gpu=False)
     assert [[h.id for h in r] for r in gpu.search(queries, 10)] == [
         [h.id for h in r] for r in cpu.search(queries, 10)
     ]

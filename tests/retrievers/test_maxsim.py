@@ -9,6 +9,7 @@ from vllm_pool.retrievers import pad_token_vectors
 
 # the package exports the function `maxsim`, which shadows the submodule attribute
 ms = importlib.import_module("vllm_pool.retrievers.maxsim")
+kernel = importlib.import_module("vllm_pool.maxsim_kernel")
 
 
 def loop_maxsim(q, d, qm, dm):
@@ -48,7 +49,7 @@ def test_fp16_inputs_accumulate_in_fp32(rng):
 
 
 def test_blocking_over_many_documents(rng, monkeypatch):
-    monkeypatch.setattr(ms, "_BLOCK_ELEMENTS", 64)  # force many blocks
+    monkeypatch.setattr(kernel, "BLOCK_ELEMENTS", 64)  # force many blocks
     q = rng.standard_normal((2, 3, 4)).astype(np.float32)
     d = rng.standard_normal((9, 5, 4)).astype(np.float32)
     ones = np.ones

@@ -23,7 +23,8 @@ def dense(rng):
 
 @pytest.fixture
 def multi(rng, make_docs):
-    return MultiVectorIndex.from_vectors(make_docs(rng, 60, 8), metadatas=[{"n": i} for i in range(60)])
+    docs = make_docs(rng, 60, 8)  # HNSW: the folder holds a FAISS file too
+    return MultiVectorIndex.from_vectors(docs, index_type="hnsw", metadatas=[{"n": i} for i in range(60)])
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,242 @@
+"""ColBERT at scale: the exact flat scan against the PLAID-style compressed index.
+
+Datasets: (a) the MiniLM token vectors (ColBERT conventions, no query augmentation) of
+``demo/corpus/python_docs_large.jsonl`` with held-out queries (first sentences of passages
+left out of the index), and (b) synthetic clustered vectors: a Gaussian mixture in 128-d,
+64 tokens per passage, 32-token queries made from noisy tokens of a random passage's
+vocabulary. For each: recall@10 against exhaustive fp32 MaxSim, p50 / p95 ms per query (one
+query per call), build time, bytes per token vector (``memory_usage``) and the process's
+peak RSS. Writes ``benchmarks/results/colbert_scale.json`` (``--device cuda``:
+``colbert_scale_gpu.json``).
+
+    python -m benchmarks.colbert_scale                      # CPU: corpus, 1e5 and 1e6 vectors
+    python -m benchmarks.colbert_scale --scales 1e6 --no-corpus --nbits 2 --name colbert_scale_1e6
+    python -m benchmarks.colbert_scale --scales 1e5 --no-corpus --queries 30
+    python -m benchmarks.colbert_scale --device cuda --scales 1e6 1e7 1e8
+    python -m benchmarks.colbert_scale --dry-run            # tiny, GPU code path on the CPU
+
+On a GPU the flat row is the exact scan of fp16 vectors held on the device (blocked GEMM +
+max per passage + sum, the one MaxSim kernel), and ``plaid`` searches on the device too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from vllm_pool.retrievers import MultiVectorIndex
+
+from benchmarks.common import CORPUS, machine, peak_rss_mb, write_result
+from vllm_pool.maxsim_kernel import segment_maxsim
+
+logger = logging.getLogger("colbert_scale")
+
+DIM, DOC_LEN, QUERY_LEN = 128, 64, 32
+
+
+# -- data --------------------------------------------------------------------------------
+def synthetic(n_vectors: int, n_queries: int, seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Passages of 64 unit vectors from a Gaussian mixture, and held-out 32-token queries.
+
+    A vocabulary of ``16 * sqrt(n)`` token types (mixture components); each passage draws
+    its tokens from two topics of 64 types each, plus Gaussian noise (norm about 0.3). A
+    query paraphrases a random passage: 32 of its token vectors with fresh noise (norm about
+    0.1), so its vectors are not in the index.
+    """
+    rng = np.random.default_rng(seed)
+    n_docs = max(1, n_vectors // DOC_LEN)
+    n_types = int(16 * np.sqrt(n_vectors))
+    n_topics = max(4, n_types // 16)
+    types = rng.standard_normal((n_types, DIM)).astype(np.float32)
+    types /= np.linalg.norm(types, axis=1, keepdims=True)
+    topics = rng.integers(0, n_types, (n_topics, 64))
+    sigma = 0.3 / np.sqrt(DIM)
+
+    def sample(vocab: np.ndarray, n: int) -> np.ndarray:
+        x = types[rng.choice(vocab, n)] + sigma * rng.standard_normal((n, DIM)).astype(np.float32)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    docs = []
+    for _ in tqdm(range(n_docs), desc=f"synthetic {n_vectors:.0e}", unit="passage", mininterval=5):
+        docs.append(sample(topics[rng.integers(0, n_topics, 2)].ravel(), DOC_LEN))
+    queries = []
+    for target in rng.integers(0, n_docs, n_queries):
+        x = docs[target][rng.choice(DOC_LEN, QUERY_LEN, replace=False)]
+        x = x + (0.1 / np.sqrt(DIM)) * rng.standard_normal(x.shape).astype(np.float32)
+        queries.append(x / np.linalg.norm(x, axis=1, keepdims=True))
+    return docs, queries
+
+
+def minilm(n_queries: int, model: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """MiniLM ColBERT token vectors of the demo corpus, and held-out queries."""
+    from vllm_pool.retrievers import ColBERTConfig, ColBERTEncoder
+
+    from benchmarks.colbert_recall import load_corpus
+    from vllm_pool import LLM
+
+    passages, queries = load_corpus(CORPUS, 10**9, n_queries)
+    enc = ColBERTEncoder.from_llm(LLM(model), ColBERTConfig(mask_augment=False))
+    docs: list[np.ndarray] = []
+    for start in tqdm(range(0, len(passages), 64), desc="encoding passages", unit="batch"):
+        docs.extend(enc.encode_documents(passages[start : start + 64]))
+    return docs, enc.encode_queries(queries)
+
+
+# -- measuring ---------------------------------------------------------------------------
+def recall_at(found: list[list[str]], truth: list[list[str]], k: int) -> float:
+    shares = [len(set(f[:k]) & set(t[:k])) / min(k, len(t)) for f, t in zip(found, truth, strict=True)]
+    return float(np.mean(shares))
+
+
+def latency(search: Any, queries: list[np.ndarray], n: int) -> list[float]:
+    search(queries[0])  # warm-up
+    out = []
+    for q in queries[:n]:
+        t0 = time.perf_counter()
+        search(q)
+        out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+def row(
+    name: str, build_s: float, recall: float, ms: list[float], bytes_per_vector: float, **extra: Any
+) -> dict:
+    r = {
+        "setting": name,
+        "recall@10": round(recall, 4),
+        "p50_ms": round(float(np.percentile(ms, 50)), 2),
+        "p95_ms": round(float(np.percentile(ms, 95)), 2),
+        "build_s": round(build_s, 1),
+        "bytes_per_vector": round(bytes_per_vector, 1),
+        "peak_rss_mb": round(peak_rss_mb()),
+        **extra,
+    }
+    logger.info("%s", r)
+    return r
+
+
+class DeviceScan:
+    """The exact scan of fp16 vectors held on a device: blocked GEMM + max per passage + sum."""
+
+    def __init__(self, docs: list[np.ndarray], device: str) -> None:
+        dtype = torch.float16 if device.startswith("cuda") else torch.float32
+        self.lengths = np.asarray([len(d) for d in docs], dtype=np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)
+        self.tokens = torch.empty((int(self.lengths.sum()), DIM), dtype=dtype, device=device)
+        for i in range(0, len(docs), 4096):  # upload in chunks: no second full copy on the host
+            chunk = np.concatenate(docs[i : i + 4096])
+            rows = slice(int(self.starts[i]), int(self.starts[i]) + len(chunk))
+            self.tokens[rows] = torch.from_numpy(chunk).to(device, dtype)
+        self.device = device
+
+    def search(self, q: np.ndarray, k: int = 10) -> list[str]:
+        qt = torch.from_numpy(q).to(self.device)
+        scores = segment_maxsim(qt, self.tokens, self.starts, self.lengths)[0]
+        top = torch.topk(scores, min(k, len(scores))).indices.cpu().numpy()
+        return [str(i) for i in top]
+
+
+def measure_dataset(
+    name: str,
+    docs: list,
+    queries: list,
+    args: argparse.Namespace,
+    device: str = "cpu",
+    device_path: bool = False,
+) -> list[dict]:
+    """Flat exact and plaid (nbits 1, 2) on one dataset.
+
+    ``device_path``: the exact scan of vectors held on ``device`` (fp16 on a GPU) instead of
+    the CPU flat index, and plaid searching on ``device`` (the GPU rows; on the CPU a dry run).
+    """
+    n_vec = sum(len(d) for d in docs)
+    logger.info("%s: %d passages, %d token vectors, %d queries", name, len(docs), n_vec, len(queries))
+    meta = {"dataset": name, "passages": len(docs), "token_vectors": n_vec, "queries": len(queries),
+            "device": device}  # fmt: skip
+    rows = []
+    t0 = time.perf_counter()
+    flat = MultiVectorIndex.from_vectors(docs, use_gpu=False)
+    build = time.perf_counter() - t0
+    truth = [[h.id for h in hits] for hits in flat.search(queries, k=10, exhaustive=True)]  # fp32 reference
+    n_lat = min(len(queries), args.latency_queries)
+    if not device_path:
+        found = [[h.id for h in hits] for hits in flat.search(queries, k=10)]
+        ms = latency(lambda q, ix=flat: ix.search(q, k=10), queries, n_lat)
+        rows.append(row("flat (exact, fp32)", build, recall_at(found, truth, 10), ms,
+                        flat.memory_usage()["bytes_per_vector"], **meta))  # fmt: skip
+    else:
+        t0 = time.perf_counter()
+        scan = DeviceScan(docs, device)
+        build = time.perf_counter() - t0
+        found = [scan.search(q) for q in queries]
+        sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+        ms = latency(lambda q: (scan.search(q), sync()), queries, n_lat)
+        name = f"flat (exact scan, {str(scan.tokens.dtype)[6:]} on {device})"
+        per_vector = scan.tokens.element_size() * DIM + 16 / DOC_LEN
+        rows.append(row(name, build, recall_at(found, truth, 10), ms, per_vector, **meta))
+        del scan
+    flat = None  # free the fp32 copy before building the compressed indexes
+    for nbits in args.nbits:
+        t0 = time.perf_counter()
+        index = MultiVectorIndex.from_vectors(docs, index_type="plaid", nbits=nbits, device=device)
+        build = time.perf_counter() - t0
+        found = [[h.id for h in hits] for hits in index.search(queries, k=10)]
+        ms = latency(lambda q, ix=index: ix.search(q, k=10), queries, n_lat)
+        rows.append(row(f"plaid nbits={nbits}", build, recall_at(found, truth, 10), ms,
+                        index.memory_usage()["bytes_per_vector"],
+                        centroids=index._store.codec.num_centroids, **meta))  # fmt: skip
+        del index
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scales", nargs="*", type=float, default=[1e5, 1e6], help="synthetic token vectors")
+    parser.add_argument("--queries", type=int, default=100, help="queries per dataset (recall)")
+    parser.add_argument("--latency-queries", type=int, default=50, help="queries timed one at a time")
+    parser.add_argument("--nbits", nargs="*", type=int, default=[1, 2])
+    parser.add_argument("--no-corpus", action="store_true", help="skip the MiniLM corpus dataset")
+    parser.add_argument("--model", default="sentence-transformers/all-MiniLM-L6-v2")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU part")
+    parser.add_argument("--threads", type=int, default=1, help="torch / FAISS threads (CPU)")
+    parser.add_argument("--dry-run", action="store_true", help="tiny sizes; the device code path on the CPU")
+    parser.add_argument("--name", default=None, help="result file name (default colbert_scale[_gpu])")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(args.threads)
+    import faiss
+
+    faiss.omp_set_num_threads(args.threads)
+    out_name = args.name or ("colbert_scale" if args.device == "cpu" else "colbert_scale_gpu")
+    if args.dry_run:
+        args.scales, args.queries, args.latency_queries, args.no_corpus = [4096], 8, 4, True
+        out_name += "_dry_run"
+    gpu = args.device != "cpu"
+    rows = []
+    if not args.no_corpus:
+        docs, queries = minilm(args.queries, args.model)
+        rows += measure_dataset("python_docs_large (MiniLM, 384-d)", docs, queries, args, args.device, gpu)
+        del docs
+    for scale in args.scales:
+        docs, queries = synthetic(int(scale), args.queries)
+        rows += measure_dataset(f"synthetic {int(scale):.0e}", docs, queries, args, args.device, gpu)
+        if args.dry_run and not gpu:  # the GPU code path (device scan, plaid in torch) on the CPU
+            rows += measure_dataset(f"synthetic {int(scale):.0e}", docs, queries, args, "cpu", True)
+        del docs
+    columns = ("recall@10", "p50 ms", "p95 ms", "build s", "B/vec")
+    print(f"{'dataset':36} {'setting':36} " + " ".join(f"{c:>9}" for c in columns))
+    for r in rows:
+        print(f"{r['dataset']:36} {r['setting']:36} {r['recall@10']:>9.3f} {r['p50_ms']:>8.2f} "
+              f"{r['p95_ms']:>8.2f} {r['build_s']:>8.1f} {r['bytes_per_vector']:>8.1f}")  # fmt: skip
+    path = write_result(out_name, {"benchmark": "colbert_scale", "threads": args.threads,
+                                   "device": args.device, "machine": machine(), "rows": rows})  # fmt: skip
+    logger.info("wrote %s", path)
+
+
+if __name__ == "__main__":
+    main()

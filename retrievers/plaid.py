@@ -1,0 +1,304 @@
+"""A PLAID-style compressed multi-vector store and its search (``index_type="plaid"``).
+
+Each token vector is kept as a centroid id plus an ``nbits``-per-dimension residual
+(:class:`~.residual_codec.ResidualCodec`), in the rows of a :class:`~.token_store.TokenStore`
+(so adding, removing, compacting and saving work as for the other storages). An inverted
+list maps every centroid (cell) to the documents with a token in it. A search follows
+PLAID (Santhanam et al., 2022):
+
+1. candidate generation: query tokens x centroids, the ``ncells`` best cells of each query
+   token, their documents from the inverted list;
+2. pruning: each candidate's centroid-only MaxSim (its tokens replaced by their centroids);
+   the best ``ndocs / 4`` (at least ``k``) are kept, as after PLAID's stages 2 and 3;
+3. exact MaxSim of the query against the decompressed token vectors of those documents.
+
+Everything per query is bounded by ``ncells``, ``ndocs`` and the cell sizes, not by the
+corpus. The search runs in torch on ``device`` (a GPU when there is one).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from vllm_pool.maxsim_kernel import segment_max, segment_maxsim
+
+from .candidates import top_k
+from .residual_codec import ResidualCodec, check_nbits
+from .token_store import TokenStore
+
+logger = logging.getLogger(__name__)
+
+def id_bytes(n_centroids: int) -> int:
+    """Bytes of the centroid id at the start of each row: 2 (uint16) up to 65,536 centroids, else 4."""
+    return 2 if n_centroids <= 1 << 16 else 4
+
+
+def search_defaults(k: int) -> tuple[int, int]:
+    """ColBERTv2's ``(ncells, ndocs)`` for ``k`` hits.
+
+    (1, 256) up to 10 hits, (2, 1024) up to 100, else (4, max(4k, 4096)).
+    """
+    if k <= 10:
+        return 1, 256
+    if k <= 100:
+        return 2, 1024
+    return 4, max(4 * k, 4096)
+
+
+class PlaidStore(TokenStore):
+    """Token vectors as centroid ids + packed residuals, with a cell -> documents inverted list.
+
+    Args:
+        dim: vector dimension.
+        nbits: residual bits per dimension (1, 2 or 4; ``dim * nbits`` a multiple of 8).
+        device: where searches run (``None``: ``"cuda"`` when torch sees a GPU, else ``"cpu"``).
+        retrain_growth: re-train the centroids when the store holds this many times the
+            vectors they were trained on (the stored vectors are decoded and re-encoded).
+    """
+
+    def __init__(self, dim: int, nbits: int = 2, device: str | None = None, retrain_growth: int = 4) -> None:
+        check_nbits(nbits, dim)
+        self.nbits = nbits
+        self.retrain_growth = retrain_growth
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.codec: ResidualCodec | None = None
+        self.trained_on = 0
+        self._ivf: tuple[np.ndarray, np.ndarray] | None = None  # (offsets [C+1], doc positions)
+        self._ivf_for: object = None  # the segments() tuple the inverted list was built for
+        self._centroids_t: torch.Tensor | None = None
+        self.id_bytes = 2
+        super().__init__(dim, "fp32")
+        self.storage = "plaid"
+        self._codes = np.zeros((0, *self._code_shape()), dtype=np.uint8)
+
+    # -- codec hooks of TokenStore ----------------------------------------------------------
+    def _code_shape(self) -> tuple[int]:
+        return (self.id_bytes + self.dim * self.nbits // 8,)
+
+    def _code_dtype(self) -> type:
+        return np.uint8
+
+    def _encode(self, x: np.ndarray) -> tuple[np.ndarray, None]:
+        if self.codec is None:
+            self._train(x)
+        ids, packed = self.codec.encode(x)
+        rows = np.empty((len(x), *self._code_shape()), dtype=np.uint8)
+        dtype = "<u2" if self.id_bytes == 2 else "<u4"
+        rows[:, : self.id_bytes] = ids.astype(dtype).view(np.uint8).reshape(len(x), self.id_bytes)
+        rows[:, self.id_bytes :] = packed
+        return rows, None
+
+    def decode_rows(self, codes: np.ndarray, scales: np.ndarray | None) -> np.ndarray:
+        return self.codec.decode(self.row_ids(codes), codes[:, self.id_bytes :])
+
+    def row_ids(self, codes: np.ndarray) -> np.ndarray:
+        """Centroid ids ``int64 [n]`` of stored rows."""
+        dtype = "<u2" if self.id_bytes == 2 else "<u4"
+        return np.ascontiguousarray(codes[:, : self.id_bytes]).view(dtype)[:, 0].astype(np.int64)
+
+    def _train(self, x: np.ndarray) -> None:
+        """Fit the codec to ``x`` (the store must be empty: the row width follows the centroids)."""
+        self._set_codec(ResidualCodec.train(x, self.nbits, device=self.device))
+        self.trained_on = len(x)
+
+    def _set_codec(self, codec: ResidualCodec) -> None:
+        self.codec = codec
+        self.id_bytes = id_bytes(codec.num_centroids)
+        self._centroids_t = None
+        if self._n == 0:
+            self._codes = np.zeros((0, *self._code_shape()), dtype=np.uint8)
+
+    # -- mutation --------------------------------------------------------------------------
+    def add(self, slots: Sequence[int], docs: Sequence[np.ndarray]) -> None:
+        """Append documents; re-train first when the store has grown well past its training set."""
+        new = sum(len(d) for d in docs)
+        if self.codec is not None and self.num_vectors + new >= self.retrain_growth * self.trained_on:
+            self._retrain(slots, docs)
+            return
+        super().add(slots, docs)
+
+    def _retrain(self, slots: Sequence[int], docs: Sequence[np.ndarray]) -> None:
+        order = list(self._span)
+        old, lengths = self.decode(order)
+        new = sum(map(len, docs))
+        logger.info("re-training PLAID centroids: %d stored + %d new token vectors", len(old), new)
+        old_docs = np.split(old, np.cumsum(lengths)[:-1]) if len(order) else []
+        self.codec = None
+        self._codes = np.zeros((0, *self._code_shape()), dtype=np.uint8)
+        self._n, self._dead, self._span, self._segments = 0, 0, {}, None
+        self._train(np.concatenate([old, *docs]))
+        super().add([*order, *slots], [*old_docs, *docs])
+
+    # -- inverted list ---------------------------------------------------------------------
+    def inverted_list(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(offsets int64 [C+1], docs int32 [P])``: the positions (in :meth:`segments`
+        order) of the documents with a token in cell ``c`` are ``docs[offsets[c]:offsets[c+1]]``."""
+        segments = self.segments()
+        if self._ivf is None or self._ivf_for is not segments:
+            starts, lengths, _ = segments
+            rows = rows_of(starts, lengths)
+            ids = self.row_ids(self._codes[rows])
+            doc = np.repeat(np.arange(len(starts), dtype=np.int64), lengths)
+            pairs = np.unique(ids * max(len(starts), 1) + doc)  # sorted by cell, then document
+            cells = pairs // max(len(starts), 1)
+            offsets = np.searchsorted(cells, np.arange(self.codec.num_centroids + 1)).astype(np.int64)
+            self._ivf = (offsets, (pairs % max(len(starts), 1)).astype(np.int32))
+            self._ivf_for = segments
+        return self._ivf
+
+    # -- search ----------------------------------------------------------------------------
+    def _centroids(self) -> torch.Tensor:
+        if self._centroids_t is None:
+            self._centroids_t = torch.from_numpy(self.codec.centroids).to(self.device)
+        return self._centroids_t
+
+    def search(
+        self,
+        qs: list[np.ndarray],
+        k: int,
+        allowed: np.ndarray | None = None,
+        ncells: int | None = None,
+        ndocs: int | None = None,
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The top ``k`` documents of each query ``[Lq, dim]`` (unit rows): ``(slots, scores)``.
+
+        Args:
+            qs: query token matrices.
+            k: hits per query.
+            allowed: ``int64`` slots that may be returned (``None``: all).
+            ncells: cells probed per query token (default :func:`search_defaults`); doubled
+                until the candidates reach ``min(k, allowed documents)``.
+            ndocs: the centroid-only pruning keeps the best ``ndocs / 4`` candidates (at
+                least ``k``) and scores them exactly on their decompressed vectors.
+        """
+        starts, lengths, slots = self.segments()
+        if len(starts) == 0:
+            return [(slots, np.zeros(0, np.float32)) for _ in qs]
+        offsets, docs = self.inverted_list()
+        mask = None if allowed is None else np.isin(slots, allowed)  # [n documents]
+        n_allowed = len(starts) if mask is None else int(mask.sum())
+        auto_cells, auto_docs = search_defaults(k)
+        ncells, ndocs = ncells or auto_cells, max(ndocs or auto_docs, k)
+        centroids = self._centroids()
+        out = []
+        for q in qs:
+            qt = torch.from_numpy(np.ascontiguousarray(q, dtype=np.float32)).to(self.device)
+            cell_scores = qt @ centroids.T  # [Lq, C]
+            cand = self._candidates(cell_scores, offsets, docs, mask, min(k, n_allowed), ncells)
+            keep = max(k, ndocs // 4)
+            if len(cand) > keep:  # prune on centroid-only MaxSim: ndocs, then the best quarter
+                approx = self._centroid_scores(cell_scores, starts[cand], lengths[cand])
+                cand = cand[np.argpartition(-approx, keep - 1)[:keep]]
+            cand = np.sort(cand)
+            scores = self._exact_scores(qt, starts[cand], lengths[cand])
+            out.append(top_k(slots[cand], scores, k))
+        return out
+
+    def _candidates(
+        self,
+        cell_scores: torch.Tensor,
+        offsets: np.ndarray,
+        docs: np.ndarray,
+        mask: np.ndarray | None,
+        want: int,
+        ncells: int,
+    ) -> np.ndarray:
+        """Documents (positions) in the ``ncells`` best cells of any query token."""
+        n_cells = cell_scores.shape[1]
+        while True:
+            nc = min(ncells, n_cells)
+            cells = torch.unique(cell_scores.topk(nc, dim=1).indices).cpu().numpy()
+            cand = np.unique(docs[rows_of(offsets[cells], offsets[cells + 1] - offsets[cells])])
+            if mask is not None:
+                cand = cand[mask[cand]]
+            if len(cand) >= want or nc >= n_cells:
+                return cand.astype(np.int64)
+            ncells = 2 * nc  # a filter or a large k: probe more cells
+
+    def _centroid_scores(
+        self, cell_scores: torch.Tensor, starts: np.ndarray, lengths: np.ndarray
+    ) -> np.ndarray:
+        """MaxSim of the query against each document's tokens replaced by their centroids."""
+        rows = rows_of(starts, lengths)
+        ids = torch.from_numpy(self.row_ids(self._codes[rows])).to(cell_scores.device)
+        sim = cell_scores[:, ids]  # [Lq, T']
+        local = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        return segment_max(sim, local, lengths).sum(dim=0).cpu().numpy()
+
+    def _exact_scores(self, qt: torch.Tensor, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """MaxSim of the query against the decompressed token vectors of the documents."""
+        rows = self._codes[rows_of(starts, lengths)]
+        ids = torch.from_numpy(self.row_ids(rows)).to(self.device)
+        packed = torch.from_numpy(np.ascontiguousarray(rows[:, self.id_bytes :])).to(self.device)
+        tokens = self.codec.decode_torch(ids, packed, self._centroids())  # [T', dim]
+        local = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        return segment_maxsim(qt, tokens, local, lengths)[0].cpu().numpy()
+
+    # -- accounting and persistence --------------------------------------------------------
+    def nbytes(self) -> dict[str, int]:
+        """Bytes held by the live rows, the inverted list, the document table and the codec."""
+        if self.codec is None:
+            return {"codes": 0, "inverted_list": 0, "documents": 0, "codec": 0}
+        offsets, docs = self.inverted_list()
+        starts, lengths, slots = self.segments()
+        return {
+            "codes": self.num_vectors * self._code_shape()[0],
+            "inverted_list": offsets.nbytes + docs.nbytes,
+            "documents": starts.nbytes + lengths.nbytes + slots.nbytes,
+            "codec": self.codec.nbytes(),
+        }
+
+    def bytes_per_vector(self) -> float:
+        """Everything held per token vector: codes, inverted list, document table, centroids."""
+        return sum(self.nbytes().values()) / max(self.num_vectors, 1)
+
+    def to_arrays(self, order: Sequence[int]) -> dict[str, np.ndarray]:
+        """``.npy`` arrays: the rows of documents ``order``, their lengths and the codec."""
+        arrays = super().to_arrays(order)
+        if self.codec is not None:
+            arrays["plaid_centroids.npy"] = self.codec.centroids
+            arrays["plaid_cutoffs.npy"] = self.codec.cutoffs
+            arrays["plaid_weights.npy"] = self.codec.weights
+            arrays["plaid_trained_on.npy"] = np.asarray([self.trained_on], dtype=np.int64)
+        return arrays
+
+    def load_arrays(self, order: Sequence[int], arrays: dict[str, np.ndarray]) -> None:
+        """Inverse of :meth:`to_arrays` (``ValueError`` names the bad file)."""
+        if "plaid_centroids.npy" in arrays:
+            centroids = arrays["plaid_centroids.npy"]
+            if centroids.ndim != 2 or centroids.shape[1] != self.dim:
+                raise ValueError(
+                    f"plaid_centroids.npy: shape {list(centroids.shape)}, dimension {self.dim} expected"
+                )
+            try:
+                cutoffs, weights = arrays["plaid_cutoffs.npy"], arrays["plaid_weights.npy"]
+                self._set_codec(ResidualCodec(centroids, cutoffs, weights, self.nbits))
+            except KeyError as exc:
+                raise ValueError(f"{exc.args[0]}: missing") from exc
+            self.trained_on = int(arrays.get("plaid_trained_on.npy", np.asarray([len(centroids)]))[0])
+        elif len(order):
+            raise ValueError("plaid_centroids.npy: missing")
+        super().load_arrays(order, arrays)
+        if self.codec is not None and len(self._codes):
+            ids = self.row_ids(self._codes)
+            if ids.max() >= self.codec.num_centroids:
+                raise ValueError("token_codes.npy: centroid ids beyond plaid_centroids.npy")
+
+
+def rows_of(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The row indices ``int64 [sum(lengths)]`` of the spans ``(starts, lengths)``, in order.
+
+    >>> rows_of(np.array([5, 0]), np.array([2, 3])).tolist()
+    [5, 6, 0, 1, 2]
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    offset = np.asarray(starts, dtype=np.int64) - np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    first = np.repeat(offset, lengths)
+    return first + np.arange(total, dtype=np.int64)

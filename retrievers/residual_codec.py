@@ -1,0 +1,156 @@
+"""ColBERTv2's residual compression: a token vector = nearest centroid + a few bits per dimension.
+
+Training (on a sample): spherical k-means centroids, then the residuals ``x - centroid`` of
+held-out vectors give ``2**nbits`` buckets per dimension, shared by all dimensions: the
+cutoffs are the residual quantiles at ``i / 2**nbits`` and each bucket's value is the
+quantile at its middle, ``(i + 0.5) / 2**nbits`` (the scheme of colbert-ai's ``ResidualCodec``).
+Encoding stores the centroid id and each dimension's bucket index, packed ``8 // nbits`` to
+a byte; decoding adds the bucket values to the centroid and re-normalizes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+NBITS = (1, 2, 4)
+
+
+def num_centroids(n_vectors: int) -> int:
+    """``2**floor(log2(16 * sqrt(n)))`` centroids (ColBERTv2's rule), at most ``n / 8``."""
+    n_vectors = max(int(n_vectors), 1)
+    rule = 2 ** int(math.floor(math.log2(16 * math.sqrt(n_vectors))))
+    return max(1, min(rule, n_vectors // 8))
+
+
+class ResidualCodec:
+    """Centroids plus ``nbits``-per-dimension residual buckets.
+
+    Args:
+        centroids: ``float32 [C, dim]`` unit vectors.
+        cutoffs: ``float32 [2**nbits - 1]`` bucket boundaries of a residual value.
+        weights: ``float32 [2**nbits]`` the value decoded for each bucket.
+        nbits: bits per dimension (1, 2 or 4).
+    """
+
+    def __init__(self, centroids: np.ndarray, cutoffs: np.ndarray, weights: np.ndarray, nbits: int) -> None:
+        check_nbits(nbits, centroids.shape[1])
+        if cutoffs.shape != (2**nbits - 1,) or weights.shape != (2**nbits,):
+            raise ValueError(f"{nbits}-bit buckets need {2**nbits - 1} cutoffs and {2**nbits} weights")
+        self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+        self.cutoffs = np.ascontiguousarray(cutoffs, dtype=np.float32)
+        self.weights = np.ascontiguousarray(weights, dtype=np.float32)
+        self.nbits = nbits
+        self.dim = self.centroids.shape[1]
+        self.per_byte = 8 // nbits
+        # byte value -> the bucket values of the per_byte dimensions it packs: [256, per_byte]
+        shifts = nbits * np.arange(self.per_byte - 1, -1, -1)
+        buckets = (np.arange(256)[:, None] >> shifts[None, :]) & (2**nbits - 1)
+        self.lookup = self.weights[buckets]
+
+    @property
+    def num_centroids(self) -> int:
+        return len(self.centroids)
+
+    @property
+    def packed_bytes(self) -> int:
+        """Bytes of one vector's packed residual."""
+        return self.dim // self.per_byte
+
+    @classmethod
+    def train(
+        cls, x: np.ndarray, nbits: int, n_centroids: int | None = None, device: torch.device | None = None
+    ) -> ResidualCodec:
+        """Fit centroids and residual buckets to ``x`` (``float32 [n, dim]``, unit rows).
+
+        k-means (spherical, 4 iterations as ColBERTv2, in torch on ``device``) runs on a
+        sample of at most 32 vectors per centroid; up to 65,536 other vectors (or the sample
+        itself, for small ``x``) give the residual quantiles.
+        """
+        check_nbits(nbits, x.shape[1])
+        n_c = n_centroids or num_centroids(len(x))
+        order = np.random.default_rng(0).permutation(len(x))
+        sample = x[np.sort(order[: 32 * n_c])]
+        held = x[np.sort(order[32 * n_c : 32 * n_c + 65_536])] if len(x) > 32 * n_c else sample
+        logger.info("training %d centroids on %d of %d token vectors", n_c, len(sample), len(x))
+        centroids = spherical_kmeans(torch.from_numpy(sample).to(device or "cpu"), n_c, niter=4)
+        levels = 2**nbits
+        zeros = np.zeros(levels - 1, np.float32), np.zeros(levels, np.float32)
+        codec = cls(centroids.cpu().numpy(), *zeros, nbits)
+        residual = (held - codec.centroids[codec.assign(held)]).ravel()
+        levels = 2**nbits
+        cutoffs = np.quantile(residual, np.arange(1, levels) / levels).astype(np.float32)
+        weights = np.quantile(residual, (np.arange(levels) + 0.5) / levels).astype(np.float32)
+        return cls(codec.centroids, cutoffs, weights, nbits)
+
+    def assign(self, x: np.ndarray) -> np.ndarray:
+        """The nearest (highest inner product) centroid of each row, ``int64 [n]``."""
+        return nearest(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(self.centroids)).numpy()
+
+    def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(centroid ids int64 [n], packed residuals uint8 [n, packed_bytes])``."""
+        ids = self.assign(x)
+        buckets = np.searchsorted(self.cutoffs, x - self.centroids[ids], side="right").astype(np.uint8)
+        buckets = buckets.reshape(len(x), self.packed_bytes, self.per_byte)  # [n, bytes, per_byte]
+        shifts = (self.nbits * np.arange(self.per_byte - 1, -1, -1)).astype(np.uint8)
+        packed = np.bitwise_or.reduce(buckets << shifts, axis=2).astype(np.uint8)
+        return ids, packed
+
+    def decode(self, ids: np.ndarray, packed: np.ndarray) -> np.ndarray:
+        """Unit vectors ``float32 [n, dim]``: centroid plus bucket values, re-normalized."""
+        residual = np.take(self.lookup, packed, axis=0).reshape(len(ids), self.dim)
+        x = np.take(self.centroids, ids, axis=0) + residual
+        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+    def decode_torch(self, ids: torch.Tensor, packed: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+        """:meth:`decode` on the device of ``centroids`` (``ids`` int64, ``packed`` uint8)."""
+        lookup = torch.from_numpy(self.lookup).to(centroids.device)
+        embedding = torch.nn.functional.embedding  # a row gather: much faster than indexing on the CPU
+        x = embedding(ids, centroids) + embedding(packed.long(), lookup).reshape(len(ids), self.dim)
+        return torch.nn.functional.normalize(x, dim=1)
+
+    def nbytes(self) -> int:
+        """Bytes held: centroids, buckets and the byte lookup table."""
+        return self.centroids.nbytes + self.cutoffs.nbytes + self.weights.nbytes + self.lookup.nbytes
+
+
+def check_nbits(nbits: int, dim: int) -> None:
+    """Raise ``ValueError`` unless ``nbits`` is 1, 2 or 4 and packs ``dim`` dimensions into whole bytes."""
+    if isinstance(nbits, bool) or nbits not in NBITS:
+        raise ValueError(f"nbits must be one of {NBITS}, got {nbits!r}")
+    if dim % (8 // nbits):
+        raise ValueError(
+            f"nbits={nbits} packs {8 // nbits} dimensions per byte: dimension {dim} is not a multiple"
+        )
+
+
+def nearest(x: torch.Tensor, centroids: torch.Tensor, block: int = 16_384) -> torch.Tensor:
+    """Index ``int64 [n]`` of the centroid with the highest inner product, in blocks of rows."""
+    out = torch.empty(len(x), dtype=torch.int64, device=x.device)
+    for start in range(0, len(x), block):
+        out[start : start + block] = (x[start : start + block] @ centroids.T).argmax(dim=1)
+    return out
+
+
+def spherical_kmeans(x: torch.Tensor, k: int, niter: int = 4, seed: int = 0) -> torch.Tensor:
+    """``k`` unit centroids ``[k, dim]`` of the unit rows ``x`` (Lloyd iterations on the sphere).
+
+    Starts from ``k`` distinct random rows; a cluster left empty is re-seeded with a random row.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    k = min(k, len(x))
+    centroids = x[torch.randperm(len(x), generator=gen)[:k].to(x.device)].clone()
+    for _ in range(niter):
+        ids = nearest(x, centroids)
+        sums = torch.zeros_like(centroids).index_add_(0, ids, x)
+        empty = torch.bincount(ids, minlength=k) == 0
+        if empty.any():
+            pick = torch.randint(len(x), (int(empty.sum()),), generator=gen).to(x.device)
+            sums[empty] = x[pick]
+        centroids = torch.nn.functional.normalize(sums, dim=1)
+    return centroids
