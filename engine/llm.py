@@ -20,7 +20,13 @@ from tqdm.auto import tqdm
 from vllm_pool.engine.architectures import build_poolers
 from vllm_pool.engine.args import EngineArgs
 from vllm_pool.engine.config import PoolerConfig
-from vllm_pool.engine.inputs import InputProcessor, normalize_params, normalize_prompts, resolve_params
+from vllm_pool.engine.inputs import (
+    InputProcessor,
+    check_attention_masks,
+    normalize_params,
+    normalize_prompts,
+    resolve_params,
+)
 from vllm_pool.engine.loader import load_model
 from vllm_pool.engine.outputs import (
     PoolingOutput,
@@ -192,6 +198,7 @@ class LLM(TaskMethods):
     ) -> tuple[list[Any], list[PoolingParams]]:
         pooler = self.poolers.get(task)
         items = normalize_prompts(prompts)
+        check_attention_masks(items, task)
         params = normalize_params(pooling_params, len(items))
         return items, resolve_params(pooler.resolve, params, truncate_prompt_tokens)
 
