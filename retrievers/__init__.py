@@ -3,7 +3,8 @@
 >>> from vllm_pool.retrievers import DenseIndex, MultiVectorIndex, maxsim
 """
 
-from .colbert import ColBERTConfig, ColBERTEncoder
+from .colbert import ColBERTEncoder
+from .colbert_config import ColBERTConfig
 from .dense import DenseIndex
 from .encoders import EngineTextEmbedder, EngineTokenEncoder, TextEmbedder, TokenEncoder
 from .maxsim import maxsim, pad_token_vectors
