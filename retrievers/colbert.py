@@ -49,9 +49,7 @@ class ColBERTEncoder:
 
     def __init__(self, encoder: TokenEncoder, config: ColBERTConfig | None = None) -> None:
         self.encoder = encoder
-        if config is None:
-            config = ColBERTConfig.from_settings(getattr(encoder, "colbert_settings", None))
-        self.config = config
+        self.config = config = config if config is not None else self.default_config(encoder)
         self.tokenizer = encoder.tokenizer
         self.model_name = getattr(encoder, "model_name", None)
         limit = getattr(encoder, "max_length", None)
@@ -67,7 +65,25 @@ class ColBERTEncoder:
             self.mask_id = self.tokenizer.pad_token_id
             logger.warning("tokenizer has no mask token; padding queries with the pad token")
         self.skiplist = self._skiplist() if config.skip_punctuation else set()
-        self._specials = len(self._wrap([], None))
+        self._template = self._special_template()
+        self._specials = len(self._template[0]) + len(self._template[1])
+
+    @staticmethod
+    def default_config(encoder: TokenEncoder, **overrides: Any) -> ColBERTConfig:
+        """The checkpoint's settings (``encoder.colbert_settings``), then ``overrides`` (``None``
+        values ignored); lengths not given are capped at the encoder's ``max_length``.
+
+        Raises:
+            TypeError: an unknown setting name.
+        """
+        settings = dict(getattr(encoder, "colbert_settings", None) or {})
+        limit = getattr(encoder, "max_length", None)
+        defaults = ColBERTConfig()
+        for name in ("query_maxlen", "doc_maxlen"):
+            value = settings.get(name, getattr(defaults, name))
+            if limit is not None and overrides.get(name) is None and value > limit:
+                settings[name] = limit
+        return ColBERTConfig.from_settings(settings, **overrides)
 
     @classmethod
     def from_llm(cls, llm: Any, config: ColBERTConfig | None = None) -> ColBERTEncoder:
@@ -86,18 +102,16 @@ class ColBERTEncoder:
         return int(ids[0])
 
     def _skiplist(self) -> set[int]:
-        unk = self.tokenizer.unk_token_id
+        """The skipped ids, as the references compute them: an unknown symbol maps to the
+        unknown token, so both drop ``[UNK]`` vectors too."""
         words = self.config.skiplist_words
         if words is not None:  # PyLate: the ids of the listed tokens
-            return {int(i) for i in self.tokenizer.convert_tokens_to_ids(list(words)) if i not in (None, unk)}
-        ids = set()  # colbert-ai: each punctuation symbol and its first word piece
+            return {int(i) for i in self.tokenizer.convert_tokens_to_ids(list(words)) if i is not None}
+        ids = set()  # colbert-ai: the first word piece of each punctuation symbol
         for ch in string.punctuation:
-            for tok_id in (
-                *self.tokenizer.convert_tokens_to_ids([ch]),
-                *self.tokenizer.encode(ch, add_special_tokens=False)[:1],
-            ):
-                if tok_id is not None and tok_id != unk:
-                    ids.add(int(tok_id))
+            pieces = self.tokenizer.encode(ch, add_special_tokens=False)
+            if pieces:
+                ids.add(int(pieces[0]))
         return ids
 
     # -- token ids -----------------------------------------------------------------------
@@ -109,13 +123,21 @@ class ColBERTEncoder:
             raise ValueError(f"{what}[{i}] is empty: it has no tokens to encode")
         return list(self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
 
+    def _special_template(self) -> tuple[list[int], list[int]]:
+        """The special tokens the tokenizer puts before and after a text (``[CLS]`` / ``[SEP]``,
+        ``<s>`` / ``</s>``...), read off one probe text."""
+        probe = "a b"
+        plain = list(self.tokenizer(probe, add_special_tokens=False, verbose=False)["input_ids"])
+        full = list(self.tokenizer(probe, add_special_tokens=True, verbose=False)["input_ids"])
+        for start in range(len(full) - len(plain) + 1):
+            if full[start : start + len(plain)] == plain:
+                return full[:start], full[start + len(plain) :]
+        raise ValueError("cannot find the text inside the tokenizer's special-token template")
+
     def _wrap(self, content: list[int], marker: int | None) -> list[int]:
         """Special tokens around ``content`` and the marker after the first one."""
-        build = getattr(self.tokenizer, "build_inputs_with_special_tokens", None)
-        if build is not None:
-            ids = list(build(list(content)))
-        else:
-            ids = [self.tokenizer.cls_token_id, *content, self.tokenizer.sep_token_id]
+        head, tail = self._template
+        ids = [*head, *content, *tail]
         if marker is not None:
             ids.insert(1, marker)
         return ids
