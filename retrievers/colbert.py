@@ -183,7 +183,10 @@ class ColBERTEncoder:
         _check_texts(texts, "documents")
         budget = self._budget(self.config.doc_maxlen, self.doc_marker_id)
         if overlap is not None and not 0 <= overlap < budget:
-            raise ValueError(f"window overlap must be in [0, {budget}) tokens for doc_maxlen, got {overlap}")
+            raise ValueError(
+                f"window overlap must be in [0, {budget}) tokens for doc_maxlen={self.config.doc_maxlen}, "
+                f"got {overlap}"
+            )
         parents, out, cut = [], [], 0
         for i, text in enumerate(texts):
             content = self._content(text, "documents", i)
