@@ -47,10 +47,13 @@ def _windows_of(index: Any, parent: str) -> list[str]:
 
 def remove(index: Any, ids: Iterable[str]) -> int:
     """Remove documents by id, all their windows included; return how many documents went."""
-    removed = 0
-    for doc_id in ids:
-        gone = index.remove([doc_id, *_windows_of(index, doc_id)])
-        removed += gone > 0
+    targets, removed = [], 0
+    for doc_id in dict.fromkeys(ids):
+        found = [i for i in (doc_id, *_windows_of(index, doc_id)) if i in index]
+        targets += found
+        removed += bool(found)
+    if targets:
+        index.remove(targets)
     return removed
 
 
