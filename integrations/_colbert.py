@@ -134,19 +134,25 @@ def add_texts(
     if len(to_encode) != len(texts):
         raise ValueError(f"got {len(texts)} texts but {len(to_encode)} texts to encode")
     from vllm_pool.retrievers import long_documents
+    from vllm_pool.retrievers.colbert import check_texts
 
-    starts = range(0, len(texts), batch_size)
-    if split_long_documents:
-        for start in tqdm(starts, desc="ColBERT encoding", unit="batch", disable=not show_progress):
-            end = start + batch_size
-            batch = (to_encode[start:end], ids[start:end], metas[start:end])
-            long_documents.add_documents(index, encoder, *batch, window_overlap, [TEXT_KEY])
-        return ids
+    check_texts(to_encode)  # positions in the caller's list, before any batch is encoded
     vectors: list[Any] = []
+    win_ids, win_metas = list(ids), list(metas)
+    if split_long_documents:
+        win_ids, win_metas = [], []
+    starts = range(0, len(texts), batch_size)
     for start in tqdm(starts, desc="ColBERT encoding", unit="batch", disable=not show_progress):
-        vectors.extend(encoder.encode_documents(to_encode[start : start + batch_size]))
-    long_documents.remove(index, ids)  # an id stored as windows before
-    index.add(vectors, ids, metas)
+        end = start + batch_size
+        if split_long_documents:
+            batch = (to_encode[start:end], ids[start:end], metas[start:end])
+            v, i, m = long_documents.windows(encoder, *batch, window_overlap, [TEXT_KEY])
+            vectors += v
+            win_ids += i
+            win_metas += m
+        else:
+            vectors += encoder.encode_documents(to_encode[start:end])
+    long_documents.replace(index, ids, vectors, win_ids, win_metas)  # all encoded: now change the index
     return ids
 
 

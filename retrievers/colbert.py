@@ -272,3 +272,14 @@ def _check_texts(texts: Sequence[str], what: str) -> None:
         raise TypeError(f"{what} must be a list of strings, not a single string")
     if len(texts) == 0:
         raise ValueError(f"expected at least one text in {what}")
+
+
+def check_texts(texts: Sequence[str], what: str = "documents") -> None:
+    """Raise ``TypeError`` / ``ValueError`` naming the first text that is not a non-empty string
+    (run it before encoding in batches, so positions are the caller's)."""
+    _check_texts(texts, what)
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"{what}[{i}]: expected a string, got {type(text).__name__}")
+        if not text.strip():
+            raise ValueError(f"{what}[{i}] is empty: it has no tokens to encode")

@@ -57,28 +57,23 @@ def remove(index: Any, ids: Iterable[str]) -> int:
     return removed
 
 
-def add_documents(
-    index: Any,
+def windows(
     encoder: Any,
     texts: Sequence[str],
     ids: Sequence[str],
     metadatas: Sequence[Mapping[str, Any]],
     overlap: int = 32,
     first_window_only: Sequence[str] = (),
-) -> list[str]:
-    """Encode ``texts`` in windows and add them (an id already present is replaced whole).
+) -> tuple[list[Any], list[str], list[dict[str, Any]]]:
+    """Encode ``texts`` in windows: ``(vectors, window ids, window metadatas)`` to add.
 
     Args:
-        index: a ``MultiVectorIndex``.
         encoder: a :class:`~.colbert.ColBERTEncoder`.
         texts: the documents.
         ids: one id per text.
         metadatas: one dict per text (copied onto every window).
         overlap: tokens shared by consecutive windows.
         first_window_only: metadata keys kept on the first window only.
-
-    Returns:
-        ``ids``.
     """
     parents, vectors = encoder.encode_document_windows(list(texts), overlap)
     counts = [0] * len(texts)
@@ -99,9 +94,36 @@ def add_documents(
         win_metas.append(meta)
     if sum(c > 1 for c in counts):
         logger.info("split %d long documents into %d windows", sum(c > 1 for c in counts), len(parents))
+    return vectors, win_ids, win_metas
+
+
+def add_documents(
+    index: Any,
+    encoder: Any,
+    texts: Sequence[str],
+    ids: Sequence[str],
+    metadatas: Sequence[Mapping[str, Any]],
+    overlap: int = 32,
+    first_window_only: Sequence[str] = (),
+) -> list[str]:
+    """Encode ``texts`` in windows (see :func:`windows`) and add them; an id already present
+    is replaced whole. Everything is encoded before the index changes, so a bad text leaves
+    the index as it was.
+
+    Returns:
+        ``ids``.
+    """
+    vectors, win_ids, win_metas = windows(encoder, texts, ids, metadatas, overlap, first_window_only)
+    replace(index, ids, vectors, win_ids, win_metas)
+    return list(ids)
+
+
+def replace(
+    index: Any, ids: Sequence[str], vectors: list[Any], win_ids: list[str], win_metas: list[dict[str, Any]]
+) -> None:
+    """Remove documents ``ids`` (every window) and add the given windows."""
     remove(index, ids)
     index.add(vectors, win_ids, win_metas)
-    return list(ids)
 
 
 def get(index: Any, ids: Sequence[str]) -> list[Any]:

@@ -105,6 +105,10 @@ def test_split_long_documents_in_both_retrievers(tmp_path, caplog):
     loaded = LCRetriever.load(tmp_path / "split", k=1)
     assert loaded.split_long_documents and loaded.invoke("vault password")[0].id == "long"
     assert split.delete(["long"]) == 1 and len(split.index) == 3
+    split.batch_size = 1  # a bad text in a later batch: nothing of the call is added
+    with pytest.raises(ValueError, match=r"documents\[1\] is empty"):
+        split.add_texts([LONG, "  "], ids=["long", "empty"])
+    assert len(split.index) == 3 and split.invoke("vault password")[0].id != "long"
 
     li = LIRetriever.from_nodes(
         [TextNode(text=t, id_=i) for i, t in zip(["long", "a"], [LONG, TEXTS[0]])],

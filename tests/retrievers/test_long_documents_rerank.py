@@ -62,6 +62,11 @@ def test_split_index_finds_the_end_of_a_long_document(enc, caplog):
     assert "long" in index and not long_documents._windows_of(index, "long")
     assert long_documents.remove(index, ["filler", "missing"]) == 1
     assert sorted(r.id for r in long_documents.get(index, ["long", "short", "filler"])) == ["long", "short"]
+    # a bad text: nothing is added, nothing already indexed is lost
+    before = len(index)
+    with pytest.raises(ValueError, match=r"documents\[1\] is empty"):
+        long_documents.add_documents(index, enc, [FILLER, " ", "x"], ["short", "e", "x"], [{}] * 3, overlap=4)
+    assert len(index) == before and "short" in index and "x" not in index
 
 
 def test_rerank_orders_by_maxsim(enc):
