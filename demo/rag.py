@@ -52,7 +52,6 @@ def fuse(rankings: list[list[str]], k: int = 60) -> list[str]:
 def build_indexes(llm, passages: list[dict]):
     """A dense and a ColBERT index over ``passages`` (progress bars while encoding)."""
     from vllm_pool.retrievers import (
-        ColBERTConfig,
         ColBERTEncoder,
         DenseIndex,
         EngineTextEmbedder,
@@ -63,8 +62,9 @@ def build_indexes(llm, passages: list[dict]):
     ids = [p["id"] for p in passages]
     metas = [{"title": p["title"], "module": p["module"]} for p in passages]
     dense = DenseIndex.from_texts(texts, EngineTextEmbedder(llm), ids=ids, metadatas=metas)
-    # all-MiniLM-L6-v2 is not a trained ColBERT model: no markers, no [MASK] query padding
-    colbert_encoder = ColBERTEncoder.from_llm(llm, ColBERTConfig(mask_augment=False))
+    # the encoder settings come from the model: a ColBERT checkpoint brings its markers and
+    # [MASK] query expansion; all-MiniLM-L6-v2 (never trained for them) gets neither
+    colbert_encoder = ColBERTEncoder.from_llm(llm)
     colbert = MultiVectorIndex.from_texts(texts, colbert_encoder, ids=ids, metadatas=metas)
     return dense, colbert, colbert_encoder
 

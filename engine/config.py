@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from vllm_pool.engine.args import DTYPES
+from vllm_pool.engine.colbert_checkpoint import ColbertCheckpoint, read_colbert_checkpoint
 from vllm_pool.engine.st_config import STConfig
 from vllm_pool.engine.types import PoolingType
 
@@ -159,6 +160,8 @@ class ModelConfig:
     st: STConfig | None
     pooler: PoolerConfig
     trust_remote_code: bool = False
+    colbert: ColbertCheckpoint | None = None
+    """A ColBERT checkpoint's projection head and encoder settings (see ``colbert_checkpoint``)."""
 
     @property
     def architectures(self) -> list[str]:
@@ -254,6 +257,9 @@ def build_model_config(
     """
     dev = resolve_device(args.device)
     architectures = list(getattr(hf_config, "architectures", None) or [])
+    colbert = read_colbert_checkpoint(path, hf_path, architectures)
+    # PyLate saves the length it last tokenized with as max_seq_length: not a model limit
+    length_st = None if colbert is not None and colbert.format == "pylate" else st
     return ModelConfig(
         name=os.fspath(args.model),
         path=path,
@@ -262,8 +268,9 @@ def build_model_config(
         convert=resolve_convert(architectures, args.convert),
         device=dev,
         dtype=resolve_dtype(args.dtype, dev),
-        max_model_len=_max_model_len(hf_config, st, tokenizer_max_len, args.max_model_len),
+        max_model_len=_max_model_len(hf_config, length_st, tokenizer_max_len, args.max_model_len),
         st=st,
         pooler=PoolerConfig.from_any(args.pooler_config),
         trust_remote_code=args.trust_remote_code,
+        colbert=colbert,
     )

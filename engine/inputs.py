@@ -1,6 +1,7 @@
 """Prompts in, tokenized :class:`Request` objects out.
 
-Accepts a string, a ``{"prompt_token_ids": [...]}`` dict (vLLM's ``TokensPrompt``), a
+Accepts a string, a ``{"prompt_token_ids": [...]}`` dict (vLLM's ``TokensPrompt``,
+optionally with an ``"attention_mask"`` of 0 / 1 per token for the token tasks), a
 ``{"prompt": "..."}`` dict, or a list of those. Anything else is a ``TypeError`` that
 names the position. A text dict may carry an ``"instruction"`` (a Sentence Transformers
 prompt such as ``"query: "``): the text run is ``instruction + prompt``, and the request
@@ -55,6 +56,8 @@ def _check_dict_prompt(item: dict[str, Any], i: int) -> None:
             or not all(isinstance(t, int) and not isinstance(t, bool) for t in ids)
         ):
             raise TypeError(f"prompts[{i}]['prompt_token_ids'] must be a list of integers")
+        if item.get("attention_mask") is not None:
+            _check_attention_mask(item["attention_mask"], len(ids), i)
     elif "prompt" in item:
         if not isinstance(item["prompt"], str):
             raise TypeError(f"prompts[{i}]['prompt'] must be a string, got {type(item['prompt']).__name__}")
@@ -66,6 +69,33 @@ def _check_dict_prompt(item: dict[str, Any], i: int) -> None:
             )
     else:
         raise TypeError(f"prompts[{i}] is a dict without 'prompt' or 'prompt_token_ids'")
+
+
+def _check_attention_mask(mask: object, n: int, i: int) -> None:
+    if not isinstance(mask, Sequence) or isinstance(mask, (str, bytes)) or any(
+        m not in (0, 1) or isinstance(m, float) for m in mask
+    ):
+        raise TypeError(f"prompts[{i}]['attention_mask'] must be a list of 0 / 1 integers")
+    if len(mask) != n:
+        raise ValueError(f"prompts[{i}]['attention_mask'] has {len(mask)} entries for {n} tokens")
+    if n and not any(mask):
+        raise ValueError(f"prompts[{i}]['attention_mask'] attends to no position")
+
+
+TOKEN_TASKS = ("token_embed", "token_classify")
+
+
+def check_attention_masks(items: list[PromptType], task: str) -> None:
+    """Prompts with an ``attention_mask`` are for the per-token tasks only: a sequence pooler
+    (CLS / MEAN / LAST) would read positions the model did not attend to."""
+    if task in TOKEN_TASKS:
+        return
+    for i, item in enumerate(items):
+        if isinstance(item, dict) and item.get("attention_mask") is not None:
+            raise ValueError(
+                f"prompts[{i}] has an attention_mask, which only the {list(TOKEN_TASKS)} tasks accept "
+                f"(task: {task!r})"
+            )
 
 
 def normalize_params(params: PoolingParams | Sequence[PoolingParams] | None, n: int) -> list[PoolingParams]:
@@ -175,7 +205,9 @@ class InputProcessor:
         for i, (prompt, p) in enumerate(zip(prompts, params)):
             limit = self.limit(p, i + offset)
             if isinstance(prompt, dict) and "prompt_token_ids" in prompt:
-                requests[i] = self._from_ids(i + offset, list(prompt["prompt_token_ids"]), p, limit)
+                requests[i] = self._from_ids(
+                    i + offset, list(prompt["prompt_token_ids"]), p, limit, prompt.get("attention_mask")
+                )
             else:
                 texts.setdefault(limit, []).append(i)
         for limit, indices in texts.items():
@@ -247,7 +279,9 @@ class InputProcessor:
             enc = self.tokenizer(a, b, truncation="longest_first", max_length=limit)
         return enc["input_ids"], enc.get("token_type_ids")
 
-    def _from_ids(self, i: int, ids: list[int], params: PoolingParams, limit: int) -> Request:
+    def _from_ids(
+        self, i: int, ids: list[int], params: PoolingParams, limit: int, mask: Sequence[int] | None = None
+    ) -> Request:
         if not ids:
             raise ValueError(f"prompts[{i}]['prompt_token_ids'] is empty")
         bad = [t for t in ids if t < 0 or t >= self.vocab_size]
@@ -256,14 +290,18 @@ class InputProcessor:
                 f"prompts[{i}]['prompt_token_ids'] has ids outside the vocabulary "
                 f"[0, {self.vocab_size}): {bad[:5]}"
             )
+        attention = None if mask is None or all(mask) else [int(m) for m in mask]
         if params.truncate_prompt_tokens is not None:
             ids = ids[:limit]
+            attention = attention[:limit] if attention is not None else None
+            if attention is not None and not any(attention):
+                raise ValueError(f"prompts[{i}]['attention_mask'] attends to no position after truncation")
         elif len(ids) > self.max_model_len:
             raise ValueError(
                 f"prompts[{i}] has {len(ids)} tokens, more than the model's max_model_len of "
                 f"{self.max_model_len}; set truncate_prompt_tokens to cut it"
             )
-        return Request(index=i, prompt_token_ids=ids, params=params)
+        return Request(index=i, prompt_token_ids=ids, params=params, attention_mask=attention)
 
 
 def _text(prompt: PromptType) -> str:

@@ -48,10 +48,12 @@ def _segments_sdpa(
     bounds: list[int],
     scaling: float | None,
     causal: bool,
+    key_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """SDPA inside each segment ``bounds[i]:bounds[i+1]``; equal lengths run as one batch.
 
-    ``query`` is ``[heads, tokens, dim]``; returns ``[tokens, heads, dim]``.
+    ``query`` is ``[heads, tokens, dim]``; returns ``[tokens, heads, dim]``. ``key_mask``
+    (``[tokens]`` bool) marks the positions that may be attended to.
     """
     out = query.new_empty(query.shape[1], query.shape[0], value.shape[-1])
     by_len: dict[int, list[int]] = {}
@@ -64,7 +66,13 @@ def _segments_sdpa(
         else:
             sel = torch.cat([torch.arange(s, s + length) for s in starts]).to(query.device)
         q, k, v = (t[:, sel].unflatten(1, (n, length)).transpose(0, 1) for t in (query, key, value))
-        o = F.scaled_dot_product_attention(q, k, v, scale=scaling, is_causal=causal)
+        if key_mask is None:
+            o = F.scaled_dot_product_attention(q, k, v, scale=scaling, is_causal=causal)
+        else:
+            allowed = key_mask[sel].view(n, 1, 1, length)  # [n, 1, 1 (queries), length (keys)]
+            if causal:
+                allowed = allowed & torch.ones(length, length, dtype=torch.bool, device=q.device).tril()
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scaling)
         out[sel] = o.permute(0, 2, 1, 3).reshape(-1, o.shape[1], o.shape[-1])
     return out
 
@@ -83,8 +91,13 @@ def call_flash(
     longest: int,
     scaling: float | None,
     causal: bool,
+    cu_k: torch.Tensor | None = None,
+    longest_k: int | None = None,
 ) -> torch.Tensor:
     """Call ``varlen_attn`` with ``[heads, tokens, dim]`` inputs; returns ``[tokens, heads, dim]``.
+
+    ``cu_k`` / ``longest_k`` describe the key segments when they differ from the query ones
+    (keys gathered to the attended positions); default: the same as the queries.
 
     Adapts to the signatures torch has shipped: ``is_causal`` without ``scale`` (2.9-2.10),
     then ``scale`` / ``window_size``, then ``enable_gqa``. Without ``scale`` the query is
@@ -107,8 +120,9 @@ def call_flash(
     else:
         kwargs["is_causal"] = causal
     cu32 = cu.to(torch.int32)
+    cu32_k = cu32 if cu_k is None else cu_k.to(torch.int32)
     t = (q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1))
-    return flash(*t, cu32, cu32, longest, longest, **kwargs)
+    return flash(*t, cu32, cu32_k, longest, longest if longest_k is None else longest_k, **kwargs)
 
 
 def varlen_attention(
@@ -132,8 +146,17 @@ def varlen_attention(
     causal = bool(is_causal if is_causal is not None else getattr(module, "is_causal", False))
     q, k, v = query[0], key[0], value[0]
     cu = kwargs.get("cu_seq_lens_q")
+    key_index = kwargs.get("packed_key_index")  # prompts with positions not attended to
     flash = flash_kernel(q) if cu is not None else None
-    if flash is not None:
+    if flash is not None and key_index is not None:
+        if causal:
+            raise ValueError("attention masks in packed batches need a bidirectional (encoder) model")
+        k, v = k.index_select(1, key_index), v.index_select(1, key_index)
+        longest = int(kwargs["max_length_q"])
+        out = call_flash(
+            flash, q, k, v, cu, longest, scaling, causal, kwargs["cu_seq_lens_k"], int(kwargs["max_length_k"])
+        )
+    elif flash is not None:
         out = call_flash(flash, q, k, v, cu, int(kwargs["max_length_q"]), scaling, causal)
     else:
         groups = q.shape[0] // k.shape[0]
@@ -142,7 +165,7 @@ def varlen_attention(
         bounds: list[int] = kwargs.get("packed_bounds") or (
             cu.tolist() if cu is not None else [0, query.shape[2]]
         )
-        out = _segments_sdpa(q, k, v, bounds, scaling, causal)
+        out = _segments_sdpa(q, k, v, bounds, scaling, causal, kwargs.get("packed_key_mask"))
     return out.unsqueeze(0), None
 
 
@@ -184,6 +207,24 @@ def attention_kwargs(bounds: list[int], longest: int) -> dict[str, Any]:
     ``packed_bounds`` keeps the host copy so the CPU path never reads the device.
     """
     return {"max_length_q": longest, "max_length_k": longest, "packed_bounds": bounds}
+
+
+def key_mask(masks: list[list[int]]) -> tuple[dict[str, torch.Tensor], int]:
+    """Host tensors for prompts whose ``masks`` (0 / 1 per token) leave positions unattended.
+
+    Returns ``packed_key_mask`` (``[total_tokens]`` bool, the SDPA path), ``packed_key_index``
+    (the attended flat positions) and ``cu_seq_lens_k`` (their per-prompt bounds; the flash
+    path gathers keys and values to them), and the longest attended span.
+    """
+    flat = torch.tensor(list(itertools.chain.from_iterable(masks)), dtype=torch.bool)
+    counts = torch.tensor([sum(m) for m in masks])
+    cu_k = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(counts, 0)])
+    tensors = {
+        "packed_key_mask": flat,
+        "packed_key_index": flat.nonzero().squeeze(1),
+        "cu_seq_lens_k": cu_k,
+    }
+    return tensors, int(counts.max())
 
 
 def pack(

@@ -103,9 +103,11 @@ class TaskPoolers:
 
 
 def embed_poolers(cfg: ModelConfig) -> dict[str, Pooler]:
-    """``embed`` (sequence methods only) and ``token_embed``: ST Dense projections, Matryoshka
-    slice and normalization on the pooled hidden states."""
-    dense = cfg.st.dense if cfg.st is not None else []
+    """``embed`` (sequence methods only) and ``token_embed``: ST Dense projections (and a ColBERT
+    checkpoint's linear head), Matryoshka slice and normalization on the pooled hidden states."""
+    dense = list(cfg.st.dense) if cfg.st is not None else []
+    if cfg.colbert is not None and cfg.colbert.projection is not None:
+        dense.append(cfg.colbert.projection)  # a ColBERT checkpoint's linear head
     projection = Projection(dense).to(cfg.device, cfg.dtype) if dense else None
     head = EmbeddingHead(
         model_name=cfg.name,

@@ -148,11 +148,17 @@ class ModelRunner:
         bounds = [0]
         for r in reqs:
             bounds.append(bounds[-1] + r.num_tokens)
+        masked = any(r.attention_mask is not None for r in reqs)  # positions not attended to
         if self.packed:
             host = packing.pack(
                 [r.prompt_token_ids for r in reqs], [r.token_type_ids for r in reqs], self._pos_offset
             )
             extra = packing.attention_kwargs(bounds, batch.max_len)
+            if masked:
+                keys, extra["max_length_k"] = packing.key_mask(
+                    [r.attention_mask or [1] * r.num_tokens for r in reqs]
+                )
+                host.update(keys)
             rows = None
         else:
             max_len = batch.max_len
@@ -162,9 +168,9 @@ class ModelRunner:
                     [r.prompt_token_ids + [self.pad_token_id] * p for r, p in zip(reqs, pads)]
                 )
             }
-            if any(pads):  # equal lengths: no mask, faster kernels
+            if any(pads) or masked:  # equal lengths: no mask, faster kernels
                 host["attention_mask"] = torch.tensor(
-                    [[1] * r.num_tokens + [0] * p for r, p in zip(reqs, pads)]
+                    [(r.attention_mask or [1] * r.num_tokens) + [0] * p for r, p in zip(reqs, pads)]
                 )
             if any(r.token_type_ids is not None for r in reqs):
                 host["token_type_ids"] = torch.tensor(
@@ -177,7 +183,10 @@ class ModelRunner:
         dev, ready = self._to_device(host)
         rows, cu = dev.pop("rows", None), dev.pop("cu_seqlens")
         if self.packed:
-            extra.update(cu_seq_lens_q=cu, cu_seq_lens_k=cu)
+            extra.update(cu_seq_lens_q=cu, cu_seq_lens_k=dev.pop("cu_seq_lens_k", cu))
+            for name in ("packed_key_mask", "packed_key_index"):  # prompts with unattended positions
+                if name in dev:
+                    extra[name] = dev.pop(name)
         return Staged(batch, dev, extra, rows, cu, ready)
 
     # ------------------------------------------------------------------ forward

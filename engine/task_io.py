@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
-from vllm_pool.engine.inputs import normalize_params, normalize_prompts, resolve_params
+from vllm_pool.engine.inputs import check_attention_masks, normalize_params, normalize_prompts, resolve_params
 from vllm_pool.engine.outputs import (
     ClassificationOutput,
     EmbeddingOutput,
@@ -77,6 +77,7 @@ class PromptIO:
         """Check prompts and params (no tokenizer): a ``TypeError`` / ``ValueError`` naming the input."""
         pooler = self.llm.poolers.get(self.task)
         items = normalize_prompts(prompts)
+        check_attention_masks(items, self.task)
         params = normalize_params(pooling_params, len(items))
         return items, resolve_params(pooler.resolve, params, truncate_prompt_tokens)
 

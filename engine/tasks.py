@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from vllm_pool.engine.inputs import normalize_prompts
+from vllm_pool.engine.inputs import check_attention_masks, normalize_prompts
 from vllm_pool.engine.outputs import (
     ClassificationOutput,
     EmbeddingOutput,
@@ -135,6 +135,7 @@ class TaskMethods:
         items = normalize_prompts(prompts)
         per_task = {}
         for task in tasks:
+            check_attention_masks(items, task)
             pooler = self.poolers.get(task)
             p = given.get(task) or PoolingParams()
             if truncate_prompt_tokens is not None:

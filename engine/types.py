@@ -44,6 +44,9 @@ class Request:
         instruction_len: how many leading tokens are the prompt's instruction (a Sentence
             Transformers prompt such as ``"query: "``); poolers of models whose ST Pooling
             says ``include_prompt: false`` leave them out.
+        attention_mask: which positions the model attends to (1) or not (0), for token-id
+            prompts that carry one; every position still gets a hidden state (ColBERT's
+            query expansion tokens). ``None``: all positions are attended.
     """
 
     index: int
@@ -52,6 +55,7 @@ class Request:
     token_type_ids: list[int] | None = None
     prompt: str | None = None
     instruction_len: int = 0
+    attention_mask: list[int] | None = None
 
     @property
     def num_tokens(self) -> int:

@@ -1,8 +1,12 @@
 """The ColBERT plumbing both frameworks' retrievers share (over ``vllm_pool.retrievers``).
 
-A saved retriever is a folder: ``index/`` (a :class:`~vllm_pool.retrievers.MultiVectorIndex`
-folder, written atomically, no pickle) and ``colbert.json`` (the encoding conventions and
-the model id).
+Encoder settings are the fields of :class:`~vllm_pool.retrievers.ColBERTConfig`
+(:data:`ENCODER_SETTINGS`); a retriever field left at ``None`` takes the checkpoint's value
+(colbert-ai ``artifact.metadata``, PyLate's config), else the plain default (no ``[MASK]``
+expansion). A saved retriever is a folder: ``index/`` (a
+:class:`~vllm_pool.retrievers.MultiVectorIndex` folder, written atomically, no pickle) and
+``colbert.json`` (model id, dimension, encoder settings, long-document settings); loading it
+with a conflicting setting raises.
 """
 
 from __future__ import annotations
@@ -13,18 +17,29 @@ import os
 import threading
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from ._engines import EngineOptions, get_engine, on_clear
-from ._records import new_records, unpack, user_filter
+from ._records import TEXT_KEY, new_records, unpack, user_filter
 
 logger = logging.getLogger(__name__)
 
 SETTINGS_FILE = "colbert.json"
 INDEX_DIR = "index"
-SETTINGS_VERSION = 1
+SETTINGS_VERSION = 2
+ENCODER_SETTINGS = (
+    "query_maxlen",
+    "doc_maxlen",
+    "query_marker",
+    "doc_marker",
+    "mask_augment",
+    "attend_to_expansion_tokens",
+    "skip_punctuation",
+    "skiplist_words",
+    "normalize",
+)
+"""The encoder settings both frameworks' retrievers expose (``ColBERTConfig``'s fields)."""
 
 _encoders: dict[tuple[EngineOptions, Any], Any] = {}
 _encoders_lock = threading.Lock()
@@ -38,18 +53,19 @@ def _clear_encoders() -> None:
 on_clear(_clear_encoders)  # clear_engine_cache drops the encoders holding the old engines
 
 
-def colbert_config(
-    query_maxlen: int = 32,
-    doc_maxlen: int = 180,
-    query_marker: str | None = None,
-    doc_marker: str | None = None,
-) -> Any:
-    """A :class:`~vllm_pool.retrievers.ColBERTConfig` from the retrievers' fields."""
-    from vllm_pool.retrievers import ColBERTConfig
+def resolve_config(options: EngineOptions, overrides: Mapping[str, Any]) -> Any:
+    """The ``ColBERTConfig`` of an engine: its checkpoint's settings, then ``overrides``
+    (``None`` values ignored).
 
-    return ColBERTConfig(
-        query_maxlen=query_maxlen, doc_maxlen=doc_maxlen, query_marker=query_marker, doc_marker=doc_marker
-    )
+    Raises:
+        TypeError: a name that is not an encoder setting.
+    """
+    from vllm_pool.retrievers import ColBERTEncoder, EngineTokenEncoder
+
+    unknown = sorted(set(overrides) - set(ENCODER_SETTINGS))
+    if unknown:
+        raise TypeError(f"unknown ColBERT settings {unknown}; the settings are {list(ENCODER_SETTINGS)}")
+    return ColBERTEncoder.default_config(EngineTokenEncoder(get_engine(options)), **overrides)
 
 
 def get_encoder(options: EngineOptions, config: Any) -> Any:
@@ -85,6 +101,8 @@ def add_texts(
     batch_size: int = 64,
     show_progress: bool = False,
     encode_texts: Sequence[str] | None = None,
+    split_long_documents: bool = False,
+    window_overlap: int = 32,
 ) -> list[str]:
     """Encode ``texts`` as ColBERT documents and add them (an existing id is overwritten).
 
@@ -98,6 +116,9 @@ def add_texts(
         show_progress: show a progress bar.
         encode_texts: what to encode for each document when it differs from the stored
             text (e.g. a LlamaIndex node's text with its metadata).
+        split_long_documents: index documents longer than ``doc_maxlen`` as overlapping
+            windows under their id (else they are cut, with a warning).
+        window_overlap: tokens shared by consecutive windows.
 
     Returns:
         The ids, in order.
@@ -112,11 +133,26 @@ def add_texts(
     to_encode = texts if encode_texts is None else list(encode_texts)
     if len(to_encode) != len(texts):
         raise ValueError(f"got {len(texts)} texts but {len(to_encode)} texts to encode")
+    from vllm_pool.retrievers import long_documents
+    from vllm_pool.retrievers.colbert import check_texts
+
+    check_texts(to_encode)  # positions in the caller's list, before any batch is encoded
     vectors: list[Any] = []
+    win_ids, win_metas = list(ids), list(metas)
+    if split_long_documents:
+        win_ids, win_metas = [], []
     starts = range(0, len(texts), batch_size)
     for start in tqdm(starts, desc="ColBERT encoding", unit="batch", disable=not show_progress):
-        vectors.extend(encoder.encode_documents(to_encode[start : start + batch_size]))
-    index.add(vectors, ids, metas)
+        end = start + batch_size
+        if split_long_documents:
+            batch = (to_encode[start:end], ids[start:end], metas[start:end])
+            v, i, m = long_documents.windows(encoder, *batch, window_overlap, [TEXT_KEY])
+            vectors += v
+            win_ids += i
+            win_metas += m
+        else:
+            vectors += encoder.encode_documents(to_encode[start:end])
+    long_documents.replace(index, ids, vectors, win_ids, win_metas)  # all encoded: now change the index
     return ids
 
 
@@ -126,10 +162,12 @@ def search(
     """MaxSim search for one query: ``(id, text, metadata, score)`` tuples, best first."""
     if not isinstance(query, str):
         raise TypeError(f"query must be a string, got {type(query).__name__}")
+    from vllm_pool.retrievers import long_documents
+
     if len(index) == 0:
         return []
     q = encoder.encode_queries([query])
-    hits = index.search(q, k=k, filter=user_filter(filter))[0]
+    hits = long_documents.search(index, q, k=k, filter=user_filter(filter))[0]
     out = []
     for hit in hits:
         text, meta = unpack(hit.metadata)
@@ -137,9 +175,41 @@ def search(
     return out
 
 
+def rerank(
+    encoder: Any,
+    query: str,
+    texts: Sequence[str],
+    top_n: int | None,
+    split_long_documents: bool = False,
+    window_overlap: int = 32,
+    batch_size: int = 64,
+) -> list[tuple[int, float]]:
+    """``(index, MaxSim score)`` of ``texts`` against ``query``, best first (``top_n`` of them)."""
+    from vllm_pool.retrievers import rerank as colbert_rerank
+
+    return colbert_rerank(
+        query,
+        list(texts),
+        top_n,
+        encoder=encoder,
+        split_long_documents=split_long_documents,
+        window_overlap=window_overlap,
+        batch_size=batch_size,
+    )
+
+
 def get(index: Any, ids: Sequence[str]) -> list[tuple[str, str, dict[str, Any]]]:
     """Stored documents ``(id, text, metadata)`` for the ids present."""
-    return [(r.id, *unpack(r.metadata)) for r in index.get(list(ids))]
+    from vllm_pool.retrievers import long_documents
+
+    return [(r.id, *unpack(r.metadata)) for r in long_documents.get(index, list(ids))]
+
+
+def delete(index: Any, ids: Sequence[str]) -> int:
+    """Remove documents (all their windows) by id; missing ids are ignored."""
+    from vllm_pool.retrievers import long_documents
+
+    return long_documents.remove(index, list(ids))
 
 
 def save(path: str | os.PathLike, index: Any, settings: Mapping[str, Any]) -> None:
@@ -156,6 +226,9 @@ def save(path: str | os.PathLike, index: Any, settings: Mapping[str, Any]) -> No
 def load(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
     """Read a folder written by :func:`save`: ``(MultiVectorIndex, settings)``.
 
+    ``settings`` holds ``model``, ``embedding_dim``, ``colbert`` (the encoder settings),
+    ``split_long_documents`` and ``window_overlap``.
+
     Raises:
         vllm_pool.retrievers.IndexFormatError: a missing or unreadable file.
     """
@@ -167,14 +240,64 @@ def load(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
         settings = json.loads(settings_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise IndexFormatError(f"{settings_path}: cannot read ColBERT retriever settings ({exc})") from exc
-    if not isinstance(settings, dict) or settings.pop("format_version", None) != SETTINGS_VERSION:
+    version = settings.pop("format_version", None) if isinstance(settings, dict) else None
+    if version == 1:  # before the encoder settings were recorded: [MASK] expansion was always on
+        old = {k: settings.pop(k) for k in ("query_maxlen", "doc_maxlen", "query_marker", "doc_marker")}
+        settings["colbert"] = {**old, "mask_augment": True}
+    elif version != SETTINGS_VERSION or not isinstance(settings.get("colbert"), dict):
         raise IndexFormatError(
             f"{settings_path}: unknown format (expected format_version {SETTINGS_VERSION})"
         )
-    return MultiVectorIndex.load(folder / INDEX_DIR), settings
+    index = MultiVectorIndex.load(folder / INDEX_DIR, expected_dim=settings.get("embedding_dim"))
+    return index, settings
 
 
-def config_settings(config: Any) -> dict[str, Any]:
-    """The JSON form of a ``ColBERTConfig`` (the fields the retrievers expose)."""
-    d = asdict(config)
-    return {key: d[key] for key in ("query_maxlen", "doc_maxlen", "query_marker", "doc_marker")}
+def retriever_settings(
+    model: str, dim: int, config: Any, split_long_documents: bool, window_overlap: int
+) -> dict[str, Any]:
+    """What :func:`save` records about a retriever."""
+    return {
+        "model": model,
+        "embedding_dim": dim,
+        "colbert": config.to_settings(),
+        "split_long_documents": split_long_documents,
+        "window_overlap": window_overlap,
+    }
+
+
+def load_arguments(path: str | os.PathLike, given: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The index and the constructor arguments of a retriever saved at ``path``.
+
+    ``given`` are the caller's arguments: they override the saved ones, except the model
+    and the encoder settings, which must agree with what the index was built with.
+
+    Raises:
+        ValueError: a given model or encoder setting that differs from the saved one.
+    """
+    index, settings = load(path)
+    saved = dict(settings["colbert"])
+    conflicts = {
+        name: (saved[name], value)
+        for name, value in given.items()
+        if name in saved and value is not None and _jsonable(value) != saved[name]
+    }
+    if given.get("model") not in (None, settings["model"]):
+        conflicts["model"] = (settings["model"], given["model"])
+    if conflicts:
+        detail = ", ".join(f"{k}: saved {a!r}, given {b!r}" for k, (a, b) in sorted(conflicts.items()))
+        raise ValueError(
+            f"{path} was built with other settings ({detail}); its vectors only match the saved "
+            "settings: load it without these arguments, or build a new index"
+        )
+    args = {
+        "model": settings["model"],
+        **saved,
+        "split_long_documents": settings.get("split_long_documents", False),
+        "window_overlap": settings.get("window_overlap", 32),
+    }
+    args.update({k: v for k, v in given.items() if v is not None or k not in args})
+    return index, args
+
+
+def _jsonable(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value

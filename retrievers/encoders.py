@@ -32,7 +32,14 @@ class TokenEncoder(Protocol):
     tokenizer: Any
 
     def encode_token_ids(self, token_ids: Sequence[Sequence[int]]) -> list[np.ndarray]:
-        """Return one ``float32 [L_i, D]`` array per input (``L_i = len(token_ids[i])``)."""
+        """Return one ``float32 [L_i, D]`` array per input (``L_i = len(token_ids[i])``, or
+        ``L_i - 1`` for a model without a vector for the first token).
+
+        An encoder may also take ``attention_masks`` (one 0 / 1 list per input: positions
+        the model must not attend to, which still get a vector); ColBERT query expansion
+        with unattended ``[MASK]`` tokens needs it. It may also have ``colbert_settings``
+        (a checkpoint's default ``ColBERTConfig`` fields) and ``max_length`` (its token limit).
+        """
         ...
 
 
@@ -69,9 +76,21 @@ class EngineTokenEncoder:
         self.use_tqdm = use_tqdm
         self.model_name = getattr(llm, "model_name", None)
         self.tokenizer = llm.get_tokenizer()
+        model_config = getattr(llm, "model_config", None)
+        checkpoint = getattr(model_config, "colbert", None)
+        self.colbert_settings: dict[str, Any] | None = dict(checkpoint.settings) if checkpoint else None
+        """The ColBERT checkpoint's encoder settings, ``None`` for a plain embedding model."""
+        limit = getattr(model_config, "max_model_len", None)
+        self.max_length: int | None = int(limit) if isinstance(limit, int) else None
 
-    def encode_token_ids(self, token_ids: Sequence[Sequence[int]]) -> list[np.ndarray]:
-        prompts = [{"prompt_token_ids": list(ids)} for ids in token_ids]
+    def encode_token_ids(
+        self, token_ids: Sequence[Sequence[int]], attention_masks: Sequence[Sequence[int]] | None = None
+    ) -> list[np.ndarray]:
+        masks = attention_masks if attention_masks is not None else [None] * len(token_ids)
+        prompts = [
+            {"prompt_token_ids": list(ids), **({"attention_mask": list(m)} if m is not None else {})}
+            for ids, m in zip(token_ids, masks, strict=True)
+        ]
         outs = self.llm.encode(prompts, pooling_task="token_embed", use_tqdm=self.use_tqdm)
         return [o.outputs.data.detach().float().cpu().numpy() for o in outs]
 

@@ -7,12 +7,14 @@ from .._imports import require
 
 require("langchain_core", "langchain", "langchain-core")
 
+from .colbert_reranker import VllmPoolColBERTReranker  # noqa: E402
 from .colbert_retriever import VllmPoolColBERTRetriever  # noqa: E402
 from .embeddings import VllmPoolEmbeddings  # noqa: E402
 from .reranker import VllmPoolReranker  # noqa: E402
 from .vectorstore import VllmPoolVectorStore  # noqa: E402
 
 __all__ = [
+    "VllmPoolColBERTReranker",
     "VllmPoolColBERTRetriever",
     "VllmPoolEmbeddings",
     "VllmPoolReranker",

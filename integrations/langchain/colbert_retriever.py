@@ -12,10 +12,10 @@ from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict, Field
 
 from .. import _colbert
-from ._base import EngineFields
+from ._colbert_fields import ColBERTFields
 
 
-class VllmPoolColBERTRetriever(EngineFields, BaseRetriever):
+class VllmPoolColBERTRetriever(ColBERTFields, BaseRetriever):
     """Late-interaction (ColBERT, MaxSim) retrieval with the engine's token embeddings.
 
     Build it with :meth:`from_texts`, :meth:`from_documents` or :meth:`load`; an instance
@@ -28,20 +28,12 @@ class VllmPoolColBERTRetriever(EngineFields, BaseRetriever):
         [Document(id='...', metadata={'score': 20.1}, page_content='a cat')]
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
     k: int = 4
     """Documents returned per query (``invoke(query, k=...)`` overrides it)."""
     filter: dict[str, Any] | None = None
     """Default metadata filter (equal values); ``invoke(query, filter=...)`` overrides it."""
-    query_maxlen: int = 32
-    """Query length in tokens after ``[MASK]`` padding (ColBERT's query augmentation)."""
-    doc_maxlen: int = 180
-    """Maximum document length in tokens."""
-    query_marker: str | None = None
-    """Token put after ``[CLS]`` in queries (ColBERT checkpoints: ``"[unused0]"``)."""
-    doc_marker: str | None = None
-    """Token put after ``[CLS]`` in documents (ColBERT checkpoints: ``"[unused1]"``)."""
     batch_size: int = 64
     """Documents per engine call when adding."""
     show_progress: bool = False
@@ -60,14 +52,6 @@ class VllmPoolColBERTRetriever(EngineFields, BaseRetriever):
                 f"the index holds {self.index.dim}-d vectors "
                 f"but {self.model} gives {self.llm.embedding_dim}-d vectors"
             )
-
-    @property
-    def encoder(self) -> Any:
-        """The shared ``ColBERTEncoder`` of this model and these settings."""
-        config = _colbert.colbert_config(
-            self.query_maxlen, self.doc_maxlen, self.query_marker, self.doc_marker
-        )
-        return _colbert.get_encoder(self._engine.options, config)
 
     # -- building ------------------------------------------------------------------------
     @classmethod
@@ -105,7 +89,15 @@ class VllmPoolColBERTRetriever(EngineFields, BaseRetriever):
     ) -> list[str]:
         """Add documents (an existing id is overwritten); return their ids."""
         return _colbert.add_texts(
-            self.index, self.encoder, texts, metadatas, ids, self.batch_size, self.show_progress
+            self.index,
+            self.encoder,
+            texts,
+            metadatas,
+            ids,
+            self.batch_size,
+            self.show_progress,
+            split_long_documents=self.split_long_documents,
+            window_overlap=self.window_overlap,
         )
 
     def add_documents(self, documents: Sequence[Document]) -> list[str]:
@@ -116,18 +108,15 @@ class VllmPoolColBERTRetriever(EngineFields, BaseRetriever):
 
     def delete(self, ids: Sequence[str]) -> int:
         """Remove documents by id (missing ids are ignored); return how many were removed."""
-        return self.index.remove(list(ids))
+        return _colbert.delete(self.index, ids)
 
     # -- persistence ---------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
-        """Save the index and the encoding settings to the folder ``path`` (no pickle)."""
-        settings = {
-            "model": self.model,
-            "query_maxlen": self.query_maxlen,
-            "doc_maxlen": self.doc_maxlen,
-            "query_marker": self.query_marker,
-            "doc_marker": self.doc_marker,
-        }
+        """Save the index, the model id, its dimension and the encoder settings to the folder
+        ``path`` (no pickle)."""
+        settings = _colbert.retriever_settings(
+            self.model, self.index.dim, self._config, self.split_long_documents, self.window_overlap
+        )
         _colbert.save(path, self.index, settings)
 
     @classmethod
@@ -137,10 +126,13 @@ class VllmPoolColBERTRetriever(EngineFields, BaseRetriever):
         Args:
             path: the folder.
             **kwargs: fields to set or override (e.g. ``k``, ``device``); the model and the
-                encoding settings default to the saved ones.
+                encoder settings are the saved ones.
+
+        Raises:
+            ValueError: a model or encoder setting in ``kwargs`` that differs from the saved one.
         """
-        index, settings = _colbert.load(path)
-        return cls(**{**settings, **kwargs, "index": index})
+        index, args = _colbert.load_arguments(path, kwargs)
+        return cls(**args, index=index)
 
     # -- retrieval -----------------------------------------------------------------------
     def _get_relevant_documents(

@@ -7,8 +7,9 @@ from .._imports import require
 
 require("llama_index.core", "llamaindex", "llama-index-core")
 
+from .colbert_rerank import VllmPoolColBERTRerank  # noqa: E402
 from .colbert_retriever import VllmPoolColBERTRetriever  # noqa: E402
 from .embedding import VllmPoolEmbedding  # noqa: E402
 from .rerank import VllmPoolRerank  # noqa: E402
 
-__all__ = ["VllmPoolColBERTRetriever", "VllmPoolEmbedding", "VllmPoolRerank"]
+__all__ = ["VllmPoolColBERTRerank", "VllmPoolColBERTRetriever", "VllmPoolEmbedding", "VllmPoolRerank"]

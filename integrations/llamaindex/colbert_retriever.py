@@ -29,10 +29,19 @@ class VllmPoolColBERTRetriever(BaseRetriever):
         model: a local model folder or a Hugging Face Hub id.
         similarity_top_k: nodes returned per query.
         filters: default metadata filter (a dict of equal values, or a callable).
-        query_maxlen: query length in tokens after ``[MASK]`` padding.
-        doc_maxlen: maximum document length in tokens.
-        query_marker: token after ``[CLS]`` in queries (ColBERT checkpoints: ``"[unused0]"``).
-        doc_marker: token after ``[CLS]`` in documents (ColBERT checkpoints: ``"[unused1]"``).
+        query_maxlen: query length in tokens (padded to it with ``mask_augment``). The encoder
+            settings default (``None``) to the checkpoint's, else to the plain defaults: 32.
+        doc_maxlen: maximum document (window) length in tokens; 180, capped at the model's limit.
+        query_marker: token after ``[CLS]`` in queries (colbert-ai: ``"[unused0]"``, PyLate: ``"[Q] "``).
+        doc_marker: token after ``[CLS]`` in documents (colbert-ai: ``"[unused1]"``, PyLate: ``"[D] "``).
+        mask_augment: pad queries with ``[MASK]`` (ColBERT checkpoints: on; plain models: off).
+        attend_to_expansion_tokens: attend to the ``[MASK]`` tokens (colbert-ai / PyLate: off).
+        skip_punctuation: drop punctuation (skiplist) token vectors from documents (on).
+        skiplist_words: tokens to skip in documents (PyLate's; default: punctuation).
+        normalize: L2-normalize the token vectors (on).
+        split_long_documents: index documents longer than ``doc_maxlen`` as overlapping
+            windows under their id (hits merged per node); else they are cut, with a warning.
+        window_overlap: tokens shared by consecutive windows.
         dtype: weights dtype (``"auto"``...).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...
         max_model_len: token limit of the model.
@@ -56,10 +65,17 @@ class VllmPoolColBERTRetriever(BaseRetriever):
         model: str = DEFAULT_MODEL,
         similarity_top_k: int = 4,
         filters: Any = None,
-        query_maxlen: int = 32,
-        doc_maxlen: int = 180,
+        query_maxlen: int | None = None,
+        doc_maxlen: int | None = None,
         query_marker: str | None = None,
         doc_marker: str | None = None,
+        mask_augment: bool | None = None,
+        attend_to_expansion_tokens: bool | None = None,
+        skip_punctuation: bool | None = None,
+        skiplist_words: Sequence[str] | None = None,
+        normalize: bool | None = None,
+        split_long_documents: bool = False,
+        window_overlap: int = 32,
         dtype: str = "auto",
         device: str = "auto",
         max_model_len: int | None = None,
@@ -81,7 +97,20 @@ class VllmPoolColBERTRetriever(BaseRetriever):
         self._engine = EngineRef(
             EngineOptions.make(model, dtype, device, max_model_len, trust_remote_code, engine_kwargs)
         )
-        self._config = _colbert.colbert_config(query_maxlen, doc_maxlen, query_marker, doc_marker)
+        self.split_long_documents = split_long_documents
+        self.window_overlap = window_overlap
+        settings = {
+            "query_maxlen": query_maxlen,
+            "doc_maxlen": doc_maxlen,
+            "query_marker": query_marker,
+            "doc_marker": doc_marker,
+            "mask_augment": mask_augment,
+            "attend_to_expansion_tokens": attend_to_expansion_tokens,
+            "skip_punctuation": skip_punctuation,
+            "skiplist_words": skiplist_words,
+            "normalize": normalize,
+        }
+        self._config = _colbert.resolve_config(self._engine.options, settings)
         llm = self._engine.llm
         self.index = index if index is not None else _colbert.new_index(llm, index_kwargs)
         if self.index.dim != llm.embedding_dim:
@@ -94,6 +123,11 @@ class VllmPoolColBERTRetriever(BaseRetriever):
     def llm(self) -> Any:
         """The shared ``vllm_pool.LLM``."""
         return self._engine.llm
+
+    @property
+    def colbert_config(self) -> Any:
+        """The resolved ``ColBERTConfig`` (checkpoint settings, then the arguments)."""
+        return self._config
 
     @property
     def encoder(self) -> Any:
@@ -129,23 +163,32 @@ class VllmPoolColBERTRetriever(BaseRetriever):
             self.batch_size,
             self.show_progress,
             encode_texts=[n.get_content(metadata_mode=MetadataMode.EMBED) for n in nodes],
+            split_long_documents=self.split_long_documents,
+            window_overlap=self.window_overlap,
         )
 
     def delete(self, ids: Sequence[str]) -> int:
         """Remove nodes by id (missing ids are ignored); return how many were removed."""
-        return self.index.remove(list(ids))
+        return _colbert.delete(self.index, ids)
 
     # -- persistence ---------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
-        """Save the index and the encoding settings to the folder ``path`` (no pickle)."""
-        settings = {"model": self.model, **_colbert.config_settings(self._config)}
+        """Save the index, the model id, its dimension and the encoder settings to the folder
+        ``path`` (no pickle)."""
+        settings = _colbert.retriever_settings(
+            self.model, self.index.dim, self._config, self.split_long_documents, self.window_overlap
+        )
         _colbert.save(path, self.index, settings)
 
     @classmethod
     def load(cls, path: str | os.PathLike, **kwargs: Any) -> VllmPoolColBERTRetriever:
-        """Load a retriever saved by :meth:`save` (``kwargs`` set or override arguments)."""
-        index, settings = _colbert.load(path)
-        return cls(index, **{**settings, **kwargs})
+        """Load a retriever saved by :meth:`save` (``kwargs`` set or override arguments).
+
+        Raises:
+            ValueError: a model or encoder setting in ``kwargs`` that differs from the saved one.
+        """
+        index, args = _colbert.load_arguments(path, kwargs)
+        return cls(index, **args)
 
     # -- retrieval -----------------------------------------------------------------------
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:

@@ -53,3 +53,23 @@ def test_indexes_built_through_ray_equal_the_in_process_ones(ray_cluster, defaul
     assert [h.id for h in r_dense.search(q, k=3)[0]] == [h.id for h in dense.search(q, k=3)[0]]
     qt = encoder.encode_queries([query])
     assert [h.id for h in r_colbert.search(qt, k=3)[0]] == [h.id for h in colbert.search(qt, k=3)[0]]
+
+
+def test_default_colbert_is_as_good_as_dense_on_the_demo_questions(default_llm):
+    """The issue's target: default MiniLM ColBERT hit@3 >= dense hit@3 (module of the passage)."""
+    demo = _demo()
+    passages = demo.load_jsonl(demo.CORPUS)
+    questions = demo.load_jsonl(demo.QUERIES)
+    dense, colbert, encoder = demo.build_indexes(default_llm, passages)
+    texts = [q["query"] for q in questions]
+    q_dense = [o.outputs.embedding for o in default_llm.embed(texts, use_tqdm=False)]
+    by_id = {p["id"]: p for p in passages}
+
+    def hits(results):
+        return sum(
+            any(by_id[h.id]["module"] == q["module"] for h in row[:3]) for row, q in zip(results, questions)
+        )
+
+    dense_hits = hits(dense.search(q_dense, k=3))
+    colbert_hits = hits(colbert.search(encoder.encode_queries(texts), k=3))
+    assert colbert_hits >= dense_hits >= 0.8 * len(questions)

@@ -13,7 +13,7 @@ def test_clear_engine_cache_drops_the_colbert_encoders(monkeypatch):
     monkeypatch.setattr(_engines, "_key_locks", {})
     monkeypatch.setattr(_colbert, "_encoders", {})
     options = EngineOptions.make(DEFAULT_MODEL, engine_kwargs={"max_num_seqs": 7})
-    config = _colbert.colbert_config()
+    config = _colbert.resolve_config(options, {})
     old_llm = get_engine(options)
     old = _colbert.get_encoder(options, config)
     assert old.encoder.llm is old_llm and _colbert.get_encoder(options, config) is old

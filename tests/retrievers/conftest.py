@@ -32,7 +32,7 @@ class FakeTokenizer:
         ids = [self._word_id(w) for w in re.findall(r"\w+|[^\w\s]", text)]
         return [2, *ids, 3] if add_special_tokens else ids
 
-    def __call__(self, text, add_special_tokens=True, truncation=False, max_length=None):
+    def __call__(self, text, add_special_tokens=True, truncation=False, max_length=None, **kwargs):
         ids = self.encode(text, add_special_tokens=False)
         if truncation and max_length is not None:
             ids = ids[: max_length - (2 if add_special_tokens else 0)]
@@ -51,13 +51,15 @@ class FakeTokenEncoder:
         self.dim = dim
         self.tokenizer = FakeTokenizer()
         self.calls: list[list[list[int]]] = []
+        self.mask_calls: list[list[list[int]] | None] = []
 
     def vector(self, token_id: int) -> np.ndarray:
         v = np.random.default_rng(token_id).standard_normal(self.dim).astype(np.float32)
         return v / np.linalg.norm(v)
 
-    def encode_token_ids(self, token_ids):
+    def encode_token_ids(self, token_ids, attention_masks=None):
         self.calls.append([list(t) for t in token_ids])
+        self.mask_calls.append(None if attention_masks is None else [list(m) for m in attention_masks])
         return [np.stack([self.vector(t) for t in ids]) for ids in token_ids]
 
 

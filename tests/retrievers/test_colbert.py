@@ -13,8 +13,10 @@ def test_query_markers_and_mask_padding(fake_encoder):
     assert ids[2 + len(words)] == tok.sep_token_id
     assert len(ids) == 32 and set(ids[3 + len(words) :]) == {tok.mask_token_id}
     vecs = enc.encode_queries(["how do lists work?"])[0]
-    assert vecs.shape == (32, 16)  # the [MASK] tokens are encoded (attended), not dropped
+    assert vecs.shape == (32, 16)  # the [MASK] tokens get vectors, not dropped
     assert fake_encoder.calls[-1][0] == ids
+    n = 3 + len(words)  # colbert-ai: the masks are not attended to
+    assert fake_encoder.mask_calls[-1] == [[1] * n + [0] * (32 - n)]
     np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, rtol=1e-5)
 
 
@@ -53,8 +55,12 @@ def test_bad_inputs(fake_encoder):
         enc.encode_queries("text")
     with pytest.raises(ValueError, match="at least one"):
         enc.encode_documents([])
-    with pytest.raises(TypeError, match="expected a string"):
+    with pytest.raises(TypeError, match=r"documents\[0\]: expected a string"):
         enc.encode_documents([3])
+    with pytest.raises(ValueError, match=r"documents\[1\] is empty"):
+        enc.encode_documents(["a cat", "  "])
+    with pytest.raises(ValueError, match=r"queries\[0\] is empty"):
+        enc.encode_queries([""])
     with pytest.raises(ValueError, match="not a token"):
         ColBERTEncoder(fake_encoder, ColBERTConfig(query_marker="[Q]"))
     with pytest.raises(ValueError, match="at least 3"):

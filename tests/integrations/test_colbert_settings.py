@@ -1,0 +1,145 @@
+"""ColBERT encoder settings as retriever fields (both frameworks), saved and checked on load;
+long documents as windows; the ColBERT compressor and node postprocessor."""
+
+from __future__ import annotations
+
+import inspect
+
+import colbert_checkpoints
+import pytest
+import tiny_models
+from langchain_core.documents import Document
+from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+from vllm_pool.integrations import _colbert
+from vllm_pool.integrations.langchain import VllmPoolColBERTReranker
+from vllm_pool.integrations.langchain import VllmPoolColBERTRetriever as LCRetriever
+from vllm_pool.integrations.llamaindex import VllmPoolColBERTRerank
+from vllm_pool.integrations.llamaindex import VllmPoolColBERTRetriever as LIRetriever
+from vllm_pool.retrievers import ColBERTConfig, ColBERTEncoder, rerank
+
+TEXTS = ["Kittens are young cats.", "Python is a programming language.", "Dogs bark at night."]
+FILLER = " ".join(["The weather report mentioned clouds, rain and wind over the northern hills."] * 30)
+LONG = FILLER + " The secret password of the vault is pineapple."
+
+
+def test_every_encoder_setting_is_a_field_of_every_class():
+    assert _colbert.ENCODER_SETTINGS == ColBERTConfig.field_names()
+    for cls in (LCRetriever, VllmPoolColBERTReranker, VllmPoolColBERTRerank):
+        assert set(ColBERTConfig.field_names()) <= set(cls.model_fields)
+    params = inspect.signature(LIRetriever.__init__).parameters
+    assert set(ColBERTConfig.field_names()) <= set(params)
+
+
+def test_unknown_keywords_raise():
+    with pytest.raises(ValueError, match="mask_augmentation"):
+        LCRetriever(mask_augmentation=False)
+    with pytest.raises(TypeError, match="mask_augmentation"):
+        LIRetriever(mask_augmentation=False)
+    with pytest.raises(ValueError, match="bogus"):
+        VllmPoolColBERTReranker(bogus=1)
+    with pytest.raises(ValueError, match="bogus"):
+        VllmPoolColBERTRerank(bogus=1)
+
+
+def test_defaults_and_overrides_with_minilm():
+    lc = LCRetriever()
+    assert lc.colbert_config == ColBERTConfig()  # a plain model: no [MASK] expansion
+    aug = LCRetriever(mask_augment=True, query_maxlen=24)
+    assert aug.colbert_config.mask_augment and aug.colbert_config.query_maxlen == 24
+    assert len(aug.encoder.query_token_ids(["kitten"])[0]) == 24
+    li = LIRetriever(mask_augment=False, doc_maxlen=64)
+    assert li.colbert_config == ColBERTConfig(doc_maxlen=64)
+
+
+def test_kitten_ranks_cats_first():
+    retriever = LCRetriever.from_texts(TEXTS, k=1)
+    assert retriever.invoke("kitten")[0].page_content == "Kittens are young cats."
+
+
+def test_checkpoint_settings_are_the_defaults(tmp_path):
+    base = tiny_models.bert(tmp_path / "base")
+    meta = {"query_maxlen": 16, "doc_maxlen": 40, "query_token_id": "[unused0]", "doc_token_id": "[unused1]"}
+    folder = colbert_checkpoints.save_hf_colbert(tmp_path / "hf_colbert", base, 12, meta)
+    retriever = LCRetriever(model=str(folder))
+    cfg = retriever.colbert_config
+    assert (cfg.query_maxlen, cfg.doc_maxlen, cfg.query_marker) == (16, 40, "[unused0]")
+    assert cfg.mask_augment
+    assert retriever.index.dim == 12
+    li = LIRetriever(model=str(folder), mask_augment=False)
+    assert li.colbert_config.query_marker == "[unused0]" and not li.colbert_config.mask_augment
+
+
+def test_saved_retriever_records_and_checks_its_settings(tmp_path):
+    retriever = LCRetriever.from_texts(TEXTS, k=2, query_marker=None, doc_maxlen=64)
+    retriever.save(tmp_path / "lc")
+    settings = _colbert.load(tmp_path / "lc")[1]
+    assert settings["model"] == retriever.model and settings["embedding_dim"] == 384
+    assert settings["colbert"] == ColBERTConfig(doc_maxlen=64).to_settings()
+    loaded = LCRetriever.load(tmp_path / "lc", k=1, doc_maxlen=64)
+    assert loaded.colbert_config == retriever.colbert_config and loaded.k == 1
+    assert loaded.invoke("kitten")[0].page_content == "Kittens are young cats."
+    with pytest.raises(ValueError, match=r"mask_augment: saved False, given True"):
+        LCRetriever.load(tmp_path / "lc", mask_augment=True)
+    with pytest.raises(ValueError, match=r"query_marker: saved None, given '\[unused0\]'"):
+        LCRetriever.load(tmp_path / "lc", query_marker="[unused0]")
+    with pytest.raises(ValueError, match="model: saved"):
+        LCRetriever.load(tmp_path / "lc", model="some/other-model")
+
+    li = LIRetriever.from_nodes([TextNode(text=t, id_=str(i)) for i, t in enumerate(TEXTS)], doc_maxlen=48)
+    li.save(tmp_path / "li")
+    with pytest.raises(ValueError, match=r"doc_maxlen: saved 48, given 180"):
+        LIRetriever.load(tmp_path / "li", doc_maxlen=180)
+    assert LIRetriever.load(tmp_path / "li").colbert_config.doc_maxlen == 48
+
+
+def test_split_long_documents_in_both_retrievers(tmp_path, caplog):
+    docs = [LONG, *TEXTS]
+    cut = LCRetriever.from_texts(docs, ids=["long", "a", "b", "c"], k=1)
+    assert "documents are longer than doc_maxlen" in caplog.text
+    split = LCRetriever.from_texts(docs, ids=["long", "a", "b", "c"], k=1, split_long_documents=True)
+    (hit,) = split.invoke("What is the vault password?")
+    assert hit.id == "long" and hit.page_content == LONG  # the parent's whole text
+    assert cut.invoke("What is the vault password?")[0].metadata["score"] < hit.metadata["score"]
+    assert len(split.invoke("clouds and rain", k=4)) == 4  # distinct documents, not windows
+    split.save(tmp_path / "split")
+    loaded = LCRetriever.load(tmp_path / "split", k=1)
+    assert loaded.split_long_documents and loaded.invoke("vault password")[0].id == "long"
+    assert split.delete(["long"]) == 1 and len(split.index) == 3
+    split.batch_size = 1  # a bad text in a later batch: nothing of the call is added
+    with pytest.raises(ValueError, match=r"documents\[1\] is empty"):
+        split.add_texts([LONG, "  "], ids=["long", "empty"])
+    assert len(split.index) == 3 and split.invoke("vault password")[0].id != "long"
+
+    li = LIRetriever.from_nodes(
+        [TextNode(text=t, id_=i) for i, t in zip(["long", "a"], [LONG, TEXTS[0]])],
+        similarity_top_k=1,
+        split_long_documents=True,
+    )
+    (res,) = li.retrieve("What is the vault password?")
+    assert res.node.node_id == "long" and res.node.text == LONG
+
+
+def test_langchain_colbert_compressor():
+    docs = [Document(page_content=t, metadata={"i": i}) for i, t in enumerate(TEXTS)]
+    reranker = VllmPoolColBERTReranker(top_n=2)
+    out = reranker.compress_documents(docs, "kitten")
+    assert [d.metadata["i"] for d in out][0] == 0 and len(out) == 2
+    assert "relevance_score" not in docs[0].metadata  # inputs unchanged
+    want = rerank("kitten", TEXTS, 2, encoder=ColBERTEncoder.from_llm(reranker.llm))
+    assert [(d.metadata["i"], d.metadata["relevance_score"]) for d in out] == [
+        (i, pytest.approx(s, rel=1e-5)) for i, s in want
+    ]
+    assert reranker.compress_documents([], "kitten") == []
+    threshold = VllmPoolColBERTReranker(top_n=None, score_threshold=want[0][1] - 1e-3)
+    assert len(threshold.compress_documents(docs, "kitten")) == 1
+
+
+def test_llamaindex_colbert_postprocessor():
+    nodes = [NodeWithScore(node=TextNode(text=t, id_=str(i)), score=0.1 * i) for i, t in enumerate(TEXTS)]
+    post = VllmPoolColBERTRerank(top_n=1, keep_retrieval_score=True)
+    out = post.postprocess_nodes(nodes, QueryBundle("kitten"))
+    assert [n.node.node_id for n in out] == ["0"] and out[0].node.metadata["retrieval_score"] == 0.0
+    want = rerank("kitten", TEXTS, 1, encoder=ColBERTEncoder.from_llm(post.llm))
+    assert out[0].score == pytest.approx(want[0][1], rel=1e-5)
+    with pytest.raises(ValueError, match="needs a query"):
+        post.postprocess_nodes(nodes)
