@@ -25,7 +25,7 @@ from .candidates import candidate_slots, maxsim_slots, scan_flat_rows, top_k
 from .encoders import encode_in_batches
 from .faiss_index import flat_rows
 from .index_base import DocumentIndex
-from .persistence import files_of, load_index_files, open_index, placed_faiss, save_index_files
+from .persistence import check_labels, files_of, load_index_files, open_index, placed_faiss, save_index_files
 from .registry import check_ids_and_metadatas
 from .token_store import TokenStore
 from .types import Filter, Hit, IndexFormatError, Metadata, check_k
@@ -334,6 +334,9 @@ class MultiVectorIndex(DocumentIndex):
                     f"{path}/candidates.faiss: {faiss_index.ntotal} vectors "
                     f"for {index._store.num_vectors} document tokens"
                 )
+            slots = registry.slots()
+            rows = files.arrays["doc_lengths.npy"].astype(np.int64)
+            check_labels(faiss_index, slots, rows, f"{path}/candidates.faiss")
             index._tombstones = extra
             index._index = placed_faiss(faiss_index, index.config, use_gpu)
         return index
