@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hmac
 import logging
+import re
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -20,11 +20,12 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 from fastapi import Request as HTTPRequest
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from vllm_pool.engine.llm import LLM
 from vllm_pool.engine.params import PoolingParams
+from vllm_pool.engine.server import limits
 from vllm_pool.engine.server import protocol as p
 from vllm_pool.engine.server.batcher import Batcher
 from vllm_pool.engine.server.errors import APIError, ClientDisconnected, install_error_handlers
@@ -47,15 +48,25 @@ class ServerConfig:
     Args:
         served_model_names: names clients may send as ``model`` (default: the model's name);
             the first is the one answered.
-        api_key: when set, every endpoint but ``/health`` needs ``Authorization: Bearer <key>``.
+        api_key: when set, every endpoint but ``/health`` (the docs pages included) needs
+            ``Authorization: Bearer <key>``, checked before the body is read.
         max_inputs: inputs (prompts, pairs or documents) per request; more is a 413.
         max_request_tokens: prompt tokens per request after tokenization; more is a 413.
+        max_body_bytes: request body size; more is a 413 (before the body is parsed).
+        max_input_chars: characters of one text input; more is a 413 (before tokenization).
+        body_timeout: seconds a request body may take to arrive; then a 408.
+        header_timeout: seconds a connection may take to send a complete request head
+            (enforced by the uvicorn protocol of :mod:`.connections`).
     """
 
     served_model_names: list[str] | None = None
     api_key: str | None = None
     max_inputs: int = 2048
     max_request_tokens: int = 524_288
+    max_body_bytes: int = limits.DEFAULT_MAX_BODY_BYTES
+    max_input_chars: int = limits.DEFAULT_MAX_INPUT_CHARS
+    body_timeout: float = limits.DEFAULT_BODY_TIMEOUT
+    header_timeout: float = limits.DEFAULT_HEADER_TIMEOUT
 
 
 class ServerState:
@@ -97,6 +108,10 @@ class ServerState:
                 param,
             )
 
+    def check_texts(self, texts: Any, param: str) -> None:
+        """Strings of a request field: non-empty, valid Unicode, within ``max_input_chars``."""
+        limits.check_texts(texts, param, self.config.max_input_chars)
+
     def check_tokens(self, requests: list[Request]) -> int:
         n = sum(r.num_tokens for r in requests)
         if n > self.config.max_request_tokens:
@@ -108,7 +123,7 @@ class ServerState:
         return n
 
     # ------------------------------------------------------------------ work off the event loop
-    async def in_tokenizer_thread(self, fn: Callable[[], T]) -> T:
+    async def in_tokenizer_thread(self, fn: Callable[[], T], offset: int = 0) -> T:
         def locked() -> T:
             with self.tokenizer_lock:
                 return fn()
@@ -116,21 +131,66 @@ class ServerState:
         try:
             return await asyncio.get_running_loop().run_in_executor(self.tokenizer_pool, locked)
         except (ValueError, TypeError) as exc:  # the engine's checks: a bad request
-            raise APIError(str(exc), 400) from exc
+            message = str(exc)
+            if offset:  # a slice of a large request: name the caller's index
+                shift = lambda m: f"prompts[{int(m.group(1)) + offset}]"  # noqa: E731
+                message = re.sub(r"prompts\[(\d+)\]", shift, message)
+            raise APIError(message, 400) from exc
 
     async def make_requests(
         self, prompts: list[Any], task: str, params: PoolingParams | None, truncate: int | None
     ) -> tuple[list[Request], int]:
-        """Validate and tokenize; returns the requests and their prompt token count."""
-        reqs = await self.in_tokenizer_thread(lambda: self.llm.make_requests(prompts, task, params, truncate))
+        """Validate and tokenize; returns the requests and their prompt token count.
+
+        A large request is tokenized slice by slice (:func:`.limits.slices`), so that small
+        requests arriving meanwhile are tokenized between its slices.
+        """
+        reqs: list[Request] = []
+        for part in limits.slices(prompts):
+            chunk = prompts[part.start : part.stop]
+            done = await self.in_tokenizer_thread(
+                lambda chunk=chunk: self.llm.make_requests(chunk, task, params, truncate), part.start
+            )
+            for r in done:
+                r.index += part.start
+            reqs += done
         return reqs, self.check_tokens(reqs)
 
     async def run(self, requests: list[Request], task: str, http: HTTPRequest) -> list[Any]:
+        """Queue ``requests`` and wait for their outputs (in order).
+
+        A request of more than two batches' worth of tokens joins the queue slice by slice
+        (two slices queued at a time), so a small request that arrives meanwhile waits for
+        at most about two slices instead of the whole request.
+        """
+        budget = 2 * self.llm.max_num_batched_tokens
+        parts = list(limits.token_slices(requests, budget))
         try:
-            return await self.batcher.submit(requests, task, http.is_disconnected)
+            if len(parts) == 1:
+                return await self.batcher.submit(requests, task, http.is_disconnected)
+            return await self._run_slices(requests, parts, task, http)
         except ClientDisconnected as exc:
             logger.info("Client disconnected from %s; dropped its pending inputs", http.url.path)
             raise APIError("Client disconnected", 499) from exc
+
+    async def _run_slices(
+        self, requests: list[Request], parts: list[range], task: str, http: HTTPRequest
+    ) -> list[Any]:
+        def submit(part: range) -> asyncio.Task[list[Any]]:
+            chunk = requests[part.start : part.stop]
+            return asyncio.ensure_future(self.batcher.submit(chunk, task, http.is_disconnected))
+
+        pending = [submit(p) for p in parts[:2]]
+        outputs: list[Any] = []
+        try:
+            for i in range(len(parts)):
+                outputs += await pending[i]
+                if i + 2 < len(parts):
+                    pending.append(submit(parts[i + 2]))
+        finally:
+            for t in pending:
+                t.cancel()
+        return outputs
 
     async def scores(
         self,
@@ -144,9 +204,12 @@ class ServerState:
         tasks = self.llm.get_supported_tasks()
         if "score" in tasks:  # a cross-encoder: text pairs join the shared queue like any input
             params = PoolingParams(use_activation=use_activation)
-            reqs = await self.in_tokenizer_thread(
-                lambda: self.llm.make_pair_requests(texts_1, texts_2, params, truncate)
-            )
+            reqs = []
+            for part in limits.slices(texts_2):  # a large request in slices, as in make_requests
+                a, b = texts_1[part.start : part.stop], texts_2[part.start : part.stop]
+                reqs += await self.in_tokenizer_thread(
+                    lambda a=a, b=b: self.llm.make_pair_requests(a, b, params, truncate)
+                )
             n_tokens = self.check_tokens(reqs)
             outs = await self.run(reqs, "score", http)
             return [float(o.outputs.data.reshape(-1)[0]) for o in outs], n_tokens
@@ -219,17 +282,16 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
         await state.batcher.stop()
         state.tokenizer_pool.shutdown(wait=False, cancel_futures=True)
 
-    async def authorize(http: HTTPRequest) -> None:
-        key = state.config.api_key
-        if key is None or http.url.path == "/health":
-            return
-        scheme, _, token = http.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
-            raise APIError("Unauthorized: send the API key as 'Authorization: Bearer <key>'", 401)
-
-    app = FastAPI(title="vllm-pool", lifespan=lifespan, dependencies=[Depends(authorize)])
+    app = FastAPI(title="vllm-pool", lifespan=lifespan)
     app.state.server = state
     install_error_handlers(app)
+    cfg = state.config
+    app.add_middleware(
+        limits.GuardMiddleware,
+        api_key=cfg.api_key,
+        max_body_bytes=cfg.max_body_bytes,
+        body_timeout=cfg.body_timeout,
+    )  # inside the metrics: 401 / 408 / 413 answers are counted
     app.add_middleware(MetricsMiddleware, metrics=state.metrics, paths=ENDPOINTS)
     m = state.metrics
 
@@ -264,6 +326,7 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
         state.check_model(body.model)
         prompts = to_prompts(body.input)
         state.check_inputs(len(prompts))
+        state.check_texts(body.input, "input")
         params = PoolingParams(dimensions=body.dimensions, normalize=body.normalize)
         reqs, n_tokens = await state.make_requests(prompts, "embed", params, body.truncate_prompt_tokens)
         outs = await state.run(reqs, "embed", http)
@@ -284,6 +347,7 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
         task = body.task or llm.get_supported_tasks()[0]
         prompts = to_prompts(body.input)
         state.check_inputs(len(prompts))
+        state.check_texts(body.input, "input")
         params = PoolingParams(
             dimensions=body.dimensions, normalize=body.normalize, use_activation=body.use_activation
         )
@@ -301,6 +365,7 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
         state.check_model(body.model)
         prompts = to_prompts(body.input)
         state.check_inputs(len(prompts))
+        state.check_texts(body.input, "input")
         params = PoolingParams(use_activation=body.use_activation)
         reqs, n_tokens = await state.make_requests(prompts, "classify", params, body.truncate_prompt_tokens)
         outs = await state.run(reqs, "classify", http)
@@ -318,6 +383,8 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
         second = body.text_2 if body.text_2 is not None else body.documents
         if first is None or second is None:
             raise APIError("Give text_1 and text_2 (or queries and documents)", 400, "text_1")
+        state.check_texts(first, "text_1" if body.text_1 is not None else "queries")
+        state.check_texts(second, "text_2" if body.text_2 is not None else "documents")
         texts_1, texts_2 = pair_up(first, second)
         state.check_inputs(len(texts_1), "text_2")
         scores, n_tokens = await state.scores(
@@ -330,6 +397,8 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
     async def rerank(body: p.RerankRequest, http: HTTPRequest) -> JSONResponse:
         state.check_model(body.model)
         state.check_inputs(len(body.documents), "documents")
+        state.check_texts(body.query, "query")
+        state.check_texts(body.documents, "documents")
         queries = [body.query] * len(body.documents)
         scores, n_tokens = await state.scores(
             queries, body.documents, body.truncate_prompt_tokens, body.use_activation, http
@@ -354,6 +423,7 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
     @app.post("/tokenize")
     async def tokenize(body: p.TokenizeRequest) -> JSONResponse:
         state.check_model(body.model)
+        state.check_texts(body.prompt, "prompt")
         tok = llm.get_tokenizer()
         ids = await state.in_tokenizer_thread(
             lambda: list(tok(body.prompt, add_special_tokens=body.add_special_tokens)["input_ids"])
