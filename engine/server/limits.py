@@ -76,7 +76,9 @@ class GuardMiddleware:
                 await _answer(scope, receive, send, text, 400, True)
                 return
             if int(length) > self.max_body_bytes:
-                await self._too_large(scope, receive, send, f"{int(length)} bytes")
+                # Read what a client that sends first and reads after will send, unless it is huge.
+                drain = int(length) <= 4 * self.max_body_bytes
+                await self._too_large(scope, receive, send, f"{int(length)} bytes", drain)
                 return
         body = await self._read_body(scope, receive, send)
         if body is None:
@@ -90,10 +92,13 @@ class GuardMiddleware:
         key = self.api_key.encode()
         return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), key)
 
-    async def _too_large(self, scope: dict[str, Any], receive: Any, send: Any, size: str) -> None:
+    async def _too_large(
+        self, scope: dict[str, Any], receive: Any, send: Any, size: str, drain: bool = True
+    ) -> None:
         message = f"Request body too large: {size}, the limit is {self.max_body_bytes} bytes"
         message += " (--max-body-bytes)"
-        await self._discard_rest(receive)
+        if drain:
+            await self._discard_rest(receive)
         await _answer(scope, receive, send, message, 413, True)
 
     async def _discard_rest(self, receive: Any) -> None:
