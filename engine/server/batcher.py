@@ -38,6 +38,7 @@ class _Job:
     future: asyncio.Future[list[Any]]
     enqueued: float = field(default_factory=time.perf_counter)
     started: bool = False
+    served: int = 0  # inputs of this request put in a batch so far
     cancelled: bool = False
 
     def __post_init__(self) -> None:
@@ -106,6 +107,7 @@ class Batcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
+        self._fair_last = False  # the last batch started with another than the oldest input
 
     # ------------------------------------------------------------------ client side
     @property
@@ -176,8 +178,11 @@ class Batcher:
     def next_batch(self) -> tuple[str, list[_Entry]] | None:
         """Take the next batch off the queue: one task, within the padded-token budget.
 
-        The oldest entry always goes first (no request waits forever); the rest of the batch
-        is filled from the next ``scan_limit`` entries of the same task, closest in length
+        A batch starts with the oldest entry of the request that has had the fewest inputs
+        batched so far (ties: the oldest entry), but never twice in a row with another than
+        the oldest entry: a small request that arrives behind a large one waits for one of
+        its batches, not for all of them, and no request waits forever. The rest of the
+        batch is filled from the next ``scan_limit`` entries of the same task, closest in length
         first. An entry joins only if the padded tokens it adds are at most its own length
         plus ``batch_overhead_tokens`` (what a separate forward pass costs), so that mixed
         lengths do not pay for padding.
@@ -188,6 +193,11 @@ class Batcher:
         if not queue:
             return None
         window = [queue.popleft() for _ in range(min(len(queue), self.scan_limit))]
+        first = 0
+        if not self._fair_last:  # the oldest input of the least-served request (ties: the oldest)
+            first = min(range(len(window)), key=lambda i: (window[i].job.cancelled, window[i].job.served))
+        self._fair_last = first != 0  # then the oldest input again: no request waits forever
+        window.insert(0, window.pop(first))
         anchor, task = window[0], window[0].job.task
         size = anchor.request.num_tokens
         live = [e for e in window[1:] if not e.job.cancelled]
@@ -204,6 +214,8 @@ class Batcher:
             if new_max * (n + 1) <= self.max_batch_tokens and added <= length + self.batch_overhead_tokens:
                 taken.append(entry)
                 max_len = new_max
+        for entry in taken:
+            entry.job.served += 1
         chosen = {id(e) for e in taken}
         queue.extendleft(reversed([e for e in live if id(e) not in chosen]))
         return task, taken

@@ -83,8 +83,8 @@ async def test_padded_budget_similar_lengths_and_task_grouping():
     assert model.batches == [
         ("embed", [0]),
         ("embed", [1, 2]),  # the oldest first; size cap 2
-        ("embed", [3, 5]),  # the closest length that fits: 6 x 2 = 12
-        ("classify", [7]),  # one task per batch
+        ("classify", [7]),  # one task per batch; a request not served yet goes before [3]
+        ("embed", [3, 5]),  # then the oldest again; the closest length that fits: 6 x 2 = 12
         ("embed", [4]),  # 20 tokens: over the budget with anything else
         ("embed", [6]),
     ]
@@ -218,4 +218,24 @@ async def test_mixed_lengths_are_not_padded_together():
     model.gate.set()
     await asyncio.gather(blocker, *short_long)
     assert model.batches == [("embed", [0]), ("embed", [1, 3, 5]), ("embed", [2, 4, 6])]
+    await batcher.stop()
+
+
+async def test_a_small_request_waits_for_one_batch_of_a_large_one():
+    """Issue 15: batches alternate between the oldest input and the least-served request."""
+    model = FakeModel()
+    batcher = Batcher(model, max_batch_tokens=10_000, max_batch_size=4)
+    model.gate.clear()
+    blocker = asyncio.create_task(batcher.submit(reqs([0]), "embed"))
+    await wait_until(lambda: model.started == 1)
+    large = asyncio.create_task(batcher.submit(reqs(list(range(100, 116))), "embed"))
+    await wait_until(lambda: batcher.queue_size == 16)
+    small = asyncio.create_task(batcher.submit(reqs([7]), "embed"))
+    await wait_until(lambda: batcher.queue_size == 17)
+    model.gate.set()
+    await asyncio.gather(blocker, large, small)
+    batches = [ids for _, ids in model.batches]
+    assert batches[:2] == [[0], [100, 101, 102, 103]]
+    assert batches[2][0] == 7  # next, not after all four batches of the large one
+    assert sorted(i for b in batches[2:] for i in b) == [7, *range(104, 116)]
     await batcher.stop()
