@@ -164,33 +164,13 @@ class ServerState:
         at most about two slices instead of the whole request.
         """
         budget = 2 * self.llm.max_num_batched_tokens
-        parts = list(limits.token_slices(requests, budget))
         try:
-            if len(parts) == 1:
-                return await self.batcher.submit(requests, task, http.is_disconnected)
-            return await self._run_slices(requests, parts, task, http)
+            return await limits.submit_in_slices(
+                lambda chunk: self.batcher.submit(chunk, task, http.is_disconnected), requests, budget
+            )
         except ClientDisconnected as exc:
             logger.info("Client disconnected from %s; dropped its pending inputs", http.url.path)
             raise APIError("Client disconnected", 499) from exc
-
-    async def _run_slices(
-        self, requests: list[Request], parts: list[range], task: str, http: HTTPRequest
-    ) -> list[Any]:
-        def submit(part: range) -> asyncio.Task[list[Any]]:
-            chunk = requests[part.start : part.stop]
-            return asyncio.ensure_future(self.batcher.submit(chunk, task, http.is_disconnected))
-
-        pending = [submit(p) for p in parts[:2]]
-        outputs: list[Any] = []
-        try:
-            for i in range(len(parts)):
-                outputs += await pending[i]
-                if i + 2 < len(parts):
-                    pending.append(submit(parts[i + 2]))
-        finally:
-            for t in pending:
-                t.cancel()
-        return outputs
 
     async def scores(
         self,

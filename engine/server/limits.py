@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 from vllm_pool.engine.server.errors import APIError, error_response
@@ -248,3 +248,32 @@ def token_slices(requests: Sequence[Any], max_tokens: int) -> Iterator[range]:
         tokens += request.num_tokens
     if start < len(requests):
         yield range(start, len(requests))
+
+
+async def submit_in_slices(
+    submit: Callable[[list[Any]], Awaitable[list[Any]]], requests: list[Any], max_tokens: int, ahead: int = 2
+) -> list[Any]:
+    """Queue ``requests`` through ``submit`` in slices of at most ``max_tokens`` tokens, with at
+    most ``ahead`` slices queued at a time; the outputs of all slices, in order.
+
+    A request that arrives meanwhile joins the queue behind at most ``ahead`` slices instead
+    of behind the whole large request. A failure cancels the slices still queued.
+    """
+    parts = list(token_slices(requests, max_tokens))
+    if len(parts) <= 1:
+        return await submit(requests)
+
+    def start(part: range) -> asyncio.Future[list[Any]]:
+        return asyncio.ensure_future(submit(requests[part.start : part.stop]))
+
+    pending = [start(p) for p in parts[:ahead]]
+    outputs: list[Any] = []
+    try:
+        for i in range(len(parts)):
+            outputs += await pending[i]
+            if i + ahead < len(parts):
+                pending.append(start(parts[i + ahead]))
+    finally:
+        for future in pending:
+            future.cancel()
+    return outputs

@@ -46,3 +46,27 @@ def test_check_texts(texts, code, message):
 def test_check_texts_accepts_token_ids_and_real_pairs():
     check_texts([[1, 2, 3], "emoji \U0001f600"], "input", max_chars=10)
     check_texts([101, 102], "input", max_chars=1)
+
+
+async def test_submit_in_slices_keeps_order_and_queues_two_slices_at_a_time():
+    import asyncio
+
+    from vllm_pool.engine.server.limits import submit_in_slices
+
+    class R:
+        def __init__(self, i):
+            self.i, self.num_tokens = i, 4
+
+    queued, most = [], 0
+
+    async def submit(chunk):
+        nonlocal most
+        queued.append(chunk)
+        most = max(most, len(queued))
+        await asyncio.sleep(0)
+        queued.remove(chunk)
+        return [r.i * 10 for r in chunk]
+
+    out = await submit_in_slices(submit, [R(i) for i in range(10)], max_tokens=8)
+    assert out == [i * 10 for i in range(10)] and most == 2
+    assert await submit_in_slices(submit, [R(1)], max_tokens=8) == [10]
