@@ -82,6 +82,50 @@ def writer_lock(folder: Path, blocking: bool = True) -> Iterator[bool]:
         os.close(fd)  # closing releases the lock
 
 
+@contextlib.contextmanager
+def reading(folder: Path) -> Iterator[None]:
+    """Hold a shared lock on a version folder while its files are read, so that a save's
+    clean-up does not delete it under the reader (it is removed by a later save instead)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        yield  # the read reports the missing folder
+        return
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _remove_unread(folder: Path) -> bool:
+    """Delete a version folder unless a reader holds it (see :func:`reading`)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        shutil.rmtree(folder, ignore_errors=True)
+        return True
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False  # being read: the next save removes it
+        shutil.rmtree(folder, ignore_errors=True)
+        return True
+    finally:
+        os.close(fd)
+
+
 def _is_plain_dir(path: Path) -> bool:
     return path.is_dir() and not path.is_symlink()
 
@@ -233,8 +277,7 @@ def _clean(folder: Path) -> None:
         if _TMP_RE.fullmatch(name) or (_VERSION_RE.fullmatch(name) and name != live):
             if entry.is_symlink() or not entry.is_dir():
                 continue
-            shutil.rmtree(entry, ignore_errors=True)
-            removed += 1
+            removed += _remove_unread(entry)
         elif _POINTER_TMP_RE.fullmatch(name) and entry.is_file() and not entry.is_symlink():
             entry.unlink(missing_ok=True)
             removed += 1

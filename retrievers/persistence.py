@@ -27,7 +27,7 @@ import faiss
 import numpy as np
 
 from .faiss_index import to_cpu
-from .index_folder import clean_leftovers, fsync_path, version_folder, write_version
+from .index_folder import clean_leftovers, fsync_path, reading, version_folder, write_version
 from .manifest import (
     DOCS,
     FORMAT_VERSION,
@@ -42,7 +42,7 @@ from .types import IndexFormatError
 
 logger = logging.getLogger(__name__)
 
-_READ_ATTEMPTS = 3
+_READ_ATTEMPTS = 5
 
 
 @dataclass
@@ -143,7 +143,8 @@ def load_index_files(path: str | os.PathLike, kind: str, expected_dim: int | Non
     for attempt in range(_READ_ATTEMPTS):
         folder = version_folder(root)
         try:
-            out = _read_files(folder, kind, expected_dim)
+            with reading(folder):
+                out = _read_files(folder, kind, expected_dim)
         except IndexFormatError:
             if attempt + 1 < _READ_ATTEMPTS and _switched(root, folder):
                 logger.info("%s: a save switched versions during the load; reading again", root)
