@@ -144,7 +144,10 @@ def load_index_files(path: str | os.PathLike, kind: str, expected_dim: int | Non
         folder = version_folder(root)
         try:
             with reading(folder):
-                out = _read_files(folder, kind, expected_dim)
+                try:
+                    out = _read_files(folder, kind, expected_dim)
+                except FileNotFoundError as exc:  # removed while read (a save's clean-up)
+                    raise IndexFormatError(f"{exc.filename}: file missing") from exc
         except IndexFormatError:
             if attempt + 1 < _READ_ATTEMPTS and _switched(root, folder):
                 logger.info("%s: a save switched versions during the load; reading again", root)
