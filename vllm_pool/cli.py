@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     # Defaults of the limits: those of ServerConfig (16 MiB, 100,000 characters, 30 s, 10 s).
     h.add_argument("--max-body-bytes", type=positive_int, default=None, help="request body bytes (413 above)")
-    h.add_argument("--max-input-chars", type=positive_int, default=None, help="characters per text input (413)")
+    h.add_argument("--max-input-chars", type=positive_int, default=None, help="characters per text (413)")
     h.add_argument("--body-timeout", type=_seconds, default=None, help="seconds to receive a body (then 408)")
     h.add_argument(
         "--header-timeout",

@@ -195,21 +195,17 @@ class VllmPoolVectorStore(VectorStore):
         **kwargs: Any,
     ) -> list[Document]:
         """Diverse results: ``fetch_k`` candidates, then maximal marginal relevance."""
-        index = self._index  # one index throughout: delete(None) swaps in a new one
-        if index is None or len(index) == 0:
+        candidates = self.similarity_search_with_score_by_vector(embedding, fetch_k, filter)
+        index = self._index
+        if not candidates or index is None:
             return []
-        hits = index.search(np.asarray(embedding, dtype=np.float32), k=fetch_k, filter=user_filter(filter))[0]
-        records = {r.id: r.vectors for r in index.get([hit.id for hit in hits])}
-        hits = [hit for hit in hits if hit.id in records]  # deleted meanwhile by another thread
-        if not hits:
+        records = {r.id: r.vectors for r in index.get([d.id for d, _ in candidates])}
+        candidates = [(d, s) for d, s in candidates if d.id in records]  # deleted meanwhile by another thread
+        if not candidates:
             return []
-        candidates = []
-        for hit in hits:
-            text, meta = unpack(hit.metadata)
-            candidates.append(Document(id=hit.id, page_content=text, metadata=meta))
-        vectors = np.asarray([records[h.id] for h in hits], dtype=np.float32)
+        vectors = np.asarray([records[d.id] for d, _ in candidates], dtype=np.float32)
         chosen = maximal_marginal_relevance(np.asarray(embedding, dtype=np.float32), vectors, lambda_mult, k)
-        return [candidates[i] for i in chosen]
+        return [candidates[i][0] for i in chosen]
 
     def max_marginal_relevance_search(
         self,
