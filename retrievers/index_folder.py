@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import shutil
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -158,10 +159,11 @@ def _versions(folder: Path) -> list[str]:
     return sorted(names, key=lambda n: int(_VERSION_RE.fullmatch(n).group(1)))  # type: ignore[union-attr]
 
 
-def version_folder(path: str | os.PathLike) -> Path:
+def version_folder(path: str | os.PathLike, marker: str = LEGACY_MANIFEST) -> Path:
     """The folder holding the live files of the index at ``path``.
 
-    ``path/v-*`` named by ``path/CURRENT``; ``path`` itself for the older flat layout.
+    ``path/v-*`` named by ``path/CURRENT``; ``path`` itself for the older flat layout (a
+    folder with ``marker`` at its top: ``manifest.json``, or ``shards.json`` for shards).
 
     Raises:
         IndexFormatError: no index at ``path``, or a pointer that names no version folder.
@@ -177,7 +179,7 @@ def version_folder(path: str | os.PathLike) -> Path:
         if not _is_plain_dir(live):
             raise IndexFormatError(f"{folder / POINTER}: names {name}, which is not a folder in {folder}")
         return live
-    if (folder / LEGACY_MANIFEST).exists():
+    if (folder / marker).exists():
         return folder
     versions = _versions(folder)
     if versions:  # the pointer was deleted by hand: the newest complete version is the index
@@ -232,6 +234,21 @@ def write_version(path: str | os.PathLike, write: Callable[[Path], None]) -> Pat
         _clean(target)
         _checkpoint("cleaned")
     return final
+
+
+def publish_folder(src: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Make the contents of the folder ``src`` (on the same file system) the live version of
+    ``path``, atomically, and remove ``src``; see :func:`write_version`."""
+    source = Path(src)
+
+    def move(dest: Path) -> None:
+        for name in os.listdir(source):
+            os.replace(source / name, dest / name)
+
+    try:
+        return write_version(path, move)
+    finally:
+        shutil.rmtree(source, ignore_errors=True)
 
 
 def _replace_pointer(folder: Path, name: str) -> None:
@@ -320,9 +337,16 @@ def _old_siblings(target: Path, kind: str) -> list[Path]:
     ]
 
 
+STALE_SIBLING_SECONDS = 3600
+"""A ``.NAME.tmp-*`` sibling untouched this long is a leftover (younger ones may be a build
+in progress, e.g. the Ray index builder's working folder)."""
+
+
 def _clean_old_siblings(target: Path) -> None:
     """Remove the temporary and previous folders that the older two-rename save left behind."""
-    for leftover in _old_siblings(target, "tmp") + _old_siblings(target, "old"):
+    now = time.time()
+    stale = [p for p in _old_siblings(target, "tmp") if now - p.stat().st_mtime > STALE_SIBLING_SECONDS]
+    for leftover in stale + _old_siblings(target, "old"):
         shutil.rmtree(leftover, ignore_errors=True)
         logger.info("removed %s, left by an interrupted save", leftover)
 

@@ -97,13 +97,15 @@ def test_folders_of_the_older_two_rename_save_are_recovered(tmp_path):
     stranded = tmp_path / ".idx.old-0123abcd"
     shutil.copytree(version_folder(src), stranded)  # the flat layout of the older writer
     shutil.copytree(version_folder(src), tmp_path / ".idx.tmp-4567cdef")
+    os.utime(tmp_path / ".idx.tmp-4567cdef", (time.time() - 7200, time.time() - 7200))  # stale
+    shutil.copytree(version_folder(src), tmp_path / ".idx.tmp-89abcdef")  # fresh: maybe a build
     path = tmp_path / "idx"
     loaded = DenseIndex.load(path)
     assert_consistent(loaded, "dense")
     assert len(loaded) == 5 and version_folder(path) == path  # flat layout, read in place
     fw.add_next(loaded, "dense")
     loaded.save(path)  # converts the flat layout and drops the older save's leftovers
-    assert sorted(os.listdir(tmp_path)) == ["idx", "src"]
+    assert sorted(os.listdir(tmp_path)) == [".idx.tmp-89abcdef", "idx", "src"]
     assert sorted(os.listdir(path)) == sorted([".lock", "CURRENT", version_folder(path).name])
     assert_consistent(DenseIndex.load(path), "dense")
 
