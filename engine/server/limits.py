@@ -63,7 +63,10 @@ class GuardMiddleware:
             return
         headers = _headers(scope)
         if not self._authorized(scope, headers):
-            close = _has_body(headers)  # its body is never read: the connection cannot be reused
+            close = _has_body(headers)  # its body is not kept: the connection is not reused
+            length = headers.get("content-length", "")
+            if close and length.isdigit() and int(length) <= self.max_body_bytes:
+                await self._discard_rest(receive)  # read and dropped, so the client sees the 401
             await _answer(scope, receive, send, UNAUTHORIZED, 401, close)
             return
         if not _has_body(headers):
