@@ -14,6 +14,7 @@ import re
 
 import numpy as np
 import torch
+from vllm_pool.engine.outputs import stack_outputs
 
 from benchmarks.common import (
     CORPUS,
@@ -77,7 +78,7 @@ def main() -> None:
 
     def run_engine() -> np.ndarray:
         outs = llm.embed(texts, use_tqdm=False)
-        return np.asarray([o.outputs.embedding for o in outs], dtype=np.float32)
+        return stack_outputs(outs).numpy()
 
     # warm-up on a slice, then alternate full rounds
     st.encode(texts[:64], batch_size=args.batch_size)

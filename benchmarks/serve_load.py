@@ -7,6 +7,10 @@ process on 127.0.0.1; this process is the load generator. For 1, 8 and 64 concur
 clients and short or mixed inputs (one text per request) it measures requests per second
 and p50 / p99 latency, prints a table and writes ``benchmarks/results/serve_load.json``.
 
+Then, with the servers stopped, it runs the same inputs through an offline ``LLM.embed``
+call in this process and reports the ratio of the server's throughput at each client count
+to that offline throughput (``serve_vs_offline``): what serving costs over the engine.
+
     python -m benchmarks.serve_load [--requests 256] [--concurrency 1 8 64]
 
 ``--head-of-line`` adds a row per server: the p99 latency of one-text requests from one
@@ -218,6 +222,21 @@ def input_sets(n: int) -> dict[str, list[str]]:
     return {"short": short, "mixed": mixed}
 
 
+def offline_rps(model: str, texts: list[str], n_requests: int, rounds: int = 3) -> float:
+    """Inputs per second of one offline ``LLM.embed`` call on the requests' texts (best of ``rounds``)."""
+    from vllm_pool import LLM
+
+    llm = LLM(model)
+    inputs = [texts[i % len(texts)] for i in range(n_requests)]
+    llm.embed(inputs[:64], use_tqdm=False)  # warm-up
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        llm.embed(inputs, use_tqdm=False)
+        best = min(best, time.perf_counter() - t0)
+    return n_requests / best
+
+
 def print_table(rows: list[dict[str, Any]]) -> None:
     hol = [r for r in rows if r["inputs"] == "head-of-line"]
     rows = [r for r in rows if r["inputs"] != "head-of-line"]
@@ -261,6 +280,9 @@ def main() -> None:
     ap.add_argument("--hol-inputs", type=int, default=16, help="texts per maximum-size request")
     ap.add_argument("--hol-chars", type=int, default=100_000, help="characters per text of those requests")
     ap.add_argument("--hol-requests", type=int, default=100, help="one-text requests measured")
+    ap.add_argument(
+        "--no-offline", action="store_true", help="skip the offline LLM.embed baseline (serve_vs_offline)"
+    )
     ap.add_argument("--serve-st", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, default=8001, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -302,8 +324,19 @@ def main() -> None:
     }
     if len(vectors) == 2:
         result["min_cosine_vs_st"] = min_cosine(*(vectors[k] for k in SERVERS))
+    if not args.no_offline and "vllm-pool" in args.servers:
+        offline = {inputs: offline_rps(args.model, sets[inputs], args.requests) for inputs in args.inputs}
+        result["offline_inputs_per_s"] = offline
+        result["serve_vs_offline"] = {
+            f"{r['inputs']}/{r['concurrency']}": r["rps"] / offline[r["inputs"]]
+            for r in rows
+            if r["server"] == "vllm-pool"
+        }
     path = write_result(args.name, result)
     print_table(rows)
+    for key, ratio in result.get("serve_vs_offline", {}).items():
+        inputs, conc = key.split("/")
+        print(f"vllm-pool serve, {inputs} inputs, {conc} clients: {ratio:.2f}x offline LLM.embed")
     if "min_cosine_vs_st" in result:
         print(f"min cosine vllm-pool vs ST: {result['min_cosine_vs_st']:.6f}")
     print(f"wrote {path}")

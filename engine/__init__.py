@@ -10,6 +10,8 @@ from vllm_pool.engine.outputs import (
     PoolingOutput,
     PoolingRequestOutput,
     ScoringOutput,
+    output_lists,
+    stack_outputs,
 )
 from vllm_pool.engine.params import PoolingParams
 from vllm_pool.engine.types import ModelNotFoundError, PoolingType, UnsupportedTaskError
@@ -28,4 +30,6 @@ __all__ = [
     "PoolingType",
     "ScoringOutput",
     "UnsupportedTaskError",
+    "output_lists",
+    "stack_outputs",
 ]

@@ -9,6 +9,7 @@ records how many tokens the instruction takes, for models whose ST Pooling exclu
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -148,6 +149,8 @@ class InputProcessor:
         self.do_lower_case = do_lower_case
         self.encoder = FastEncoder(tokenizer)
         self._instruction_lens: dict[str, int] = {}
+        # a Hugging Face tokenizer changes its truncation settings per call: one caller at a time
+        self.lock = threading.RLock()
 
     def instruction_len(self, instruction: str) -> int:
         """Tokens of ``instruction`` at the start of a prompt: its tokenization with special
@@ -176,6 +179,10 @@ class InputProcessor:
         self, prompts: list[PromptType], params: list[PoolingParams], offset: int = 0
     ) -> list[Request]:
         """Tokenize ``prompts``; ``offset`` is the position of ``prompts[0]`` in the caller's list."""
+        with self.lock:
+            return self._tokenize(prompts, params, offset)
+
+    def _tokenize(self, prompts: list[PromptType], params: list[PoolingParams], offset: int) -> list[Request]:
         requests: list[Request | None] = [None] * len(prompts)
         texts: dict[int, list[int]] = {}  # limit -> prompt indices
         for i, (prompt, p) in enumerate(zip(prompts, params)):
@@ -219,6 +226,10 @@ class InputProcessor:
         Only the second text is cut when a pair is too long (``only_second``), unless the
         first alone is over the limit.
         """
+        with self.lock:
+            return self._pairs(texts_1, texts_2, params)
+
+    def _pairs(self, texts_1: list[str], texts_2: list[str], params: list[PoolingParams]) -> list[Request]:
         for i, (a, b) in enumerate(zip(texts_1, texts_2)):
             for name, text in (("data_1", a), ("data_2", b)):
                 if not isinstance(text, str):

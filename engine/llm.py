@@ -1,17 +1,19 @@
 """`LLM`: the offline API of the engine, with vLLM's names.
 
-Every API goes through one core verb, :meth:`LLM._run`: prompts -> tokenized requests ->
-token-budget batches -> model runner -> task pooler -> outputs in the caller's order.
-``embed``, ``encode`` (and the other task methods) are thin wrappers over it.
+Every API goes through one core verb, :meth:`LLM._run_io`: a task IO processor checks and
+tokenizes the prompts (``engine.task_io``), the engine core queues them, batches them under a
+token budget with every other caller's prompts and runs them (``engine.core``), and the
+processor shapes the pooled tensors into outputs in the caller's order. ``embed``,
+``encode`` (and the other task methods) are thin wrappers over it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
-import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -20,7 +22,8 @@ from tqdm.auto import tqdm
 from vllm_pool.engine.architectures import build_poolers
 from vllm_pool.engine.args import EngineArgs
 from vllm_pool.engine.config import PoolerConfig
-from vllm_pool.engine.inputs import InputProcessor, normalize_params, normalize_prompts, resolve_params
+from vllm_pool.engine.core import EngineCore, ModelExecutor
+from vllm_pool.engine.inputs import InputProcessor, normalize_params, resolve_params
 from vllm_pool.engine.loader import load_model
 from vllm_pool.engine.outputs import (
     PoolingOutput,
@@ -30,7 +33,8 @@ from vllm_pool.engine.params import PoolingParams
 from vllm_pool.engine.plugins import IOProcessor, load_io_processor
 from vllm_pool.engine.pooler import TaskPoolers
 from vllm_pool.engine.runner import ModelRunner, token_budget_for_memory
-from vllm_pool.engine.scheduler import schedule
+from vllm_pool.engine.scheduler import Job, Scheduler
+from vllm_pool.engine.task_io import Prepared, PromptIO, encode_processor, task_processors
 from vllm_pool.engine.tasks import TaskMethods
 from vllm_pool.engine.types import Request
 
@@ -134,8 +138,8 @@ class LLM(TaskMethods):
         self.max_num_batched_tokens = int(max_num_batched_tokens or self._default_budget())
         self.max_num_seqs = int(default_max_num_seqs(cfg.device) if max_num_seqs is None else max_num_seqs)
         self.tokenize_chunk = 4096  # prompts tokenized ahead while the model runs
-        self._lock = threading.RLock()
         self._ids = itertools.count()
+        self._build_core()
         self.io_processor: IOProcessor | None = None
         if io_processor_plugin is not None:
             self.io_processor = load_io_processor(io_processor_plugin, self)
@@ -182,18 +186,19 @@ class LLM(TaskMethods):
         cfg = self.model_config
         return f"LLM(model={self.model_name!r}, device={cfg.device}, dtype={cfg.dtype})"
 
-    # ------------------------------------------------------------------ the core verb
-    def _checked(
-        self,
-        prompts: object,
-        task: str,
-        pooling_params: PoolingParams | Sequence[PoolingParams] | None,
-        truncate_prompt_tokens: int | None,
-    ) -> tuple[list[Any], list[PoolingParams]]:
-        pooler = self.poolers.get(task)
-        items = normalize_prompts(prompts)
-        params = normalize_params(pooling_params, len(items))
-        return items, resolve_params(pooler.resolve, params, truncate_prompt_tokens)
+    # ------------------------------------------------------------------ the engine core
+    def _build_core(self) -> None:
+        """The request queue, scheduler and pipelined loop (shared with the server), the
+        tokenizer thread, and the per-task IO processors."""
+        scheduler = Scheduler(self.max_num_batched_tokens, self.max_num_seqs, packed=self.runner.packed)
+        on_cuda = self.model_config.device.type == "cuda"
+        self.core = EngineCore(ModelExecutor(self.runner, self.poolers), scheduler, output_thread=on_cuda)
+        self.tokenizer_pool = ThreadPoolExecutor(1, thread_name_prefix="vllm-pool-tokenize")
+        self.task_io = task_processors(self)
+
+    def request_ids(self, n: int) -> list[str]:
+        """``n`` fresh request ids (unique per engine)."""
+        return [str(next(self._ids)) for _ in range(n)]
 
     def make_requests(
         self,
@@ -203,8 +208,7 @@ class LLM(TaskMethods):
         truncate_prompt_tokens: int | None = None,
     ) -> list[Request]:
         """Check and tokenize ``prompts`` for ``task`` (all errors are raised here, before any work)."""
-        items, params = self._checked(prompts, task, pooling_params, truncate_prompt_tokens)
-        return self.input_processor(items, params)
+        return encode_processor(self, task).prepare(prompts, pooling_params, truncate_prompt_tokens).requests
 
     def make_pair_requests(
         self,
@@ -230,51 +234,16 @@ class LLM(TaskMethods):
         requests: list[Request],
         tasks: dict[str, list[PoolingParams] | None],
         use_tqdm: bool,
-        outer_bar: Any = None,
     ) -> dict[str, list[PoolingRequestOutput[PoolingOutput]]]:
-        """One forward pass per batch; every task's pooler reads the same hidden states.
+        """One job through the engine core; every task's pooler reads the same forward pass.
 
-        ``tasks`` maps each task to per-request params (``None``: the requests' own);
-        ``outer_bar`` is a caller's progress bar to advance instead of a new one.
+        ``tasks`` maps each task to per-request params (``None``: the requests' own).
         """
-        poolers = {task: self.poolers.get(task) for task in tasks}
-        if not requests:
-            return {task: [] for task in tasks}
-        position = {id(r): i for i, r in enumerate(requests)}
-        results: dict[str, list[torch.Tensor | None]] = {t: [None] * len(requests) for t in tasks}
-        with (
-            self._lock,
-            torch.inference_mode(),
-            tqdm(
-                total=len(requests),
-                desc="Processed prompts",
-                disable=not use_tqdm or outer_bar is not None,
-                unit="prompt",
-            ) as own_bar,
-        ):
-            bar = outer_bar if outer_bar is not None else own_bar
-            for batch, hidden in self.runner.run(
-                schedule(requests, self.max_num_batched_tokens, self.max_num_seqs)
-            ):
-                rows = [position[id(r)] for r in batch.requests]
-                for task, pooler in poolers.items():
-                    params = tasks[task]
-                    batch_params = [params[i] for i in rows] if params is not None else None
-                    for row, data in zip(rows, pooler(hidden, batch.requests, batch_params)):
-                        results[task][row] = data
-                bar.update(len(batch.requests))
-        return {
-            task: [
-                PoolingRequestOutput(
-                    request_id=str(next(self._ids)),
-                    outputs=PoolingOutput(data=data),
-                    prompt_token_ids=req.prompt_token_ids,
-                )
-                for req, data in zip(requests, datas)
-                if data is not None
-            ]
-            for task, datas in results.items()
-        }
+        for task in tasks:
+            self.poolers.get(task)  # an unsupported task fails before any work
+        with _progress(len(requests), use_tqdm) as bar:
+            results = self.core.run(requests, tasks, bar.update if bar is not None else None)
+        return {task: encode_processor(self, task).finish(requests, datas) for task, datas in results.items()}
 
     def _run(
         self,
@@ -284,27 +253,68 @@ class LLM(TaskMethods):
         use_tqdm: bool,
         truncate_prompt_tokens: int | None = None,
     ) -> list[PoolingRequestOutput[PoolingOutput]]:
-        """The core verb: pool ``prompts`` for ``task``; outputs in the caller's order.
+        """Raw pooled outputs of ``prompts`` for ``task``, in the caller's order."""
+        io = encode_processor(self, task)
+        return self._run_io(io, prompts, pooling_params, use_tqdm, truncate_prompt_tokens)
 
-        Large inputs are tokenized in chunks of ``tokenize_chunk`` prompts on a helper thread,
-        the next chunk while the model runs the current one.
+    def _run_io(
+        self,
+        io: PromptIO,
+        prompts: object,
+        pooling_params: PoolingParams | Sequence[PoolingParams] | None,
+        use_tqdm: bool,
+        truncate_prompt_tokens: int | None = None,
+    ) -> list[PoolingRequestOutput[Any]]:
+        """The core verb: check, tokenize, run and shape ``prompts`` with ``io``; outputs in order.
+
+        Inputs larger than ``tokenize_chunk`` prompts are tokenized chunk by chunk on the
+        tokenizer thread; each chunk joins the queue as soon as it is ready, so tokenization
+        overlaps the model running the chunks before it.
         """
-        items, params = self._checked(prompts, task, pooling_params, truncate_prompt_tokens)
+        items, params = io.check(prompts, pooling_params, truncate_prompt_tokens)
         if len(items) <= self.tokenize_chunk:
-            return self.run_requests(self.input_processor(items, params), task, use_tqdm)
+            return self.run_prepared(io.prepared(io.tokenize(items, params)), use_tqdm)
         self.input_processor.precheck(items, params)  # bad limits or token ids fail before any work
-        size, outs = self.tokenize_chunk, []
-        with (
-            ThreadPoolExecutor(1, thread_name_prefix="vllm-pool-tokenize") as pool,
-            tqdm(total=len(items), desc="Processed prompts", disable=not use_tqdm, unit="prompt") as bar,
-        ):
-            pending = pool.submit(self.input_processor, items[:size], params[:size], 0)
-            for start in range(0, len(items), size):
-                requests = pending.result()
-                nxt = start + size
-                if nxt < len(items):
-                    pending = pool.submit(
-                        self.input_processor, items[nxt : nxt + size], params[nxt : nxt + size], nxt
-                    )
-                outs += self._execute(requests, {task: None}, use_tqdm, bar)[task]
-        return outs
+        size = self.tokenize_chunk
+        chunks: list[list[Request]] = []
+        jobs: list[Job] = []
+        with _progress(len(items), use_tqdm) as bar:
+            on_batch = bar.update if bar is not None else None
+
+            def tokenize_all() -> None:
+                for start in range(0, len(items), size):
+                    if jobs and any(j.done and j.future.exception() is not None for j in jobs):
+                        return  # a chunk failed: stop tokenizing
+                    requests = io.tokenize(items[start : start + size], params[start : start + size], start)
+                    chunks.append(requests)
+                    jobs.append(self.core.submit(requests, {io.task: None}, on_batch))
+
+            feeder = self.tokenizer_pool.submit(tokenize_all)
+            try:
+                results = self.core.wait(jobs, more=lambda: not feeder.done())
+                feeder.result()  # a tokenizer error
+            except BaseException:
+                feeder.cancel()
+                for job in jobs:
+                    self.core.cancel(job)
+                raise
+        requests = [r for chunk in chunks for r in chunk]
+        data = [d for res in results for d in res[io.task]]
+        return io.finish(requests, data)
+
+    def run_prepared(self, prepared: Prepared, use_tqdm: bool = False) -> list[PoolingRequestOutput[Any]]:
+        """Run a job from a task IO processor and shape its outputs."""
+        with _progress(len(prepared.requests), use_tqdm) as bar:
+            on_batch = bar.update if bar is not None else None
+            results = self.core.run(prepared.requests, prepared.tasks, on_batch)
+        return prepared.finish(results)
+
+
+@contextlib.contextmanager
+def _progress(total: int, use_tqdm: bool) -> Iterator[Any]:
+    """A prompt progress bar (``None`` when off), advanced from the engine's threads."""
+    if not use_tqdm:
+        yield None
+        return
+    with tqdm(total=total, desc="Processed prompts", unit="prompt") as bar:
+        yield bar

@@ -30,7 +30,8 @@ def mean_pool(hidden: HiddenStates) -> torch.Tensor:
     lens = hidden.seq_lens
     data = hidden.data.float()
     total = data.shape[0]
-    segment = torch.repeat_interleave(torch.arange(len(lens), device=lens.device), lens)
+    # output_size: no device-to-host sync to learn it (the loop stays ahead of the GPU)
+    segment = torch.repeat_interleave(torch.arange(len(lens), device=lens.device), lens, output_size=total)
     ones = torch.zeros((len(lens), total), dtype=data.dtype, device=data.device)
     ones[segment, torch.arange(total, device=lens.device)] = 1.0
     return (ones @ data) / lens.clamp(min=1).unsqueeze(-1).to(data.dtype)

@@ -54,20 +54,24 @@ class Pooler:
     def __call__(
         self, hidden: HiddenStates, requests: list[Request], params: list[PoolingParams] | None = None
     ) -> list[torch.Tensor]:
-        """One output per request (``params`` overrides the requests' own params)."""
+        """One output per request (``params`` overrides the requests' own params).
+
+        Outputs are fp32 and stay on the model's device (the engine core copies a batch's
+        outputs to the host in one transfer).
+        """
         params = params if params is not None else [r.params for r in requests]
         if self.method in SEQUENCE_METHODS:
             if not self.include_instruction:
                 hidden = skip_instructions(hidden, [r.instruction_len for r in requests])
             pooled = SEQUENCE_METHODS[self.method](hidden)  # [batch, hidden]
             if all(p == params[0] for p in params):
-                return list(self.head(pooled, params[0]).float().cpu().unbind(0))
-            return [self.head(row.unsqueeze(0), p)[0].float().cpu() for row, p in zip(pooled, params)]
+                return list(self.head(pooled, params[0]).float().unbind(0))
+            return [self.head(row.unsqueeze(0), p)[0].float() for row, p in zip(pooled, params)]
         if self.method is PoolingType.STEP:
             per_request = step_pool(hidden, [p.step_tag_id for p in params])
         else:
             per_request = all_pool(hidden)
-        return [self.head(rows, p).float().cpu() for rows, p in zip(per_request, params)]
+        return [self.head(rows, p).float() for rows, p in zip(per_request, params)]
 
 
 class TaskPoolers:

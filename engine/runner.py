@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -197,23 +197,6 @@ class ModelRunner:
             return HiddenStates(data=hidden[0], cu_seqlens=staged.cu_seqlens, token_ids=ids[0])
         data = hidden.flatten(0, 1).index_select(0, staged.rows)
         return HiddenStates(data=data, cu_seqlens=staged.cu_seqlens, token_ids=ids.flatten()[staged.rows])
-
-    def run(self, batches: Iterable[Batch]) -> Iterator[tuple[Batch, HiddenStates]]:
-        """Forward every batch in order, staging the next batch while the current one runs.
-
-        On CUDA the forward pass is queued asynchronously, so building and copying the next
-        batch's inputs overlaps it. Yields ``(batch, hidden_states)`` pairs; a batch that
-        runs out of device memory comes back as the halves of :meth:`forward_split`.
-        """
-        it = iter(batches)
-        first = next(it, None)
-        staged = self.stage(first) if first is not None else None
-        while staged is not None:
-            done = list(self.forward_split(staged))  # queued on CUDA, not yet finished
-            upcoming = next(it, None)
-            next_staged = self.stage(upcoming) if upcoming is not None else None
-            yield from done
-            staged = next_staged
 
     def forward_split(self, batch: Batch | Staged) -> Iterator[tuple[Batch, HiddenStates]]:
         """Run ``batch``; on a device out-of-memory error, split it in halves and retry.

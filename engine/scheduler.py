@@ -1,17 +1,256 @@
-"""Token-budget batching: requests sorted by length, grouped so padding stays small.
+"""The request queue and its one batching policy, shared by offline calls and the server.
 
-A padded model pays ``max_len x n`` tokens for a batch of ``n`` requests (TEI's rule), so
-the budget counts padding. Sorting by token count (not characters) keeps each batch's
-lengths close.
+A :class:`Job` is one caller's request: tokenized prompts for one set of tasks (``LLM.embed``
+of a list, one HTTP request, one chunk of a large offline call). :class:`Scheduler` keeps
+the jobs in arrival order and fills every batch under a token budget:
+
+* the oldest job with pending prompts goes first (no request waits forever), its longest
+  prompt first: a job's prompts are sorted by token count when it is queued, so taking them
+  in order keeps each batch's lengths close (the padding a padded model pays for);
+* the batch is then filled with prompts of later jobs that run the same tasks, closest in
+  length first (continuous batching across requests);
+* a padded batch costs ``max_len x n`` tokens (TEI's rule). A prompt joins only while the
+  padded tokens it adds are at most its own length plus ``batch_overhead_tokens`` (what a
+  separate forward pass costs), so mixed lengths do not pay for padding. A packed batch
+  (no padding) costs its real tokens, and every prompt that fits joins;
+* a prompt longer than the budget runs alone.
+
+The scheduler is plain data and policy (no threads, no locks): :class:`~vllm_pool.engine.core.EngineCore`
+owns one and calls it under its lock.
 """
 
 from __future__ import annotations
 
+import bisect
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from vllm_pool.engine.params import PoolingParams
 from vllm_pool.engine.types import Batch, Request
+
+TaskSpec = dict[str, list[PoolingParams] | None]
+"""``{task: per-request params}`` of a job; ``None`` means each request's own params."""
+
+
+class JobCancelled(Exception):
+    """The job was cancelled before all its prompts ran (client gone, caller interrupted)."""
+
+
+@dataclass(eq=False)
+class Job:
+    """One caller's tokenized prompts for one set of tasks, and their results.
+
+    Attributes:
+        requests: the tokenized prompts.
+        tasks: ``{task: per-request params or None}``; every task pools the same forward pass.
+        future: resolved with ``{task: [output per request, in list order]}``, or the error
+            of this job's own failing input, or :class:`JobCancelled`.
+        on_batch: called (outside the engine's lock) with the number of this job's prompts
+            each finished batch held (progress bars).
+    """
+
+    requests: list[Request]
+    tasks: TaskSpec
+    on_batch: Callable[[int], None] | None = None
+    future: Future[dict[str, list[Any]]] = field(default_factory=Future)
+    enqueued: float = field(default_factory=time.perf_counter)
+
+    def __post_init__(self) -> None:
+        self.key = tuple(self.tasks)
+        order = sorted(range(len(self.requests)), key=lambda i: -self.requests[i].num_tokens)
+        self.pending: list[int] = order  # positions not yet scheduled, longest first
+        self._neg_lengths = [-self.requests[i].num_tokens for i in order]
+        self.results: dict[str, list[Any]] = {t: [None] * len(self.requests) for t in self.tasks}
+        self.remaining = len(self.requests)
+        self.started = False
+        self.cancelled = False
+        self.first_run: float | None = None  # when its first batch ran (queue time)
+
+    @property
+    def done(self) -> bool:
+        return self.future.done()
+
+    def length(self, k: int) -> int:
+        """Token count of the ``k``-th pending prompt."""
+        return -self._neg_lengths[k]
+
+    def take(self, start: int, stop: int) -> list[int]:
+        """Remove pending prompts ``start:stop`` and return their positions."""
+        taken = self.pending[start:stop]
+        del self.pending[start:stop], self._neg_lengths[start:stop]
+        return taken
+
+    def requeue(self, positions: Sequence[int]) -> None:
+        """Put scheduled positions back (a batch that was staged but never ran)."""
+        merged = sorted(set(self.pending) | set(positions), key=lambda i: -self.requests[i].num_tokens)
+        self.pending[:] = merged
+        self._neg_lengths[:] = [-self.requests[i].num_tokens for i in merged]
+
+    def first_at_most(self, length: int) -> int:
+        """Index of the first pending prompt not longer than ``length``."""
+        return bisect.bisect_left(self._neg_lengths, -length)
+
+    def params(self, task: str, position: int) -> PoolingParams:
+        given = self.tasks[task]
+        return given[position] if given is not None else self.requests[position].params
+
+    def deliver(self, task_outputs: dict[str, list[Any]], positions: Sequence[int]) -> bool:
+        """Store outputs of ``positions``; resolve the future when all are in. True if it did."""
+        for task, outs in task_outputs.items():
+            column = self.results[task]
+            for pos, out in zip(positions, outs):
+                column[pos] = out
+        self.remaining -= len(positions)
+        if self.remaining <= 0 and not self.future.done():
+            self.future.set_result(self.results)
+            return True
+        return False
+
+    def fail(self, exc: BaseException) -> None:
+        """Fail the job (its pending prompts are dropped by the scheduler)."""
+        self.pending.clear()
+        self._neg_lengths.clear()
+        if not self.future.done():
+            self.future.set_exception(exc)
+
+
+@dataclass
+class ScheduledBatch:
+    """A batch and where each of its prompts came from (``entries[i]`` is ``(job, position)``)."""
+
+    key: tuple[str, ...]
+    entries: list[tuple[Job, int]]
+
+    @property
+    def batch(self) -> Batch:
+        return Batch([job.requests[pos] for job, pos in self.entries])
+
+    @property
+    def jobs(self) -> list[Job]:
+        return list(dict.fromkeys(job for job, _ in self.entries))
+
+    def params(self, task: str) -> list[PoolingParams] | None:
+        """Per-prompt params of ``task`` (``None``: every prompt's own, the common case)."""
+        if all(job.tasks[task] is None for job, _ in self.entries):
+            return None
+        return [job.params(task, pos) for job, pos in self.entries]
+
+
+class Scheduler:
+    """Jobs in arrival order, and the batching policy (see the module docstring).
+
+    Args:
+        max_num_batched_tokens: token budget of one forward pass (padding included when not
+            ``packed``).
+        max_num_seqs: cap on prompts per forward pass.
+        packed: batches run packed (no padding): the budget counts real tokens.
+        batch_overhead_tokens: the fixed cost of one forward pass, in tokens (padded only).
+        scan_jobs: later jobs looked at to fill a batch.
+    """
+
+    def __init__(
+        self,
+        max_num_batched_tokens: int,
+        max_num_seqs: int,
+        packed: bool = False,
+        batch_overhead_tokens: int = 32,
+        scan_jobs: int = 256,
+    ) -> None:
+        if max_num_batched_tokens < 1 or max_num_seqs < 1:
+            raise ValueError("max_num_batched_tokens and max_num_seqs must be positive")
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.max_num_seqs = max_num_seqs
+        self.packed = packed
+        self.batch_overhead_tokens = batch_overhead_tokens
+        self.scan_jobs = max(1, scan_jobs)
+        self.jobs: deque[Job] = deque()
+
+    @property
+    def num_pending(self) -> int:
+        """Prompts queued and not yet scheduled."""
+        return sum(len(job.pending) for job in self.jobs)
+
+    def add(self, job: Job) -> None:
+        if job.pending:
+            self.jobs.append(job)
+
+    def remove(self, job: Job) -> int:
+        """Drop ``job``'s pending prompts; returns how many there were."""
+        n = len(job.pending)
+        job.take(0, n)
+        try:
+            self.jobs.remove(job)
+        except ValueError:
+            pass
+        return n
+
+    def has_work(self) -> bool:
+        self._prune()
+        return bool(self.jobs)
+
+    def _prune(self) -> None:
+        while self.jobs and (not self.jobs[0].pending or self.jobs[0].done):
+            self.jobs.popleft()
+
+    def _fits(self, n: int, max_len: int, total: int, length: int) -> bool:
+        """Whether a prompt of ``length`` tokens may join a batch of ``n`` prompts."""
+        if n >= self.max_num_seqs:
+            return False
+        if self.packed:
+            return total + length <= self.max_num_batched_tokens
+        new_max = max(max_len, length)
+        added = new_max * (n + 1) - max_len * n  # padded tokens this prompt adds
+        return (
+            new_max * (n + 1) <= self.max_num_batched_tokens
+            and added <= length + self.batch_overhead_tokens
+        )
+
+    def next_batch(self) -> ScheduledBatch | None:
+        """Take the next batch off the queue (``None`` when nothing is pending)."""
+        self._prune()
+        if not self.jobs:
+            return None
+        anchor = self.jobs[0]
+        entries: list[tuple[Job, int]] = []
+        state = [0, 0]  # max_len, total tokens
+        self._fill(anchor, 0, entries, state)
+        scanned = 0
+        for job in list(self.jobs)[1:]:
+            if len(entries) >= self.max_num_seqs or scanned >= self.scan_jobs:
+                break
+            scanned += 1
+            if job.key != anchor.key or not job.pending or job.done:
+                continue
+            # the first prompt not longer than the batch could take without more padding
+            slack = self.batch_overhead_tokens // max(len(entries), 1)
+            start = 0 if self.packed else job.first_at_most(state[0] + slack)
+            self._fill(job, start, entries, state)
+        self._prune()
+        return ScheduledBatch(anchor.key, entries)
+
+    def _fill(self, job: Job, start: int, entries: list[tuple[Job, int]], state: list[int]) -> None:
+        """Take ``job``'s pending prompts from ``start`` on, in order, while they fit."""
+        stop = start
+        max_len, total = state
+        while stop < len(job.pending):
+            length = job.length(stop)
+            if entries or stop > start:  # the first prompt of a batch always goes
+                if not self._fits(len(entries) + stop - start, max_len, total, length):
+                    break
+            max_len, total = max(max_len, length), total + length
+            stop += 1
+        state[0], state[1] = max_len, total
+        entries.extend((job, pos) for pos in job.take(start, stop))
+        if stop > start:
+            job.started = True
 
 
 def schedule(requests: list[Request], max_num_batched_tokens: int, max_num_seqs: int) -> list[Batch]:
-    """Group ``requests`` into batches, longest first.
+    """All batches of one job (the policy of :class:`Scheduler` on a single list of requests).
 
     Args:
         requests: tokenized requests, in any order.
@@ -22,19 +261,9 @@ def schedule(requests: list[Request], max_num_batched_tokens: int, max_num_seqs:
     Returns:
         Batches whose padded size fits the budget, longest requests first.
     """
-    if max_num_batched_tokens < 1 or max_num_seqs < 1:
-        raise ValueError("max_num_batched_tokens and max_num_seqs must be positive")
-    ordered = sorted(requests, key=lambda r: (-r.num_tokens, r.index))
-    batches: list[Batch] = []
-    current = Batch()
-    for req in ordered:
-        n = len(current.requests)
-        # Longest first: the batch's max_len is its first request's length.
-        max_len = current.requests[0].num_tokens if n else req.num_tokens
-        if n and (n + 1 > max_num_seqs or max_len * (n + 1) > max_num_batched_tokens):
-            batches.append(current)
-            current = Batch()
-        current.requests.append(req)
-    if current.requests:
-        batches.append(current)
+    scheduler = Scheduler(max_num_batched_tokens, max_num_seqs)
+    scheduler.add(Job(list(requests), {"embed": None}))
+    batches = []
+    while (scheduled := scheduler.next_batch()) is not None:
+        batches.append(scheduled.batch)
     return batches

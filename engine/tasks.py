@@ -1,8 +1,9 @@
 """The task methods of :class:`~vllm_pool.engine.llm.LLM`: thin wrappers over its core verb.
 
-``encode``, ``embed``, ``classify``, ``reward``, ``score`` and ``encode_multi`` check their
-inputs, call ``LLM._run`` (or ``make_pair_requests`` / ``run_requests`` / ``_execute``) and
-wrap the pooled tensors in the spec's output objects.
+``encode``, ``embed``, ``classify``, ``reward``, ``score`` and ``encode_multi`` hand their
+inputs to the task's IO processor (``engine.task_io``, shared with the server), which checks
+them, pairs them (``score``) and shapes the pooled tensors into the spec's output objects;
+``LLM._run_io`` / ``run_prepared`` / ``_execute`` run them through the engine core.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from vllm_pool.engine.outputs import (
     ScoringOutput,
 )
 from vllm_pool.engine.params import PoolingParams
-from vllm_pool.engine.scoring import cosine_pair_scores, pair_up
 from vllm_pool.engine.types import ALL_POOLING_TASKS
 
 if TYPE_CHECKING:
@@ -61,8 +61,8 @@ class TaskMethods:
         truncate_prompt_tokens: int | None = None,
     ) -> list[PoolingRequestOutput[EmbeddingOutput]]:
         """One embedding vector per prompt (``.outputs.embedding``)."""
-        outs = self._run(prompts, "embed", pooling_params, use_tqdm, truncate_prompt_tokens)
-        return [_convert(o, EmbeddingOutput.from_base(o.outputs)) for o in outs]
+        io = self.task_io["embed"]
+        return self._run_io(io, prompts, pooling_params, use_tqdm, truncate_prompt_tokens)
 
     def classify(
         self: LLM,
@@ -73,8 +73,8 @@ class TaskMethods:
         truncate_prompt_tokens: int | None = None,
     ) -> list[PoolingRequestOutput[ClassificationOutput]]:
         """Class probabilities per prompt (``.outputs.probs``; logits with ``use_activation=False``)."""
-        outs = self._run(prompts, "classify", pooling_params, use_tqdm, truncate_prompt_tokens)
-        return [_convert(o, ClassificationOutput.from_base(o.outputs)) for o in outs]
+        io = self.task_io["classify"]
+        return self._run_io(io, prompts, pooling_params, use_tqdm, truncate_prompt_tokens)
 
     def reward(
         self: LLM,
@@ -85,7 +85,8 @@ class TaskMethods:
         truncate_prompt_tokens: int | None = None,
     ) -> list[PoolingRequestOutput[PoolingOutput]]:
         """Per-token rewards (the ``token_classify`` task): ``.outputs.data`` is ``[tokens, labels]``."""
-        return self._run(prompts, "token_classify", pooling_params, use_tqdm, truncate_prompt_tokens)
+        io = self.task_io["reward"]
+        return self._run_io(io, prompts, pooling_params, use_tqdm, truncate_prompt_tokens)
 
     def score(
         self: LLM,
@@ -102,22 +103,8 @@ class TaskMethods:
         Cross-encoders (one label) score each pair jointly; models with only the ``embed``
         task fall back to the cosine similarity of the two embeddings.
         """
-        texts_1, texts_2 = pair_up(data_1, data_2)
-        tasks = self.get_supported_tasks()
-        if "score" in tasks:
-            requests = self.make_pair_requests(texts_1, texts_2, pooling_params, truncate_prompt_tokens)
-            outs = self.run_requests(requests, "score", use_tqdm)
-            return [_convert(o, ScoringOutput.from_base(o.outputs)) for o in outs]
-        if "embed" not in tasks:
-            self.poolers.get("score")  # raises, naming what the model supports
-        unique = list(dict.fromkeys(texts_1 + texts_2))
-        embs = self.embed(
-            unique, pooling_params, use_tqdm=use_tqdm, truncate_prompt_tokens=truncate_prompt_tokens
-        )
-        return [
-            PoolingRequestOutput(str(next(self._ids)), ScoringOutput(score=s), prompt_token_ids=ids)
-            for ids, s in cosine_pair_scores(texts_1, texts_2, unique, embs)
-        ]
+        prepared = self.task_io["score"].prepare(data_1, data_2, pooling_params, truncate_prompt_tokens)
+        return self.run_prepared(prepared, use_tqdm)
 
     def encode_multi(
         self: LLM,

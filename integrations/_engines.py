@@ -282,7 +282,7 @@ def embed_texts(
     Returns:
         One embedding per text, in order.
     """
-    from vllm_pool import PoolingParams
+    from vllm_pool import PoolingParams, output_lists
 
     if isinstance(texts, str):
         raise TypeError("expected a list of strings, not a single string")
@@ -302,7 +302,7 @@ def embed_texts(
             use_tqdm=show_progress,
             truncate_prompt_tokens=truncate_prompt_tokens,
         )
-        out.extend([float(x) for x in o.outputs.embedding] for o in outs)
+        out.extend(output_lists(outs))  # the whole batch in one conversion
     return out
 
 
@@ -321,6 +321,8 @@ def score_pairs(
     function (``similarity_fn_name``: cosine by default, or dot, euclidean, manhattan), as
     ``SentenceTransformer.similarity`` would.
     """
+    from vllm_pool import output_lists
+
     from ._similarity import scores, similarity_fn_name
 
     if not texts:
@@ -347,5 +349,5 @@ def score_pairs(
             use_tqdm=False,
             truncate_prompt_tokens=truncate_prompt_tokens,
         )
-        out.extend(float(o.outputs.score) for o in outs)
+        out.extend(output_lists(outs))  # the whole batch in one conversion
     return out

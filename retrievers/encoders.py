@@ -51,7 +51,9 @@ class EngineTextEmbedder:
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         outs = self.llm.embed(list(texts), use_tqdm=self.use_tqdm)
-        return np.asarray([o.outputs.embedding for o in outs], dtype=np.float32)
+        if outs and all(hasattr(o.outputs, "data") for o in outs):  # tensors: no Python lists
+            return np.stack([np.asarray(o.outputs.data, dtype=np.float32) for o in outs])
+        return np.asarray([o.outputs.embedding for o in outs], dtype=np.float32).reshape(len(outs), -1)
 
 
 class EngineTokenEncoder:

@@ -16,6 +16,8 @@ from vllm_pool.engine import (
     PoolingRequestOutput,
     ScoringOutput,
     UnsupportedTaskError,
+    output_lists,
+    stack_outputs,
 )
 
 __all__ = [
@@ -31,5 +33,7 @@ __all__ = [
     "PoolingRequestOutput",
     "ScoringOutput",
     "UnsupportedTaskError",
+    "output_lists",
+    "stack_outputs",
 ]
 __version__ = "0.1.0"

@@ -9,6 +9,6 @@ Needs the ``server`` extra (FastAPI + uvicorn)::
 """
 
 from vllm_pool.engine.server.app import ServerConfig, build_app
-from vllm_pool.engine.server.batcher import Batcher
+from vllm_pool.engine.server.engine_client import EngineClient
 
-__all__ = ["Batcher", "ServerConfig", "build_app"]
+__all__ = ["EngineClient", "ServerConfig", "build_app"]

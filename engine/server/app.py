@@ -1,8 +1,10 @@
 """The FastAPI app: the spec's OpenAI-compatible endpoints over one :class:`LLM`.
 
-``build_app(llm)`` returns an ASGI app. Every model call goes through the cross-request
-:class:`Batcher` (cross-encoder text pairs included); tokenization runs
-in its own thread, so the event loop never waits on the tokenizer or the model.
+``build_app(llm)`` returns an ASGI app that keeps only HTTP: parsing, limits, JSON. Input
+checks, pairing and output shaping are the engine's task IO processors (``engine.task_io``),
+shared with ``LLM``; every job goes to the LLM's engine core (``engine.core``), whose one
+scheduler batches it with every other client's. Tokenization runs on the engine's tokenizer
+thread and the model on the core's thread, so the event loop never waits on either.
 """
 
 from __future__ import annotations
@@ -11,10 +13,8 @@ import asyncio
 import base64
 import logging
 import re
-import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -25,11 +25,13 @@ from fastapi import Request as HTTPRequest
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from vllm_pool.engine.llm import LLM
 from vllm_pool.engine.params import PoolingParams
+from vllm_pool.engine.scoring import pair_up
 from vllm_pool.engine.server import limits
 from vllm_pool.engine.server import protocol as p
-from vllm_pool.engine.server.batcher import Batcher
+from vllm_pool.engine.server.engine_client import EngineClient
 from vllm_pool.engine.server.errors import APIError, ClientDisconnected, install_error_handlers
 from vllm_pool.engine.server.metrics import MetricsMiddleware, ServerMetrics
+from vllm_pool.engine.task_io import Prepared, PromptIO, encode_processor
 from vllm_pool.engine.types import Request
 
 logger = logging.getLogger(__name__)
@@ -70,7 +72,12 @@ class ServerConfig:
 
 
 class ServerState:
-    """The engine, its queue, and the checks shared by all endpoints."""
+    """The engine, its async client, and the checks shared by all endpoints (HTTP only).
+
+    Input checks, pairing and output shaping are the engine's task IO processors
+    (``engine.task_io``), the same ones ``LLM.embed`` / ``score`` / ... use; jobs go to the
+    LLM's engine core, whose one scheduler batches them with every other client's.
+    """
 
     def __init__(self, llm: LLM, config: ServerConfig) -> None:
         self.llm = llm
@@ -78,18 +85,10 @@ class ServerState:
         self.names = list(dict.fromkeys([*(config.served_model_names or []), llm.model_name]))
         self.model_name = self.names[0]
         self.metrics = ServerMetrics()
-        self.batcher = Batcher(
-            lambda reqs, task: llm.run_requests(reqs, task, use_tqdm=False),
-            max_batch_tokens=llm.max_num_batched_tokens,
-            max_batch_size=llm.max_num_seqs,
-            metrics=self.metrics,
-        )
+        self.engine = EngineClient(llm.core, metrics=self.metrics)
         self.metrics.gauge(
-            "vllm_pool_queue_inputs", "Inputs waiting in the queue.", lambda: self.batcher.queue_size
+            "vllm_pool_queue_inputs", "Inputs waiting in the queue.", lambda: self.engine.queue_size
         )
-        self.tokenizer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vllm-pool-tokenizer")
-        # A fast tokenizer must not change its truncation settings while another thread uses it.
-        self.tokenizer_lock = threading.Lock()
         hf_config = llm.model_config.hf_config
         self.id2label: dict[Any, str] = dict(getattr(hf_config, "id2label", None) or {})
 
@@ -108,12 +107,8 @@ class ServerState:
                 param,
             )
 
-    def check_texts(self, texts: Any, param: str) -> None:
-        """Strings of a request field: non-empty, valid Unicode, within ``max_input_chars``."""
-        limits.check_texts(texts, param, self.config.max_input_chars)
-
-    def check_tokens(self, requests: list[Request]) -> int:
-        n = sum(r.num_tokens for r in requests)
+    def check_tokens(self, prepared: Prepared) -> int:
+        n = prepared.num_tokens
         if n > self.config.max_request_tokens:
             raise APIError(
                 f"Too many tokens: {n} in one request, the limit is {self.config.max_request_tokens} "
@@ -122,14 +117,19 @@ class ServerState:
             )
         return n
 
+    def check_texts(self, texts: Any, param: str) -> None:
+        """Strings of a request field: non-empty, valid Unicode, within ``max_input_chars``."""
+        limits.check_texts(texts, param, self.config.max_input_chars)
+
     # ------------------------------------------------------------------ work off the event loop
     async def in_tokenizer_thread(self, fn: Callable[[], T], offset: int = 0) -> T:
-        def locked() -> T:
-            with self.tokenizer_lock:
-                return fn()
+        """Run ``fn`` on the engine's tokenizer thread; the engine's input errors become 400s.
 
+        ``offset``: where the slice ``fn`` works on starts in the caller's list (the message
+        then names the caller's index).
+        """
         try:
-            return await asyncio.get_running_loop().run_in_executor(self.tokenizer_pool, locked)
+            return await asyncio.get_running_loop().run_in_executor(self.llm.tokenizer_pool, fn)
         except (ValueError, TypeError) as exc:  # the engine's checks: a bad request
             message = str(exc)
             if offset:  # a slice of a large request: name the caller's index
@@ -137,73 +137,85 @@ class ServerState:
                 message = re.sub(r"prompts\[(\d+)\]", shift, message)
             raise APIError(message, 400) from exc
 
-    async def make_requests(
-        self, prompts: list[Any], task: str, params: PoolingParams | None, truncate: int | None
-    ) -> tuple[list[Request], int]:
-        """Validate and tokenize; returns the requests and their prompt token count.
+    async def prepare(self, fn: Callable[[], Prepared]) -> tuple[Prepared, int]:
+        """Check and tokenize with a task IO processor; returns the job and its token count."""
+        prepared = await self.in_tokenizer_thread(fn)
+        return prepared, self.check_tokens(prepared)
 
-        A large request is tokenized slice by slice (:func:`.limits.slices`), so that small
-        requests arriving meanwhile are tokenized between its slices.
+    async def prepare_prompts(
+        self, io: PromptIO, prompts: list[Any], params: PoolingParams | None, truncate: int | None
+    ) -> tuple[Prepared, int]:
+        """Check and tokenize ``prompts`` for ``io``'s task; returns the job and its token count.
+
+        A large request is tokenized slice by slice (:func:`.limits.slices`) on the engine's
+        tokenizer thread, so that small requests arriving meanwhile are tokenized between its
+        slices.
         """
-        reqs: list[Request] = []
+        requests: list[Request] = []
         for part in limits.slices(prompts):
             chunk = prompts[part.start : part.stop]
             done = await self.in_tokenizer_thread(
-                lambda chunk=chunk: self.llm.make_requests(chunk, task, params, truncate), part.start
+                lambda chunk=chunk: self.llm.make_requests(chunk, io.task, params, truncate), part.start
             )
             for r in done:
                 r.index += part.start
-            reqs += done
-        return reqs, self.check_tokens(reqs)
+            requests += done
+        prepared = io.prepared(requests)
+        return prepared, self.check_tokens(prepared)
 
-    async def run(self, requests: list[Request], task: str, http: HTTPRequest) -> list[Any]:
-        """Queue ``requests`` and wait for their outputs (in order).
+    async def run(self, prepared: Prepared, http: HTTPRequest) -> list[Any]:
+        """Queue the job in the engine core, await it, shape its outputs.
 
-        A request of more than two batches' worth of tokens joins the queue slice by slice
-        (two slices queued at a time), so a small request that arrives meanwhile waits for
-        at most about two slices instead of the whole request.
+        A job of more than two batches' worth of tokens joins the core's queue slice by slice
+        (two slices queued at a time, :func:`.limits.submit_in_slices`), so a small request
+        that arrives meanwhile waits for at most about two slices instead of the whole job.
         """
-        budget = 2 * self.llm.max_num_batched_tokens
+        tasks = list(prepared.tasks)
+        sliceable = all(v is None for v in prepared.tasks.values())  # per-request params: one job
+        budget = 2 * self.llm.max_num_batched_tokens if sliceable else max(prepared.num_tokens, 1)
+
+        async def submit(chunk: list[Request]) -> list[tuple[Any, ...]]:
+            res = await self.engine.submit(chunk, prepared.tasks, http.is_disconnected)
+            return list(zip(*(res[t] for t in tasks)))  # one row per request: its output per task
+
         try:
-            return await limits.submit_in_slices(
-                lambda chunk: self.batcher.submit(chunk, task, http.is_disconnected), requests, budget
-            )
+            rows = await limits.submit_in_slices(submit, prepared.requests, budget)
         except ClientDisconnected as exc:
             logger.info("Client disconnected from %s; dropped its pending inputs", http.url.path)
             raise APIError("Client disconnected", 499) from exc
+        return prepared.finish({t: [row[k] for row in rows] for k, t in enumerate(tasks)})
 
     async def scores(
         self,
-        texts_1: list[str],
-        texts_2: list[str],
+        first: Any,
+        second: Any,
         truncate: int | None,
         use_activation: bool | None,
-        http: Any,
+        http: HTTPRequest,
+        names: tuple[str, str] = ("text_1", "text_2"),
     ) -> tuple[list[float], int]:
-        """Scores of pairs: a cross-encoder's ``score`` task, else cosine of embeddings."""
-        tasks = self.llm.get_supported_tasks()
-        if "score" in tasks:  # a cross-encoder: text pairs join the shared queue like any input
+        """Scores of 1:1, 1:N or N:N pairs (the engine's score processor: a cross-encoder's
+        ``score`` task, else the cosine of embeddings). A cross-encoder's pairs are tokenized
+        in slices, as in :meth:`prepare_prompts`."""
+        io = self.llm.task_io["score"]
+        if io.cross_encoder:
             params = PoolingParams(use_activation=use_activation)
-            reqs = []
-            for part in limits.slices(texts_2):  # a large request in slices, as in make_requests
+            texts_1, texts_2 = await self.in_tokenizer_thread(lambda: pair_up(first, second, names))
+            requests: list[Request] = []
+            for part in limits.slices(texts_2):
                 a, b = texts_1[part.start : part.stop], texts_2[part.start : part.stop]
-                reqs += await self.in_tokenizer_thread(
+                done = await self.in_tokenizer_thread(
                     lambda a=a, b=b: self.llm.make_pair_requests(a, b, params, truncate)
                 )
-            n_tokens = self.check_tokens(reqs)
-            outs = await self.run(reqs, "score", http)
-            return [float(o.outputs.data.reshape(-1)[0]) for o in outs], n_tokens
-        if "embed" not in tasks:
-            raise APIError(
-                f"Model {self.model_name!r} does not support scoring; supported tasks: {list(tasks)}"
-            )
-        unique = list(dict.fromkeys(texts_1 + texts_2))
-        reqs, n_tokens = await self.make_requests(unique, "embed", None, truncate)
-        outs = await self.run(reqs, "embed", http)
-        by_text = {t: o.outputs.data for t, o in zip(unique, outs)}
-        e1 = torch.stack([by_text[t] for t in texts_1])  # [pairs, dim]
-        e2 = torch.stack([by_text[t] for t in texts_2])  # [pairs, dim]
-        return torch.nn.functional.cosine_similarity(e1, e2, dim=-1).tolist(), n_tokens
+                for r in done:
+                    r.index += part.start
+                requests += done
+            prepared = io.cross_prepared(requests)
+            n_tokens = self.check_tokens(prepared)
+        else:
+            prepared, n_tokens = await self.prepare(lambda: io.prepare(first, second, None, truncate, names))
+        outs = await self.run(prepared, http)
+        return [o.outputs.score for o in outs], n_tokens
 
     def label(self, i: int) -> str:
         return str(self.id2label.get(i, self.id2label.get(str(i), f"LABEL_{i}")))
@@ -226,17 +238,12 @@ def encode_data(data: torch.Tensor, fmt: str) -> list[Any] | str:
     return data.tolist()
 
 
-def pair_up(texts_1: str | list[str], texts_2: str | list[str]) -> tuple[list[str], list[str]]:
-    """1:1, 1:N or N:N pairs (vLLM's rule)."""
-    a = [texts_1] if isinstance(texts_1, str) else list(texts_1)
-    b = [texts_2] if isinstance(texts_2, str) else list(texts_2)
-    if not a or not b:
-        raise APIError("text_1 and text_2 must not be empty", 400)
-    if len(a) == 1:
-        a = a * len(b)
-    if len(a) != len(b):
-        raise APIError("Input lengths must be either 1:1, 1:N or N:N", 400)
-    return a, b
+def encode_batch(outs: list[Any], fmt: str) -> list[Any]:
+    """Every output's data in ``fmt``; same-shaped float outputs convert in one ``tolist``."""
+    datas = [o.outputs.data for o in outs]
+    if fmt == "float" and datas and all(d.shape == datas[0].shape for d in datas):
+        return torch.stack(datas).float().tolist()
+    return [encode_data(d, fmt) for d in datas]
 
 
 def _json(body: dict[str, Any]) -> JSONResponse:
@@ -259,8 +266,7 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
-        await state.batcher.stop()
-        state.tokenizer_pool.shutdown(wait=False, cancel_futures=True)
+        state.engine.stop()
 
     app = FastAPI(title="vllm-pool", lifespan=lifespan)
     app.state.server = state
@@ -281,8 +287,8 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
 
     @app.get("/health")
     async def health() -> Response:
-        if not state.batcher.alive:
-            raise APIError("The batching task has stopped", 503)
+        if not state.engine.alive:
+            raise APIError("The engine loop has stopped", 503)
         return Response(status_code=200)
 
     @app.get("/metrics")
@@ -308,16 +314,13 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
         state.check_inputs(len(prompts))
         state.check_texts(body.input, "input")
         params = PoolingParams(dimensions=body.dimensions, normalize=body.normalize)
-        reqs, n_tokens = await state.make_requests(prompts, "embed", params, body.truncate_prompt_tokens)
-        outs = await state.run(reqs, "embed", http)
-        count("/v1/embeddings", len(reqs), n_tokens)
+        io = llm.task_io["embed"]
+        prepared, n_tokens = await state.prepare_prompts(io, prompts, params, body.truncate_prompt_tokens)
+        outs = await state.run(prepared, http)
+        count("/v1/embeddings", len(outs), n_tokens)
         data = [
-            {
-                "index": i,
-                "object": "embedding",
-                "embedding": encode_data(o.outputs.data, body.encoding_format),
-            }
-            for i, o in enumerate(outs)
+            {"index": i, "object": "embedding", "embedding": e}
+            for i, e in enumerate(encode_batch(outs, body.encoding_format))
         ]
         return _json(p.envelope("embd", state.model_name, data, n_tokens))
 
@@ -331,12 +334,13 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
         params = PoolingParams(
             dimensions=body.dimensions, normalize=body.normalize, use_activation=body.use_activation
         )
-        reqs, n_tokens = await state.make_requests(prompts, task, params, body.truncate_prompt_tokens)
-        outs = await state.run(reqs, task, http)
-        count("/pooling", len(reqs), n_tokens)
+        io = encode_processor(llm, task)
+        prepared, n_tokens = await state.prepare_prompts(io, prompts, params, body.truncate_prompt_tokens)
+        outs = await state.run(prepared, http)
+        count("/pooling", len(outs), n_tokens)
         data = [
-            {"index": i, "object": "pooling", "data": encode_data(o.outputs.data, body.encoding_format)}
-            for i, o in enumerate(outs)
+            {"index": i, "object": "pooling", "data": d}
+            for i, d in enumerate(encode_batch(outs, body.encoding_format))
         ]
         return _json(p.envelope("pool", state.model_name, data, n_tokens))
 
@@ -347,14 +351,15 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
         state.check_inputs(len(prompts))
         state.check_texts(body.input, "input")
         params = PoolingParams(use_activation=body.use_activation)
-        reqs, n_tokens = await state.make_requests(prompts, "classify", params, body.truncate_prompt_tokens)
-        outs = await state.run(reqs, "classify", http)
-        count("/classify", len(reqs), n_tokens)
+        io = llm.task_io["classify"]
+        prepared, n_tokens = await state.prepare_prompts(io, prompts, params, body.truncate_prompt_tokens)
+        outs = await state.run(prepared, http)
+        count("/classify", len(outs), n_tokens)
         data = []
         for i, o in enumerate(outs):
             probs = o.outputs.data.reshape(-1)
             label = state.label(int(probs.argmax()))
-            data.append({"index": i, "label": label, "probs": probs.tolist(), "num_classes": probs.numel()})
+            data.append({"index": i, "label": label, "probs": o.outputs.probs, "num_classes": probs.numel()})
         return _json(p.envelope("classify", state.model_name, data, n_tokens))
 
     async def score(body: p.ScoreRequest, http: HTTPRequest) -> JSONResponse:
@@ -365,10 +370,10 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
             raise APIError("Give text_1 and text_2 (or queries and documents)", 400, "text_1")
         state.check_texts(first, "text_1" if body.text_1 is not None else "queries")
         state.check_texts(second, "text_2" if body.text_2 is not None else "documents")
-        texts_1, texts_2 = pair_up(first, second)
-        state.check_inputs(len(texts_1), "text_2")
+        n_pairs = max(len(x) if isinstance(x, list) else 1 for x in (first, second))
+        state.check_inputs(n_pairs, "text_2")
         scores, n_tokens = await state.scores(
-            texts_1, texts_2, body.truncate_prompt_tokens, body.use_activation, http
+            first, second, body.truncate_prompt_tokens, body.use_activation, http
         )
         count(http.url.path, len(scores), n_tokens)
         data = [{"index": i, "object": "score", "score": s} for i, s in enumerate(scores)]
@@ -379,9 +384,9 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
         state.check_inputs(len(body.documents), "documents")
         state.check_texts(body.query, "query")
         state.check_texts(body.documents, "documents")
-        queries = [body.query] * len(body.documents)
+        truncate, names = body.truncate_prompt_tokens, ("query", "documents")
         scores, n_tokens = await state.scores(
-            queries, body.documents, body.truncate_prompt_tokens, body.use_activation, http
+            body.query, body.documents, truncate, body.use_activation, http, names
         )
         count(http.url.path, len(scores), n_tokens)
         order = sorted(range(len(scores)), key=lambda i: -scores[i])
@@ -405,9 +410,11 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
         state.check_model(body.model)
         state.check_texts(body.prompt, "prompt")
         tok = llm.get_tokenizer()
-        ids = await state.in_tokenizer_thread(
-            lambda: list(tok(body.prompt, add_special_tokens=body.add_special_tokens)["input_ids"])
-        )
+        def encode() -> list[int]:
+            with llm.input_processor.lock:  # the tokenizer's settings: one caller at a time
+                return list(tok(body.prompt, add_special_tokens=body.add_special_tokens)["input_ids"])
+
+        ids = await state.in_tokenizer_thread(encode)
         strs = tok.convert_ids_to_tokens(ids) if body.return_token_strs else None
         return _json(
             {

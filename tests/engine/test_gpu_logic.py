@@ -68,27 +68,35 @@ def test_cuda_device_without_cuda_is_a_clear_error(tiny_bert):
 
 
 def test_next_batch_is_staged_while_the_current_one_runs(tiny_bert, monkeypatch):
-    """run(): batch i+1's inputs are built (and, on CUDA, copied) before batch i is handed back."""
-    from vllm_pool.engine.scheduler import schedule
-
+    """The core's loop with the real runner: batch i+1's inputs are built (and, on CUDA, copied)
+    after batch i is queued on the device and before batch i's outputs are copied back."""
     from vllm_pool import LLM
 
-    llm = LLM(str(tiny_bert))
-    runner, events = llm.runner, []
-    stage, forward = runner.stage, runner.forward
-    monkeypatch.setattr(runner, "stage", lambda b: events.append(("stage", id(b))) or stage(b))
-    monkeypatch.setattr(runner, "forward", lambda s: events.append(("forward", id(s.batch))) or forward(s))
-    requests = llm.make_requests(TEXTS, "embed")
-    batches = list(schedule(requests, max_num_batched_tokens=48, max_num_seqs=64))
-    assert len(batches) >= 3
-    for batch, hidden in runner.run(batches):
-        events.append(("yield", id(batch)))
-        assert hidden.data.shape[0] == batch.num_tokens
-    ids = [id(b) for b in batches]
-    expected = [("stage", ids[0])]
-    for i, b in enumerate(ids):
-        expected.append(("forward", b))
-        if i + 1 < len(ids):
-            expected.append(("stage", ids[i + 1]))
-        expected.append(("yield", b))
+    llm = LLM(str(tiny_bert), max_num_batched_tokens=48)
+    executor, events = llm.core.executor, []
+    stage, execute, to_host = executor.stage, executor.execute, executor.to_host
+
+    def staged(b):
+        events.append(("stage", b.requests[0].index))
+        return stage(b)
+
+    def executed(s, b):
+        events.append(("execute", s.batch.requests[0].index))
+        return execute(s, b)
+
+    monkeypatch.setattr(executor, "stage", staged)
+    monkeypatch.setattr(executor, "execute", executed)
+    monkeypatch.setattr(executor, "to_host", lambda o: events.append(("to_host",)) or to_host(o))
+    outs = llm.embed(TEXTS, use_tqdm=False)
+    firsts = [e[1] for e in events if e[0] == "execute"]
+    assert len(firsts) >= 3
+    expected = [("stage", firsts[0])]
+    for i, first in enumerate(firsts):
+        expected.append(("execute", first))
+        if i + 1 < len(firsts):
+            expected.append(("stage", firsts[i + 1]))
+        expected.append(("to_host",))
     assert events == expected
+    ref = LLM(str(tiny_bert)).embed(TEXTS, use_tqdm=False)
+    for a, b in zip(outs, ref):
+        torch.testing.assert_close(a.outputs.data, b.outputs.data, atol=1e-5, rtol=1e-5)

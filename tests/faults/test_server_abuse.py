@@ -148,7 +148,8 @@ def test_bad_texts_are_named(server, path, payload, code, text, param):
 
 def test_one_huge_request_does_not_stall_small_ones(tiny_bert):
     """Small requests sent while a maximum-size request is tokenized are answered before its
-    tokenization ends (it runs in slices); the batcher's side is in tests/server/test_batcher."""
+    tokenization ends (it runs in slices); the queue side (slices as engine-core jobs) is in
+    tests/server/test_engine_client."""
     from vllm_pool.engine.server import ServerConfig, build_app
 
     from vllm_pool import LLM

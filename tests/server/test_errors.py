@@ -99,16 +99,18 @@ async def test_too_many_inputs_and_tokens(default_llm, client_for):
 
 
 async def test_engine_failure_is_500_json_and_server_recovers(app, client):
-    state = app.state.server
-    real = state.batcher.run
+    executor = app.state.server.llm.core.executor
+    real = executor.execute
 
-    def broken(reqs, task):
+    def broken(staged, batch):
         raise RuntimeError("boom")
 
-    state.batcher.run = broken
-    r = await client.post("/v1/embeddings", json={"input": "a"})
-    assert _error(r, 500, "InternalServerError") == "Internal server error: RuntimeError"
-    state.batcher.run = real
+    executor.execute = broken
+    try:
+        r = await client.post("/v1/embeddings", json={"input": "a"})
+        assert _error(r, 500, "InternalServerError") == "Internal server error: RuntimeError"
+    finally:
+        executor.execute = real
     assert (await client.post("/v1/embeddings", json={"input": "a"})).status_code == 200
 
 

@@ -1,0 +1,414 @@
+"""The engine core: one request queue, one scheduler and one pipelined loop for every front.
+
+``LLM`` calls, the server's HTTP handlers and the integrations all submit :class:`Job`
+objects here. Whoever needs results drives the loop: an offline caller drives it in its own
+thread until its jobs are done (then another waiting caller takes over); the server starts
+one background thread (:meth:`EngineCore.start`) that drives while work is queued. Either
+way the same :class:`~vllm_pool.engine.scheduler.Scheduler` fills every batch, across jobs.
+
+The loop overlaps host and device work. For batch ``N`` it queues the forward pass and the
+poolers on the device (asynchronous on CUDA), then, while the device runs, takes batch
+``N + 1`` off the queue and stages its inputs (host tensors, pinned, copied on a side stream
+by :meth:`ModelRunner.stage`), and hands batch ``N``'s pooled outputs to an output thread
+that waits for their copy to the host and delivers them to their jobs. Tokenization runs
+on its own thread before jobs are queued (``LLM._run`` submits chunks as they are ready).
+
+Fault isolation: a batch that fails (anything but a device out-of-memory error, which the
+runner splits and retries) is run again job by job, so an input that fails inside the model
+fails its own job only; the others get their results.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from vllm_pool.engine.scheduler import Job, JobCancelled, ScheduledBatch, Scheduler, TaskSpec
+from vllm_pool.engine.types import Batch, Request
+
+logger = logging.getLogger(__name__)
+
+
+class Executor(Protocol):
+    """The device side of the loop (:class:`ModelExecutor`; tests pass fakes)."""
+
+    def stage(self, batch: Batch) -> Any:
+        """Host work for ``batch``: build its inputs, start their copy to the device."""
+
+    def execute(self, staged: Any, batch: ScheduledBatch) -> dict[str, list[Any]]:
+        """Queue the forward pass and the poolers; ``{task: output per prompt, batch order}``."""
+
+    def to_host(self, outputs: dict[str, list[Any]]) -> Callable[[], dict[str, list[Any]]]:
+        """Start copying ``outputs`` to the host; the returned callable waits for them."""
+
+
+@dataclass
+class BatchStats:
+    """What the core reports of each batch it ran (server metrics)."""
+
+    key: tuple[str, ...]
+    num_prompts: int
+    num_jobs: int
+    padded_tokens: int
+    seconds: float
+    queue_seconds: list[float]
+
+
+class EngineCore:
+    """The request queue, the scheduler and the loop that runs them.
+
+    Args:
+        executor: stages, runs and copies back batches.
+        scheduler: the batching policy and queue.
+        output_thread: deliver outputs from a worker thread (default: on CUDA, where their
+            copy to the host overlaps the next batch); else in the driving thread.
+    """
+
+    def __init__(self, executor: Executor, scheduler: Scheduler, output_thread: bool = False) -> None:
+        self.executor = executor
+        self.scheduler = scheduler
+        self._cond = threading.Condition()
+        self._driving = False
+        self._outputs = (
+            ThreadPoolExecutor(1, thread_name_prefix="vllm-pool-outputs") if output_thread else None
+        )
+        self._thread: threading.Thread | None = None
+        self._stop = False
+        self.on_batch: Callable[[BatchStats], None] | None = None
+        self.on_drop: Callable[[Job, int], None] | None = None
+
+    # ------------------------------------------------------------------ submitting
+    def submit(
+        self, requests: list[Request], tasks: TaskSpec, on_batch: Callable[[int], None] | None = None
+    ) -> Job:
+        """Queue ``requests`` for ``tasks``; returns the job (its ``future`` holds the results)."""
+        job = Job(list(requests), dict(tasks), on_batch)
+        if not job.requests:
+            job.future.set_result(job.results)
+            return job
+        with self._cond:
+            self.scheduler.add(job)
+            self._cond.notify_all()
+        return job
+
+    def cancel(self, job: Job) -> None:
+        """Drop ``job``'s prompts that have not run; its future raises :class:`JobCancelled`."""
+        with self._cond:
+            job.cancelled = True
+            dropped = self.scheduler.remove(job)
+            job.fail(JobCancelled("the request was cancelled"))
+        if dropped and self.on_drop is not None:
+            self.on_drop(job, dropped)
+
+    @property
+    def num_pending(self) -> int:
+        with self._cond:
+            return self.scheduler.num_pending
+
+    def run(
+        self, requests: list[Request], tasks: TaskSpec, on_batch: Callable[[int], None] | None = None
+    ) -> dict[str, list[Any]]:
+        """Submit and wait: ``{task: outputs in list order}`` (drives the loop if no one else does)."""
+        job = self.submit(requests, tasks, on_batch)
+        return self.wait([job])[0]
+
+    def wait(self, jobs: list[Job], more: Callable[[], bool] | None = None) -> list[dict[str, list[Any]]]:
+        """Wait for ``jobs``, driving the loop while no one else does; their results in order.
+
+        Args:
+            jobs: the jobs to wait for; the list may grow while ``more()`` is true (chunks of
+                a large call queued by a tokenizer thread).
+            more: true while more jobs may still be appended to ``jobs``.
+
+        The first failing job's error is raised and the other jobs are cancelled. An
+        interrupt (``KeyboardInterrupt``) cancels them too.
+        """
+        try:
+            self._drive_until(
+                lambda: (more is None or not more())
+                and all(not j.pending or j.done for j in jobs)
+                or any(j.future.done() and j.future.exception() is not None for j in jobs)
+            )
+            return [j.future.result() for j in list(jobs)]
+        except BaseException:
+            for j in list(jobs):
+                if not j.done:
+                    self.cancel(j)
+            raise
+
+    # ------------------------------------------------------------------ driving
+    def start(self) -> None:
+        """Drive the loop from a background thread (the server); offline callers then only wait."""
+        with self._cond:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._stop = False
+            self._thread = threading.Thread(target=self._background, name="vllm-pool-engine", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float | None = 10.0) -> None:
+        """Stop the background thread (after the batch it is running); queued jobs stay queued."""
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+        self._thread = None
+
+    def close(self) -> None:
+        """Stop the background thread and the output thread."""
+        self.stop()
+        if self._outputs is not None:
+            self._outputs.shutdown(wait=True)
+
+    @property
+    def alive(self) -> bool:
+        """False when the background thread died (it is restarted by :meth:`start`)."""
+        return self._thread is None or self._thread.is_alive() or self._stop
+
+    def _background(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stop and (self._driving or not self.scheduler.has_work()):
+                    self._cond.wait()
+                if self._stop:
+                    return
+                self._driving = True
+            try:
+                self._loop(lambda: self._stop)
+            except Exception:  # a bug in the loop itself: log it, keep serving
+                logger.exception("The engine loop failed")
+            finally:
+                with self._cond:
+                    self._driving = False
+                    self._cond.notify_all()
+
+    def _drive_until(self, done: Callable[[], bool]) -> None:
+        """Drive the loop (whenever no one else does) until ``done()``; else wait for it."""
+        while True:
+            with self._cond:
+                while True:
+                    if done():
+                        return
+                    if not self._driving and self.scheduler.has_work():
+                        self._driving = True
+                        break
+                    self._cond.wait(0.05)  # woken when work is queued or delivered
+            try:
+                self._loop(done)
+            finally:
+                with self._cond:
+                    self._driving = False
+                    self._cond.notify_all()
+
+    def _next(self, done: Callable[[], bool]) -> ScheduledBatch | None:
+        with self._cond:
+            if done():
+                return None
+            return self.scheduler.next_batch()
+
+    def _loop(self, done: Callable[[], bool]) -> None:
+        """Run batches until ``done()`` or the queue is empty, one batch staged ahead."""
+        current = self._next(done)
+        staged = self._stage(current) if current is not None else None
+        pending_delivery: Any = None
+        try:
+            while current is not None:
+                start = time.perf_counter()
+                outputs = self._execute(current, staged)
+                upcoming = self._next(done)  # host work for N + 1 while the device runs N
+                upcoming_staged = self._stage(upcoming) if upcoming is not None else None
+                if outputs is not None:
+                    pending_delivery = self._deliver_async(current, outputs, start)
+                current, staged = upcoming, upcoming_staged
+            if pending_delivery is not None:
+                pending_delivery.result()
+        except BaseException:
+            if current is not None:  # staged but never run: back to the queue
+                self._requeue(current)
+            raise
+
+    def _stage(self, scheduled: ScheduledBatch) -> Any:
+        try:
+            return self.executor.stage(scheduled.batch)
+        except Exception as exc:  # host-side failure: isolate like a model failure
+            logger.debug("Staging a batch failed: %s", exc)
+            return None
+
+    def _execute(self, scheduled: ScheduledBatch, staged: Any) -> dict[str, list[Any]] | None:
+        """Run ``scheduled``; on failure, isolate the failing job(s) and return None."""
+        try:
+            if staged is None:
+                staged = self.executor.stage(scheduled.batch)
+            return self.executor.execute(staged, scheduled)
+        except Exception as exc:
+            self._isolate(scheduled, exc)
+            return None
+
+    def _isolate(self, scheduled: ScheduledBatch, exc: Exception) -> None:
+        """Run each job of a failed batch on its own; a job that still fails gets its error."""
+        jobs = scheduled.jobs
+        if len(jobs) == 1:
+            n = len(scheduled.entries)
+            logger.warning("A batch of %d prompts failed: %s: %s", n, type(exc).__name__, exc)
+            self._fail(jobs[0], exc)
+            return
+        logger.warning("A batch of %d jobs failed (%s); running them one by one", len(jobs), exc)
+        for job in jobs:
+            own = ScheduledBatch(scheduled.key, [(j, p) for j, p in scheduled.entries if j is job])
+            start = time.perf_counter()
+            try:
+                outputs = self.executor.execute(self.executor.stage(own.batch), own)
+            except Exception as job_exc:
+                self._fail(job, job_exc)
+                continue
+            self._deliver_async(own, outputs, start).result()
+
+    def _fail(self, job: Job, exc: BaseException) -> None:
+        with self._cond:
+            self.scheduler.remove(job)
+            job.fail(exc)
+            self._cond.notify_all()
+
+    def _requeue(self, scheduled: ScheduledBatch) -> None:
+        with self._cond:
+            for job in scheduled.jobs:
+                if not job.done:
+                    job.requeue([p for j, p in scheduled.entries if j is job])
+                    if job not in self.scheduler.jobs:
+                        self.scheduler.jobs.appendleft(job)
+            self._cond.notify_all()
+
+    def _deliver_async(self, scheduled: ScheduledBatch, outputs: dict[str, list[Any]], start: float) -> Any:
+        """Copy outputs to the host and hand them to their jobs (on the output thread if any)."""
+        try:
+            wait = self.executor.to_host(outputs)
+        except Exception as exc:
+            self._isolate(scheduled, exc)
+            return _DONE
+        if self._outputs is None:
+            self._deliver(scheduled, wait, start)
+            return _DONE
+        return self._outputs.submit(self._deliver, scheduled, wait, start)
+
+    def _deliver(
+        self, scheduled: ScheduledBatch, wait: Callable[[], dict[str, list[Any]]], start: float
+    ) -> None:
+        try:
+            outputs = wait()
+        except Exception as exc:  # an error surfacing at the copy (asynchronous device work)
+            for job in scheduled.jobs:
+                self._fail(job, exc)
+            return
+        now = time.perf_counter()
+        by_job: dict[Job, list[int]] = {}
+        for i, (job, _) in enumerate(scheduled.entries):
+            by_job.setdefault(job, []).append(i)
+        # metrics and progress first: a caller woken by its results sees them counted
+        if self.on_batch is not None:
+            queue_seconds = [start - job.enqueued for job in by_job if job.first_run is None]
+            lengths = [job.requests[pos].num_tokens for job, pos in scheduled.entries]
+            padded = sum(lengths) if self.scheduler.packed else max(lengths) * len(lengths)
+            n_jobs, seconds = len(by_job), now - start
+            self.on_batch(BatchStats(scheduled.key, len(lengths), n_jobs, padded, seconds, queue_seconds))
+        for job, rows in by_job.items():
+            if job.first_run is None:
+                job.first_run = start
+            if job.on_batch is not None and not job.done:
+                job.on_batch(len(rows))
+        with self._cond:
+            for job, rows in by_job.items():
+                if not job.done:
+                    positions = [scheduled.entries[i][1] for i in rows]
+                    job.deliver({t: [outs[i] for i in rows] for t, outs in outputs.items()}, positions)
+            self._cond.notify_all()
+
+
+class _Done:
+    def result(self) -> None:
+        return None
+
+
+_DONE = _Done()
+
+
+class ModelExecutor:
+    """:class:`Executor` over a :class:`~vllm_pool.engine.runner.ModelRunner` and task poolers.
+
+    Args:
+        runner: stages and runs batches (out-of-memory batches are split and retried there).
+        poolers: the model's :class:`~vllm_pool.engine.pooler.TaskPoolers`.
+    """
+
+    def __init__(self, runner: Any, poolers: Any) -> None:
+        self.runner = runner
+        self.poolers = poolers
+        self.device = runner.device
+
+    def stage(self, batch: Batch) -> Any:
+        return self.runner.stage(batch)
+
+    @torch.inference_mode()
+    def execute(self, staged: Any, batch: ScheduledBatch) -> dict[str, list[Any]]:
+        poolers = {task: self.poolers.get(task) for task in batch.key}
+        params = {task: batch.params(task) for task in batch.key}
+        outputs: dict[str, list[Any]] = {task: [] for task in batch.key}
+        done = 0
+        for sub, hidden in self.runner.forward_split(staged):  # sub-batches: contiguous, in order
+            n = len(sub.requests)
+            for task, pooler in poolers.items():
+                p = params[task]
+                outputs[task] += pooler(hidden, sub.requests, p[done : done + n] if p is not None else None)
+            done += n
+        return outputs
+
+    def to_host(self, outputs: dict[str, list[Any]]) -> Callable[[], dict[str, list[Any]]]:
+        """Start the outputs' copy to the host; the returned callable waits for it.
+
+        On CUDA each task's outputs are gathered into one flat tensor on the device and
+        copied with one non-blocking copy into pinned memory; the output thread then waits on
+        one event, moves the data to ordinary memory (the pinned block goes back to the
+        allocator's cache) and splits it. Elsewhere the outputs are already on the host.
+        """
+        if self.device.type != "cuda":
+            return lambda: outputs
+        flat = gather_to_host(outputs, pinned=True)
+        event = torch.cuda.Event()
+        event.record()
+
+        def wait() -> dict[str, list[Any]]:
+            event.synchronize()
+            return {task: split_flat(host.clone(), shapes) for task, (host, shapes) in flat.items()}
+
+        return wait
+
+
+def gather_to_host(
+    outputs: dict[str, list[torch.Tensor]], pinned: bool
+) -> dict[str, tuple[torch.Tensor, list[torch.Size]]]:
+    """Each task's outputs flattened into one fp32 tensor and copied to the host in one transfer.
+
+    Returns ``{task: (flat host tensor, shapes)}``; with ``pinned`` the copy is non-blocking
+    into pinned memory (wait for the device before reading it).
+    """
+    flat: dict[str, tuple[torch.Tensor, list[torch.Size]]] = {}
+    for task, outs in outputs.items():
+        shapes = [o.shape for o in outs]
+        dev = torch.cat([o.reshape(-1).float() for o in outs]) if outs else torch.empty(0)
+        host = torch.empty(dev.shape, dtype=torch.float32, pin_memory=pinned)
+        host.copy_(dev, non_blocking=pinned)
+        flat[task] = (host, shapes)
+    return flat
+
+
+def split_flat(flat: torch.Tensor, shapes: list[torch.Size]) -> list[torch.Tensor]:
+    """Views of ``flat`` with the given shapes, in order (the inverse of a flattening cat)."""
+    sizes = [s.numel() for s in shapes]
+    return [part.view(shape) for part, shape in zip(flat.split(sizes), shapes)]

@@ -1,0 +1,101 @@
+"""The server's async view of the engine core: submit a job, await it, drop it if the client goes.
+
+There is no second queue here: every HTTP request becomes one job in the LLM's
+:class:`~vllm_pool.engine.core.EngineCore`, batched with the other clients' jobs (and any
+offline calls) by its one scheduler. The core's background thread drives the model loop, so
+the event loop never waits on the model; this client awaits the job's future and, while it
+waits, checks that the client is still connected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from vllm_pool.engine.core import BatchStats, EngineCore
+from vllm_pool.engine.scheduler import Job, TaskSpec
+from vllm_pool.engine.server.errors import ClientDisconnected
+from vllm_pool.engine.server.metrics import ServerMetrics
+from vllm_pool.engine.types import Request
+
+logger = logging.getLogger(__name__)
+
+
+class EngineClient:
+    """Submits server jobs to ``core`` and records the core's batches in ``metrics``.
+
+    Args:
+        core: the engine core of the served LLM.
+        metrics: where to record batch sizes, times and dropped inputs (optional).
+        poll_interval: seconds between checks that a waiting client is still connected.
+    """
+
+    def __init__(
+        self, core: EngineCore, metrics: ServerMetrics | None = None, poll_interval: float = 0.1
+    ) -> None:
+        self.core = core
+        self.metrics = metrics
+        self.poll_interval = poll_interval
+        if metrics is not None:
+            core.on_batch = self._record_batch
+            core.on_drop = self._record_drop
+
+    @property
+    def queue_size(self) -> int:
+        """Inputs queued and not yet scheduled."""
+        return self.core.num_pending
+
+    @property
+    def alive(self) -> bool:
+        """False when the core's background thread died."""
+        return self.core.alive
+
+    async def submit(
+        self,
+        requests: list[Request],
+        tasks: TaskSpec,
+        is_disconnected: Callable[[], Awaitable[bool]] | None = None,
+    ) -> dict[str, list[Any]]:
+        """Queue ``requests`` for ``tasks`` and wait for ``{task: outputs in list order}``.
+
+        Raises:
+            ClientDisconnected: ``is_disconnected()`` became true; pending inputs were dropped.
+        """
+        self.core.start()  # the background driver (no-op when it runs)
+        job = self.core.submit(requests, tasks)
+        future = asyncio.wrap_future(job.future)
+        try:
+            while True:
+                done, _ = await asyncio.wait({future}, timeout=self.poll_interval)
+                if done:
+                    return future.result()
+                if is_disconnected is not None and await is_disconnected():
+                    self._cancel(job)
+                    raise ClientDisconnected("client disconnected")
+        except asyncio.CancelledError:
+            self._cancel(job)
+            raise
+
+    def _cancel(self, job: Job) -> None:
+        self.core.cancel(job)
+
+    def stop(self) -> None:
+        """Stop the core's background thread (restarted by the next submit)."""
+        self.core.stop()
+
+    # ------------------------------------------------------------------ metrics hooks (engine threads)
+    def _record_batch(self, stats: BatchStats) -> None:
+        m, task = self.metrics, "+".join(stats.key)
+        assert m is not None
+        m.batch_size.observe(stats.num_prompts, task=task)
+        m.batch_requests.observe(stats.num_jobs, task=task)
+        m.batch_tokens.observe(stats.padded_tokens, task=task)
+        m.batch_seconds.observe(stats.seconds, task=task)
+        for seconds in stats.queue_seconds:
+            m.queue_seconds.observe(seconds, task=task)
+
+    def _record_drop(self, job: Job, n: int) -> None:
+        assert self.metrics is not None
+        self.metrics.dropped.inc(n, task="+".join(job.key))

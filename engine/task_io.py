@@ -1,0 +1,180 @@
+"""Per-task IO processors: input checks, pairing and output shaping, shared by every front.
+
+As vLLM's pooling entrypoints share their request processing between ``LLM`` and the
+OpenAI server, ``LLM.embed`` / ``classify`` / ``encode`` / ``reward`` / ``score`` and the
+server's endpoints use the same processors here; the server keeps only HTTP (parsing,
+limits, JSON). A processor turns caller inputs into a :class:`Prepared` job (tokenized
+requests, the tasks to pool, and how to shape the pooled tensors into output objects) and
+checks everything before any model work, so bad input never reaches the queue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from vllm_pool.engine.inputs import normalize_params, normalize_prompts, resolve_params
+from vllm_pool.engine.outputs import (
+    ClassificationOutput,
+    EmbeddingOutput,
+    PoolingOutput,
+    PoolingRequestOutput,
+    ScoringOutput,
+)
+from vllm_pool.engine.params import PoolingParams
+from vllm_pool.engine.scheduler import TaskSpec
+from vllm_pool.engine.scoring import pair_up
+from vllm_pool.engine.types import Request
+
+if TYPE_CHECKING:
+    from vllm_pool.engine.llm import LLM
+
+Finish = Callable[[dict[str, list[torch.Tensor]]], list[PoolingRequestOutput[Any]]]
+
+
+@dataclass
+class Prepared:
+    """A checked, tokenized job and how to shape its results.
+
+    Attributes:
+        requests: the tokenized prompts (or text pairs).
+        tasks: ``{task: per-request params or None}`` for the engine core.
+        finish: pooled tensors (``{task: [tensor per request]}``) -> output objects, one per
+            caller input (for bi-encoder scores: one per pair).
+    """
+
+    requests: list[Request]
+    tasks: TaskSpec
+    finish: Finish
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(r.num_tokens for r in self.requests)
+
+
+class PromptIO:
+    """Prompts of one task in, one output per prompt out.
+
+    Args:
+        llm: the engine (its tokenizer, limits and poolers).
+        task: the pooling task.
+        output: the output class (``None``: the raw :class:`PoolingOutput`).
+    """
+
+    def __init__(self, llm: LLM, task: str, output: type | None = None) -> None:
+        self.llm = llm
+        self.task = task
+        self.output = output
+
+    def check(
+        self,
+        prompts: object,
+        pooling_params: PoolingParams | Sequence[PoolingParams] | None,
+        truncate_prompt_tokens: int | None = None,
+    ) -> tuple[list[Any], list[PoolingParams]]:
+        """Check prompts and params (no tokenizer): a ``TypeError`` / ``ValueError`` naming the input."""
+        pooler = self.llm.poolers.get(self.task)
+        items = normalize_prompts(prompts)
+        params = normalize_params(pooling_params, len(items))
+        return items, resolve_params(pooler.resolve, params, truncate_prompt_tokens)
+
+    def tokenize(self, items: list[Any], params: list[PoolingParams], offset: int = 0) -> list[Request]:
+        return self.llm.input_processor(items, params, offset)
+
+    def prepare(
+        self,
+        prompts: object,
+        pooling_params: PoolingParams | Sequence[PoolingParams] | None = None,
+        truncate_prompt_tokens: int | None = None,
+    ) -> Prepared:
+        items, params = self.check(prompts, pooling_params, truncate_prompt_tokens)
+        return self.prepared(self.tokenize(items, params))
+
+    def prepared(self, requests: list[Request]) -> Prepared:
+        task = self.task
+        return Prepared(requests, {task: None}, lambda results: self.finish(requests, results[task]))
+
+    def finish(self, requests: list[Request], data: list[torch.Tensor]) -> list[PoolingRequestOutput[Any]]:
+        """One output object per request (tensors kept; lists made when read)."""
+        ids = self.llm.request_ids(len(requests))
+        wrap = self.output.from_base if self.output is not None else (lambda base: base)
+        return [
+            PoolingRequestOutput(rid, wrap(PoolingOutput(d)), prompt_token_ids=r.prompt_token_ids)
+            for rid, r, d in zip(ids, requests, data)
+        ]
+
+
+class ScoreIO:
+    """``score`` / ``rerank`` inputs: 1:1, 1:N or N:N text pairs in, one score per pair out.
+
+    A cross-encoder (the ``score`` task) scores each pair jointly; a model with only the
+    ``embed`` task falls back to the cosine similarity of the two texts' embeddings (each
+    distinct text embedded once), as vLLM does.
+    """
+
+    def __init__(self, llm: LLM) -> None:
+        self.llm = llm
+
+    @property
+    def cross_encoder(self) -> bool:
+        return "score" in self.llm.get_supported_tasks()
+
+    def prepare(
+        self,
+        data_1: object,
+        data_2: object,
+        pooling_params: PoolingParams | None = None,
+        truncate_prompt_tokens: int | None = None,
+        names: tuple[str, str] = ("data_1", "data_2"),
+    ) -> Prepared:
+        """Pair, check and tokenize (``names``: the inputs' names in error messages)."""
+        texts_1, texts_2 = pair_up(data_1, data_2, names)
+        llm = self.llm
+        if self.cross_encoder:
+            pooler = llm.poolers.get("score")
+            params = normalize_params(pooling_params, len(texts_1))
+            params = resolve_params(pooler.resolve, params, truncate_prompt_tokens)
+            return self.cross_prepared(llm.input_processor.pairs(texts_1, texts_2, params))
+        if "embed" not in llm.get_supported_tasks():
+            llm.poolers.get("score")  # raises, naming what the model supports
+        unique = list(dict.fromkeys(texts_1 + texts_2))
+        embed = PromptIO(llm, "embed")
+        requests = embed.prepare(unique, pooling_params, truncate_prompt_tokens).requests
+
+        def finish(results: dict[str, list[torch.Tensor]]) -> list[PoolingRequestOutput[Any]]:
+            by_text = dict(zip(unique, zip(requests, results["embed"])))
+            e1 = torch.stack([by_text[t][1] for t in texts_1])  # [pairs, dim]
+            e2 = torch.stack([by_text[t][1] for t in texts_2])  # [pairs, dim]
+            scores = torch.nn.functional.cosine_similarity(e1.float(), e2.float(), dim=-1)
+            ids = llm.request_ids(len(texts_1))
+            return [
+                PoolingRequestOutput(
+                    rid,
+                    ScoringOutput(s),
+                    prompt_token_ids=by_text[a][0].prompt_token_ids + by_text[b][0].prompt_token_ids,
+                )
+                for rid, a, b, s in zip(ids, texts_1, texts_2, scores.unbind(0))
+            ]
+
+        return Prepared(requests, {"embed": None}, finish)
+
+    def cross_prepared(self, requests: list[Request]) -> Prepared:
+        """The job of a cross-encoder's tokenized pairs (one score per pair)."""
+        return PromptIO(self.llm, "score", ScoringOutput).prepared(requests)
+
+
+def task_processors(llm: LLM) -> dict[str, Any]:
+    """The processors of every public verb, by name."""
+    return {
+        "embed": PromptIO(llm, "embed", EmbeddingOutput),
+        "classify": PromptIO(llm, "classify", ClassificationOutput),
+        "reward": PromptIO(llm, "token_classify"),
+        "score": ScoreIO(llm),
+    }
+
+
+def encode_processor(llm: LLM, task: str) -> PromptIO:
+    """Raw pooled tensors (``LLM.encode``, the server's ``/pooling``) for ``task``."""
+    return PromptIO(llm, task)

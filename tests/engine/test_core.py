@@ -1,0 +1,250 @@
+"""The engine core with a fake executor: batching across jobs, budget, cancellation, isolation, pipeline."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from vllm_pool.engine.core import EngineCore
+from vllm_pool.engine.scheduler import JobCancelled, Scheduler
+from vllm_pool.engine.types import Request
+
+from vllm_pool import PoolingParams
+
+
+class FakeExecutor:
+    """Records every batch; returns ``(task, first token id)`` per prompt; can be held or made to fail."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[tuple[str, ...], list[int]]] = []
+        self.events: list[tuple[str, int]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.started = 0
+        self.bad: set[int] = set()
+
+    def stage(self, batch):
+        self.events.append(("stage", batch.requests[0].prompt_token_ids[0]))
+        return batch
+
+    def execute(self, staged, scheduled):
+        self.started += 1
+        self.gate.wait(10)
+        ids = [r.prompt_token_ids[0] for r in staged.requests]
+        self.batches.append((scheduled.key, ids))
+        self.events.append(("execute", ids[0]))
+        if self.bad & set(ids):
+            raise RuntimeError(f"bad input {sorted(self.bad & set(ids))}")
+        return {task: [(task, i) for i in ids] for task in scheduled.key}
+
+    def to_host(self, outputs):
+        first = next(iter(outputs.values()))[0][1]
+        self.events.append(("to_host", first))
+        return lambda: outputs
+
+
+def reqs(ids: list[int], length: int = 4) -> list[Request]:
+    return [
+        Request(index=i, prompt_token_ids=[t] * length, params=PoolingParams()) for i, t in enumerate(ids)
+    ]
+
+
+def make_core(
+    budget: int = 1000, seqs: int = 64, output_thread: bool = False
+) -> tuple[EngineCore, FakeExecutor]:
+    fake = FakeExecutor()
+    return EngineCore(fake, Scheduler(budget, seqs), output_thread=output_thread), fake
+
+
+def wait_until(cond, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.002)
+
+
+def outputs(job, task: str = "embed") -> list:
+    return job.future.result(5)[task]
+
+
+def test_jobs_of_many_callers_share_a_batch():
+    core, fake = make_core()
+    core.start()
+    fake.gate.clear()
+    first = core.submit(reqs([1]), {"embed": None})
+    wait_until(lambda: fake.started == 1)  # the first batch is running (held)
+    others = [core.submit(reqs([10 * k, 10 * k + 1]), {"embed": None}) for k in range(2, 6)]
+    assert core.num_pending == 8
+    fake.gate.set()
+    assert outputs(first) == [("embed", 1)]
+    assert [outputs(j) for j in others] == [[("embed", 10 * k), ("embed", 10 * k + 1)] for k in range(2, 6)]
+    assert fake.batches == [(("embed",), [1]), (("embed",), [20, 21, 30, 31, 40, 41, 50, 51])]
+    core.close()
+
+
+def test_padded_budget_similar_lengths_and_task_grouping():
+    core, fake = make_core(budget=12, seqs=2)
+    core.start()
+    fake.gate.clear()
+    blocker = core.submit(reqs([0]), {"embed": None})
+    wait_until(lambda: fake.started == 1)
+    jobs = [
+        core.submit(reqs([1, 2, 3], length=4), {"embed": None}),
+        core.submit(reqs([7], length=4), {"classify": None}),
+        core.submit(reqs([4], length=20), {"embed": None}),  # over budget: alone
+        core.submit(reqs([5, 6], length=6), {"embed": None}),
+    ]
+    fake.gate.set()
+    for job in [blocker, *jobs]:
+        job.future.result(5)
+    assert [ids for _, ids in fake.batches] == [
+        [0],
+        [1, 2],  # the oldest job first, longest first; size cap 2
+        [3, 5],  # the closest length that fits: 6 x 2 = 12
+        [7],  # one task set per batch
+        [4],  # 20 tokens: over the budget with anything else
+        [6],
+    ]
+    assert fake.batches[3][0] == ("classify",)
+    core.close()
+
+
+def test_padding_is_not_paid_for_far_lengths():
+    """A 4-token prompt does not join a 100-token batch (it would add 100 padded tokens)."""
+    core, fake = make_core(budget=1000, seqs=64)
+    long_job = core.submit(reqs([1], length=100), {"embed": None})
+    short_job = core.submit(reqs([2], length=4), {"embed": None})
+    core.wait([long_job, short_job])
+    assert [ids for _, ids in fake.batches] == [[1], [2]]
+
+
+def test_cancelled_job_is_dropped_before_it_runs():
+    core, fake = make_core()
+    dropped: list[int] = []
+    core.on_drop = lambda job, n: dropped.append(n)
+    core.start()
+    fake.gate.clear()
+    blocker = core.submit(reqs([1]), {"embed": None})
+    wait_until(lambda: fake.started == 1)
+    victim = core.submit(reqs([2, 3]), {"embed": None})
+    kept = core.submit(reqs([4]), {"embed": None})
+    core.cancel(victim)
+    fake.gate.set()
+    with pytest.raises(JobCancelled):
+        victim.future.result(5)
+    assert outputs(blocker) == [("embed", 1)]
+    assert outputs(kept) == [("embed", 4)]
+    assert [ids for _, ids in fake.batches] == [[1], [4]]
+    assert dropped == [2]
+    core.close()
+
+
+def test_an_input_failing_in_the_model_fails_its_own_job_only():
+    core, fake = make_core()
+    fake.bad = {666}
+    good_a = core.submit(reqs([1, 2]), {"embed": None})
+    bad = core.submit(reqs([3, 666]), {"embed": None})
+    good_b = core.submit(reqs([4]), {"embed": None})
+    with pytest.raises(RuntimeError, match="bad input"):
+        core.wait([good_a, bad, good_b])
+    assert outputs(good_a) == [("embed", 1), ("embed", 2)]
+    assert outputs(good_b) == [("embed", 4)]
+    with pytest.raises(RuntimeError, match=r"bad input \[666\]"):
+        bad.future.result(0)
+    # one batch of all three jobs, then each job alone
+    assert [ids for _, ids in fake.batches] == [[1, 2, 3, 666, 4], [1, 2], [3, 666], [4]]
+    # and the core keeps working
+    assert core.run(reqs([5]), {"embed": None}) == {"embed": [("embed", 5)]}
+
+
+def test_several_tasks_from_one_batch_and_per_job_params():
+    core, fake = make_core()
+    p = PoolingParams(dimensions=2)
+    job = core.submit(reqs([1, 2]), {"embed": [p, p], "token_embed": None})
+    core.wait([job])
+    assert job.future.result()["token_embed"] == [("token_embed", 1), ("token_embed", 2)]
+    assert fake.batches == [(("embed", "token_embed"), [1, 2])]
+
+
+@pytest.mark.parametrize("output_thread", [False, True])
+def test_next_batch_is_staged_before_the_last_outputs_are_copied_back(output_thread):
+    """The pipeline: execute N, then stage N + 1 (host work while the device runs N), then copy N back."""
+    core, fake = make_core(budget=8, seqs=64, output_thread=output_thread)
+    job = core.submit(reqs([1, 2, 3], length=8), {"embed": None})  # 8 x 1 tokens per batch: 3 batches
+    assert core.run(reqs([9], length=1), {"embed": None})  # a separate job, same loop
+    job.future.result(5)
+    events = [e for e in fake.events if e[1] != 9]
+    assert events == [
+        ("stage", 1), ("execute", 1), ("stage", 2), ("to_host", 1),
+        ("execute", 2), ("stage", 3), ("to_host", 2), ("execute", 3), ("to_host", 3),
+    ]  # fmt: skip
+    core.close()
+
+
+def test_offline_callers_in_threads_share_the_loop():
+    core, fake = make_core()
+    results: dict[int, dict] = {}
+
+    def call(k: int) -> None:
+        results[k] = core.run(reqs([10 * k + i for i in range(5)]), {"embed": None})
+
+    threads = [threading.Thread(target=call, args=(k,)) for k in range(1, 7)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert results == {k: {"embed": [("embed", 10 * k + i) for i in range(5)]} for k in range(1, 7)}
+    ran = sorted(i for _, ids in fake.batches for i in ids)
+    assert ran == sorted(10 * k + i for k in range(1, 7) for i in range(5))
+
+
+def test_interrupted_caller_cancels_its_jobs_and_requeues_nothing_twice():
+    core, fake = make_core(budget=4, seqs=1)
+    calls = 0
+    real = fake.execute
+
+    def interrupting(staged, scheduled):
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise KeyboardInterrupt
+        return real(staged, scheduled)
+
+    fake.execute = interrupting
+    job = core.submit(reqs([1, 2, 3]), {"embed": None})
+    with pytest.raises(KeyboardInterrupt):
+        core.wait([job])
+    with pytest.raises(JobCancelled):
+        job.future.result(0)
+    assert core.num_pending == 0
+    assert core.run(reqs([7]), {"embed": None}) == {"embed": [("embed", 7)]}
+
+
+def test_empty_job_and_bad_budget():
+    core, _ = make_core()
+    assert core.run([], {"embed": None}) == {"embed": []}
+    with pytest.raises(ValueError, match="positive"):
+        Scheduler(0, 1)
+
+
+def test_outputs_gathered_into_one_transfer_and_split_back():
+    """The CUDA output path's logic (one flat copy per task, split by shape), run on the CPU."""
+    import torch
+    from vllm_pool.engine.core import gather_to_host, split_flat
+
+    outputs = {
+        "embed": [torch.randn(8), torch.randn(8).to(torch.bfloat16)],
+        "token_embed": [torch.randn(3, 4), torch.randn(1, 4), torch.randn(5, 4)],
+        "classify": [],
+    }
+    flat = gather_to_host(outputs, pinned=False)
+    assert {t: h.shape for t, (h, _) in flat.items()} == {
+        "embed": (16,), "token_embed": (36,), "classify": (0,)
+    }  # fmt: skip
+    for task, (host, shapes) in flat.items():
+        back = split_flat(host, shapes)
+        assert len(back) == len(outputs[task])
+        for got, want in zip(back, outputs[task]):
+            assert got.dtype == torch.float32 and got.shape == want.shape
+            assert torch.equal(got, want.float())

@@ -1,0 +1,184 @@
+"""The server's async view of the engine core: shared batches, metrics, disconnects, a free event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from vllm_pool.engine.core import EngineCore
+from vllm_pool.engine.scheduler import Scheduler
+from vllm_pool.engine.server import EngineClient
+from vllm_pool.engine.server.errors import ClientDisconnected
+from vllm_pool.engine.server.metrics import ServerMetrics
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "engine"))
+from test_core import FakeExecutor, reqs  # noqa: E402
+
+
+async def wait_until(cond, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.005)
+
+
+def make_client(**kwargs) -> tuple[EngineClient, FakeExecutor]:
+    fake = FakeExecutor()
+    core = EngineCore(fake, Scheduler(1000, 64))
+    return EngineClient(core, **kwargs), fake
+
+
+async def test_requests_from_many_clients_share_a_batch_and_are_counted():
+    client, fake = make_client(metrics=ServerMetrics())
+    fake.gate.clear()
+    first = asyncio.create_task(client.submit(reqs([1]), {"embed": None}))
+    await wait_until(lambda: fake.started == 1)
+    others = [
+        asyncio.create_task(client.submit(reqs([10 * k, 10 * k + 1]), {"embed": None})) for k in range(2, 6)
+    ]
+    await wait_until(lambda: client.queue_size == 8)
+    fake.gate.set()
+    assert await first == {"embed": [("embed", 1)]}
+    results = await asyncio.gather(*others)
+    assert results == [{"embed": [("embed", 10 * k), ("embed", 10 * k + 1)]} for k in range(2, 6)]
+    assert [ids for _, ids in fake.batches] == [[1], [20, 21, 30, 31, 40, 41, 50, 51]]
+    text = client.metrics.render()
+    assert 'vllm_pool_batch_requests_sum{task="embed"} 5' in text
+    assert 'vllm_pool_batch_size_sum{task="embed"} 9' in text
+    client.stop()
+
+
+async def test_disconnected_client_work_is_dropped():
+    metrics = ServerMetrics()
+    client, fake = make_client(metrics=metrics, poll_interval=0.01)
+    fake.gate.clear()
+    blocker = asyncio.create_task(client.submit(reqs([1]), {"embed": None}))
+    await wait_until(lambda: fake.started == 1)
+    gone = asyncio.Event()
+
+    async def is_disconnected() -> bool:
+        return gone.is_set()
+
+    dropped = asyncio.create_task(client.submit(reqs([2, 3]), {"embed": None}, is_disconnected))
+    kept = asyncio.create_task(client.submit(reqs([4]), {"embed": None}))
+    await wait_until(lambda: client.queue_size == 3)
+    gone.set()
+    with pytest.raises(ClientDisconnected):
+        await dropped
+    fake.gate.set()
+    await blocker
+    assert await kept == {"embed": [("embed", 4)]}
+    assert [ids for _, ids in fake.batches] == [[1], [4]]
+    assert 'vllm_pool_dropped_inputs_total{task="embed"} 2' in metrics.render()
+    client.stop()
+
+
+async def test_cancelled_handler_work_is_dropped():
+    client, fake = make_client()
+    fake.gate.clear()
+    blocker = asyncio.create_task(client.submit(reqs([1]), {"embed": None}))
+    await wait_until(lambda: fake.started == 1)
+    victim = asyncio.create_task(client.submit(reqs([2]), {"embed": None}))
+    await wait_until(lambda: client.queue_size == 1)
+    victim.cancel()
+    await wait_until(lambda: client.queue_size == 0)
+    fake.gate.set()
+    await blocker
+    assert await client.submit(reqs([3]), {"embed": None}) == {"embed": [("embed", 3)]}
+    assert [ids for _, ids in fake.batches] == [[1], [3]]
+    client.stop()
+
+
+async def test_event_loop_not_blocked_by_the_model():
+    client, fake = make_client()
+    fake.gate.clear()
+    job = asyncio.create_task(client.submit(reqs([1]), {"embed": None}))
+    ticks = 0
+    while fake.started == 0 or ticks < 20:  # the loop keeps running while the model is held
+        await asyncio.sleep(0.005)
+        ticks += 1
+    assert not job.done()
+    fake.gate.set()
+    assert await job == {"embed": [("embed", 1)]}
+    assert client.alive
+    client.stop()
+
+
+async def test_disconnect_over_asgi_drops_pending_work(app, client):
+    """A real HTTP request whose client goes away while queued never reaches the model."""
+    state = app.state.server
+    state.engine.poll_interval = 0.01
+    executor = state.llm.core.executor
+    real, seen, gate = executor.execute, [], threading.Event()
+
+    def held(staged, batch):
+        seen.append([r.prompt for r in staged.batch.requests])
+        gate.wait(10)
+        return real(staged, batch)
+
+    executor.execute = held
+    try:
+        first = asyncio.create_task(client.post("/v1/embeddings", json={"input": "first"}))
+        await wait_until(lambda: len(seen) == 1)
+
+        body = json.dumps({"input": ["gone one", "gone two"]}).encode()
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive():
+            return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+            "scheme": "http", "path": "/v1/embeddings", "raw_path": b"/v1/embeddings", "query_string": b"",
+            "root_path": "", "headers": [(b"content-type", b"application/json"), (b"host", b"testserver")],
+            "client": ("127.0.0.1", 5555), "server": ("testserver", 80),
+        }  # fmt: skip
+        await asyncio.wait_for(app(scope, receive, send), 5)
+        assert sent[0]["status"] == 499
+        gate.set()
+        assert (await first).status_code == 200
+        assert (await client.post("/v1/embeddings", json={"input": "after"})).status_code == 200
+    finally:
+        gate.set()
+        executor.execute = real
+    assert seen == [["first"], ["after"]]
+    assert 'vllm_pool_dropped_inputs_total{task="embed"} 2' in state.metrics.render()
+
+
+async def test_a_small_request_waits_for_two_slices_of_a_large_one():
+    """Issue 15 (head of line), on the engine core: a large request queued in slices
+    (``limits.submit_in_slices``, two at a time) lets a small request that arrives meanwhile
+    run after at most two slices, not after the whole request."""
+    from vllm_pool.engine.server.limits import submit_in_slices
+
+    fake = FakeExecutor()
+    client = EngineClient(EngineCore(fake, Scheduler(16, 4)))  # 4 prompts of 4 tokens per batch
+    fake.gate.clear()
+    blocker = asyncio.create_task(client.submit(reqs([0]), {"embed": None}))
+    await wait_until(lambda: fake.started == 1)
+
+    async def submit(chunk):
+        return (await client.submit(chunk, {"embed": None}))["embed"]
+
+    large = asyncio.create_task(submit_in_slices(submit, reqs(list(range(100, 116))), 16))
+    await wait_until(lambda: client.queue_size == 8)  # two slices of four queued, not sixteen
+    small = asyncio.create_task(client.submit(reqs([7]), {"embed": None}))
+    await wait_until(lambda: client.queue_size == 9)
+    fake.gate.set()
+    await blocker
+    assert await small == {"embed": [("embed", 7)]}
+    assert await large == [("embed", i) for i in range(100, 116)]  # every slice, in order
+    batches = [ids for _, ids in fake.batches]
+    assert batches[:4] == [[0], [100, 101, 102, 103], [104, 105, 106, 107], [7]]
+    assert batches[4:] == [[108, 109, 110, 111], [112, 113, 114, 115]]
+    client.stop()
