@@ -330,7 +330,7 @@ def main() -> None:
         result["serve_vs_offline"] = {
             f"{r['inputs']}/{r['concurrency']}": r["rps"] / offline[r["inputs"]]
             for r in rows
-            if r["server"] == "vllm-pool"
+            if r["server"] == "vllm-pool" and r["inputs"] in offline  # not the head-of-line row
         }
     path = write_result(args.name, result)
     print_table(rows)
