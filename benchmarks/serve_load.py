@@ -12,6 +12,11 @@ call in this process and reports the ratio of the server's throughput at each cl
 to that offline throughput (``serve_vs_offline``): what serving costs over the engine.
 
     python -m benchmarks.serve_load [--requests 256] [--concurrency 1 8 64]
+
+``--head-of-line`` adds a row per server: the p99 latency of one-text requests from one
+client while another client keeps sending maximum-size requests (``--hol-inputs`` texts of
+``--hol-chars`` characters, the server's default limit per input), against the idle p99;
+the target is a ratio under 10x.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from benchmarks.common import CORPUS, ROOT, load_texts, machine, min_cosine, wri
 logger = logging.getLogger("serve_load")
 QUERIES = ROOT / "demo" / "corpus" / "queries.jsonl"
 SERVERS = ("vllm-pool", "st-fastapi")
+JSON_HEADERS = {"content-type": "application/json"}
 
 
 # ---------------------------------------------------------------------- the naive server
@@ -139,6 +145,68 @@ async def run_load(url: str, texts: list[str], concurrency: int, n_requests: int
     }
 
 
+async def run_head_of_line(url: str, texts: list[str], big_body: bytes, n_small: int) -> dict[str, float]:
+    """p99 of ``n_small`` one-text requests (one client) while a second client sends ``big_body``
+    requests back to back; also the big requests' count and mean latency."""
+    import httpx
+
+    stop = asyncio.Event()
+    big_latencies: list[float] = []
+    async with httpx.AsyncClient(base_url=url, timeout=600) as big, httpx.AsyncClient(
+        base_url=url, timeout=600
+    ) as small:
+
+        async def send_big() -> None:
+            while not stop.is_set():
+                t0 = time.perf_counter()
+                r = await big.post("/v1/embeddings", content=big_body, headers=JSON_HEADERS)
+                r.raise_for_status()
+                big_latencies.append(time.perf_counter() - t0)
+
+        task = asyncio.create_task(send_big())
+        await asyncio.sleep(1.0)  # the first big request is being tokenized or run
+        latencies = []
+        for i in range(n_small):
+            t0 = time.perf_counter()
+            (await small.post("/v1/embeddings", json={"input": texts[i % len(texts)]})).raise_for_status()
+            latencies.append(time.perf_counter() - t0)
+        stop.set()
+        await task
+    latencies.sort()
+    return {
+        "requests": n_small,
+        "p50_ms": 1000 * statistics.median(latencies),
+        "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
+        "big_requests": len(big_latencies),
+        "big_mean_s": statistics.mean(big_latencies) if big_latencies else float("nan"),
+    }
+
+
+def big_request(chars: int, n: int) -> bytes:
+    """A request body of ``n`` texts of ``chars`` characters (corpus text repeated)."""
+    text = " ".join(load_texts(CORPUS, 200))
+    text = (text * (chars // max(len(text), 1) + 1))[:chars]
+    return json.dumps({"input": [text] * n}).encode()
+
+
+def head_of_line_rows(
+    kind: str, url: str, texts: list[str], args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    """The idle p99 and the p99 beside maximum-size requests, as one result row."""
+    idle = asyncio.run(run_load(url, texts, 1, args.hol_requests))
+    body = big_request(args.hol_chars, args.hol_inputs)
+    loaded = asyncio.run(run_head_of_line(url, texts, body, args.hol_requests))
+    ratio = loaded["p99_ms"] / idle["p99_ms"]
+    logger.info("%-10s head-of-line: idle p99 %.1f ms, beside %d-text requests p99 %.1f ms (%.1fx)",
+                kind, idle["p99_ms"], args.hol_inputs, loaded["p99_ms"], ratio)  # fmt: skip
+    return [
+        {
+            "server": kind, "inputs": "head-of-line", "concurrency": 1, "idle_p99_ms": idle["p99_ms"],
+            "big_inputs": args.hol_inputs, "big_chars": args.hol_chars, "p99_ratio": ratio, **loaded,
+        }
+    ]  # fmt: skip
+
+
 async def first_vectors(url: str, texts: list[str]) -> list[list[float]]:
     import httpx
 
@@ -170,6 +238,8 @@ def offline_rps(model: str, texts: list[str], n_requests: int, rounds: int = 3) 
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
+    hol = [r for r in rows if r["inputs"] == "head-of-line"]
+    rows = [r for r in rows if r["inputs"] != "head-of-line"]
     by_key = {(r["server"], r["inputs"], r["concurrency"]): r for r in rows}
     head = (
         "| inputs | clients | vllm-pool req/s | p50 / p99 ms | ST+FastAPI req/s | p50 / p99 ms | speed-up |"
@@ -185,6 +255,11 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             cells += [f"{r['rps']:.1f}", f"{r['p50_ms']:.0f} / {r['p99_ms']:.0f}"] if r else ["-", "-"]
         ratio = f"{ours['rps'] / base['rps']:.2f}x" if ours and base else "-"
         print(f"| {inputs} | {conc} | " + " | ".join(cells) + f" | {ratio} |")
+    if hol:
+        print("\n| server | idle p99 ms | p99 ms beside maximum-size requests | ratio (target < 10x) |")
+        print("|---|---|---|---|")
+        for r in hol:
+            print(f"| {r['server']} | {r['idle_p99_ms']:.0f} | {r['p99_ms']:.0f} | {r['p99_ratio']:.1f}x |")
 
 
 def main() -> None:
@@ -201,6 +276,10 @@ def main() -> None:
         "--st-threads", type=int, default=None, help="torch threads of the ST server (default: torch's)"
     )
     ap.add_argument("--name", default="serve_load", help="result file name")
+    ap.add_argument("--head-of-line", action="store_true", help="add the head-of-line row")
+    ap.add_argument("--hol-inputs", type=int, default=16, help="texts per maximum-size request")
+    ap.add_argument("--hol-chars", type=int, default=100_000, help="characters per text of those requests")
+    ap.add_argument("--hol-requests", type=int, default=100, help="one-text requests measured")
     ap.add_argument(
         "--no-offline", action="store_true", help="skip the offline LLM.embed baseline (serve_vs_offline)"
     )
@@ -227,6 +306,8 @@ def main() -> None:
                     logger.info("%-10s %-5s %3d clients: %7.1f req/s  p50 %6.1f ms  p99 %6.1f ms",
                                 kind, inputs, conc, res["rps"], res["p50_ms"], res["p99_ms"])  # fmt: skip
                     rows.append({"server": kind, "inputs": inputs, "concurrency": conc, **res})
+            if args.head_of_line:
+                rows += head_of_line_rows(kind, url, sets["short"], args)
         finally:
             proc.terminate()
             proc.wait(timeout=30)
@@ -249,7 +330,7 @@ def main() -> None:
         result["serve_vs_offline"] = {
             f"{r['inputs']}/{r['concurrency']}": r["rps"] / offline[r["inputs"]]
             for r in rows
-            if r["server"] == "vllm-pool"
+            if r["server"] == "vllm-pool" and r["inputs"] in offline  # not the head-of-line row
         }
     path = write_result(args.name, result)
     print_table(rows)

@@ -36,6 +36,7 @@ def normalize_prompts(prompts: object) -> list[PromptType]:
         if isinstance(item, str):
             if not item:
                 raise ValueError(f"prompts[{i}] is an empty string")
+            check_unicode(item, f"prompts[{i}]")
             continue
         if isinstance(item, dict):
             _check_dict_prompt(item, i)
@@ -45,6 +46,17 @@ def normalize_prompts(prompts: object) -> list[PromptType]:
             f"got {type(item).__name__}"
         )
     return items
+
+
+def check_unicode(text: str, where: str) -> None:
+    """Raise ``ValueError`` naming ``where`` if ``text`` holds a lone surrogate (not valid
+    Unicode; the tokenizer's own error would be an unrelated ``TextEncodeInput`` message)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"{where} is not valid Unicode: a lone surrogate {text[exc.start]!r} at character {exc.start}"
+        ) from None
 
 
 def _check_dict_prompt(item: dict[str, Any], i: int) -> None:
@@ -63,6 +75,7 @@ def _check_dict_prompt(item: dict[str, Any], i: int) -> None:
             raise TypeError(f"prompts[{i}]['prompt'] must be a string, got {type(item['prompt']).__name__}")
         if not item["prompt"]:
             raise ValueError(f"prompts[{i}]['prompt'] is an empty string")
+        check_unicode(item["prompt"], f"prompts[{i}]['prompt']")
         if not isinstance(item.get("instruction", ""), str):
             raise TypeError(
                 f"prompts[{i}]['instruction'] must be a string, got {type(item['instruction']).__name__}"
@@ -253,6 +266,7 @@ class InputProcessor:
             for name, text in (("data_1", a), ("data_2", b)):
                 if not isinstance(text, str):
                     raise TypeError(f"score inputs must be strings; {name} item {i} is {type(text).__name__}")
+                check_unicode(text, f"{name} item {i}")
         if self.do_lower_case:
             texts_1, texts_2 = [a.lower() for a in texts_1], [b.lower() for b in texts_2]
         by_limit: dict[int, list[int]] = {}

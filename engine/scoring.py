@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from vllm_pool.engine.inputs import check_unicode
+
 PAIR_SHAPE_ERROR = "Input lengths must be either 1:1, 1:N or N:N"
 
 
@@ -11,6 +13,7 @@ def _as_list(data: object, name: str) -> list[str]:
     if isinstance(data, str):
         if not data:
             raise ValueError(f"{name} is an empty string")
+        check_unicode(data, name)
         return [data]
     if isinstance(data, Sequence) and not isinstance(data, (bytes, bytearray)):
         items = list(data)
@@ -19,6 +22,7 @@ def _as_list(data: object, name: str) -> list[str]:
                 raise TypeError(f"{name}[{i}] must be a string, got {type(item).__name__}")
             if not item:
                 raise ValueError(f"{name}[{i}] is an empty string")
+            check_unicode(item, f"{name}[{i}]")
         return items
     raise TypeError(f"{name} must be a string or a list of strings, got {type(data).__name__}")
 

@@ -137,9 +137,7 @@ class ScoreIO:
             pooler = llm.poolers.get("score")
             params = normalize_params(pooling_params, len(texts_1))
             params = resolve_params(pooler.resolve, params, truncate_prompt_tokens)
-            requests = llm.input_processor.pairs(texts_1, texts_2, params)
-            scores = PromptIO(llm, "score", ScoringOutput)
-            return Prepared(requests, {"score": None}, lambda res: scores.finish(requests, res["score"]))
+            return self.cross_prepared(llm.input_processor.pairs(texts_1, texts_2, params))
         if "embed" not in llm.get_supported_tasks():
             llm.poolers.get("score")  # raises, naming what the model supports
         unique = list(dict.fromkeys(texts_1 + texts_2))
@@ -162,6 +160,10 @@ class ScoreIO:
             ]
 
         return Prepared(requests, {"embed": None}, finish)
+
+    def cross_prepared(self, requests: list[Request]) -> Prepared:
+        """The job of a cross-encoder's tokenized pairs (one score per pair)."""
+        return PromptIO(self.llm, "score", ScoringOutput).prepared(requests)
 
 
 def task_processors(llm: LLM) -> dict[str, Any]:

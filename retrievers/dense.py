@@ -12,7 +12,15 @@ import numpy as np
 from .arrays import as_float32_matrix, l2_normalize
 from .encoders import TextEmbedder, encode_in_batches
 from .index_base import DocumentIndex
-from .persistence import check_array, files_of, load_index_files, open_index, placed_faiss, save_index_files
+from .persistence import (
+    check_array,
+    check_labels,
+    files_of,
+    load_index_files,
+    open_index,
+    placed_faiss,
+    save_index_files,
+)
 from .registry import check_ids_and_metadatas
 from .types import Filter, Hit, IndexFormatError, Metadata, check_k
 
@@ -309,5 +317,7 @@ class DenseIndex(DocumentIndex):
                 raise IndexFormatError(
                     f"{path}/index.faiss: {faiss_index.ntotal} vectors for {len(registry)} documents"
                 )
+            slots = registry.slots()
+            check_labels(faiss_index, slots, np.ones(len(slots), np.int64), f"{path}/index.faiss")
             index._index = placed_faiss(faiss_index, index.config, use_gpu)
         return index

@@ -26,7 +26,7 @@ from .arrays import is_single_matrix, l2_normalize, token_matrices
 from .candidates import candidate_slots, maxsim_slots, scan_device, scan_store, top_k
 from .encoders import encode_in_batches
 from .index_base import DocumentIndex
-from .persistence import files_of, load_index_files, open_index, placed_faiss, save_index_files
+from .persistence import check_labels, files_of, load_index_files, open_index, placed_faiss, save_index_files
 from .plaid import PlaidStore
 from .registry import check_ids_and_metadatas
 from .token_store import TokenStore
@@ -407,6 +407,9 @@ class MultiVectorIndex(DocumentIndex):
                     f"{path}/candidates.faiss: {faiss_index.ntotal} vectors "
                     f"for {index._store.num_vectors} document tokens"
                 )
+            slots = registry.slots()
+            rows = files.arrays["doc_lengths.npy"].astype(np.int64)
+            check_labels(faiss_index, slots, rows, f"{path}/candidates.faiss")
             index._tombstones = extra
             index._trained_on = faiss_index.ntotal
             index._index = placed_faiss(faiss_index, index.config, use_gpu)

@@ -6,9 +6,10 @@ An index folder holds FAISS files (``faiss.write_index``), ``.npy`` arrays
     {"format_version": 1, "kind": "dense", "model_name": ..., "dim": 384, "count": 10,
      "config": {...}, "files": {"vectors.npy": {"size": 15488, "sha256": "..."}, ...}}
 
-A save writes into a temporary sibling folder, then renames it into place, so a failed save
-leaves the previous index intact. Every problem found while loading raises
-:class:`~.types.IndexFormatError` naming the file.
+These files live in a version sub-folder that ``CURRENT`` names (see :mod:`.index_folder`):
+a save writes a new version and switches the pointer in one atomic step, so a failed or
+killed save leaves the previous index live. Every problem found while loading raises
+:class:`~.types.IndexFormatError` naming the file and the field (see :mod:`.manifest`).
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,13 +27,22 @@ import faiss
 import numpy as np
 
 from .faiss_index import to_cpu
+from .index_folder import clean_leftovers, fsync_path, reading, version_folder, write_version
+from .manifest import (
+    DOCS,
+    FORMAT_VERSION,
+    MANIFEST,
+    check_docs,
+    check_npy_header,
+    check_regular_file,
+    parse_manifest,
+    read_json,
+)
 from .types import IndexFormatError
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-DOCS = "docs.json"
+_READ_ATTEMPTS = 5
 
 
 @dataclass
@@ -70,75 +78,53 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_index_files(path: str | os.PathLike, files: IndexFiles) -> None:
-    """Write ``files`` to the folder ``path``, atomically replacing any existing folder.
+    """Write ``files`` as a new version of the index folder ``path`` and switch to it atomically.
 
     Args:
-        path: the index folder (created; an existing one is replaced only on success).
+        path: the index folder (created; the previous version stays live until the switch).
         files: what to write.
+
+    Raises:
+        ValueError: ``path`` exists and is not a folder.
     """
-    target = Path(path)
-    if target.exists() and not target.is_dir():
-        raise ValueError(f"{target} exists and is not a folder")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        entries: dict[str, dict[str, Any]] = {}
-        writers: list[tuple[str, Callable[[Path], None]]] = []
-        for name, arr in files.arrays.items():
-            writers.append((name, lambda p, a=arr: np.save(p, a, allow_pickle=False)))
-        for name, index in files.indexes.items():
-            writers.append((name, lambda p, i=index: faiss.write_index(to_cpu(i), str(p))))
-        docs_text = json.dumps(files.docs, ensure_ascii=False)
-        writers.append((DOCS, lambda p: p.write_text(docs_text, encoding="utf-8")))
-        for name, write in writers:
-            file_path = tmp / name
-            write(file_path)
-            _fsync(file_path)
-            entries[name] = {"size": file_path.stat().st_size, "sha256": _sha256(file_path)}
-        manifest = {
-            "format_version": FORMAT_VERSION,
-            "kind": files.kind,
-            "model_name": files.model_name,
-            "dim": files.dim,
-            "count": files.count,
-            "config": files.config,
-            "files": entries,
-        }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-        _fsync(tmp / MANIFEST)
-        _swap_into_place(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    logger.info("saved %s index (%d documents) to %s", files.kind, files.count, target)
+    write_version(path, lambda folder: _write_files(folder, files))
+    logger.info("saved %s index (%d documents) to %s", files.kind, files.count, path)
 
 
-def _swap_into_place(tmp: Path, target: Path) -> None:
-    if not target.exists():
-        os.replace(tmp, target)
-        return
-    old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-    os.replace(target, old)
-    try:
-        os.replace(tmp, target)
-    except BaseException:
-        os.replace(old, target)  # put the previous index back
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+def _write_files(folder: Path, files: IndexFiles) -> None:
+    entries: dict[str, dict[str, Any]] = {}
+    writers: list[tuple[str, Callable[[Path], None]]] = []
+    for name, arr in files.arrays.items():
+        writers.append((name, lambda p, a=arr: np.save(p, a, allow_pickle=False)))
+    for name, index in files.indexes.items():
+        writers.append((name, lambda p, i=index: faiss.write_index(to_cpu(i), str(p))))
+    docs_text = json.dumps(files.docs, ensure_ascii=False, allow_nan=False)
+    writers.append((DOCS, lambda p: p.write_text(docs_text, encoding="utf-8")))
+    for name, write in writers:
+        file_path = folder / name
+        write(file_path)
+        fsync_path(file_path)
+        entries[name] = {"size": file_path.stat().st_size, "sha256": _sha256(file_path)}
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "kind": files.kind,
+        "model_name": files.model_name,
+        "dim": files.dim,
+        "count": files.count,
+        "config": files.config,
+        "files": entries,
+    }
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    fsync_path(folder / MANIFEST)
 
 
 def load_index_files(path: str | os.PathLike, kind: str, expected_dim: int | None = None) -> IndexFiles:
     """Read and verify an index folder written by :func:`save_index_files`.
+
+    The folder may come from anyone: every field is validated before it is used, only plain
+    file names inside the folder are read, and an ``.npy`` header must match its file's size
+    before the array is allocated. A save that switches versions while this reads is retried.
 
     Args:
         path: the index folder.
@@ -149,89 +135,79 @@ def load_index_files(path: str | os.PathLike, kind: str, expected_dim: int | Non
         The folder's contents.
 
     Raises:
-        IndexFormatError: wrong format version / kind / dimension, a missing file, or a
-            file whose size or checksum differs from the manifest or that cannot be parsed.
+        IndexFormatError: wrong format version / kind / dimension, a missing file, a
+            malformed field, or a file whose size or checksum differs from the manifest or
+            that cannot be parsed; the message names the file and the field.
     """
-    folder = Path(path)
-    if not folder.is_dir():
-        raise IndexFormatError(f"{folder}: no index folder there")
-    manifest = _read_manifest(folder / MANIFEST)
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise IndexFormatError(
-            f"{folder / MANIFEST}: format_version {manifest.get('format_version')!r} is not "
-            f"supported (this version reads {FORMAT_VERSION})"
-        )
-    if manifest.get("kind") != kind:
-        raise IndexFormatError(
-            f"{folder / MANIFEST}: holds a {manifest.get('kind')!r} index, expected {kind!r}"
-        )
-    dim = manifest.get("dim")
-    if not isinstance(dim, int) or dim <= 0:
-        raise IndexFormatError(f"{folder / MANIFEST}: bad dimension {dim!r}")
-    if expected_dim is not None and dim != expected_dim:
-        raise IndexFormatError(f"{folder / MANIFEST}: index dimension is {dim}, expected {expected_dim}")
-    entries = manifest.get("files")
-    if not isinstance(entries, dict) or DOCS not in entries:
-        raise IndexFormatError(f"{folder / MANIFEST}: bad or missing 'files' table")
-    for name, entry in entries.items():
+    root = Path(path)
+    for attempt in range(_READ_ATTEMPTS):
+        folder = version_folder(root)
+        try:
+            with reading(folder):
+                try:
+                    out = _read_files(folder, kind, expected_dim)
+                except FileNotFoundError as exc:  # removed while read (a save's clean-up)
+                    raise IndexFormatError(f"{exc.filename}: file missing") from exc
+        except IndexFormatError:
+            if attempt + 1 < _READ_ATTEMPTS and _switched(root, folder):
+                logger.info("%s: a save switched versions during the load; reading again", root)
+                continue
+            raise
+        if folder != root:
+            clean_leftovers(root)
+        return out
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _switched(root: Path, folder: Path) -> bool:
+    try:
+        return version_folder(root) != folder
+    except IndexFormatError:
+        return False
+
+
+def _read_files(folder: Path, kind: str, expected_dim: int | None) -> IndexFiles:
+    manifest = parse_manifest(folder / MANIFEST, kind, expected_dim)
+    for name, entry in manifest.files.items():
         _verify(folder / name, entry)
     out = IndexFiles(
         kind=kind,
-        dim=dim,
-        count=int(manifest.get("count", 0)),
-        model_name=manifest.get("model_name"),
-        config=dict(manifest.get("config") or {}),
+        dim=manifest.dim,
+        count=manifest.count,
+        model_name=manifest.model_name,
+        config=dict(manifest.config),
     )
-    for name in entries:
+    for name in manifest.files:
         file_path = folder / name
-        if name.endswith(".npy"):
-            try:
+        try:
+            if name.endswith(".npy"):
+                check_npy_header(file_path)
                 out.arrays[name] = np.load(file_path, allow_pickle=False)
-            except (ValueError, OSError, EOFError) as exc:
-                raise IndexFormatError(f"{file_path}: not a readable .npy array ({exc})") from exc
-        elif name.endswith(".faiss"):
-            try:
+            elif name.endswith(".faiss"):
                 out.indexes[name] = faiss.read_index(str(file_path))
-            except RuntimeError as exc:
-                raise IndexFormatError(f"{file_path}: not a readable FAISS index ({exc})") from exc
-            if out.indexes[name].d != dim:
-                raise IndexFormatError(
-                    f"{file_path}: FAISS index dimension {out.indexes[name].d}, manifest says {dim}"
-                )
-    try:
-        out.docs = json.loads((folder / DOCS).read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise IndexFormatError(f"{folder / DOCS}: not valid JSON ({exc})") from exc
-    if len(out.docs.get("ids", [])) != out.count:
-        raise IndexFormatError(
-            f"{folder / DOCS}: holds {len(out.docs.get('ids', []))} ids, manifest count is {out.count}"
-        )
+        except IndexFormatError:
+            raise
+        except (ValueError, OSError, EOFError) as exc:
+            raise IndexFormatError(f"{file_path}: not a readable .npy array ({exc})") from exc
+        except (RuntimeError, MemoryError) as exc:
+            raise IndexFormatError(f"{file_path}: not a readable FAISS index ({exc})") from exc
+        if name in out.indexes and out.indexes[name].d != manifest.dim:
+            raise IndexFormatError(
+                f"{file_path}: FAISS index dimension {out.indexes[name].d}, manifest says {manifest.dim}"
+            )
+    out.docs = read_json(folder / DOCS, limit=manifest.files[DOCS]["size"])
+    check_docs(folder / DOCS, out.docs, manifest.count)
     return out
 
 
-def _read_manifest(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise IndexFormatError(f"{path}: manifest missing")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise IndexFormatError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(manifest, dict):
-        raise IndexFormatError(f"{path}: manifest is not a JSON object")
-    return manifest
-
-
-def _verify(path: Path, entry: Any) -> None:
-    if not path.is_file():
-        raise IndexFormatError(f"{path}: file missing")
-    if not isinstance(entry, dict) or "size" not in entry:
-        raise IndexFormatError(f"{path}: no size recorded in the manifest")
+def _verify(path: Path, entry: dict[str, Any]) -> None:
+    check_regular_file(path)
     size = path.stat().st_size
     if size != entry["size"]:
         raise IndexFormatError(
             f"{path}: size {size} bytes, manifest says {entry['size']} (truncated or modified)"
         )
-    if "sha256" in entry and _sha256(path) != entry["sha256"]:
+    if entry.get("sha256") is not None and _sha256(path) != entry["sha256"]:
         raise IndexFormatError(f"{path}: sha256 checksum differs from the manifest (corrupt)")
 
 
@@ -283,3 +259,36 @@ def check_array(files: IndexFiles, name: str, ndim: int, dim: int | None = None)
     if arr.ndim != ndim or (dim is not None and arr.shape[-1] != dim):
         raise IndexFormatError(f"{name}: unexpected shape {list(arr.shape)}")
     return arr
+
+
+def check_labels(faiss_index: Any, slots: np.ndarray, rows: np.ndarray, path: Any) -> None:
+    """Check that a loaded FAISS index labels its vectors with the documents' slots.
+
+    Only indexes with an explicit id map (flat, HNSW) can be checked this way; IVF indexes
+    keep their labels in inverted lists and are checked by their vector count only.
+
+    Args:
+        faiss_index: the CPU FAISS index.
+        slots: live document slots ``int64 [n]``.
+        rows: FAISS rows of each live document ``int64 [n]`` (1 for dense, tokens for ColBERT).
+        path: the file, for the message.
+
+    Raises:
+        IndexFormatError: a live document whose label count differs from its rows.
+    """
+    inner = faiss.downcast_index(faiss_index)
+    if not isinstance(inner, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+        return
+    labels = faiss.vector_to_array(inner.id_map)  # [ntotal]
+    found, counts = np.unique(labels, return_counts=True)
+    pos = np.searchsorted(found, slots)
+    pos_ok = np.minimum(pos, max(len(found) - 1, 0))
+    present = (pos < len(found)) & (found[pos_ok] == slots) if len(found) else np.zeros(len(slots), bool)
+    have = np.where(present, counts[pos_ok] if len(found) else 0, 0)
+    bad = np.flatnonzero(have != rows)
+    if len(bad):
+        i = int(bad[0])
+        raise IndexFormatError(
+            f"{path}: the FAISS labels do not match docs.json (slot {int(slots[i])} has "
+            f"{int(have[i])} vectors, expected {int(rows[i])})"
+        )

@@ -48,11 +48,48 @@ def check_ids_and_metadatas(
         metadatas = list(metadatas)
         if len(metadatas) != n:
             raise ValueError(f"got {n} vectors but {len(metadatas)} metadatas")
-        for m in metadatas:
+        for i, m in enumerate(metadatas):
             if not isinstance(m, dict):
                 raise TypeError(f"each metadata must be a dict, got {type(m).__name__}")
+            check_json_value(m, f"metadatas[{i}]")
         metadatas = copy.deepcopy(metadatas)
     return ids, metadatas
+
+
+_JSON_SCALARS = (str, int, bool, type(None))
+
+
+def check_json_value(value: object, where: str, depth: int = 0) -> None:
+    """Raise ``TypeError`` unless ``value`` survives a save unchanged: dicts with string keys,
+    lists, strings, finite numbers, booleans and ``None`` (checked when added, not at save).
+
+    Args:
+        value: the metadata (or part of it).
+        where: its position, for the message (``metadatas[3]["tags"][0]``).
+        depth: nesting depth so far (at most 100 levels).
+    """
+    if depth > 100:
+        raise TypeError(f"{where}: metadata nested more than 100 levels deep cannot be saved")
+    if isinstance(value, _JSON_SCALARS):
+        return
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise TypeError(f"{where}: {value} cannot be saved in JSON metadata (finite numbers only)")
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"{where}: metadata keys must be strings to be saved, got {key!r}")
+            check_json_value(item, f"{where}[{key!r}]", depth + 1)
+        return
+    if isinstance(value, list):
+        for j, item in enumerate(value):
+            check_json_value(item, f"{where}[{j}]", depth + 1)
+        return
+    raise TypeError(
+        f"{where}: a {type(value).__name__} cannot be saved in metadata (JSON values only: "
+        "dict with str keys, list, str, int, float, bool, None)"
+    )
 
 
 class Registry:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,8 +23,9 @@ import numpy as np
 
 from .dense import DenseIndex
 from .index_base import DocumentIndex
+from .index_folder import version_folder, write_version
 from .multivector import MultiVectorIndex
-from .persistence import MANIFEST, _swap_into_place
+from .persistence import MANIFEST
 from .types import Filter, Hit, IndexFormatError, Record, check_k
 
 SHARDS_FILE = "shards.json"
@@ -47,7 +47,10 @@ def load_index(path: str | os.PathLike, use_gpu: bool | None = None) -> Any:
     Raises:
         IndexFormatError: no readable manifest, or an unknown kind.
     """
-    manifest = Path(path) / MANIFEST
+    try:
+        manifest = version_folder(path) / MANIFEST
+    except IndexFormatError as exc:
+        raise IndexFormatError(f"{Path(path) / MANIFEST}: no readable index manifest ({exc})") from exc
     try:
         kind = json.loads(manifest.read_text(encoding="utf-8"))["kind"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -180,19 +183,14 @@ class ShardedIndex:
     # -- persistence ---------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
         """Save as a sharded folder (``shard-00000``... and ``shards.json``), atomically."""
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
-        try:
-            names = [f"shard-{i:05d}" for i in range(len(self.shards))]
+        names = [f"shard-{i:05d}" for i in range(len(self.shards))]
+
+        def write(folder: Path) -> None:
             for name, shard in zip(names, self.shards, strict=True):
-                shard.save(tmp / name)
-            write_shards_file(tmp, self.kind, self.dim, names)
-            _swap_into_place(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+                shard.save(folder / name)
+            write_shards_file(folder, self.kind, self.dim, names)
+
+        write_version(path, write)  # a new version beside the live one, then one atomic switch
 
     @classmethod
     def load(cls, path: str | os.PathLike, use_gpu: bool | None = None) -> ShardedIndex:
@@ -202,7 +200,8 @@ class ShardedIndex:
             IndexFormatError: a missing or bad ``shards.json``, a shard of another kind or
                 dimension, or a shard that does not load.
         """
-        file = Path(path) / SHARDS_FILE
+        root = version_folder(path, marker=SHARDS_FILE)
+        file = root / SHARDS_FILE
         try:
             spec = json.loads(file.read_text(encoding="utf-8"))
             names, kind, dim = list(spec["shards"]), spec["kind"], spec["dim"]
@@ -216,5 +215,5 @@ class ShardedIndex:
         for name in names:
             if not isinstance(name, str) or Path(name).name != name or name.startswith("."):
                 raise IndexFormatError(f"{file}: bad shard name {name!r}")
-            shards.append(INDEX_CLASSES[kind].load(Path(path) / name, expected_dim=dim, use_gpu=use_gpu))
+            shards.append(INDEX_CLASSES[kind].load(root / name, expected_dim=dim, use_gpu=use_gpu))
         return cls(shards)

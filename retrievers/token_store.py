@@ -255,6 +255,8 @@ class TokenStore:
                 f"token_codes.npy: shape {list(codes.shape)} / dtype {codes.dtype} "
                 f"do not match {self.storage} storage of dimension {self.dim}"
             )
+        if lengths.ndim != 1 or (lengths < 0).any():
+            raise ValueError(f"doc_lengths.npy: shape {list(lengths.shape)} or negative lengths")
         if len(lengths) != len(order) or int(lengths.sum()) != len(codes):
             raise ValueError(
                 f"doc_lengths.npy: {len(lengths)} documents summing to "

@@ -19,6 +19,15 @@ from vllm_pool.engine.args import EngineArgs, positive_int
 
 logger = logging.getLogger("vllm_pool.cli")
 
+API_KEY_ENV = "VLLM_POOL_API_KEY"
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vllm-pool", description="vllm-pool: an in-process pooling engine.")
@@ -32,11 +41,27 @@ def build_parser() -> argparse.ArgumentParser:
     h = s.add_argument_group("server")
     h.add_argument("--host", default="127.0.0.1")
     h.add_argument("--port", type=int, default=8000)
-    h.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (not on /health)")
+    h.add_argument(
+        "--api-key",
+        default=None,
+        help="require 'Authorization: Bearer KEY' (not on /health); visible in the process list, "
+        f"prefer {API_KEY_ENV} or --api-key-file",
+    )
+    h.add_argument("--api-key-file", default=None, help="read the API key from this file (first line)")
     h.add_argument("--served-model-name", nargs="+", default=None, help="names clients may use as model")
     h.add_argument("--max-inputs", type=positive_int, default=2048, help="inputs per request (413 above)")
     h.add_argument(
         "--max-request-tokens", type=positive_int, default=524_288, help="tokens per request (413)"
+    )
+    # Defaults of the limits: those of ServerConfig (16 MiB, 100,000 characters, 30 s, 10 s).
+    h.add_argument("--max-body-bytes", type=positive_int, default=None, help="request body bytes (413 above)")
+    h.add_argument("--max-input-chars", type=positive_int, default=None, help="characters per text (413)")
+    h.add_argument("--body-timeout", type=_seconds, default=None, help="seconds to receive a body (then 408)")
+    h.add_argument(
+        "--header-timeout",
+        type=_seconds,
+        default=None,
+        help="seconds a connection may take to send a complete request head (closed after)",
     )
     h.add_argument(
         "--num-threads",
@@ -52,6 +77,47 @@ def build_parser() -> argparse.ArgumentParser:
 def llm_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The :class:`LLM` keyword arguments of parsed ``serve`` arguments (checked by EngineArgs)."""
     return EngineArgs.from_cli_args(args).llm_kwargs()
+
+
+def api_key(args: argparse.Namespace, environ: dict[str, str] | None = None) -> str | None:
+    """The API key from ``--api-key-file``, ``--api-key`` or ``$VLLM_POOL_API_KEY`` (in that order).
+
+    Raises:
+        ValueError: both flags given, or an unreadable or empty key file.
+    """
+    env = os.environ if environ is None else environ
+    if args.api_key_file is not None and args.api_key is not None:
+        raise ValueError("give --api-key or --api-key-file, not both")
+    if args.api_key_file is not None:
+        try:
+            with open(args.api_key_file, encoding="utf-8") as f:
+                key = f.readline().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"--api-key-file {args.api_key_file}: cannot read it ({exc})") from exc
+        if not key:
+            raise ValueError(f"--api-key-file {args.api_key_file}: the file is empty")
+        if os.stat(args.api_key_file).st_mode & 0o077:
+            logger.warning("%s is readable by other users (chmod 600 it)", args.api_key_file)
+        return key
+    if args.api_key is not None:
+        logger.warning("--api-key is visible in the process list; prefer %s or --api-key-file", API_KEY_ENV)
+        return args.api_key
+    return env.get(API_KEY_ENV) or None
+
+
+def server_config_kwargs(args: argparse.Namespace, key: str | None) -> dict[str, Any]:
+    """The :class:`~vllm_pool.engine.server.ServerConfig` keyword arguments of ``serve`` arguments
+    (limits not given on the command line keep ``ServerConfig``'s defaults)."""
+    kwargs = {
+        "served_model_names": args.served_model_name or [args.model],
+        "api_key": key,
+        "max_inputs": args.max_inputs,
+        "max_request_tokens": args.max_request_tokens,
+    }
+    for name in ("max_body_bytes", "max_input_chars", "body_timeout", "header_timeout"):
+        if getattr(args, name) is not None:
+            kwargs[name] = getattr(args, name)
+    return kwargs
 
 
 def cpu_threads(requested: int | None, device_type: str) -> int | None:
@@ -103,6 +169,7 @@ def serve(args: argparse.Namespace) -> int:
         import uvicorn
 
         from vllm_pool.engine.server import ServerConfig, build_app
+        from vllm_pool.engine.server.connections import uvicorn_options
     except ImportError as exc:
         print(
             f"vllm-pool serve needs the server extra: pip install 'vllm-pool[server]' ({exc})",
@@ -111,6 +178,11 @@ def serve(args: argparse.Namespace) -> int:
         return 1
     from vllm_pool import LLM
 
+    try:
+        key = api_key(args)
+    except ValueError as exc:
+        print(f"vllm-pool serve: {exc}", file=sys.stderr)
+        return 1
     try:
         llm = LLM.from_engine_args(EngineArgs.from_cli_args(args))
     except (ValueError, TypeError, OSError) as exc:
@@ -122,20 +194,15 @@ def serve(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(threads)
         logger.info("Using %d torch CPU threads", threads)
-    config = ServerConfig(
-        served_model_names=args.served_model_name or [args.model],
-        api_key=args.api_key,
-        max_inputs=args.max_inputs,
-        max_request_tokens=args.max_request_tokens,
-    )
+    config = ServerConfig(**server_config_kwargs(args, key))
     app = build_app(llm, config)
     freeze_startup_heap()
     print(
         f"vllm-pool serving {llm.model_name} (tasks: {', '.join(llm.get_supported_tasks())}) "
-        f"on http://{args.host}:{args.port}" + (" with an API key" if args.api_key else ""),
+        f"on http://{args.host}:{args.port}" + (" with an API key" if key else ""),
         flush=True,
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, **uvicorn_options(config))
     return 0
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hmac
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -20,16 +20,19 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 from fastapi import Request as HTTPRequest
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from vllm_pool.engine.llm import LLM
 from vllm_pool.engine.params import PoolingParams
+from vllm_pool.engine.scoring import pair_up
+from vllm_pool.engine.server import limits
 from vllm_pool.engine.server import protocol as p
 from vllm_pool.engine.server.engine_client import EngineClient
 from vllm_pool.engine.server.errors import APIError, ClientDisconnected, install_error_handlers
 from vllm_pool.engine.server.metrics import MetricsMiddleware, ServerMetrics
-from vllm_pool.engine.task_io import Prepared, encode_processor
+from vllm_pool.engine.task_io import Prepared, PromptIO, encode_processor
+from vllm_pool.engine.types import Request
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -47,15 +50,25 @@ class ServerConfig:
     Args:
         served_model_names: names clients may send as ``model`` (default: the model's name);
             the first is the one answered.
-        api_key: when set, every endpoint but ``/health`` needs ``Authorization: Bearer <key>``.
+        api_key: when set, every endpoint but ``/health`` (the docs pages included) needs
+            ``Authorization: Bearer <key>``, checked before the body is read.
         max_inputs: inputs (prompts, pairs or documents) per request; more is a 413.
         max_request_tokens: prompt tokens per request after tokenization; more is a 413.
+        max_body_bytes: request body size; more is a 413 (before the body is parsed).
+        max_input_chars: characters of one text input; more is a 413 (before tokenization).
+        body_timeout: seconds a request body may take to arrive; then a 408.
+        header_timeout: seconds a connection may take to send a complete request head
+            (enforced by the uvicorn protocol of :mod:`.connections`).
     """
 
     served_model_names: list[str] | None = None
     api_key: str | None = None
     max_inputs: int = 2048
     max_request_tokens: int = 524_288
+    max_body_bytes: int = limits.DEFAULT_MAX_BODY_BYTES
+    max_input_chars: int = limits.DEFAULT_MAX_INPUT_CHARS
+    body_timeout: float = limits.DEFAULT_BODY_TIMEOUT
+    header_timeout: float = limits.DEFAULT_HEADER_TIMEOUT
 
 
 class ServerState:
@@ -104,27 +117,73 @@ class ServerState:
             )
         return n
 
+    def check_texts(self, texts: Any, param: str) -> None:
+        """Strings of a request field: non-empty, valid Unicode, within ``max_input_chars``."""
+        limits.check_texts(texts, param, self.config.max_input_chars)
+
     # ------------------------------------------------------------------ work off the event loop
-    async def in_tokenizer_thread(self, fn: Callable[[], T]) -> T:
-        """Run ``fn`` on the engine's tokenizer thread; the engine's input errors become 400s."""
+    async def in_tokenizer_thread(self, fn: Callable[[], T], offset: int = 0) -> T:
+        """Run ``fn`` on the engine's tokenizer thread; the engine's input errors become 400s.
+
+        ``offset``: where the slice ``fn`` works on starts in the caller's list (the message
+        then names the caller's index).
+        """
         try:
             return await asyncio.get_running_loop().run_in_executor(self.llm.tokenizer_pool, fn)
         except (ValueError, TypeError) as exc:  # the engine's checks: a bad request
-            raise APIError(str(exc), 400) from exc
+            message = str(exc)
+            if offset:  # a slice of a large request: name the caller's index
+                shift = lambda m: f"prompts[{int(m.group(1)) + offset}]"  # noqa: E731
+                message = re.sub(r"prompts\[(\d+)\]", shift, message)
+            raise APIError(message, 400) from exc
 
     async def prepare(self, fn: Callable[[], Prepared]) -> tuple[Prepared, int]:
         """Check and tokenize with a task IO processor; returns the job and its token count."""
         prepared = await self.in_tokenizer_thread(fn)
         return prepared, self.check_tokens(prepared)
 
+    async def prepare_prompts(
+        self, io: PromptIO, prompts: list[Any], params: PoolingParams | None, truncate: int | None
+    ) -> tuple[Prepared, int]:
+        """Check and tokenize ``prompts`` for ``io``'s task; returns the job and its token count.
+
+        A large request is tokenized slice by slice (:func:`.limits.slices`) on the engine's
+        tokenizer thread, so that small requests arriving meanwhile are tokenized between its
+        slices.
+        """
+        requests: list[Request] = []
+        for part in limits.slices(prompts):
+            chunk = prompts[part.start : part.stop]
+            done = await self.in_tokenizer_thread(
+                lambda chunk=chunk: self.llm.make_requests(chunk, io.task, params, truncate), part.start
+            )
+            for r in done:
+                r.index += part.start
+            requests += done
+        prepared = io.prepared(requests)
+        return prepared, self.check_tokens(prepared)
+
     async def run(self, prepared: Prepared, http: HTTPRequest) -> list[Any]:
-        """Queue the job in the engine core, await it, shape its outputs."""
+        """Queue the job in the engine core, await it, shape its outputs.
+
+        A job of more than two batches' worth of tokens joins the core's queue slice by slice
+        (two slices queued at a time, :func:`.limits.submit_in_slices`), so a small request
+        that arrives meanwhile waits for at most about two slices instead of the whole job.
+        """
+        tasks = list(prepared.tasks)
+        sliceable = all(v is None for v in prepared.tasks.values())  # per-request params: one job
+        budget = 2 * self.llm.max_num_batched_tokens if sliceable else max(prepared.num_tokens, 1)
+
+        async def submit(chunk: list[Request]) -> list[tuple[Any, ...]]:
+            res = await self.engine.submit(chunk, prepared.tasks, http.is_disconnected)
+            return list(zip(*(res[t] for t in tasks)))  # one row per request: its output per task
+
         try:
-            results = await self.engine.submit(prepared.requests, prepared.tasks, http.is_disconnected)
+            rows = await limits.submit_in_slices(submit, prepared.requests, budget)
         except ClientDisconnected as exc:
             logger.info("Client disconnected from %s; dropped its pending inputs", http.url.path)
             raise APIError("Client disconnected", 499) from exc
-        return prepared.finish(results)
+        return prepared.finish({t: [row[k] for row in rows] for k, t in enumerate(tasks)})
 
     async def scores(
         self,
@@ -136,10 +195,25 @@ class ServerState:
         names: tuple[str, str] = ("text_1", "text_2"),
     ) -> tuple[list[float], int]:
         """Scores of 1:1, 1:N or N:N pairs (the engine's score processor: a cross-encoder's
-        ``score`` task, else the cosine of embeddings)."""
+        ``score`` task, else the cosine of embeddings). A cross-encoder's pairs are tokenized
+        in slices, as in :meth:`prepare_prompts`."""
         io = self.llm.task_io["score"]
-        params = PoolingParams(use_activation=use_activation) if io.cross_encoder else None
-        prepared, n_tokens = await self.prepare(lambda: io.prepare(first, second, params, truncate, names))
+        if io.cross_encoder:
+            params = PoolingParams(use_activation=use_activation)
+            texts_1, texts_2 = await self.in_tokenizer_thread(lambda: pair_up(first, second, names))
+            requests: list[Request] = []
+            for part in limits.slices(texts_2):
+                a, b = texts_1[part.start : part.stop], texts_2[part.start : part.stop]
+                done = await self.in_tokenizer_thread(
+                    lambda a=a, b=b: self.llm.make_pair_requests(a, b, params, truncate)
+                )
+                for r in done:
+                    r.index += part.start
+                requests += done
+            prepared = io.cross_prepared(requests)
+            n_tokens = self.check_tokens(prepared)
+        else:
+            prepared, n_tokens = await self.prepare(lambda: io.prepare(first, second, None, truncate, names))
         outs = await self.run(prepared, http)
         return [o.outputs.score for o in outs], n_tokens
 
@@ -194,17 +268,16 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
         yield
         state.engine.stop()
 
-    async def authorize(http: HTTPRequest) -> None:
-        key = state.config.api_key
-        if key is None or http.url.path == "/health":
-            return
-        scheme, _, token = http.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
-            raise APIError("Unauthorized: send the API key as 'Authorization: Bearer <key>'", 401)
-
-    app = FastAPI(title="vllm-pool", lifespan=lifespan, dependencies=[Depends(authorize)])
+    app = FastAPI(title="vllm-pool", lifespan=lifespan)
     app.state.server = state
     install_error_handlers(app)
+    cfg = state.config
+    app.add_middleware(
+        limits.GuardMiddleware,
+        api_key=cfg.api_key,
+        max_body_bytes=cfg.max_body_bytes,
+        body_timeout=cfg.body_timeout,
+    )  # inside the metrics: 401 / 408 / 413 answers are counted
     app.add_middleware(MetricsMiddleware, metrics=state.metrics, paths=ENDPOINTS)
     m = state.metrics
 
@@ -239,9 +312,10 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
         state.check_model(body.model)
         prompts = to_prompts(body.input)
         state.check_inputs(len(prompts))
+        state.check_texts(body.input, "input")
         params = PoolingParams(dimensions=body.dimensions, normalize=body.normalize)
-        io, truncate = llm.task_io["embed"], body.truncate_prompt_tokens
-        prepared, n_tokens = await state.prepare(lambda: io.prepare(prompts, params, truncate))
+        io = llm.task_io["embed"]
+        prepared, n_tokens = await state.prepare_prompts(io, prompts, params, body.truncate_prompt_tokens)
         outs = await state.run(prepared, http)
         count("/v1/embeddings", len(outs), n_tokens)
         data = [
@@ -256,13 +330,12 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
         task = body.task or llm.get_supported_tasks()[0]
         prompts = to_prompts(body.input)
         state.check_inputs(len(prompts))
+        state.check_texts(body.input, "input")
         params = PoolingParams(
             dimensions=body.dimensions, normalize=body.normalize, use_activation=body.use_activation
         )
-        truncate = body.truncate_prompt_tokens
-        prepared, n_tokens = await state.prepare(
-            lambda: encode_processor(llm, task).prepare(prompts, params, truncate)
-        )
+        io = encode_processor(llm, task)
+        prepared, n_tokens = await state.prepare_prompts(io, prompts, params, body.truncate_prompt_tokens)
         outs = await state.run(prepared, http)
         count("/pooling", len(outs), n_tokens)
         data = [
@@ -276,9 +349,10 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
         state.check_model(body.model)
         prompts = to_prompts(body.input)
         state.check_inputs(len(prompts))
+        state.check_texts(body.input, "input")
         params = PoolingParams(use_activation=body.use_activation)
-        io, truncate = llm.task_io["classify"], body.truncate_prompt_tokens
-        prepared, n_tokens = await state.prepare(lambda: io.prepare(prompts, params, truncate))
+        io = llm.task_io["classify"]
+        prepared, n_tokens = await state.prepare_prompts(io, prompts, params, body.truncate_prompt_tokens)
         outs = await state.run(prepared, http)
         count("/classify", len(outs), n_tokens)
         data = []
@@ -294,6 +368,8 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
         second = body.text_2 if body.text_2 is not None else body.documents
         if first is None or second is None:
             raise APIError("Give text_1 and text_2 (or queries and documents)", 400, "text_1")
+        state.check_texts(first, "text_1" if body.text_1 is not None else "queries")
+        state.check_texts(second, "text_2" if body.text_2 is not None else "documents")
         n_pairs = max(len(x) if isinstance(x, list) else 1 for x in (first, second))
         state.check_inputs(n_pairs, "text_2")
         scores, n_tokens = await state.scores(
@@ -306,6 +382,8 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
     async def rerank(body: p.RerankRequest, http: HTTPRequest) -> JSONResponse:
         state.check_model(body.model)
         state.check_inputs(len(body.documents), "documents")
+        state.check_texts(body.query, "query")
+        state.check_texts(body.documents, "documents")
         truncate, names = body.truncate_prompt_tokens, ("query", "documents")
         scores, n_tokens = await state.scores(
             body.query, body.documents, truncate, body.use_activation, http, names
@@ -330,6 +408,7 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
     @app.post("/tokenize")
     async def tokenize(body: p.TokenizeRequest) -> JSONResponse:
         state.check_model(body.model)
+        state.check_texts(body.prompt, "prompt")
         tok = llm.get_tokenizer()
         def encode() -> list[int]:
             with llm.input_processor.lock:  # the tokenizer's settings: one caller at a time

@@ -196,9 +196,13 @@ class VllmPoolVectorStore(VectorStore):
     ) -> list[Document]:
         """Diverse results: ``fetch_k`` candidates, then maximal marginal relevance."""
         candidates = self.similarity_search_with_score_by_vector(embedding, fetch_k, filter)
+        index = self._index
+        if not candidates or index is None:
+            return []
+        records = {r.id: r.vectors for r in index.get([d.id for d, _ in candidates])}
+        candidates = [(d, s) for d, s in candidates if d.id in records]  # deleted meanwhile by another thread
         if not candidates:
             return []
-        records = {r.id: r.vectors for r in self._index.get([d.id for d, _ in candidates])}
         vectors = np.asarray([records[d.id] for d, _ in candidates], dtype=np.float32)
         chosen = maximal_marginal_relevance(np.asarray(embedding, dtype=np.float32), vectors, lambda_mult, k)
         return [candidates[i][0] for i in chosen]

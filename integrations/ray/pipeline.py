@@ -194,9 +194,9 @@ def build_index(
             raise ValueError("the dataset has no rows to index")
         dim = cls.load(folder / names[0]).dim
         write_shards_file(folder, kind, dim, names)
-        from vllm_pool.retrievers.persistence import _swap_into_place
+        from vllm_pool.retrievers.index_folder import publish_folder
 
-        _swap_into_place(folder, Path(path))
+        publish_folder(folder, path)
         return ShardedIndex.load(path)
     finally:
         if own_dir or (not merge and folder.exists()):

@@ -119,3 +119,15 @@ def test_empty_text_is_an_error_but_whitespace_is_not(default_llm):
         default_llm.score("", "a", use_tqdm=False)
     assert len(default_llm.embed(["  "], use_tqdm=False)) == 1
     _still_works(default_llm)
+
+
+def test_lone_surrogates_are_named(default_llm):
+    """Issue 15, item 7: not the tokenizer's "TextEncodeInput must be Union[...]"."""
+    with pytest.raises(ValueError, match=r"prompts\[1\] is not valid Unicode: a lone surrogate '\\ud800'"):
+        default_llm.embed(["ok", "a\ud800"], use_tqdm=False)
+    with pytest.raises(ValueError, match=r"prompts\[0\]\['prompt'\] is not valid Unicode"):
+        default_llm.embed([{"prompt": "\udc00"}], use_tqdm=False)
+    with pytest.raises(ValueError, match=r"data_2\[1\] is not valid Unicode"):
+        default_llm.score("q", ["a", "b\udfff"], use_tqdm=False)
+    assert len(default_llm.embed(["emoji \U0001f600 ok"], use_tqdm=False)) == 1  # a real pair is fine
+    _still_works(default_llm)

@@ -193,8 +193,10 @@ def test_killed_actor_loses_no_rows_and_rerun_gives_the_same_index(ray_cluster, 
     second = build_index(result["ds"].drop_columns(["id"]), tmp_path / "b", kind="dense", rows_per_shard=123)
     distinct = {(r["text"], r["module"], r["title"]) for r in rows}  # identical rows: one document
     assert first.ids() == second.ids() and len(first) == len(distinct)
-    docs_a = json.loads((tmp_path / "a" / "docs.json").read_text())
-    docs_b = json.loads((tmp_path / "b" / "docs.json").read_text())
+    from vllm_pool.retrievers.persistence import version_folder  # the live version of each folder
+
+    docs_a = json.loads((version_folder(tmp_path / "a") / "docs.json").read_text())
+    docs_b = json.loads((version_folder(tmp_path / "b") / "docs.json").read_text())
     assert docs_a == docs_b
     va = np.stack([r.vectors for r in first.get(first.ids())])
     vb = np.stack([r.vectors for r in second.get(second.ids())])

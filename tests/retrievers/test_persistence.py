@@ -57,11 +57,13 @@ def test_dense_round_trip(tmp_path, dense, rng):
     assert hits_as_tuples(loaded.search(q, 5, {"i": 7})) == hits_as_tuples(dense.search(q, 5, {"i": 7}))
     loaded.add(rng.standard_normal((1, 8)), ["d3"])  # the next slot does not collide
     assert len(loaded) == 50
-    manifest = json.loads((tmp_path / "d" / "manifest.json").read_text())
+    live = persistence.version_folder(tmp_path / "d")
+    assert live.parent == tmp_path / "d" and (tmp_path / "d" / "CURRENT").read_text().strip() == live.name
+    manifest = json.loads((live / "manifest.json").read_text())
     assert manifest["format_version"] == 1 and manifest["kind"] == "dense"
     assert manifest["dim"] == 8 and manifest["count"] == 49
     for name, entry in manifest["files"].items():
-        assert entry["size"] == os.path.getsize(tmp_path / "d" / name) and len(entry["sha256"]) == 64
+        assert entry["size"] == os.path.getsize(live / name) and len(entry["sha256"]) == 64
 
 
 def test_empty_index_round_trip(tmp_path):
@@ -77,6 +79,8 @@ def test_save_replaces_existing_folder(tmp_path, dense, rng):
     dense.save(tmp_path / "d")
     assert "extra" in DenseIndex.load(tmp_path / "d")
     assert sorted(os.listdir(tmp_path)) == ["d"]
+    live = persistence.version_folder(tmp_path / "d").name
+    assert sorted(os.listdir(tmp_path / "d")) == sorted([".lock", "CURRENT", live])  # the old version is gone
 
 
 def test_failed_save_keeps_previous_index(tmp_path, multi, rng, make_docs, monkeypatch):
@@ -96,18 +100,28 @@ def test_failed_save_keeps_previous_index(tmp_path, multi, rng, make_docs, monke
         multi.save(tmp_path / "mv")
     monkeypatch.undo()
     assert os.listdir(tmp_path) == ["mv"]  # no temporary folder left behind
+    live = persistence.version_folder(tmp_path / "mv").name
+    assert sorted(os.listdir(tmp_path / "mv")) == sorted([".lock", "CURRENT", live])
     loaded = MultiVectorIndex.load(tmp_path / "mv")
     assert len(loaded) == 60 and "unsaved" not in loaded
 
 
-def test_unserializable_metadata_fails_cleanly(tmp_path, rng):
-    idx = DenseIndex.from_vectors(rng.standard_normal((2, 4)), ["a", "b"], [{"x": object()}, {}])
-    with pytest.raises(TypeError, match="JSON-serializable"):
-        idx.save(tmp_path / "d")
-    assert not tmp_path.joinpath("d").exists() and os.listdir(tmp_path) == []
+@pytest.mark.parametrize(
+    ("meta", "where"),
+    [({"x": object()}, r"metadatas\[1\]\['x'\]: a object"), ({1: "a"}, "keys must be strings"),
+     ({"v": float("nan")}, "finite"), ({"t": ("a",)}, "a tuple")],
+)  # fmt: skip
+def test_unsavable_metadata_is_refused_on_add(tmp_path, rng, meta, where):
+    idx = DenseIndex.from_vectors(rng.standard_normal((1, 4)), ["a"], [{"ok": [1, {"y": None}]}])
+    with pytest.raises(TypeError, match=where):
+        idx.add(rng.standard_normal((2, 4)), ["b", "c"], [{}, meta])
+    assert len(idx) == 1 and "b" not in idx  # nothing of the failed add is kept
+    idx.save(tmp_path / "d")
+    assert DenseIndex.load(tmp_path / "d").get(["a"])[0].metadata == {"ok": [1, {"y": None}]}
 
 
 def _corrupt(folder, case):
+    folder = persistence.version_folder(folder)
     manifest_path = folder / "manifest.json"
     if case == "version":
         manifest = json.loads(manifest_path.read_text())
@@ -158,12 +172,13 @@ def test_unchecked_truncation_still_detected(tmp_path, multi):
     """Without checksums (an older writer), a truncated file is still caught by the readers."""
     folder = tmp_path / "mv"
     multi.save(folder)
-    manifest = json.loads((folder / "manifest.json").read_text())
+    live = persistence.version_folder(folder)
+    manifest = json.loads((live / "manifest.json").read_text())
     for name in ("token_codes.npy", "candidates.faiss"):
-        path = folder / name
+        path = live / name
         path.write_bytes(path.read_bytes()[:120])
         manifest["files"][name] = {"size": 120}
-    (folder / "manifest.json").write_text(json.dumps(manifest))
+    (live / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(IndexFormatError, match=r"token_codes\.npy|candidates\.faiss"):
         MultiVectorIndex.load(folder)
 
@@ -182,8 +197,9 @@ def test_wrong_dimension_and_kind(tmp_path, dense):
 def test_dimension_mismatch_between_files(tmp_path, dense):
     folder = tmp_path / "d"
     dense.save(folder)
-    manifest = json.loads((folder / "manifest.json").read_text())
+    live = persistence.version_folder(folder)
+    manifest = json.loads((live / "manifest.json").read_text())
     manifest["dim"] = 16
-    (folder / "manifest.json").write_text(json.dumps(manifest))
+    (live / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(IndexFormatError, match=r"index\.faiss: FAISS index dimension 8"):
         DenseIndex.load(folder)

@@ -14,6 +14,7 @@ from vllm_pool.retrievers import (
     load_index,
     merge_indexes,
 )
+from vllm_pool.retrievers.index_folder import version_folder
 
 RNG = np.random.default_rng(7)
 DIM = 16
@@ -96,8 +97,9 @@ def test_load_index_and_bad_sharded_folders(tmp_path):
     with pytest.raises(IndexFormatError, match="shards.json: missing or unreadable"):
         ShardedIndex.load(tmp_path / "one")
     ShardedIndex(shards).save(tmp_path / "sh")
-    spec = json.loads((tmp_path / "sh" / "shards.json").read_text())
+    live = version_folder(tmp_path / "sh", marker="shards.json")  # the version CURRENT names
+    spec = json.loads((live / "shards.json").read_text())
     spec["shards"][0] = "../one"
-    (tmp_path / "sh" / "shards.json").write_text(json.dumps(spec))
+    (live / "shards.json").write_text(json.dumps(spec))
     with pytest.raises(IndexFormatError, match="bad shard name '../one'"):
         ShardedIndex.load(tmp_path / "sh")

@@ -62,7 +62,8 @@ def _free_port() -> int:
 def test_serve_command_end_to_end():
     port = _free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [sys.executable, "-m", "vllm_pool.cli", "serve", "--port", str(port), "--api-key", "k"]
+    env["VLLM_POOL_API_KEY"] = "k"
+    cmd = [sys.executable, "-m", "vllm_pool.cli", "serve", "--port", str(port)]
     cmd += ["--log-level", "warning"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -84,11 +85,43 @@ def test_serve_command_end_to_end():
             timeout=30,
         )
         assert r.status_code == 200 and len(r.json()["data"][0]["embedding"]) == 384
+        assert httpx.get(f"{url}/docs", timeout=30).status_code == 401  # the key from the environment
+        docs = httpx.get(f"{url}/openapi.json", headers={"Authorization": "Bearer k"}, timeout=30)
+        assert docs.status_code == 200
     finally:
         proc.terminate()
         out, _ = proc.communicate(timeout=30)
     assert "vllm-pool serving sentence-transformers/all-MiniLM-L6-v2" in out
     assert "Traceback" not in out
+
+
+def test_api_key_sources(tmp_path, caplog):
+    from vllm_pool.cli import api_key, server_config_kwargs
+
+    parse = build_parser().parse_args
+    key_file = tmp_path / "key"
+    key_file.write_text("s3cret\n")
+    key_file.chmod(0o600)
+    env = {"VLLM_POOL_API_KEY": "env"}
+    assert api_key(parse(["serve", "--api-key-file", str(key_file)]), env) == "s3cret"
+    assert api_key(parse(["serve"]), {"VLLM_POOL_API_KEY": "env"}) == "env"
+    assert api_key(parse(["serve"]), {}) is None
+    with caplog.at_level("WARNING", logger="vllm_pool.cli"):
+        assert api_key(parse(["serve", "--api-key", "flag"]), {"VLLM_POOL_API_KEY": "env"}) == "flag"
+    assert "visible in the process list" in caplog.text
+    with pytest.raises(ValueError, match="not both"):
+        api_key(parse(["serve", "--api-key", "a", "--api-key-file", str(key_file)]), {})
+    with pytest.raises(ValueError, match="cannot read it"):
+        api_key(parse(["serve", "--api-key-file", str(tmp_path / "missing")]), {})
+    key_file.write_text("\n")
+    with pytest.raises(ValueError, match="the file is empty"):
+        api_key(parse(["serve", "--api-key-file", str(key_file)]), {})
+    args = parse(["serve", "m", "--max-body-bytes", "1000", "--body-timeout", "2.5"])
+    kwargs = server_config_kwargs(args, "k")
+    assert kwargs["max_body_bytes"] == 1000 and kwargs["body_timeout"] == 2.5 and kwargs["api_key"] == "k"
+    assert "max_input_chars" not in kwargs and "header_timeout" not in kwargs  # ServerConfig's defaults
+    with pytest.raises(SystemExit):
+        parse(["serve", "--header-timeout", "0"])
 
 
 def test_serve_freezes_the_startup_heap_before_serving(monkeypatch):

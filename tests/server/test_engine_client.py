@@ -153,3 +153,32 @@ async def test_disconnect_over_asgi_drops_pending_work(app, client):
         executor.execute = real
     assert seen == [["first"], ["after"]]
     assert 'vllm_pool_dropped_inputs_total{task="embed"} 2' in state.metrics.render()
+
+
+async def test_a_small_request_waits_for_two_slices_of_a_large_one():
+    """Issue 15 (head of line), on the engine core: a large request queued in slices
+    (``limits.submit_in_slices``, two at a time) lets a small request that arrives meanwhile
+    run after at most two slices, not after the whole request."""
+    from vllm_pool.engine.server.limits import submit_in_slices
+
+    fake = FakeExecutor()
+    client = EngineClient(EngineCore(fake, Scheduler(16, 4)))  # 4 prompts of 4 tokens per batch
+    fake.gate.clear()
+    blocker = asyncio.create_task(client.submit(reqs([0]), {"embed": None}))
+    await wait_until(lambda: fake.started == 1)
+
+    async def submit(chunk):
+        return (await client.submit(chunk, {"embed": None}))["embed"]
+
+    large = asyncio.create_task(submit_in_slices(submit, reqs(list(range(100, 116))), 16))
+    await wait_until(lambda: client.queue_size == 8)  # two slices of four queued, not sixteen
+    small = asyncio.create_task(client.submit(reqs([7]), {"embed": None}))
+    await wait_until(lambda: client.queue_size == 9)
+    fake.gate.set()
+    await blocker
+    assert await small == {"embed": [("embed", 7)]}
+    assert await large == [("embed", i) for i in range(100, 116)]  # every slice, in order
+    batches = [ids for _, ids in fake.batches]
+    assert batches[:4] == [[0], [100, 101, 102, 103], [104, 105, 106, 107], [7]]
+    assert batches[4:] == [[108, 109, 110, 111], [112, 113, 114, 115]]
+    client.stop()

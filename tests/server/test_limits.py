@@ -1,0 +1,72 @@
+"""The pure parts of the server limits: slicing of large requests and the text checks."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("fastapi")
+
+from vllm_pool.engine.server.errors import APIError  # noqa: E402
+from vllm_pool.engine.server.limits import check_texts, slices, token_slices  # noqa: E402
+
+
+def test_slices_cover_the_prompts_in_order():
+    prompts = ["a" * 5, "b" * 3, "c" * 9, {"prompt_token_ids": [1] * 4}, "d", "e" * 2]
+    parts = list(slices(prompts, max_chars=8))
+    assert [list(r) for r in parts] == [[0, 1], [2], [3, 4, 5]]  # the 9-character text alone
+    assert [list(r) for r in slices(["x"] * 5, max_chars=100, max_inputs=2)] == [[0, 1], [2, 3], [4]]
+    assert list(slices([])) == []
+
+
+def test_token_slices():
+    class R:
+        def __init__(self, n):
+            self.num_tokens = n
+
+    reqs = [R(n) for n in (3, 3, 5, 1, 1, 1)]
+    assert [list(r) for r in token_slices(reqs, 6)] == [[0, 1], [2, 3], [4, 5]]
+    assert [list(r) for r in token_slices([R(50)], 6)] == [[0]]
+
+
+@pytest.mark.parametrize(
+    ("texts", "code", "message"),
+    [
+        (["ok", ""], 400, "docs[1] is an empty string"),
+        ("", 400, "docs is an empty string"),
+        (["ok", "x" * 11], 413, "docs[1] has 11 characters, the limit is 10 (--max-input-chars)"),
+        (["ok", "\ud83d"], 400, "docs[1] is not valid Unicode: a lone surrogate"),
+    ],
+)
+def test_check_texts(texts, code, message):
+    with pytest.raises(APIError) as err:
+        check_texts(texts, "docs", max_chars=10)
+    assert err.value.code == code and message in err.value.message and err.value.param == "docs"
+
+
+def test_check_texts_accepts_token_ids_and_real_pairs():
+    check_texts([[1, 2, 3], "emoji \U0001f600"], "input", max_chars=10)
+    check_texts([101, 102], "input", max_chars=1)
+
+
+async def test_submit_in_slices_keeps_order_and_queues_two_slices_at_a_time():
+    import asyncio
+
+    from vllm_pool.engine.server.limits import submit_in_slices
+
+    class R:
+        def __init__(self, i):
+            self.i, self.num_tokens = i, 4
+
+    queued, most = [], 0
+
+    async def submit(chunk):
+        nonlocal most
+        queued.append(chunk)
+        most = max(most, len(queued))
+        await asyncio.sleep(0)
+        queued.remove(chunk)
+        return [r.i * 10 for r in chunk]
+
+    out = await submit_in_slices(submit, [R(i) for i in range(10)], max_tokens=8)
+    assert out == [i * 10 for i in range(10)] and most == 2
+    assert await submit_in_slices(submit, [R(1)], max_tokens=8) == [10]
