@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 from vllm_pool.retrievers import IndexFormatError, MultiVectorIndex, maxsim, pad_token_vectors
+from vllm_pool.retrievers.persistence import version_folder
 from vllm_pool.retrievers.residual_codec import ResidualCodec, num_centroids
 
 
@@ -155,7 +156,7 @@ def test_persistence_round_trip_and_corruption(tmp_path, data):
         return [[(h.id, round(h.score, 5)) for h in r] for r in results]
 
     assert rounded(a) == rounded(b)
-    np.save(tmp_path / "p" / "plaid_centroids.npy", np.zeros((3, 32), np.float32))
+    np.save(version_folder(tmp_path / "p") / "plaid_centroids.npy", np.zeros((3, 32), np.float32))
     with pytest.raises(IndexFormatError, match=r"plaid_centroids\.npy"):
         MultiVectorIndex.load(tmp_path / "p")
 
@@ -212,9 +213,10 @@ def test_failed_add_and_foreign_folders_lose_nothing(tmp_path, data, monkeypatch
     index.save(tmp_path / "p")
     flat = MultiVectorIndex.from_vectors(docs[:5])
     flat.save(tmp_path / "flat")
-    (tmp_path / "p" / "token_codes.npy").write_bytes((tmp_path / "flat" / "token_codes.npy").read_bytes())
-    m = json.loads((tmp_path / "p" / "manifest.json").read_text())
-    m["files"]["token_codes.npy"] = {"size": (tmp_path / "p" / "token_codes.npy").stat().st_size}
-    (tmp_path / "p" / "manifest.json").write_text(json.dumps(m))
+    live, flat_live = version_folder(tmp_path / "p"), version_folder(tmp_path / "flat")
+    (live / "token_codes.npy").write_bytes((flat_live / "token_codes.npy").read_bytes())
+    m = json.loads((live / "manifest.json").read_text())
+    m["files"]["token_codes.npy"] = {"size": (live / "token_codes.npy").stat().st_size}
+    (live / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(IndexFormatError, match=r"token_codes\.npy"):  # fp32 rows in a PLAID folder
         MultiVectorIndex.load(tmp_path / "p")
