@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import Any
 
 import numpy as np
@@ -69,8 +69,10 @@ class PredictorSettings:
         if self.task != "embed" and (self.dimensions is not None or self.normalize is not None):
             raise ValueError("dimensions and normalize apply to task='embed' only")
         object.__setattr__(self, "engine", check_engine_options(self.engine, self.model or None))
-        if self.task == "token_embed":
-            object.__setattr__(self, "colbert", asdict(self.colbert_config()))
+        if self.task == "token_embed":  # checked here; the checkpoint's own settings fill the rest on load
+            given = self.colbert
+            self.colbert_config()
+            object.__setattr__(self, "colbert", asdict(given) if is_dataclass(given) else dict(given or {}))
 
     @property
     def output(self) -> str:
@@ -160,9 +162,10 @@ class PoolingPredictor:
         self.params = PoolingParams(dimensions=dimensions, normalize=normalize) if task == "embed" else None
         self.encoder = None
         if task == "token_embed":
-            from vllm_pool.retrievers import ColBERTEncoder
+            from vllm_pool.retrievers import ColBERTEncoder, EngineTokenEncoder
 
-            self.encoder = ColBERTEncoder.from_llm(self.llm, s.colbert_config())
+            tokens = EngineTokenEncoder(self.llm)
+            self.encoder = ColBERTEncoder(tokens, ColBERTEncoder.default_config(tokens, **s.colbert))
         logger.info("PoolingPredictor ready: %s, task %s", s.model, task)
 
     # -- one batch -----------------------------------------------------------------------

@@ -198,3 +198,25 @@ def test_write_shard_multivector_and_errors(tmp_path):
     with pytest.raises(KeyError, match="needs an id column 'key' or a text column 'text'"):
         write_shard(batch, folder=str(tmp_path), kind="multivector", vector_column="token_embed",
                     id_column="key", text_column="text", metadata_columns=None, shard_kwargs={})  # fmt: skip
+
+
+def test_token_embed_takes_the_checkpoints_colbert_settings(tiny_dir, tmp_path):
+    """An HF_ColBERT folder: the actor's encoder starts from ``artifact.metadata`` (markers,
+    lengths), the given fields on top, as ``ColBERTEncoder.default_config`` does in process."""
+    import colbert_checkpoints as ck
+    import tiny_models
+
+    from vllm_pool import LLM
+
+    meta = {"query_maxlen": 16, "doc_maxlen": 40, "query_token_id": "[unused0]", "doc_token_id": "[unused1]",
+            "mask_punctuation": True}
+    folder = ck.save_hf_colbert(tmp_path / "hf", tiny_models.bert(tiny_dir / "ray_colbert_base"), 12, meta)
+    docs = ["paris is the capital city of france.", "python code with a class; and a dict!"]
+    pred = PoolingPredictor(model=str(folder), task="token_embed", colbert={"doc_maxlen": 24})
+    assert pred.encoder.config.doc_marker == "[unused1]" and pred.encoder.config.doc_maxlen == 24
+    got = column_token_vectors(pred(pa.table({"text": docs}))["token_embed"], "token_embed")
+    want = ck.colbert_ai_vectors(folder, docs, False)  # colbert-ai semantics at doc_maxlen 40 >= 24 tokens
+    assert ck.min_cosine(got, want) >= 0.9999
+    tokens = ColBERTEncoder.from_llm(LLM(str(folder))).encoder
+    ref = ColBERTEncoder(tokens, ColBERTEncoder.default_config(tokens, doc_maxlen=24)).encode_documents(docs)
+    assert [len(g) for g in got] == [len(r) for r in ref]
