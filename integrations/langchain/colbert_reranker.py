@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
-from langchain_core.callbacks import Callbacks
-from langchain_core.documents import BaseDocumentCompressor, Document
+from langchain_core.documents import BaseDocumentCompressor
 from pydantic import ConfigDict
 
 from .. import _colbert
 from ._colbert_fields import ColBERTFields
+from ._compress import RerankedCopies
 
 
-class VllmPoolColBERTReranker(ColBERTFields, BaseDocumentCompressor):
+class VllmPoolColBERTReranker(ColBERTFields, RerankedCopies, BaseDocumentCompressor):
     """Rerank documents against a query by late interaction (ColBERT MaxSim), best first.
 
     The RAGatouille / PyLate ``rerank`` use case: a first-stage retriever (dense, BM25)
@@ -50,31 +49,3 @@ class VllmPoolColBERTReranker(ColBERTFields, BaseDocumentCompressor):
         if self.score_threshold is not None:
             ranked = [(i, s) for i, s in ranked if s >= self.score_threshold]
         return ranked
-
-    def compress_documents(
-        self,
-        documents: Sequence[Document],
-        query: str,
-        callbacks: Callbacks | None = None,
-    ) -> Sequence[Document]:
-        """Rerank ``documents`` for ``query``.
-
-        Args:
-            documents: the candidates (typically from a first-stage retriever).
-            query: the query.
-            callbacks: unused (LangChain's signature).
-
-        Returns:
-            Copies of the best documents, best first, each with ``metadata["relevance_score"]``.
-        """
-        docs = list(documents)
-        if not docs:
-            return []
-        ranked = self.rerank([d.page_content for d in docs], query)
-        return [
-            docs[i].model_copy(update={"metadata": {**docs[i].metadata, "relevance_score": score}})
-            for i, score in ranked
-        ]
-
-    def __repr_args__(self) -> Any:
-        return [(k, v) for k, v in super().__repr_args__() if v is not None]

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
-from langchain_core.callbacks import Callbacks
-from langchain_core.documents import BaseDocumentCompressor, Document
+from langchain_core.documents import BaseDocumentCompressor
 
 from .._engines import score_pairs
 from ._base import EngineFields
+from ._compress import RerankedCopies
 
 
-class VllmPoolReranker(EngineFields, BaseDocumentCompressor):
+class VllmPoolReranker(EngineFields, RerankedCopies, BaseDocumentCompressor):
     """Rerank documents against a query, best first.
 
     With a cross-encoder (e.g. ``model="BAAI/bge-reranker-v2-m3"``) each (query, document)
@@ -58,31 +57,3 @@ class VllmPoolReranker(EngineFields, BaseDocumentCompressor):
         if self.score_threshold is not None:
             ranked = [(i, s) for i, s in ranked if s >= self.score_threshold]
         return ranked if self.top_n is None else ranked[: self.top_n]
-
-    def compress_documents(
-        self,
-        documents: Sequence[Document],
-        query: str,
-        callbacks: Callbacks | None = None,
-    ) -> Sequence[Document]:
-        """Rerank ``documents`` for ``query``.
-
-        Args:
-            documents: the candidates (typically from a first-stage retriever).
-            query: the query.
-            callbacks: unused (LangChain's signature).
-
-        Returns:
-            Copies of the best documents, best first, each with ``metadata["relevance_score"]``.
-        """
-        docs = list(documents)
-        if not docs:
-            return []
-        ranked = self.rerank([d.page_content for d in docs], query)
-        return [
-            docs[i].model_copy(update={"metadata": {**docs[i].metadata, "relevance_score": score}})
-            for i, score in ranked
-        ]
-
-    def __repr_args__(self) -> Any:
-        return [(k, v) for k, v in super().__repr_args__() if v is not None]
