@@ -4,20 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import llama_index.core.instrumentation as instrument
 from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr
-from llama_index.core.callbacks import CBEventType, EventPayload
-from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
-from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
 from .. import _colbert
 from ._base import EngineFields
+from ._ranked_nodes import RankedNodes
 
-dispatcher = instrument.get_dispatcher(__name__)
 
-
-class VllmPoolColBERTRerank(EngineFields, BaseNodePostprocessor):
+class VllmPoolColBERTRerank(EngineFields, RankedNodes, BaseNodePostprocessor):
     """Rerank retrieved nodes by late interaction (ColBERT MaxSim), best first, keeping ``top_n``.
 
     The RAGatouille / PyLate ``rerank`` use case over a first-stage retriever's nodes. The
@@ -81,41 +76,13 @@ class VllmPoolColBERTRerank(EngineFields, BaseNodePostprocessor):
         """The shared ``ColBERTEncoder`` of this model and these settings."""
         return _colbert.get_encoder(self._engine.options, self._config)
 
-    def _postprocess_nodes(
-        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
-    ) -> list[NodeWithScore]:
-        if query_bundle is None:
-            raise ValueError("VllmPoolColBERTRerank needs a query: pass query_bundle or query_str")
-        dispatcher.event(
-            ReRankStartEvent(query=query_bundle, nodes=nodes, top_n=self.top_n, model_name=self.model)
+    def _rank(self, query: str, texts: list[str]) -> list[tuple[int, float]]:
+        return _colbert.rerank(
+            self.encoder,
+            query,
+            texts,
+            self.top_n,
+            self.split_long_documents,
+            self.window_overlap,
+            self.batch_size,
         )
-        if not nodes:
-            dispatcher.event(ReRankEndEvent(nodes=[]))
-            return []
-        with self.callback_manager.event(
-            CBEventType.RERANKING,
-            payload={
-                EventPayload.NODES: nodes,
-                EventPayload.MODEL_NAME: self.model,
-                EventPayload.QUERY_STR: query_bundle.query_str,
-                EventPayload.TOP_K: self.top_n,
-            },
-        ) as event:
-            texts = [n.node.get_content(metadata_mode=MetadataMode.EMBED) for n in nodes]
-            ranked = _colbert.rerank(
-                self.encoder,
-                query_bundle.query_str,
-                texts,
-                self.top_n,
-                self.split_long_documents,
-                self.window_overlap,
-                self.batch_size,
-            )
-            new_nodes = []
-            for i, score in ranked:
-                if self.keep_retrieval_score:
-                    nodes[i].node.metadata["retrieval_score"] = nodes[i].score
-                new_nodes.append(NodeWithScore(node=nodes[i].node, score=score))
-            event.on_end(payload={EventPayload.NODES: new_nodes})
-        dispatcher.event(ReRankEndEvent(nodes=new_nodes))
-        return new_nodes

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import llama_index.core.instrumentation as instrument
 from llama_index.core.bridge.pydantic import ConfigDict, Field
-from llama_index.core.callbacks import CBEventType, EventPayload
-from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
-from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
 from .._engines import score_pairs
 from ._base import EngineFields
+from ._ranked_nodes import RankedNodes
 
-dispatcher = instrument.get_dispatcher(__name__)
 
-
-class VllmPoolRerank(EngineFields, BaseNodePostprocessor):
+class VllmPoolRerank(EngineFields, RankedNodes, BaseNodePostprocessor):
     """Rerank retrieved nodes against the query, best first, keeping ``top_n``.
 
     A cross-encoder (e.g. ``model="BAAI/bge-reranker-v2-m3"``) scores each (query, node)
@@ -42,40 +37,13 @@ class VllmPoolRerank(EngineFields, BaseNodePostprocessor):
     def class_name(cls) -> str:
         return "VllmPoolRerank"
 
-    def _postprocess_nodes(
-        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
-    ) -> list[NodeWithScore]:
-        if query_bundle is None:
-            raise ValueError("VllmPoolRerank needs a query: pass query_bundle or query_str")
-        dispatcher.event(
-            ReRankStartEvent(query=query_bundle, nodes=nodes, top_n=self.top_n, model_name=self.model)
+    def _rank(self, query: str, texts: list[str]) -> list[tuple[int, float]]:
+        scores = score_pairs(
+            self.llm,
+            query,
+            texts,
+            truncate_prompt_tokens=self.truncate_prompt_tokens,
+            batch_size=self.batch_size,
         )
-        if not nodes:
-            dispatcher.event(ReRankEndEvent(nodes=[]))
-            return []
-        with self.callback_manager.event(
-            CBEventType.RERANKING,
-            payload={
-                EventPayload.NODES: nodes,
-                EventPayload.MODEL_NAME: self.model,
-                EventPayload.QUERY_STR: query_bundle.query_str,
-                EventPayload.TOP_K: self.top_n,
-            },
-        ) as event:
-            texts = [n.node.get_content(metadata_mode=MetadataMode.EMBED) for n in nodes]
-            scores = score_pairs(
-                self.llm,
-                query_bundle.query_str,
-                texts,
-                truncate_prompt_tokens=self.truncate_prompt_tokens,
-                batch_size=self.batch_size,
-            )
-            order = sorted(range(len(nodes)), key=lambda i: -scores[i])[: self.top_n]
-            new_nodes = []
-            for i in order:
-                if self.keep_retrieval_score:
-                    nodes[i].node.metadata["retrieval_score"] = nodes[i].score
-                new_nodes.append(NodeWithScore(node=nodes[i].node, score=scores[i]))
-            event.on_end(payload={EventPayload.NODES: new_nodes})
-        dispatcher.event(ReRankEndEvent(nodes=new_nodes))
-        return new_nodes
+        order = sorted(range(len(texts)), key=lambda i: -scores[i])[: self.top_n]
+        return [(i, scores[i]) for i in order]
