@@ -233,3 +233,17 @@ async def test_cross_encoder_score_and_rerank(cross_encoder_llm, client_for):
         results = r.json()["results"]
         assert [x["index"] for x in results] == sorted(range(3), key=lambda i: -ref[i])
         _close([x["relevance_score"] for x in results], sorted(ref, reverse=True))
+
+
+def test_fast_json_response_parses_to_the_same_document_as_the_standard_encoder():
+    import json
+
+    from fastapi.responses import JSONResponse
+
+    from vllm_pool.engine.server.app import FastJSONResponse
+
+    vectors = torch.randn(8, 384).tolist() + [[1e-7, -9.75e-05, 0.0, 1e300]]
+    body = {"object": "list", "data": [{"index": i, "embedding": v} for i, v in enumerate(vectors)], "é": "ü"}
+    fast = FastJSONResponse(body)
+    assert fast.media_type == "application/json"
+    assert json.loads(fast.body) == json.loads(JSONResponse(body).body) == body  # floats round-trip exactly
