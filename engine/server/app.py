@@ -179,8 +179,10 @@ class ServerState:
         sliceable = all(v is None for v in prepared.tasks.values())  # per-request params: one job
         budget = 2 * self.llm.max_num_batched_tokens if sliceable else max(prepared.num_tokens, 1)
 
+        gone = self.engine.watch_disconnect(http.receive)
+
         async def submit(chunk: list[Request]) -> list[tuple[Any, ...]]:
-            res = await self.engine.submit(chunk, prepared.tasks, http.is_disconnected)
+            res = await self.engine.submit(chunk, prepared.tasks, gone)
             return list(zip(*(res[t] for t in tasks)))  # one row per request: its output per task
 
         try:
@@ -188,6 +190,8 @@ class ServerState:
         except ClientDisconnected as exc:
             logger.info("Client disconnected from %s; dropped its pending inputs", http.url.path)
             raise APIError("Client disconnected", 499) from exc
+        finally:
+            gone.cancel()
         return prepared.finish({t: [row[k] for row in rows] for k, t in enumerate(tasks)})
 
     async def scores(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any
 
 from vllm_pool.engine.core import BatchStats, EngineCore
@@ -29,15 +29,11 @@ class EngineClient:
     Args:
         core: the engine core of the served LLM.
         metrics: where to record batch sizes, times and dropped inputs (optional).
-        poll_interval: seconds between checks that a waiting client is still connected.
     """
 
-    def __init__(
-        self, core: EngineCore, metrics: ServerMetrics | None = None, poll_interval: float = 0.1
-    ) -> None:
+    def __init__(self, core: EngineCore, metrics: ServerMetrics | None = None) -> None:
         self.core = core
         self.metrics = metrics
-        self.poll_interval = poll_interval
         if metrics is not None:
             core.on_batch = self._record_batch
             core.on_drop = self._record_drop
@@ -56,27 +52,48 @@ class EngineClient:
         self,
         requests: list[Request],
         tasks: TaskSpec,
-        is_disconnected: Callable[[], Awaitable[bool]] | None = None,
+        disconnected: Awaitable[Any] | None = None,
     ) -> dict[str, list[Any]]:
         """Queue ``requests`` for ``tasks`` and wait for ``{task: outputs in list order}``.
 
+        Args:
+            requests: the tokenized inputs.
+            tasks: ``{task: per-request params or None}``.
+            disconnected: a future (or task) that completes when the client goes away
+                (:func:`watch_disconnect`); it is not cancelled here.
+
         Raises:
-            ClientDisconnected: ``is_disconnected()`` became true; pending inputs were dropped.
+            ClientDisconnected: ``disconnected`` completed first; pending inputs were dropped.
         """
         self.core.start()  # the background driver (no-op when it runs)
         job = self.core.submit(requests, tasks)
         future = asyncio.wrap_future(job.future)
         try:
-            while True:
-                done, _ = await asyncio.wait({future}, timeout=self.poll_interval)
-                if done:
-                    return future.result()
-                if is_disconnected is not None and await is_disconnected():
-                    self._cancel(job)
-                    raise ClientDisconnected("client disconnected")
+            if disconnected is None:
+                return await future
+            gone = asyncio.ensure_future(disconnected)
+            await asyncio.wait({future, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if future.done():
+                return future.result()
+            self._cancel(job)
+            raise ClientDisconnected("client disconnected")
         except asyncio.CancelledError:
             self._cancel(job)
             raise
+
+    @staticmethod
+    def watch_disconnect(receive: Any) -> asyncio.Task[None]:
+        """A task that ends when the ASGI ``receive`` channel says the client disconnected.
+
+        Call it after the request body was read (the next message is ``http.disconnect``,
+        sent when the connection closes); cancel the task when the request is answered.
+        """
+
+        async def listen() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
+        return asyncio.ensure_future(listen())
 
     def _cancel(self, job: Job) -> None:
         self.core.cancel(job)

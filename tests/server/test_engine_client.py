@@ -55,16 +55,13 @@ async def test_requests_from_many_clients_share_a_batch_and_are_counted():
 
 async def test_disconnected_client_work_is_dropped():
     metrics = ServerMetrics()
-    client, fake = make_client(metrics=metrics, poll_interval=0.01)
+    client, fake = make_client(metrics=metrics)
     fake.gate.clear()
     blocker = asyncio.create_task(client.submit(reqs([1]), {"embed": None}))
     await wait_until(lambda: fake.started == 1)
     gone = asyncio.Event()
-
-    async def is_disconnected() -> bool:
-        return gone.is_set()
-
-    dropped = asyncio.create_task(client.submit(reqs([2, 3]), {"embed": None}, is_disconnected))
+    watcher = asyncio.ensure_future(gone.wait())  # completes when the client goes
+    dropped = asyncio.create_task(client.submit(reqs([2, 3]), {"embed": None}, watcher))
     kept = asyncio.create_task(client.submit(reqs([4]), {"embed": None}))
     await wait_until(lambda: client.queue_size == 3)
     gone.set()
@@ -112,7 +109,6 @@ async def test_event_loop_not_blocked_by_the_model():
 async def test_disconnect_over_asgi_drops_pending_work(app, client):
     """A real HTTP request whose client goes away while queued never reaches the model."""
     state = app.state.server
-    state.engine.poll_interval = 0.01
     executor = state.llm.core.executor
     real, seen, gate = executor.execute, [], threading.Event()
 
