@@ -13,6 +13,13 @@ to that offline throughput (``serve_vs_offline``): what serving costs over the e
 
     python -m benchmarks.serve_load [--requests 256] [--concurrency 1 8 64]
 
+Each row also gives the CPU time spent per request by the server process (all its threads)
+and by this load generator, and the offline run its CPU time per input. On a machine where
+the load generator shares the cores with the server, ``cpu_bound_ratio`` (offline CPU per
+input / server and client CPU per request) is the highest ``serve_vs_offline`` the cores
+allow. The offline run uses the server's OpenMP policy (``OMP_WAIT_POLICY=PASSIVE``, set for
+this process unless the environment sets one) so that the CPU figures compare.
+
 ``--head-of-line`` adds a row per server: the p99 latency of one-text requests from one
 client while another client keeps sending maximum-size requests (``--hol-inputs`` texts of
 ``--hol-chars`` characters, the server's default limit per input), against the idle p99;
@@ -26,6 +33,7 @@ import asyncio
 import json
 import logging
 import os
+import resource
 import shlex
 import socket
 import statistics
@@ -34,6 +42,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `vllm-pool serve` runs (before torch loads)
 
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -84,6 +94,31 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """CPU seconds (user + system, all threads) used so far by process ``pid`` (Linux), else None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured_load(pid: int, url: str, texts: list[str], concurrency: int, n: int) -> dict[str, Any]:
+    """:func:`run_load` plus the CPU milliseconds per request of the server and of this process."""
+    server0, own0 = process_cpu_seconds(pid), _own_cpu_seconds()
+    res: dict[str, Any] = asyncio.run(run_load(url, texts, concurrency, n))
+    server1, own1 = process_cpu_seconds(pid), _own_cpu_seconds()
+    if server0 is not None and server1 is not None:
+        res["server_cpu_ms_per_request"] = 1000 * (server1 - server0) / n
+    res["client_cpu_ms_per_request"] = 1000 * (own1 - own0) / n
+    return res
 
 
 def start_server(
@@ -222,19 +257,21 @@ def input_sets(n: int) -> dict[str, list[str]]:
     return {"short": short, "mixed": mixed}
 
 
-def offline_rps(model: str, texts: list[str], n_requests: int, rounds: int = 3) -> float:
-    """Inputs per second of one offline ``LLM.embed`` call on the requests' texts (best of ``rounds``)."""
+def offline_rps(model: str, texts: list[str], n_requests: int, rounds: int = 3) -> tuple[float, float]:
+    """Inputs per second of one offline ``LLM.embed`` call on the requests' texts (best of
+    ``rounds``), and the CPU milliseconds per input (median over the rounds)."""
     from vllm_pool import LLM
 
     llm = LLM(model)
     inputs = [texts[i % len(texts)] for i in range(n_requests)]
     llm.embed(inputs[:64], use_tqdm=False)  # warm-up
-    best = float("inf")
+    best, cpu = float("inf"), []
     for _ in range(rounds):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _own_cpu_seconds()
         llm.embed(inputs, use_tqdm=False)
         best = min(best, time.perf_counter() - t0)
-    return n_requests / best
+        cpu.append(1000 * (_own_cpu_seconds() - c0) / n_requests)
+    return n_requests / best, statistics.median(cpu)
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
@@ -302,7 +339,7 @@ def main() -> None:
             for inputs in args.inputs:
                 for conc in args.concurrency:
                     n = max(args.requests, conc)
-                    res = asyncio.run(run_load(url, sets[inputs], conc, n))
+                    res = measured_load(proc.pid, url, sets[inputs], conc, n)
                     logger.info("%-10s %-5s %3d clients: %7.1f req/s  p50 %6.1f ms  p99 %6.1f ms",
                                 kind, inputs, conc, res["rps"], res["p50_ms"], res["p99_ms"])  # fmt: skip
                     rows.append({"server": kind, "inputs": inputs, "concurrency": conc, **res})
@@ -319,24 +356,34 @@ def main() -> None:
             "requests": args.requests,
             "concurrency": args.concurrency,
             "texts_per_request": 1,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         },
         "results": rows,
     }
     if len(vectors) == 2:
         result["min_cosine_vs_st"] = min_cosine(*(vectors[k] for k in SERVERS))
     if not args.no_offline and "vllm-pool" in args.servers:
-        offline = {inputs: offline_rps(args.model, sets[inputs], args.requests) for inputs in args.inputs}
+        measured = {inputs: offline_rps(args.model, sets[inputs], args.requests) for inputs in args.inputs}
+        offline = {inputs: rps for inputs, (rps, _) in measured.items()}
         result["offline_inputs_per_s"] = offline
+        result["offline_cpu_ms_per_input"] = {inputs: cpu for inputs, (_, cpu) in measured.items()}
+        ours = [r for r in rows if r["server"] == "vllm-pool" and r["inputs"] in offline]  # not head-of-line
         result["serve_vs_offline"] = {
-            f"{r['inputs']}/{r['concurrency']}": r["rps"] / offline[r["inputs"]]
-            for r in rows
-            if r["server"] == "vllm-pool" and r["inputs"] in offline  # not the head-of-line row
+            f"{r['inputs']}/{r['concurrency']}": r["rps"] / offline[r["inputs"]] for r in ours
+        }
+        result["cpu_bound_ratio"] = {
+            f"{r['inputs']}/{r['concurrency']}": measured[r["inputs"]][1]
+            / (r["server_cpu_ms_per_request"] + r["client_cpu_ms_per_request"])
+            for r in ours
+            if "server_cpu_ms_per_request" in r
         }
     path = write_result(args.name, result)
     print_table(rows)
+    bound = result.get("cpu_bound_ratio", {})
     for key, ratio in result.get("serve_vs_offline", {}).items():
         inputs, conc = key.split("/")
-        print(f"vllm-pool serve, {inputs} inputs, {conc} clients: {ratio:.2f}x offline LLM.embed")
+        line = f"vllm-pool serve, {inputs} inputs, {conc} clients: {ratio:.2f}x offline LLM.embed"
+        print(line + (f" (the cores allow {bound[key]:.2f}x)" if key in bound else ""))
     if "min_cosine_vs_st" in result:
         print(f"min cosine vllm-pool vs ST: {result['min_cosine_vs_st']:.6f}")
     print(f"wrote {path}")

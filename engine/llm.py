@@ -135,11 +135,11 @@ class LLM(TaskMethods):
             do_lower_case=bool(cfg.st and cfg.st.do_lower_case),
             use_token_type_ids=int(getattr(cfg.hf_config, "type_vocab_size", 1) or 1) > 1,
         )
-        self.max_num_batched_tokens = int(max_num_batched_tokens or self._default_budget())
-        self.max_num_seqs = int(default_max_num_seqs(cfg.device) if max_num_seqs is None else max_num_seqs)
+        budget = int(max_num_batched_tokens or self._default_budget())
+        seqs = int(default_max_num_seqs(cfg.device) if max_num_seqs is None else max_num_seqs)
         self.tokenize_chunk = 4096  # prompts tokenized ahead while the model runs
         self._ids = itertools.count()
-        self._build_core()
+        self._build_core(budget, seqs)
         self.io_processor: IOProcessor | None = None
         if io_processor_plugin is not None:
             self.io_processor = load_io_processor(io_processor_plugin, self)
@@ -165,6 +165,25 @@ class LLM(TaskMethods):
         free, _ = torch.cuda.mem_get_info(cfg.device)
         return token_budget_for_memory(free, cfg, packed=self.runner.packed)
 
+    # ------------------------------------------------------------------ batching limits
+    @property
+    def max_num_batched_tokens(self) -> int:
+        """Token budget of one forward pass (the scheduler's; setting it applies to the next batch)."""
+        return self.core.scheduler.max_num_batched_tokens
+
+    @max_num_batched_tokens.setter
+    def max_num_batched_tokens(self, value: int) -> None:
+        self.core.scheduler.set_limits(max_num_batched_tokens=value)
+
+    @property
+    def max_num_seqs(self) -> int:
+        """Cap on prompts per forward pass (the scheduler's; setting it applies to the next batch)."""
+        return self.core.scheduler.max_num_seqs
+
+    @max_num_seqs.setter
+    def max_num_seqs(self, value: int) -> None:
+        self.core.scheduler.set_limits(max_num_seqs=value)
+
     # ------------------------------------------------------------------ introspection
     @property
     def model_name(self) -> str:
@@ -187,10 +206,10 @@ class LLM(TaskMethods):
         return f"LLM(model={self.model_name!r}, device={cfg.device}, dtype={cfg.dtype})"
 
     # ------------------------------------------------------------------ the engine core
-    def _build_core(self) -> None:
+    def _build_core(self, max_num_batched_tokens: int, max_num_seqs: int) -> None:
         """The request queue, scheduler and pipelined loop (shared with the server), the
         tokenizer thread, and the per-task IO processors."""
-        scheduler = Scheduler(self.max_num_batched_tokens, self.max_num_seqs, packed=self.runner.packed)
+        scheduler = Scheduler(max_num_batched_tokens, max_num_seqs, packed=self.runner.packed)
         on_cuda = self.model_config.device.type == "cuda"
         self.core = EngineCore(ModelExecutor(self.runner, self.poolers), scheduler, output_thread=on_cuda)
         self.tokenizer_pool = ThreadPoolExecutor(1, thread_name_prefix="vllm-pool-tokenize")

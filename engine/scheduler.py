@@ -160,14 +160,22 @@ class Scheduler:
         batch_overhead_tokens: int = 32,
         scan_jobs: int = 256,
     ) -> None:
-        if max_num_batched_tokens < 1 or max_num_seqs < 1:
-            raise ValueError("max_num_batched_tokens and max_num_seqs must be positive")
-        self.max_num_batched_tokens = max_num_batched_tokens
-        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = self.max_num_seqs = 1
+        self.set_limits(max_num_batched_tokens, max_num_seqs)
         self.packed = packed
         self.batch_overhead_tokens = batch_overhead_tokens
         self.scan_jobs = max(1, scan_jobs)
         self.jobs: deque[Job] = deque()
+
+    def set_limits(self, max_num_batched_tokens: int | None = None, max_num_seqs: int | None = None) -> None:
+        """Change the token budget and / or the cap on prompts per batch (from the next batch on)."""
+        limits = {"max_num_batched_tokens": max_num_batched_tokens, "max_num_seqs": max_num_seqs}
+        for name, value in limits.items():
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            setattr(self, name, value)
 
     @property
     def num_pending(self) -> int:

@@ -43,3 +43,23 @@ def test_long_request_runs_alone():
 def test_bad_budget():
     with pytest.raises(ValueError):
         schedule(_reqs([1]), 0, 1)
+
+
+def test_limits_set_on_the_llm_apply_to_the_next_batch(default_llm):
+    llm = default_llm
+    budget, seqs = llm.max_num_batched_tokens, llm.max_num_seqs
+    seen = []
+    llm.core.on_batch = lambda stats: seen.append(stats.num_prompts)
+    try:
+        llm.max_num_seqs = 3
+        assert llm.core.scheduler.max_num_seqs == 3
+        llm.embed(["a b c", "d e f", "g h i", "j k l", "m n o", "p q r", "s t u"], use_tqdm=False)
+        assert seen == [3, 3, 1]
+        with pytest.raises(ValueError, match="max_num_seqs must be a positive integer, got 0"):
+            llm.max_num_seqs = 0
+        with pytest.raises(ValueError, match="max_num_batched_tokens must be a positive integer"):
+            llm.max_num_batched_tokens = 2.5
+        assert llm.max_num_seqs == 3  # a refused value changes nothing
+    finally:
+        llm.core.on_batch = None
+        llm.max_num_seqs, llm.max_num_batched_tokens = seqs, budget
