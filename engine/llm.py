@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 from vllm_pool.engine.architectures import build_poolers
 from vllm_pool.engine.args import EngineArgs
 from vllm_pool.engine.config import PoolerConfig
-from vllm_pool.engine.core import EngineCore, ModelExecutor
+from vllm_pool.engine.core import EngineCore
+from vllm_pool.engine.executor import ModelExecutor
 from vllm_pool.engine.inputs import InputProcessor, normalize_params, resolve_params
 from vllm_pool.engine.loader import load_model
 from vllm_pool.engine.outputs import (

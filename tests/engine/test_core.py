@@ -231,7 +231,7 @@ def test_empty_job_and_bad_budget():
 def test_outputs_gathered_into_one_transfer_and_split_back():
     """The CUDA output path's logic (one flat copy per task, split by shape), run on the CPU."""
     import torch
-    from vllm_pool.engine.core import gather_to_host, split_flat
+    from vllm_pool.engine.executor import gather_to_host, split_flat
 
     outputs = {
         "embed": [torch.randn(8), torch.randn(8).to(torch.bfloat16)],
