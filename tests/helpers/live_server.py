@@ -10,9 +10,12 @@ from typing import Any
 
 class LiveServer:
     """uvicorn serving ``app`` on a free 127.0.0.1 port, in a thread, with the guarded protocol
-    and options that ``vllm-pool serve`` uses."""
+    and options that ``vllm-pool serve`` uses for ``config`` (default: ``ServerConfig()``);
+    ``uvicorn_kwargs`` are added to uvicorn's options."""
 
-    def __init__(self, app: Any, config: Any) -> None:
+    api_key: str | None = None
+
+    def __init__(self, app: Any, config: Any = None, **uvicorn_kwargs: Any) -> None:
         import uvicorn
         from vllm_pool.engine.server.connections import uvicorn_options
 
@@ -21,7 +24,11 @@ class LiveServer:
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        options = uvicorn_options(config)
+        if config is None:
+            from vllm_pool.engine.server import ServerConfig
+
+            config = ServerConfig()
+        options = {**uvicorn_options(config), **uvicorn_kwargs}
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", **options))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
