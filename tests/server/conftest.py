@@ -7,8 +7,7 @@ from typing import Any
 
 import httpx
 import pytest
-
-from tests.helpers.live_server import LiveServer
+from live_server import LiveServer
 
 API_KEY = "test-key-123"
 
