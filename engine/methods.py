@@ -7,6 +7,8 @@ batches and packed GPU batches.
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from vllm_pool.engine.types import HiddenStates, PoolingType
 
@@ -46,14 +48,14 @@ def skip_instructions(hidden: HiddenStates, starts: list[int]) -> HiddenStates:
     """
     if not any(starts):
         return hidden
-    lens = hidden.seq_lens.tolist()
+    lens = hidden.host_lengths
     cut = [min(s, n - 1) for s, n in zip(starts, lens)]
-    bounds = hidden.cu_seqlens.tolist()
+    bounds = [0, *itertools.accumulate(lens)]
     keep = torch.cat([torch.arange(a + c, b) for a, b, c in zip(bounds[:-1], bounds[1:], cut)])
     keep = keep.to(hidden.data.device)
-    new_lens = torch.tensor([n - c for n, c in zip(lens, cut)], device=hidden.cu_seqlens.device)
-    cu = torch.cat([new_lens.new_zeros(1), new_lens.cumsum(0)])
-    return HiddenStates(data=hidden.data[keep], cu_seqlens=cu, token_ids=hidden.token_ids[keep])
+    kept = [n - c for n, c in zip(lens, cut)]
+    cu = torch.tensor([0, *itertools.accumulate(kept)], device=hidden.cu_seqlens.device)
+    return HiddenStates(data=hidden.data[keep], cu_seqlens=cu, token_ids=hidden.token_ids[keep], lengths=kept)
 
 
 def all_pool(hidden: HiddenStates) -> list[torch.Tensor]:
@@ -67,7 +69,7 @@ def step_pool(hidden: HiddenStates, step_tag_ids: list[int | None]) -> list[torc
     Returns a list of ``[num_steps_i, hidden]`` tensors.
     """
     out = []
-    for rows, ids, tag in zip(hidden.split(), hidden.token_ids.split(hidden.seq_lens.tolist()), step_tag_ids):
+    for rows, ids, tag in zip(hidden.split(), hidden.token_ids.split(hidden.host_lengths), step_tag_ids):
         out.append(rows if tag is None else rows[ids == tag])
     return out
 

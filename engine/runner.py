@@ -201,11 +201,12 @@ class ModelRunner:
                 if t is not None:
                     t.record_stream(stream)
         hidden = self._call_model(**staged.inputs, **staged.extra)
-        ids = staged.inputs["input_ids"]
+        ids, cu = staged.inputs["input_ids"], staged.cu_seqlens
+        lengths = [r.num_tokens for r in staged.batch.requests]
         if staged.rows is None:  # packed: already flat
-            return HiddenStates(data=hidden[0], cu_seqlens=staged.cu_seqlens, token_ids=ids[0])
+            return HiddenStates(data=hidden[0], cu_seqlens=cu, token_ids=ids[0], lengths=lengths)
         data = hidden.flatten(0, 1).index_select(0, staged.rows)
-        return HiddenStates(data=data, cu_seqlens=staged.cu_seqlens, token_ids=ids.flatten()[staged.rows])
+        return HiddenStates(data=data, cu_seqlens=cu, token_ids=ids.flatten()[staged.rows], lengths=lengths)
 
     def forward_split(self, batch: Batch | Staged) -> Iterator[tuple[Batch, HiddenStates]]:
         """Run ``batch``; on a device out-of-memory error, split it in halves and retry.

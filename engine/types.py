@@ -94,19 +94,27 @@ class HiddenStates:
         cu_seqlens: ``[batch + 1]`` cumulative sequence lengths; request ``i`` owns rows
             ``cu_seqlens[i]:cu_seqlens[i + 1]``.
         token_ids: ``[total_tokens]`` the input ids, aligned with ``data``.
+        lengths: each request's token count on the host (the runner knows them), so that
+            splitting per request never waits for the device to read ``cu_seqlens``.
     """
 
     data: torch.Tensor
     cu_seqlens: torch.Tensor
     token_ids: torch.Tensor
+    lengths: list[int] | None = None
 
     @property
     def seq_lens(self) -> torch.Tensor:
         return self.cu_seqlens[1:] - self.cu_seqlens[:-1]
 
+    @property
+    def host_lengths(self) -> list[int]:
+        """Each request's token count as Python ints (a device read only when not given)."""
+        return self.lengths if self.lengths is not None else self.seq_lens.tolist()
+
     def split(self) -> list[torch.Tensor]:
         """Per-request views ``[len_i, hidden]`` (no copy)."""
-        return list(self.data.split(self.seq_lens.tolist()))
+        return list(self.data.split(self.host_lengths))
 
 
 class ModelNotFoundError(FileNotFoundError):

@@ -100,3 +100,28 @@ def test_next_batch_is_staged_while_the_current_one_runs(tiny_bert, monkeypatch)
     ref = LLM(str(tiny_bert)).embed(TEXTS, use_tqdm=False)
     for a, b in zip(outs, ref):
         torch.testing.assert_close(a.outputs.data, b.outputs.data, atol=1e-5, rtol=1e-5)
+
+
+def test_per_request_splits_never_read_the_device_bounds(tiny_bert):
+    """Token poolers split hidden states with the host lengths the runner passes (on CUDA a
+    read of ``cu_seqlens`` would wait for the device); a meta tensor fails if it is read."""
+    from vllm_pool.engine.methods import skip_instructions, step_pool
+    from vllm_pool.engine.types import Batch, HiddenStates
+
+    from vllm_pool import LLM
+
+    llm = LLM(str(tiny_bert))
+    requests = llm.make_requests(TEXTS[:3], "token_embed")
+    hidden = llm.runner.forward(Batch(requests))
+    assert hidden.lengths == [r.num_tokens for r in requests] == hidden.seq_lens.tolist()
+
+    data, ids = torch.randn(6, 4), torch.arange(6)
+    unread = HiddenStates(data=data, cu_seqlens=torch.empty(3, device="meta"), token_ids=ids, lengths=[2, 4])
+    assert [t.shape[0] for t in unread.split()] == [2, 4]
+    assert [t.shape[0] for t in step_pool(unread, [None, 3])] == [2, 1]
+    cut = skip_instructions(unread, [1, 2])
+    assert cut.lengths == [1, 2] and torch.equal(cut.data, data[[1, 4, 5]])
+    # without host lengths the same answers come from the device bounds
+    read = HiddenStates(data=data, cu_seqlens=torch.tensor([0, 2, 6]), token_ids=ids)
+    assert [t.shape[0] for t in read.split()] == [2, 4]
+    assert torch.equal(skip_instructions(read, [1, 2]).data, cut.data)
