@@ -14,11 +14,10 @@ to that offline throughput (``serve_vs_offline``): what serving costs over the e
     python -m benchmarks.serve_load [--requests 256] [--concurrency 1 8 64]
 
 Each row also gives the CPU time spent per request by the server process (all its threads)
-and by this load generator, and the offline run its CPU time per input. On a machine where
-the load generator shares the cores with the server, ``cpu_bound_ratio`` (offline CPU per
-input / server and client CPU per request) is the highest ``serve_vs_offline`` the cores
-allow. The offline run uses the server's OpenMP policy (``OMP_WAIT_POLICY=PASSIVE``, set for
-this process unless the environment sets one) so that the CPU figures compare.
+and by this load generator, and the offline run its CPU time per input: where the load
+generator shares the server's cores, what serving costs beyond the model shows there. The
+offline run uses the server's OpenMP policy (``OMP_WAIT_POLICY=PASSIVE``, set for this
+process unless the environment sets one) so that the CPU figures compare.
 
 ``--head-of-line`` adds a row per server: the p99 latency of one-text requests from one
 client while another client keeps sending maximum-size requests (``--hol-inputs`` texts of
@@ -30,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -40,6 +40,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -151,21 +152,22 @@ def start_server(
 
 
 async def run_load(url: str, texts: list[str], concurrency: int, n_requests: int) -> dict[str, float]:
-    """``n_requests`` one-text requests from ``concurrency`` clients; rps and latency percentiles."""
-    import httpx
+    """``n_requests`` one-text requests from ``concurrency`` clients; rps and latency percentiles.
 
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    The clients share one aiohttp session when aiohttp is installed (as vLLM's serving
+    benchmark does: about a quarter of httpx's CPU time per request, which matters when the
+    load generator shares the server's cores), else one httpx client.
+    """
     latencies: list[float] = []
     next_index = iter(range(n_requests))
-    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
+    async with _poster(url, concurrency) as post:
         for t in texts[: min(8, len(texts))]:  # warm-up
-            (await client.post("/v1/embeddings", json={"input": t})).raise_for_status()
+            await post("/v1/embeddings", {"input": t})
 
         async def worker() -> None:
             for i in next_index:
                 t0 = time.perf_counter()
-                r = await client.post("/v1/embeddings", json={"input": texts[i % len(texts)]})
-                r.raise_for_status()
+                await post("/v1/embeddings", {"input": texts[i % len(texts)]})
                 latencies.append(time.perf_counter() - t0)
 
         start = time.perf_counter()
@@ -180,6 +182,34 @@ async def run_load(url: str, texts: list[str], concurrency: int, n_requests: int
     }
 
 
+@contextlib.asynccontextmanager
+async def _poster(url: str, connections: int) -> AsyncIterator[Callable[[str, Any], Awaitable[None]]]:
+    """``post(path, body)``: POST JSON to ``url`` and check the status (aiohttp, else httpx)."""
+    try:
+        import aiohttp
+    except ImportError:
+        import httpx
+
+        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+        async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
+
+            async def post_httpx(path: str, body: Any) -> None:
+                (await client.post(path, json=body)).raise_for_status()
+
+            yield post_httpx
+        return
+    timeout = aiohttp.ClientTimeout(total=300)
+    connector = aiohttp.TCPConnector(limit=connections)
+    async with aiohttp.ClientSession(url, connector=connector, timeout=timeout) as session:
+
+        async def post_aiohttp(path: str, body: Any) -> None:
+            async with session.post(path, json=body) as r:
+                await r.read()
+                r.raise_for_status()
+
+        yield post_aiohttp
+
+
 async def run_head_of_line(url: str, texts: list[str], big_body: bytes, n_small: int) -> dict[str, float]:
     """p99 of ``n_small`` one-text requests (one client) while a second client sends ``big_body``
     requests back to back; also the big requests' count and mean latency."""
@@ -187,9 +217,8 @@ async def run_head_of_line(url: str, texts: list[str], big_body: bytes, n_small:
 
     stop = asyncio.Event()
     big_latencies: list[float] = []
-    async with httpx.AsyncClient(base_url=url, timeout=600) as big, httpx.AsyncClient(
-        base_url=url, timeout=600
-    ) as small:
+    # the small requests go through the same client as the idle run's (:func:`_poster`)
+    async with httpx.AsyncClient(base_url=url, timeout=600) as big, _poster(url, 1) as post:
 
         async def send_big() -> None:
             while not stop.is_set():
@@ -203,7 +232,7 @@ async def run_head_of_line(url: str, texts: list[str], big_body: bytes, n_small:
         latencies = []
         for i in range(n_small):
             t0 = time.perf_counter()
-            (await small.post("/v1/embeddings", json={"input": texts[i % len(texts)]})).raise_for_status()
+            await post("/v1/embeddings", {"input": texts[i % len(texts)]})
             latencies.append(time.perf_counter() - t0)
         stop.set()
         await task
@@ -371,19 +400,19 @@ def main() -> None:
         result["serve_vs_offline"] = {
             f"{r['inputs']}/{r['concurrency']}": r["rps"] / offline[r["inputs"]] for r in ours
         }
-        result["cpu_bound_ratio"] = {
-            f"{r['inputs']}/{r['concurrency']}": measured[r["inputs"]][1]
-            / (r["server_cpu_ms_per_request"] + r["client_cpu_ms_per_request"])
-            for r in ours
-            if "server_cpu_ms_per_request" in r
-        }
+
     path = write_result(args.name, result)
     print_table(rows)
-    bound = result.get("cpu_bound_ratio", {})
+    cpu = result.get("offline_cpu_ms_per_input", {})
+    ours = {f"{r['inputs']}/{r['concurrency']}": r for r in rows if r["server"] == "vllm-pool"}
     for key, ratio in result.get("serve_vs_offline", {}).items():
         inputs, conc = key.split("/")
         line = f"vllm-pool serve, {inputs} inputs, {conc} clients: {ratio:.2f}x offline LLM.embed"
-        print(line + (f" (the cores allow {bound[key]:.2f}x)" if key in bound else ""))
+        r = ours[key]
+        if "server_cpu_ms_per_request" in r and inputs in cpu:
+            server, client = r["server_cpu_ms_per_request"], r["client_cpu_ms_per_request"]
+            line += f" (CPU ms per input: offline {cpu[inputs]:.1f}, server {server:.1f} + load {client:.1f})"
+        print(line)
     if "min_cosine_vs_st" in result:
         print(f"min cosine vllm-pool vs ST: {result['min_cosine_vs_st']:.6f}")
     print(f"wrote {path}")
