@@ -247,10 +247,12 @@ async def run_head_of_line(url: str, texts: list[str], big_body: bytes, n_small:
 
 
 def big_request(chars: int, n: int) -> bytes:
-    """A request body of ``n`` texts of ``chars`` characters (corpus text repeated)."""
+    """A request body of ``n`` texts of ``chars`` characters (corpus text repeated), each cut
+    to the model's limit (``truncate_prompt_tokens: -1``; without it the server refuses an
+    over-long input, as vLLM's does)."""
     text = " ".join(load_texts(CORPUS, 200))
     text = (text * (chars // max(len(text), 1) + 1))[:chars]
-    return json.dumps({"input": [text] * n}).encode()
+    return json.dumps({"input": [text] * n, "truncate_prompt_tokens": -1}).encode()
 
 
 def head_of_line_rows(
