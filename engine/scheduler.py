@@ -13,7 +13,10 @@ the jobs in arrival order and fills every batch under a token budget:
   padded tokens it adds are at most its own length plus ``batch_overhead_tokens`` (what a
   separate forward pass costs), so mixed lengths do not pay for padding. A packed batch
   (no padding) costs its real tokens, and every prompt that fits joins;
-* a prompt longer than the budget runs alone.
+* a prompt longer than the budget runs alone;
+* a job that needs more than one batch keeps a quarter of each batch's budget for the jobs
+  waiting behind it that fit there whole (one-text requests beside a large one): they ride
+  along with its next batch instead of waiting for all of it (head of line).
 
 The scheduler is plain data and policy (no threads, no locks): :class:`~vllm_pool.engine.core.EngineCore`
 owns one and calls it under its lock.
@@ -22,6 +25,7 @@ owns one and calls it under its lock.
 from __future__ import annotations
 
 import bisect
+import itertools
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -204,18 +208,34 @@ class Scheduler:
         while self.jobs and (not self.jobs[0].pending or self.jobs[0].done):
             self.jobs.popleft()
 
-    def _fits(self, n: int, max_len: int, total: int, length: int) -> bool:
+    def _fits(self, n: int, max_len: int, total: int, length: int, budget: int | None = None) -> bool:
         """Whether a prompt of ``length`` tokens may join a batch of ``n`` prompts."""
+        budget = self.max_num_batched_tokens if budget is None else budget
         if n >= self.max_num_seqs:
             return False
         if self.packed:
-            return total + length <= self.max_num_batched_tokens
+            return total + length <= budget
         new_max = max(max_len, length)
         added = new_max * (n + 1) - max_len * n  # padded tokens this prompt adds
-        return (
-            new_max * (n + 1) <= self.max_num_batched_tokens
-            and added <= length + self.batch_overhead_tokens
-        )
+        return new_max * (n + 1) <= budget and added <= length + self.batch_overhead_tokens
+
+    def _riders(self, anchor: Job) -> tuple[list[Job], int]:
+        """Small waiting jobs that ride along with a job needing more than one batch, and the
+        budget they take (in padded tokens when not packed): at most a quarter of it."""
+        cost_of_longest = anchor.length(0) * len(anchor.pending)  # an upper bound of what it needs
+        if cost_of_longest <= self.max_num_batched_tokens and len(anchor.pending) <= self.max_num_seqs:
+            return [], 0
+        room, seats = self.max_num_batched_tokens // 4, self.max_num_seqs // 4
+        riders: list[Job] = []
+        for job in itertools.islice(self.jobs, 1, 1 + self.scan_jobs):
+            if job.key != anchor.key or not job.pending or job.done or len(job.pending) > seats:
+                continue
+            lengths = [job.length(k) for k in range(len(job.pending))]
+            cost = len(lengths) * anchor.length(0) if not self.packed else sum(lengths)
+            if (self.packed or max(lengths) <= anchor.length(0)) and cost <= room:
+                riders.append(job)
+                room, seats = room - cost, seats - len(lengths)
+        return riders, self.max_num_batched_tokens // 4 - room
 
     def next_batch(self) -> ScheduledBatch | None:
         """Take the next batch off the queue (``None`` when nothing is pending)."""
@@ -225,7 +245,13 @@ class Scheduler:
         anchor = self.jobs[0]
         entries: list[tuple[Job, int]] = []
         state = [0, 0]  # max_len, total tokens
-        self._fill(anchor, 0, entries, state)
+        riders, reserved = self._riders(anchor)
+        self._fill(anchor, 0, entries, state, self.max_num_batched_tokens - reserved)
+        for job in riders:  # whole, within the room kept for them
+            state[0] = max(state[0], job.length(0))
+            state[1] += sum(job.length(k) for k in range(len(job.pending)))
+            entries.extend((job, pos) for pos in job.take(0, len(job.pending)))
+            job.started = True
         scanned = 0
         for job in list(self.jobs)[1:]:
             if len(entries) >= self.max_num_seqs or scanned >= self.scan_jobs:
@@ -240,14 +266,21 @@ class Scheduler:
         self._prune()
         return ScheduledBatch(anchor.key, entries)
 
-    def _fill(self, job: Job, start: int, entries: list[tuple[Job, int]], state: list[int]) -> None:
-        """Take ``job``'s pending prompts from ``start`` on, in order, while they fit."""
+    def _fill(
+        self,
+        job: Job,
+        start: int,
+        entries: list[tuple[Job, int]],
+        state: list[int],
+        budget: int | None = None,
+    ) -> None:
+        """Take ``job``'s pending prompts from ``start`` on, in order, while they fit ``budget``."""
         stop = start
         max_len, total = state
         while stop < len(job.pending):
             length = job.length(stop)
             if entries or stop > start:  # the first prompt of a batch always goes
-                if not self._fits(len(entries) + stop - start, max_len, total, length):
+                if not self._fits(len(entries) + stop - start, max_len, total, length, budget):
                     break
             max_len, total = max(max_len, length), total + length
             stop += 1

@@ -248,3 +248,29 @@ def test_outputs_gathered_into_one_transfer_and_split_back():
         for got, want in zip(back, outputs[task]):
             assert got.dtype == torch.float32 and got.shape == want.shape
             assert torch.equal(got, want.float())
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_small_jobs_ride_along_with_a_job_that_needs_several_batches(packed):
+    """Head of line: behind a job of several batches, a one-prompt job joins its next batch
+    (within a quarter of the budget) instead of waiting for all of it; a job that fits one
+    batch keeps the whole budget, and a waiting job too large to ride waits its turn."""
+    fake = FakeExecutor()
+    core = EngineCore(fake, Scheduler(64, 64, packed=packed))  # 16 prompts of 4 tokens per batch
+    large = core.submit(reqs(list(range(100, 140))), {"embed": None})  # 40 prompts: 3 batches
+    small = core.submit(reqs([7]), {"embed": None})
+    too_big = core.submit(reqs(list(range(200, 205))), {"embed": None})  # 20 tokens > a quarter
+    core.wait([large, small, too_big])
+    batches = [ids for _, ids in fake.batches]
+    assert batches[0] == [*range(100, 115), 7]  # the large job's prompts + the rider, in budget
+    assert sorted(i for b in batches for i in b) == sorted([*range(100, 140), 7, *range(200, 205)])
+    assert all(len(b) * 4 <= 64 for b in batches)  # the budget holds, riders included
+    assert outputs(small) == [("embed", 7)] and outputs(large) == [("embed", i) for i in range(100, 140)]
+    assert not any(200 in b for b in batches[:2])  # the larger waiting job rode along with nothing
+
+    fake2 = FakeExecutor()
+    core2 = EngineCore(fake2, Scheduler(64, 64, packed=packed))
+    fits = core2.submit(reqs(list(range(100, 116))), {"embed": None})  # exactly one batch
+    small2 = core2.submit(reqs([7]), {"embed": None})
+    core2.wait([fits, small2])
+    assert [ids for _, ids in fake2.batches] == [list(range(100, 116)), [7]]
