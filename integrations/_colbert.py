@@ -164,10 +164,11 @@ def search(
         raise TypeError(f"query must be a string, got {type(query).__name__}")
     from vllm_pool.retrievers import long_documents
 
+    flt = user_filter(filter)  # checked even when the index is empty
     if len(index) == 0:
         return []
     q = encoder.encode_queries([query])
-    hits = long_documents.search(index, q, k=k, filter=user_filter(filter))[0]
+    hits = long_documents.search(index, q, k=k, filter=flt)[0]
     out = []
     for hit in hits:
         text, meta = unpack(hit.metadata)

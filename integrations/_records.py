@@ -12,6 +12,8 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from vllm_pool.retrievers.filters import compile_filter
+
 TEXT_KEY = "__vllm_pool_text__"
 """Metadata key holding the document text inside an index."""
 
@@ -40,8 +42,13 @@ def unpack(metadata: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
 
 
 def user_filter(flt: Any) -> Any:
-    """Adapt a user's filter to packed metadata (a callable must not see the text key)."""
+    """Adapt a user's filter to packed metadata (a callable must not see the text key).
+
+    Raises:
+        ValueError: an unknown operator in a filter dict (``vllm_pool.retrievers.filters``).
+    """
     if flt is None or isinstance(flt, Mapping):
+        compile_filter(flt)
         return flt
     if callable(flt):
         predicate: Callable[[dict[str, Any]], bool] = flt
@@ -50,7 +57,7 @@ def user_filter(flt: Any) -> Any:
             return bool(predicate(unpack(metadata)[1]))
 
         return wrapped
-    raise TypeError(f"filter must be a dict of metadata values or a callable, got {type(flt).__name__}")
+    raise TypeError(f"filter must be a dict (LangChain FAISS-style) or a callable, got {type(flt).__name__}")
 
 
 def new_records(

@@ -12,7 +12,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from .types import Filter, Metadata, check_filter, matches
+from .filters import compile_filter
+from .types import Filter, Metadata
 
 
 def check_ids_and_metadatas(
@@ -148,10 +149,10 @@ class Registry:
 
     def allowed_slots(self, flt: Filter | None) -> set[int] | None:
         """Slots whose metadata passes ``flt``; ``None`` when there is no filter."""
-        check_filter(flt)
-        if flt is None:
+        keep = compile_filter(flt)
+        if keep is None:
             return None
-        return {s for s, m in self._meta_of.items() if matches(m, flt)}
+        return {s for s, m in self._meta_of.items() if keep(m)}
 
     # -- persistence ---------------------------------------------------------------------
     def to_json(self) -> dict:

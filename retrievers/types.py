@@ -12,11 +12,14 @@ from typing import Any
 
 import numpy as np
 
+from . import filters
+
 Metadata = dict[str, Any]
 """Per-document metadata: a JSON-serializable dict."""
 
 Filter = Mapping[str, Any] | Callable[[Metadata], bool]
-"""A metadata filter: a dict of required equal values, or a predicate on the metadata."""
+"""A metadata filter: a LangChain FAISS-style dict (``{"year": {"$gte": 2023}}``, see
+:mod:`.filters`), or a predicate on the metadata."""
 
 
 @dataclass(frozen=True)
@@ -55,27 +58,13 @@ class IndexFormatError(ValueError):
 
 
 def matches(metadata: Metadata, flt: Filter | None) -> bool:
-    """Tell whether ``metadata`` passes ``flt``.
-
-    Args:
-        metadata: a document's metadata.
-        flt: ``None`` (everything passes), a dict of ``key: value`` pairs that must all be
-            equal (a missing key fails), or a callable returning a bool.
-
-    Returns:
-        ``True`` when the document passes the filter.
-    """
-    if flt is None:
-        return True
-    if callable(flt):
-        return bool(flt(metadata))
-    return all(key in metadata and metadata[key] == value for key, value in flt.items())
+    """Tell whether ``metadata`` passes ``flt`` (``None`` passes everything; see :mod:`.filters`)."""
+    return filters.matches(metadata, flt)
 
 
 def check_filter(flt: object) -> None:
-    """Raise ``TypeError`` unless ``flt`` is ``None``, a mapping or a callable."""
-    if flt is not None and not isinstance(flt, Mapping) and not callable(flt):
-        raise TypeError(f"filter must be a dict of metadata values or a callable, got {type(flt).__name__}")
+    """Raise ``TypeError`` / ``ValueError`` unless ``flt`` is a valid filter (see :mod:`.filters`)."""
+    filters.compile_filter(flt)
 
 
 def check_k(k: object) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from langchain_core.callbacks import CallbackManagerForRetrieverRun
@@ -12,6 +12,7 @@ from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict, Field
 
 from .. import _colbert
+from .._records import user_filter
 from ._colbert_fields import ColBERTFields
 
 
@@ -32,8 +33,9 @@ class VllmPoolColBERTRetriever(ColBERTFields, BaseRetriever):
 
     k: int = 4
     """Documents returned per query (``invoke(query, k=...)`` overrides it)."""
-    filter: dict[str, Any] | None = None
-    """Default metadata filter (equal values); ``invoke(query, filter=...)`` overrides it."""
+    filter: dict[str, Any] | Callable[[dict[str, Any]], bool] | None = None
+    """Default metadata filter, as for LangChain's FAISS (``{"year": {"$gte": 2023}}``,
+    ``$in``, ``$or``...) or a callable on the metadata; ``invoke(query, filter=...)`` overrides it."""
     batch_size: int = 64
     """Documents per engine call when adding."""
     show_progress: bool = False
@@ -45,6 +47,7 @@ class VllmPoolColBERTRetriever(ColBERTFields, BaseRetriever):
 
     def model_post_init(self, context: Any, /) -> None:
         super().model_post_init(context)
+        user_filter(self.filter)  # a bad default filter fails here, not at the first query
         if self.index is None:
             self.index = _colbert.new_index(self.llm, self.index_kwargs)
         if self.index.dim != self.llm.embedding_dim:
@@ -141,7 +144,7 @@ class VllmPoolColBERTRetriever(ColBERTFields, BaseRetriever):
         *,
         run_manager: CallbackManagerForRetrieverRun,
         k: int | None = None,
-        filter: dict[str, Any] | None = None,
+        filter: dict[str, Any] | Callable[[dict[str, Any]], bool] | None = None,
     ) -> list[Document]:
         hits = _colbert.search(
             self.index,

@@ -27,8 +27,9 @@ class VllmPoolVectorStore(VectorStore):
     embeddings), higher is better: cosine and dot are searched exactly by inner product
     (of normalized vectors for cosine); euclidean and manhattan rescore exactly the best
     ``max(4 * k, k + 16)`` candidates by inner product (the same ranking as euclidean for
-    normalized embeddings); ``filter`` is a dict of required metadata values or a
-    callable on the metadata. Saved with :meth:`save_local` as ``.npy`` / FAISS / JSON
+    normalized embeddings); ``filter`` is a dict with LangChain FAISS's operators
+    (``$eq $ne $gt $gte $lt $lte $in $nin $and $or $not``, a list value meaning ``$in``)
+    or a callable on the metadata. Saved with :meth:`save_local` as ``.npy`` / FAISS / JSON
     files (no pickle). Thread-safe.
 
     Args:
@@ -143,12 +144,13 @@ class VllmPoolVectorStore(VectorStore):
         self, embedding: list[float], k: int = 4, filter: Any = None, **kwargs: Any
     ) -> list[tuple[Document, float]]:
         """The ``k`` most similar documents to a vector, with the store's scores, best first."""
+        flt = user_filter(filter)  # checked even when the store is empty
         if self._index is None or len(self._index) == 0:
             return []
         name = self.similarity_fn_name
         query = np.asarray(embedding, dtype=np.float32)
         fetch = k if name in ("cosine", "dot") else max(4 * k, k + 16)
-        hits = self._index.search(query, k=fetch, filter=user_filter(filter))[0]
+        hits = self._index.search(query, k=fetch, filter=flt)[0]
         found = [float(hit.score) for hit in hits]
         if name not in ("cosine", "dot") and hits:  # exact ST scores of the candidates
             records = {r.id: r.vectors for r in self._index.get([hit.id for hit in hits])}
@@ -168,9 +170,11 @@ class VllmPoolVectorStore(VectorStore):
         Args:
             query: the query text.
             k: how many documents.
-            filter: a dict of required metadata values, or a callable on the metadata.
+            filter: a LangChain FAISS-style dict (``{"year": {"$gte": 2023}}``, a list value
+                meaning ``$in``, ``$and`` / ``$or`` / ``$not``...) or a callable on the metadata.
             **kwargs: unused.
         """
+        user_filter(filter)  # checked even when the store is empty
         if self._index is None or len(self._index) == 0:
             return []
         return self.similarity_search_with_score_by_vector(self._embedding.embed_query(query), k, filter)

@@ -15,6 +15,7 @@ from vllm_pool import DEFAULT_MODEL
 
 from .. import _colbert
 from .._engines import EngineOptions, EngineRef
+from ._filters import to_index_filter
 
 
 class VllmPoolColBERTRetriever(BaseRetriever):
@@ -28,7 +29,8 @@ class VllmPoolColBERTRetriever(BaseRetriever):
         index: a ``vllm_pool.retrievers.MultiVectorIndex`` (default: a new empty one).
         model: a local model folder or a Hugging Face Hub id.
         similarity_top_k: nodes returned per query.
-        filters: default metadata filter (a dict of equal values, or a callable).
+        filters: metadata filter: LlamaIndex ``MetadataFilters``, a LangChain FAISS-style
+            dict (``{"year": {"$gte": 2023}}``) or a callable on the metadata.
         query_maxlen: query length in tokens (padded to it with ``mask_augment``). The encoder
             settings default (``None``) to the checkpoint's, else to the plain defaults: 32.
         doc_maxlen: maximum document (window) length in tokens; 180, capped at the model's limit.
@@ -91,7 +93,7 @@ class VllmPoolColBERTRetriever(BaseRetriever):
             raise ValueError(f"similarity_top_k must be >= 1, got {similarity_top_k}")
         self.model = model
         self.similarity_top_k = similarity_top_k
-        self.filters = filters
+        self.filters = to_index_filter(filters)
         self.batch_size = batch_size
         self.show_progress = show_progress
         self._engine = EngineRef(
