@@ -33,9 +33,7 @@ def normalize_prompts(prompts: object) -> list[PromptType]:
             f"got {type(prompts).__name__}"
         )
     for i, item in enumerate(items):
-        if isinstance(item, str):
-            if not item:
-                raise ValueError(f"prompts[{i}] is an empty string")
+        if isinstance(item, str):  # "" is fine where the tokenizer adds tokens ([CLS] [SEP])
             check_unicode(item, f"prompts[{i}]")
             continue
         if isinstance(item, dict):
@@ -73,8 +71,6 @@ def _check_dict_prompt(item: dict[str, Any], i: int) -> None:
     elif "prompt" in item:
         if not isinstance(item["prompt"], str):
             raise TypeError(f"prompts[{i}]['prompt'] must be a string, got {type(item['prompt']).__name__}")
-        if not item["prompt"]:
-            raise ValueError(f"prompts[{i}]['prompt'] is an empty string")
         check_unicode(item["prompt"], f"prompts[{i}]['prompt']")
         if not isinstance(item.get("instruction", ""), str):
             raise TypeError(

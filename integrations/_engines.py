@@ -282,6 +282,8 @@ def embed_texts(
     Returns:
         One embedding per text, in order.
     """
+    from vllm_pool.retrievers.positions import caller_positions
+
     from vllm_pool import PoolingParams, output_lists
 
     if isinstance(texts, str):
@@ -296,12 +298,13 @@ def embed_texts(
     params = PoolingParams(dimensions=dimensions, normalize=normalize)
     out: list[list[float]] = []
     for start in range(0, len(texts), batch_size):
-        outs = llm.embed(
-            texts[start : start + batch_size],
-            params,
-            use_tqdm=show_progress,
-            truncate_prompt_tokens=truncate_prompt_tokens,
-        )
+        with caller_positions(start, "texts"):  # texts[280], not prompts[24] of the batch
+            outs = llm.embed(
+                texts[start : start + batch_size],
+                params,
+                use_tqdm=show_progress,
+                truncate_prompt_tokens=truncate_prompt_tokens,
+            )
         out.extend(output_lists(outs))  # the whole batch in one conversion
     return out
 

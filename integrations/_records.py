@@ -70,13 +70,19 @@ def new_records(
     A missing id (or a missing list) gets a new UUID.
 
     Raises:
+        TypeError: ``texts`` is a single string (it would be added letter by letter).
         ValueError: ``metadatas`` or ``ids`` do not have one entry per text.
     """
+    if isinstance(texts, str):
+        raise TypeError("texts must be a list of strings, not a single string")
     texts = list(texts)
     if metadatas is not None and len(metadatas) != len(texts):
         raise ValueError(f"got {len(texts)} texts but {len(metadatas)} metadatas")
     if ids is not None and len(ids) != len(texts):
         raise ValueError(f"got {len(texts)} texts but {len(ids)} ids")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{i}] must be a string, got {type(text).__name__} (nothing was added)")
     new_ids = [i if i is not None else uuid.uuid4().hex for i in (ids or [None] * len(texts))]
     metas = [pack(t, m) for t, m in zip(texts, metadatas or [None] * len(texts), strict=True)]
     return texts, new_ids, metas

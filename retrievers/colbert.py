@@ -119,7 +119,7 @@ class ColBERTEncoder:
         """The token ids of ``text`` without special tokens, uncut."""
         if not isinstance(text, str):
             raise TypeError(f"{what}[{i}]: expected a string, got {type(text).__name__}")
-        if not text.strip():
+        if what == "queries" and not text.strip():  # a blank document is [CLS] [D] [SEP], as in PyLate
             raise ValueError(f"{what}[{i}] is empty: it has no tokens to encode")
         return list(self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
 
@@ -275,11 +275,12 @@ def _check_texts(texts: Sequence[str], what: str) -> None:
 
 
 def check_texts(texts: Sequence[str], what: str = "documents") -> None:
-    """Raise ``TypeError`` / ``ValueError`` naming the first text that is not a non-empty string
-    (run it before encoding in batches, so positions are the caller's)."""
+    """Raise ``TypeError`` / ``ValueError`` naming the first text that is not a string (or,
+    for queries, a blank one; a blank document is encoded as its special tokens, as PyLate
+    does). Run it before encoding in batches, so positions are the caller's."""
     _check_texts(texts, what)
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise TypeError(f"{what}[{i}]: expected a string, got {type(text).__name__}")
-        if not text.strip():
+        if what == "queries" and not text.strip():
             raise ValueError(f"{what}[{i}] is empty: it has no tokens to encode")

@@ -143,9 +143,9 @@ class DenseIndex(DocumentIndex):
             ids, metadatas = check_ids_and_metadatas(len(arr), ids, metadatas, self._registry.next_slot)
             if len(arr) == 0:
                 return []
-            self.remove([i for i in ids if i in self._registry])
-            if self._index is None and not self._trains():
+            if self._index is None and not self._trains():  # may fail (bad type): nothing changed yet
                 self._index = self._new_index(arr)
+            self.remove([i for i in ids if i in self._registry])
             slots = self._registry.new_slots(len(arr))
             if self._index is not None:
                 self._index.add_with_ids(arr, slots)

@@ -12,6 +12,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from .positions import UNCHANGED, caller_positions
+
 
 @runtime_checkable
 class TextEmbedder(Protocol):
@@ -100,12 +102,21 @@ def encode_in_batches(
 ) -> list[Any]:
     """``encode`` each batch of ``texts`` with a progress bar; one result per batch.
 
+    An error from ``encode`` names the caller's position (``texts[280]``, not the batch's
+    ``prompts[24]``) and says that nothing was added.
+
     Raises:
-        ValueError: ``texts`` is a single string or empty.
+        TypeError: ``texts`` is a single string (as ``embed_documents`` raises).
+        ValueError: ``texts`` is empty.
     """
     from tqdm.auto import tqdm
 
-    if isinstance(texts, str) or len(texts) == 0:
+    if isinstance(texts, str):
+        raise TypeError("texts must be a list of strings, not a single string")
+    if len(texts) == 0:
         raise ValueError("texts must be a non-empty list of strings")
-    starts = range(0, len(texts), batch_size)
-    return [encode(list(texts[i : i + batch_size])) for i in tqdm(starts, desc=desc, unit="batch")]
+    out = []
+    for start in tqdm(range(0, len(texts), batch_size), desc=desc, unit="batch"):
+        with caller_positions(start, "texts", UNCHANGED):  # texts[280], not prompts[24] of a batch
+            out.append(encode(list(texts[start : start + batch_size])))
+    return out

@@ -213,11 +213,11 @@ class MultiVectorIndex(DocumentIndex):
             ids, metadatas = check_ids_and_metadatas(len(docs), ids, metadatas, self._registry.next_slot)
             if not docs:
                 return []
+            if self._index is None and self._uses_faiss() and not self._trains():  # may fail: before changes
+                self._index = self._new_index(np.concatenate(docs), self._faiss_codec())
             slots = self._registry.new_slots(len(docs))
             self._store.add(slots, docs)  # may train PQ / the PLAID codec, and fail: nothing changed yet
             self.remove([i for i in ids if i in self._registry])  # the documents being overwritten
-            if self._index is None and self._uses_faiss() and not self._trains():
-                self._index = self._new_index(np.concatenate(docs), self._faiss_codec())
             if self._index is not None:
                 labels = np.repeat(slots, [len(d) for d in docs])  # [T]
                 self._index.add_with_ids(np.concatenate(docs), labels)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 
@@ -108,16 +109,22 @@ def test_bad_runner_convert_and_pooler_config(default_model_dir):
         LLM(str(default_model_dir), dtype="float8")
 
 
-def test_empty_text_is_an_error_but_whitespace_is_not(default_llm):
-    with pytest.raises(ValueError, match=r"prompts\[1\] is an empty string"):
-        default_llm.embed(["ok", ""], use_tqdm=False)
-    with pytest.raises(ValueError, match=r"prompts\[0\]\['prompt'\] is an empty string"):
-        default_llm.embed([{"prompt": ""}], use_tqdm=False)
+def test_empty_text_embeds_as_sentence_transformers_does(default_llm, st_model):
+    # "" is [CLS] [SEP] on BERT: it has tokens, so it embeds (as in vLLM and ST)
+    texts = ["ok", "", "  ", "a page"]
+    ours = np.asarray([o.outputs.embedding for o in default_llm.embed(texts, use_tqdm=False)])
+    ref = st_model.encode(texts, convert_to_numpy=True, normalize_embeddings=True)
+    np.testing.assert_allclose(ours, ref, atol=2e-5)
+    (out,) = default_llm.embed([{"prompt": ""}], use_tqdm=False)
+    assert out.prompt_token_ids == [101, 102]
+    # only a prompt with no tokens at all is rejected, naming it; the engine stays usable
+    with pytest.raises(ValueError, match=r"prompts\[1\]\['prompt_token_ids'\] is empty"):
+        default_llm.embed(["ok", {"prompt_token_ids": []}], use_tqdm=False)
+    # the score inputs keep their checks (the rerankers' and the server's contract)
     with pytest.raises(ValueError, match=r"data_2\[1\] is an empty string"):
         default_llm.score("q", ["a", ""], use_tqdm=False)
     with pytest.raises(ValueError, match=r"data_1 is an empty string"):
         default_llm.score("", "a", use_tqdm=False)
-    assert len(default_llm.embed(["  "], use_tqdm=False)) == 1
     _still_works(default_llm)
 
 

@@ -106,8 +106,8 @@ def test_split_long_documents_in_both_retrievers(tmp_path, caplog):
     assert loaded.split_long_documents and loaded.invoke("vault password")[0].id == "long"
     assert split.delete(["long"]) == 1 and len(split.index) == 3
     split.batch_size = 1  # a bad text in a later batch: nothing of the call is added
-    with pytest.raises(ValueError, match=r"documents\[1\] is empty"):
-        split.add_texts([LONG, "  "], ids=["long", "empty"])
+    with pytest.raises(TypeError, match=r"texts\[1\] must be a string"):
+        split.add_texts([LONG, 7], ids=["long", "empty"])
     assert len(split.index) == 3 and split.invoke("vault password")[0].id != "long"
 
     li = LIRetriever.from_nodes(

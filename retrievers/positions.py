@@ -1,0 +1,46 @@
+"""Errors from a batch, renumbered to the caller's positions.
+
+Indexes and integrations cut a caller's list into batches before calling an embedder; the
+engine's errors name the position inside the batch (``prompts[24]``). :func:`caller_positions`
+rewrites them to the caller's (``texts[280]``) and can add that nothing was changed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+_POSITION = re.compile(r"\bprompts\[(\d+)\]")
+UNCHANGED = "nothing was added: the index is unchanged"
+"""Appended to the error of an add that failed before changing anything."""
+
+
+@contextmanager
+def caller_positions(start: int, name: str = "texts", unchanged: str | None = None) -> Iterator[None]:
+    """Re-raise ``ValueError`` / ``TypeError`` with ``prompts[i]`` read as ``name[start + i]``.
+
+    Args:
+        start: position of the batch's first item in the caller's list.
+        name: the caller's name for the list.
+        unchanged: a sentence appended to the message (e.g. :data:`UNCHANGED`).
+
+    Example:
+        >>> with caller_positions(256, "texts"):  # doctest: +IGNORE_EXCEPTION_DETAIL
+        ...     raise ValueError("prompts[24] is empty: it has no tokens")
+        Traceback (most recent call last):
+        ValueError: texts[280] is empty: it has no tokens
+    """
+    try:
+        yield
+    except (ValueError, TypeError) as exc:
+        message = _POSITION.sub(lambda m: f"{name}[{start + int(m.group(1))}]", str(exc))
+        if unchanged:
+            message = f"{message} ({unchanged})"
+        if message == str(exc):
+            raise
+        try:
+            renamed = type(exc)(message)
+        except Exception:  # an exception class with another constructor: keep it as it is
+            raise exc from None
+        raise renamed from exc
