@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from vllm_pool.retrievers.filters import compile_filter
+from vllm_pool.retrievers.registry import check_json_value
 
 TEXT_KEY = "__vllm_pool_text__"
 """Metadata key holding the document text inside an index."""
@@ -85,4 +86,6 @@ def new_records(
             raise TypeError(f"texts[{i}] must be a string, got {type(text).__name__} (nothing was added)")
     new_ids = [i if i is not None else uuid.uuid4().hex for i in (ids or [None] * len(texts))]
     metas = [pack(t, m) for t, m in zip(texts, metadatas or [None] * len(texts), strict=True)]
+    for i, meta in enumerate(metas):  # refused now, before any embedding, not at save time
+        check_json_value({k: v for k, v in meta.items() if k != TEXT_KEY}, f"metadatas[{i}]")
     return texts, new_ids, metas

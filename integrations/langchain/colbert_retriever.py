@@ -73,6 +73,8 @@ class VllmPoolColBERTRetriever(ColBERTFields, BaseRetriever):
             ids: one id per text (default: new UUIDs).
             **kwargs: fields of the retriever (``model``, ``k``, ``query_maxlen``...).
         """
+        if isinstance(texts, str):  # before list() would split it into letters
+            raise TypeError("texts must be a list of strings, not a single string")
         retriever = cls(**kwargs)
         retriever.add_texts(list(texts), metadatas, ids)
         return retriever

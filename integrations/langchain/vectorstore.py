@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,6 +13,7 @@ from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 from langchain_core.vectorstores import VectorStore
 from langchain_core.vectorstores.utils import maximal_marginal_relevance
+from vllm_pool.retrievers.positions import UNCHANGED, caller_positions
 
 from .._records import new_records, unpack, user_filter
 from .._similarity import relevance_fn, scores
@@ -110,8 +112,44 @@ class VllmPoolVectorStore(VectorStore):
         texts, ids, metas = new_records(texts, metadatas, ids)
         if not texts:
             return []
-        vectors = np.asarray(self._embedding.embed_documents(texts), dtype=np.float32)
+        with caller_positions(0, "texts", UNCHANGED):  # every text embedded before the index changes
+            vectors = np.asarray(self._embedding.embed_documents(texts), dtype=np.float32)
+        return self._add_vectors(vectors, ids, metas)
+
+    def _add_vectors(self, vectors: np.ndarray, ids: list[str], metas: list[dict[str, Any]]) -> list[str]:
+        if vectors.ndim != 2 or len(vectors) != len(ids):
+            raise ValueError(f"got {len(ids)} texts but embeddings of shape {list(vectors.shape)}")
         return self._index_for(vectors.shape[1]).add(vectors, ids, metas)
+
+    def add_embeddings(
+        self,
+        text_embeddings: Iterable[tuple[str, list[float]]],
+        metadatas: list[dict] | None = None,
+        ids: list[str | None] | None = None,
+        **kwargs: Any,
+    ) -> list[str]:
+        """Add precomputed ``(text, embedding)`` pairs (LangChain FAISS's ``add_embeddings``).
+
+        Args:
+            text_embeddings: pairs of text and vector (e.g. ``zip(texts, vectors)``).
+            metadatas: one JSON-serializable dict per pair.
+            ids: one id per pair (``None`` entries and a missing list get new UUIDs).
+            **kwargs: unused.
+
+        Returns:
+            The ids, in order.
+        """
+        if isinstance(text_embeddings, (str, bytes)) or isinstance(text_embeddings, Mapping):
+            raise TypeError("text_embeddings must be (text, embedding) pairs, e.g. zip(texts, vectors)")
+        pairs = list(text_embeddings)
+        for i, pair in enumerate(pairs):
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                raise TypeError(f"text_embeddings[{i}] must be a (text, embedding) pair, got {pair!r:.60}")
+        texts, ids, metas = new_records([t for t, _ in pairs], metadatas, ids)
+        if not texts:
+            return []
+        vectors = np.asarray([v for _, v in pairs], dtype=np.float32)
+        return self._add_vectors(vectors, ids, metas)
 
     def delete(self, ids: list[str] | None = None, **kwargs: Any) -> bool | None:
         """Delete documents by id (missing ids are ignored); ``ids=None`` deletes all."""
@@ -246,18 +284,112 @@ class VllmPoolVectorStore(VectorStore):
         store.add_texts(texts, metadatas, ids=ids)
         return store
 
-    def save_local(self, folder_path: str | os.PathLike) -> None:
-        """Save the index (vectors, ids, texts, metadata) to a folder, atomically, without pickle."""
+    @classmethod
+    def from_embeddings(
+        cls,
+        text_embeddings: Iterable[tuple[str, list[float]]],
+        embedding: Embeddings,
+        metadatas: list[dict] | None = None,
+        ids: list[str] | None = None,
+        **kwargs: Any,
+    ) -> VllmPoolVectorStore:
+        """A new store holding precomputed ``(text, embedding)`` pairs (as LangChain's FAISS).
+
+        ``embedding`` embeds the queries; ``kwargs`` are options of a new ``DenseIndex``.
+        """
+        store = cls(embedding, **kwargs)
+        store.add_embeddings(text_embeddings, metadatas, ids)
+        return store
+
+    def merge_from(self, target: VllmPoolVectorStore) -> None:
+        """Add every document of ``target`` (text, metadata, stored vector) to this store.
+
+        As in LangChain's FAISS, an id present in both stores is an error; then nothing is
+        added. The stores must hold vectors of the same dimension and similarity.
+
+        Raises:
+            TypeError: ``target`` is not a ``VllmPoolVectorStore``.
+            ValueError: shared ids, or another dimension or similarity.
+        """
+        if not isinstance(target, VllmPoolVectorStore):
+            raise TypeError(f"merge_from takes a VllmPoolVectorStore, got {type(target).__name__}")
+        if target is self or target._index is None or len(target._index) == 0:
+            return
+        other = target._index
+        records = other.get(other.ids())
+        with self._lock:
+            mine = self._index
+            if mine is not None:
+                if mine.dim != other.dim or mine.config["normalize"] != other.config["normalize"]:
+                    theirs, ours = other.config["normalize"], mine.config["normalize"]
+                    raise ValueError(
+                        f"cannot merge a store of {other.dim}-d vectors (normalize={theirs}) "
+                        f"into one of {mine.dim}-d vectors (normalize={ours})"
+                    )
+                shared = [r.id for r in records if r.id in mine]
+                if shared:
+                    raise ValueError(
+                        f"cannot merge: {len(shared)} ids exist in both stores (first: {shared[0]!r}); "
+                        "nothing was added"
+                    )
+            vectors = np.stack([r.vectors for r in records]).astype(np.float32)
+            self._add_vectors(vectors, [r.id for r in records], [r.metadata for r in records])
+
+    def save_local(self, folder_path: str | os.PathLike, index_name: str = "index") -> None:
+        """Save the store to ``folder_path/index_name`` (LangChain FAISS's signature).
+
+        The index is a folder of ``.npy`` / FAISS / JSON files (vectors, ids, texts,
+        metadata), written atomically (a reader sees the old or the new store, never a mix);
+        nothing is pickled, unlike LangChain's ``index.pkl``. Several stores can share a
+        folder under different ``index_name``.
+        """
+        path = _index_path(folder_path, index_name)
         with self._lock:
             if self._index is None:
                 self._index_for(len(self._embedding.embed_query("dimension probe")))
-            self._index.save(folder_path)
+            self._index.save(path)
 
     @classmethod
     def load_local(
-        cls, folder_path: str | os.PathLike, embedding: Embeddings, **kwargs: Any
+        cls,
+        folder_path: str | os.PathLike,
+        embeddings: Embeddings,
+        index_name: str = "index",
+        *,
+        allow_dangerous_deserialization: bool = False,
+        **kwargs: Any,
     ) -> VllmPoolVectorStore:
-        """Load a store saved by :meth:`save_local` (``kwargs`` go to ``DenseIndex.load``)."""
-        from vllm_pool.retrievers import DenseIndex
+        """Load a store saved by :meth:`save_local` (LangChain FAISS's signature).
 
-        return cls(embedding, index=DenseIndex.load(folder_path, **kwargs))
+        Args:
+            folder_path: the folder given to :meth:`save_local`.
+            embeddings: the embeddings for queries (the same model as when saved).
+            index_name: the name given to :meth:`save_local`.
+            allow_dangerous_deserialization: accepted for compatibility and ignored: loading
+                never unpickles anything (JSON, ``.npy`` and FAISS files only), so it is
+                safe for folders of unknown origin.
+            **kwargs: options of ``DenseIndex.load`` (``use_gpu``, ``expected_dim``).
+
+        Raises:
+            vllm_pool.retrievers.IndexFormatError: no store there; a LangChain FAISS folder
+                (``index.faiss`` + ``index.pkl``) is named as such.
+        """
+        from vllm_pool.retrievers import DenseIndex, IndexFormatError
+
+        del allow_dangerous_deserialization  # nothing is unpickled
+        path = _index_path(folder_path, index_name)
+        folder = Path(folder_path)
+        if not path.exists() and ((folder / "manifest.json").exists() or (folder / "CURRENT").exists()):
+            path = folder  # saved by an older save_local(folder): the index is the folder itself
+        elif not path.exists() and (folder / f"{index_name}.pkl").exists():
+            raise IndexFormatError(
+                f"{folder}: a LangChain FAISS store ({index_name}.faiss + {index_name}.pkl, pickled); "
+                "vllm-pool never unpickles. Rebuild it with VllmPoolVectorStore.from_embeddings or from_texts"
+            )
+        return cls(embeddings, index=DenseIndex.load(path, **kwargs))
+
+
+def _index_path(folder_path: str | os.PathLike, index_name: str) -> Path:
+    if not isinstance(index_name, str) or not index_name or index_name in (".", "..") or "/" in index_name:
+        raise ValueError(f"index_name must be a plain file name, got {index_name!r}")
+    return Path(folder_path) / index_name

@@ -155,7 +155,13 @@ class VllmPoolColBERTRetriever(BaseRetriever):
         The text encoded is the node's embedding view (``MetadataMode.EMBED``); the text
         stored and returned is its plain content.
         """
+        if isinstance(nodes, (str, BaseNode)):
+            raise TypeError(f"nodes must be a list of nodes, not a single {type(nodes).__name__}")
         nodes = list(nodes)
+        for i, node in enumerate(nodes):
+            if not isinstance(node, BaseNode):
+                kind = type(node).__name__
+                raise TypeError(f"nodes[{i}] must be a LlamaIndex node (TextNode, Document), got {kind}")
         return _colbert.add_texts(
             self.index,
             self.encoder,
