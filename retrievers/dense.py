@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from . import quantization
 from .arrays import as_float32_matrix, l2_normalize
 from .encoders import TextEmbedder, encode_in_batches
 from .index_base import DocumentIndex
@@ -48,6 +49,16 @@ class DenseIndex(DocumentIndex):
         exact_filter_limit: filtered searches over at most this many matching documents are
             computed exactly with numpy instead of through FAISS.
         model_name: the model that made the vectors (saved in the manifest).
+        storage: ``"fp32"`` (default), or quantized codes as Sentence Transformers'
+            ``quantize_embeddings``: ``"int8"`` (1 byte per dimension, ranges calibrated on
+            ``calibration_embeddings`` or the first add) or ``"binary"`` (1 bit per
+            dimension, 1/32 of fp32). Quantized indexes keep only the codes (no float copy,
+            no FAISS index: the codes are searched exhaustively, see :mod:`.quantization`)
+            and need ``index_type="flat"``; ``get`` returns the decoded vectors.
+        rescore_multiplier: quantized search: ``k * rescore_multiplier`` candidates on the
+            codes, rescored with the float query (ST's ``semantic_search_faiss``).
+        calibration_embeddings: ``[N, D]`` vectors giving the int8 ranges (min / max per
+            dimension); default: the first add's vectors.
     """
 
     kind = "dense"
@@ -65,7 +76,16 @@ class DenseIndex(DocumentIndex):
         use_gpu: bool | None = None,
         exact_filter_limit: int = 20_000,
         model_name: str | None = None,
+        storage: str = "fp32",
+        rescore_multiplier: int = 4,
+        calibration_embeddings: Any = None,
     ) -> None:
+        storage = quantization.check_storage(storage)
+        if storage != "fp32" and str(index_type).lower() != "flat":
+            raise ValueError(f"storage={storage!r} searches its codes exhaustively: use index_type='flat'")
+        multiplier = rescore_multiplier
+        if isinstance(multiplier, bool) or not isinstance(multiplier, int) or multiplier < 1:
+            raise ValueError(f"rescore_multiplier must be an int >= 1, got {rescore_multiplier!r}")
         config = {
             "index_type": index_type,
             "normalize": normalize,
@@ -74,9 +94,16 @@ class DenseIndex(DocumentIndex):
             "hnsw_m": hnsw_m,
             "ef_search": ef_search,
             "exact_filter_limit": exact_filter_limit,
+            "storage": storage,
+            "rescore_multiplier": rescore_multiplier,
         }
         super().__init__(dim, config, use_gpu, model_name)
-        self._vectors = np.zeros((0, dim), dtype=np.float32)  # [rows, D]
+        width = quantization.code_width(storage, dim)
+        self._vectors = np.zeros((0, width), dtype=quantization.code_dtype(storage))  # [rows, D] or codes
+        self._ranges: np.ndarray | None = None  # int8: [2, D] calibration min / max
+        if calibration_embeddings is not None and storage == "int8":
+            calib = as_float32_matrix(calibration_embeddings, dim, "calibration_embeddings")
+            self._ranges = quantization.calibration_ranges(l2_normalize(calib) if normalize else calib)
         self._row_of: dict[int, int] = {}  # slot -> row of self._vectors
         self._n_rows = 0
 
@@ -143,13 +170,20 @@ class DenseIndex(DocumentIndex):
             ids, metadatas = check_ids_and_metadatas(len(arr), ids, metadatas, self._registry.next_slot)
             if len(arr) == 0:
                 return []
-            if self._index is None and not self._trains():  # may fail (bad type): nothing changed yet
+            storage = self.config["storage"]
+            ranges = self._ranges
+            if storage == "int8" and ranges is None:
+                ranges = quantization.calibration_ranges(arr)  # may fail: nothing changed yet
+            rows = quantization.encode(arr, storage, ranges)
+            if self._quantized:
+                self._ranges = ranges
+            elif self._index is None and not self._trains():  # may fail (bad type): nothing changed yet
                 self._index = self._new_index(arr)
             self.remove([i for i in ids if i in self._registry])
             slots = self._registry.new_slots(len(arr))
             if self._index is not None:
                 self._index.add_with_ids(arr, slots)
-            self._append_rows(slots, arr)
+            self._append_rows(slots, rows)
             for doc_id, slot, meta in zip(ids, slots, metadatas, strict=True):
                 self._registry.put(doc_id, int(slot), meta)
             self._maybe_build()  # IVF: trained once there is enough data, re-trained as it grows
@@ -169,7 +203,7 @@ class DenseIndex(DocumentIndex):
             if live < self._n_rows // 2:  # mostly garbage: compact instead of growing
                 self._compact()
             cap = max(2 * len(self._vectors), self._n_rows + len(arr), 64)
-            grown = np.zeros((cap, self.dim), dtype=np.float32)
+            grown = np.zeros((cap, self._vectors.shape[1]), dtype=self._vectors.dtype)
             grown[: self._n_rows] = self._vectors[: self._n_rows]
             self._vectors = grown
         self._vectors[self._n_rows : self._n_rows + len(arr)] = arr
@@ -195,12 +229,18 @@ class DenseIndex(DocumentIndex):
         self._tombstones = 0
 
     def _live_vectors(self, slots: np.ndarray) -> np.ndarray:
+        """The stored rows of ``slots``: float vectors, or codes for a quantized index."""
         rows = np.asarray([self._row_of[int(s)] for s in slots], dtype=np.int64)
-        return self._vectors[rows] if len(rows) else np.zeros((0, self.dim), np.float32)
+        return self._vectors[rows] if len(rows) else self._vectors[:0].copy()
+
+    @property
+    def _quantized(self) -> bool:
+        return self.config["storage"] != "fp32"
 
     # -- reading -------------------------------------------------------------------------
     def _stored(self, slot: int) -> np.ndarray:
-        return self._vectors[self._row_of[slot]].copy()
+        row = self._vectors[self._row_of[slot]][None, :]
+        return quantization.decode(row, self.config["storage"], self._ranges, self.dim)[0].copy()
 
     def search(self, query_vectors: Any, k: int = 4, filter: Filter | None = None) -> list[list[Hit]]:
         """Find the ``k`` documents with the highest inner product for each query.
@@ -226,6 +266,8 @@ class DenseIndex(DocumentIndex):
             if len(self._registry) == 0:
                 return [[] for _ in range(len(q))]
             allowed = self._registry.allowed_slots(filter)
+            if self._quantized:
+                return self._search_quantized(q, k, self._pool(allowed))
             if allowed is not None and len(allowed) <= self.config["exact_filter_limit"]:
                 return self._search_exact(q, k, np.fromiter(allowed, np.int64, len(allowed)))
             if self._index is None:  # an IVF index waiting for training data: exact
@@ -246,6 +288,21 @@ class DenseIndex(DocumentIndex):
         for qi in range(len(q)):
             order = top[qi][np.argsort(-scores[qi, top[qi]], kind="stable")]
             results.append([self._hit(int(slots[j]), float(scores[qi, j])) for j in order])
+        return results
+
+    def _search_quantized(self, q: np.ndarray, k: int, slots: np.ndarray) -> list[list[Hit]]:
+        """Candidates on the codes, then exact scores of the float query (:mod:`.quantization`)."""
+        if len(slots) == 0:
+            return [[] for _ in range(len(q))]
+        storage, ranges = self.config["storage"], self._ranges
+        codes = self._live_vectors(slots)
+        rows = quantization.candidates(q, codes, storage, ranges, k * self.config["rescore_multiplier"])
+        results = []
+        for qi in range(len(q)):
+            cand = rows[qi][rows[qi] >= 0]
+            scores = quantization.rescore(q[qi], codes[cand], storage, ranges, self.dim)
+            order = np.argsort(-scores, kind="stable")[:k]
+            results.append([self._hit(int(slots[cand[j]]), float(scores[j])) for j in order])
         return results
 
     def _search_faiss(self, q: np.ndarray, k: int, allowed: set[int] | None) -> list[list[Hit]]:
@@ -289,6 +346,10 @@ class DenseIndex(DocumentIndex):
             docs = self._registry.to_json()
             slots = np.asarray(docs["slots"], dtype=np.int64)
             arrays = {"vectors.npy": self._live_vectors(slots)}
+            if self._quantized:  # the codes (and int8 ranges) instead of float vectors
+                arrays = {"codes.npy": arrays["vectors.npy"]}
+                if self._ranges is not None:
+                    arrays["ranges.npy"] = self._ranges
             save_index_files(path, files_of(self, docs, arrays, "index.faiss"))
 
     @classmethod
@@ -304,11 +365,24 @@ class DenseIndex(DocumentIndex):
         """
         files = load_index_files(path, cls.kind, expected_dim)
         index, registry = open_index(cls, files, path, use_gpu)
-        vectors = check_array(files, "vectors.npy", 2, files.dim)
+        if index._quantized:
+            storage = index.config["storage"]
+            vectors = check_array(files, "codes.npy", 2, quantization.code_width(storage, files.dim))
+            if vectors.dtype != quantization.code_dtype(storage):
+                raise IndexFormatError(f"{path}/codes.npy: {vectors.dtype} codes, expected {storage}")
+            if "ranges.npy" in files.arrays:
+                ranges = check_array(files, "ranges.npy", 2, files.dim)
+                if len(ranges) != 2:
+                    raise IndexFormatError(f"{path}/ranges.npy: unexpected shape {list(ranges.shape)}")
+                index._ranges = np.ascontiguousarray(ranges, dtype=np.float32)
+            elif storage == "int8" and len(vectors):
+                raise IndexFormatError(f"{path}/ranges.npy: file missing from the manifest")
+        else:
+            vectors = check_array(files, "vectors.npy", 2, files.dim)
         if len(vectors) != len(registry):
             raise IndexFormatError(f"{path}/vectors.npy: {len(vectors)} rows for {len(registry)} documents")
         index._registry = registry
-        index._vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        index._vectors = np.ascontiguousarray(vectors, dtype=index._vectors.dtype)
         index._row_of = {int(s): i for i, s in enumerate(registry.slots())}
         index._n_rows = len(vectors)
         if "index.faiss" in files.indexes:

@@ -1,0 +1,126 @@
+"""Quantized dense vectors: int8 and binary codes, candidates, then rescoring.
+
+The scheme of Sentence Transformers' ``quantize_embeddings`` / ``semantic_search_faiss``:
+
+- ``int8``: per dimension, 256 steps between the calibration minimum and maximum
+  (``floor((x - min) / step)``, clipped, minus 128); 1 byte per dimension.
+- ``binary``: one bit per dimension, ``x > 0``, packed (``np.packbits``); ``D / 8`` bytes.
+
+A search finds ``k * rescore_multiplier`` candidates on the codes, then rescores them with
+the float query against the stored codes, as ST does: the dequantized vector for int8, the
+bits for binary. Binary candidates are the smallest Hamming distances to the binarized
+query (FAISS's ``knn_hamming``, the kernel of ``IndexBinaryFlat``). Int8 candidates come
+from the float query scaled by the quantization steps against the codes, which ranks
+exactly as the rescored score does (ST ranks them by the quantized query first, a coarser
+order that the rescoring then corrects). For binary, ST's score ``q . bits``
+and ``q . (2 bits - 1) / sqrt(D)`` (the cosine of the query with the unit sign vector,
+which is what :func:`decode` returns) rank the candidates identically; the second is
+reported, so scores stay on a cosine scale. No float copy of the corpus is kept.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+STORAGES = ("fp32", "int8", "binary")
+"""Storage of a ``DenseIndex``: float32 vectors, or int8 / binary codes."""
+
+
+def check_storage(storage: object) -> str:
+    """Return ``storage`` checked against :data:`STORAGES`."""
+    if storage not in STORAGES:
+        raise ValueError(f"storage must be one of {', '.join(STORAGES)}, got {storage!r}")
+    return str(storage)
+
+
+def code_width(storage: str, dim: int) -> int:
+    """Columns of one stored row: ``dim`` (fp32 / int8) or ``ceil(dim / 8)`` bytes (binary)."""
+    return (dim + 7) // 8 if storage == "binary" else dim
+
+
+def code_dtype(storage: str) -> type:
+    return {"fp32": np.float32, "int8": np.int8, "binary": np.uint8}[storage]
+
+
+def calibration_ranges(vectors: np.ndarray) -> np.ndarray:
+    """``[2, D]`` per-dimension minimum and maximum (ST's int8 calibration).
+
+    Raises:
+        ValueError: a single vector (no range to learn), as ST raises.
+    """
+    if len(vectors) < 2:
+        raise ValueError(
+            "int8 storage learns its ranges from the first add: add at least 2 vectors "
+            "(better 100+), or give calibration_embeddings"
+        )
+    if len(vectors) < 100:
+        logger.warning("int8 ranges computed from %d vectors; 100+ give more stable ranges", len(vectors))
+    return np.vstack((vectors.min(axis=0), vectors.max(axis=0))).astype(np.float32)
+
+
+def _steps(ranges: np.ndarray) -> np.ndarray:
+    steps = (ranges[1] - ranges[0]) / 255
+    return np.where(steps == 0, 1, steps).astype(np.float32)
+
+
+def encode(vectors: np.ndarray, storage: str, ranges: np.ndarray | None) -> np.ndarray:
+    """Codes of ``[N, D]`` float vectors: ``[N, D]`` int8 or ``[N, ceil(D/8)]`` uint8 bits."""
+    if storage == "fp32":
+        return vectors.astype(np.float32, copy=False)
+    if storage == "binary":
+        return np.packbits(vectors > 0, axis=-1)
+    assert ranges is not None
+    q = np.clip(np.floor((vectors - ranges[0]) / _steps(ranges)), 0, 255)
+    return (q - 128).astype(np.int8)
+
+
+def decode(codes: np.ndarray, storage: str, ranges: np.ndarray | None, dim: int) -> np.ndarray:
+    """Float vectors of codes: the dequantized vector (int8), the unit sign vector (binary)."""
+    if storage == "fp32":
+        return codes.astype(np.float32, copy=False)
+    if storage == "binary":
+        bits = np.unpackbits(codes, axis=-1)[..., :dim].astype(np.float32)
+        return (2 * bits - 1) / np.float32(np.sqrt(dim))
+    assert ranges is not None
+    return ((codes.astype(np.float32) + 128) * _steps(ranges) + ranges[0]).astype(np.float32)
+
+
+def candidates(
+    q: np.ndarray, codes: np.ndarray, storage: str, ranges: np.ndarray | None, k: int
+) -> np.ndarray:
+    """Rows of the ``k`` best codes for each float query ``[Q, D]`` -> ``int64 [Q, k']``.
+
+    Binary: smallest Hamming distance to the binarized query (FAISS ``knn_hamming``).
+    Int8: largest ``(q * step) . codes``, the order of the exact dequantized score.
+    """
+    import faiss
+
+    k = min(k, len(codes))
+    if storage == "binary":
+        bits = np.ascontiguousarray(encode(q, storage, None))
+        _, rows = faiss.knn_hamming(bits, np.ascontiguousarray(codes), k)
+        return rows
+    assert ranges is not None
+    # q . decode(c) = (q * step) . c + q . (128 * step + min): ranking by (q * step) . c is
+    # ranking by the exact score against the dequantized codes, at the cost of one pass
+    qc = (q * _steps(ranges)).astype(np.float32)
+    out = np.empty((len(q), k), dtype=np.int64)
+    scores = np.empty((len(q), len(codes)), dtype=np.float32)
+    block = 65536
+    for start in range(0, len(codes), block):  # no full float copy of the corpus at once
+        scores[:, start : start + block] = qc @ codes[start : start + block].astype(np.float32).T
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    for i in range(len(q)):
+        out[i] = part[i][np.argsort(-scores[i, part[i]], kind="stable")]
+    return out
+
+
+def rescore(
+    q: np.ndarray, codes: np.ndarray, storage: str, ranges: np.ndarray | None, dim: int
+) -> np.ndarray:
+    """Scores of one float query ``[D]`` against candidate codes ``[n, w]`` -> ``[n]``."""
+    return decode(codes, storage, ranges, dim) @ q
