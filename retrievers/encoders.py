@@ -12,7 +12,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from .positions import UNCHANGED, caller_positions
+from .positions import caller_positions
 
 
 @runtime_checkable
@@ -103,7 +103,7 @@ def encode_in_batches(
     """``encode`` each batch of ``texts`` with a progress bar; one result per batch.
 
     An error from ``encode`` names the caller's position (``texts[280]``, not the batch's
-    ``prompts[24]``) and says that nothing was added.
+    ``prompts[24]``).
 
     Raises:
         TypeError: ``texts`` is a single string (as ``embed_documents`` raises).
@@ -117,6 +117,6 @@ def encode_in_batches(
         raise ValueError("texts must be a non-empty list of strings")
     out = []
     for start in tqdm(range(0, len(texts), batch_size), desc=desc, unit="batch"):
-        with caller_positions(start, "texts", UNCHANGED):  # texts[280], not prompts[24] of a batch
+        with caller_positions(start, "texts"):  # texts[280], not prompts[24] of a batch
             out.append(encode(list(texts[start : start + batch_size])))
     return out

@@ -166,3 +166,16 @@ def test_from_texts_uses_embedder():
     assert index.search(emb.embed_texts(["aaa"]), k=1)[0][0].id == "2"
     with pytest.raises(ValueError, match="non-empty"):
         DenseIndex.from_texts([], emb)
+
+
+def test_from_texts_errors_name_the_callers_position(default_llm):
+    from vllm_pool.retrievers import EngineTextEmbedder
+
+    texts = [f"text {i}" for i in range(7)]
+    texts[5] = "bad \ud800"  # third batch of 2, position 1 inside it
+    with pytest.raises(ValueError, match=r"texts\[5\] is not valid Unicode"):
+        DenseIndex.from_texts(texts, EngineTextEmbedder(default_llm), batch_size=2)
+    with pytest.raises(TypeError, match="single string"):
+        DenseIndex.from_texts("hello", EngineTextEmbedder(default_llm))
+    texts[5] = ""  # a blank page embeds ([CLS] [SEP])
+    assert len(DenseIndex.from_texts(texts, EngineTextEmbedder(default_llm), batch_size=2)) == 7
