@@ -37,7 +37,7 @@ K = 10
 SETTINGS = [("int8", 1), ("int8", 4), *[("binary", m) for m in (1, 2, 4, 8, 10)]]
 
 
-def corpus_vectors(n_queries: int, fake: bool) -> tuple[np.ndarray, np.ndarray]:
+def corpus_vectors(n_queries: int, fake: bool, cache: Path | None) -> tuple[np.ndarray, np.ndarray]:
     """Embedded passages to index and queries (held-out first sentences + shipped queries)."""
     rows = [json.loads(line) for line in open(CORPUS, encoding="utf-8") if line.strip()]
     texts = [r["text"] for r in rows]
@@ -52,11 +52,18 @@ def corpus_vectors(n_queries: int, fake: bool) -> tuple[np.ndarray, np.ndarray]:
             rng.standard_normal((len(docs), 384), np.float32),
             rng.standard_normal((len(queries), 384), np.float32),
         )
+    if cache is not None and cache.exists():
+        with np.load(cache) as saved:
+            if len(saved["docs"]) == len(docs) and len(saved["queries"]) == len(queries):
+                return saved["docs"], saved["queries"]
     from vllm_pool import LLM
 
     llm = LLM("sentence-transformers/all-MiniLM-L6-v2")
     embed = lambda xs: np.asarray([o.outputs.embedding for o in llm.embed(xs, use_tqdm=True)], np.float32)  # noqa: E731
-    return embed(docs), embed(queries)
+    out = embed(docs), embed(queries)
+    if cache is not None:
+        np.savez(cache, docs=out[0], queries=out[1])
+    return out
 
 
 def synthetic(like: np.ndarray, n: int, n_queries: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -141,10 +148,11 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=300, help="held-out corpus passages used as queries")
     parser.add_argument("--synthetic", type=int, default=100_000, help="synthetic vectors (0: none)")
     parser.add_argument("--fake", action="store_true", help="random vectors instead of the engine (dry run)")
+    parser.add_argument("--cache", type=Path, help="an .npz keeping the corpus embeddings between runs")
     parser.add_argument("--name", default="quantized_dense", help="result file name (without .json)")
     args = parser.parse_args()
 
-    docs, queries = corpus_vectors(args.queries, args.fake)
+    docs, queries = corpus_vectors(args.queries, args.fake, args.cache)
     result = {"machine": machine(), "k": K, "model": None if args.fake else "all-MiniLM-L6-v2"}
     result["corpus"] = measure("corpus", docs, queries)
     if args.synthetic:

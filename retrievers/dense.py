@@ -267,7 +267,7 @@ class DenseIndex(DocumentIndex):
                 return [[] for _ in range(len(q))]
             allowed = self._registry.allowed_slots(filter)
             if self._quantized:
-                return self._search_quantized(q, k, self._pool(allowed))
+                return self._search_quantized(q, k, allowed)
             if allowed is not None and len(allowed) <= self.config["exact_filter_limit"]:
                 return self._search_exact(q, k, np.fromiter(allowed, np.int64, len(allowed)))
             if self._index is None:  # an IVF index waiting for training data: exact
@@ -290,12 +290,17 @@ class DenseIndex(DocumentIndex):
             results.append([self._hit(int(slots[j]), float(scores[qi, j])) for j in order])
         return results
 
-    def _search_quantized(self, q: np.ndarray, k: int, slots: np.ndarray) -> list[list[Hit]]:
+    def _search_quantized(self, q: np.ndarray, k: int, allowed: set[int] | None) -> list[list[Hit]]:
         """Candidates on the codes, then exact scores of the float query (:mod:`.quantization`)."""
+        storage, ranges = self.config["storage"], self._ranges
+        if allowed is None and len(self._row_of) == self._n_rows:  # no garbage rows: no copy
+            slots = np.fromiter(self._row_of.keys(), np.int64, len(self._row_of))  # in row order
+            codes = self._vectors[: self._n_rows]
+        else:
+            slots = self._pool(allowed)
+            codes = self._live_vectors(slots)
         if len(slots) == 0:
             return [[] for _ in range(len(q))]
-        storage, ranges = self.config["storage"], self._ranges
-        codes = self._live_vectors(slots)
         rows = quantization.candidates(q, codes, storage, ranges, k * self.config["rescore_multiplier"])
         results = []
         for qi in range(len(q)):
