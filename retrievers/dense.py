@@ -13,6 +13,7 @@ from . import quantization
 from .arrays import as_float32_matrix, l2_normalize
 from .encoders import TextEmbedder, encode_in_batches
 from .index_base import DocumentIndex
+from .mapped_rows import MappedRows
 from .persistence import (
     check_array,
     check_labels,
@@ -57,6 +58,9 @@ class DenseIndex(DocumentIndex):
             and need ``index_type="flat"``; ``get`` returns the decoded vectors.
         rescore_multiplier: quantized search: ``k * rescore_multiplier`` candidates on the
             codes, rescored with the float query (ST's ``semantic_search_faiss``).
+        rescore: what the candidates are rescored against: ``"codes"`` (as ST: the
+            dequantized int8 / the bits) or ``"float"`` (the float32 vectors, kept in a
+            memory-mapped temporary file, on disk, not in memory: exact scores).
         calibration_embeddings: ``[N, D]`` vectors giving the int8 ranges (min / max per
             dimension); default: the first add's vectors.
     """
@@ -79,6 +83,7 @@ class DenseIndex(DocumentIndex):
         storage: str = "fp32",
         rescore_multiplier: int = 4,
         calibration_embeddings: Any = None,
+        rescore: str = "codes",
     ) -> None:
         storage = quantization.check_storage(storage)
         if storage != "fp32" and str(index_type).lower() != "flat":
@@ -86,6 +91,8 @@ class DenseIndex(DocumentIndex):
         multiplier = rescore_multiplier
         if isinstance(multiplier, bool) or not isinstance(multiplier, int) or multiplier < 1:
             raise ValueError(f"rescore_multiplier must be an int >= 1, got {rescore_multiplier!r}")
+        if rescore not in ("codes", "float"):
+            raise ValueError(f"rescore must be 'codes' or 'float', got {rescore!r}")
         config = {
             "index_type": index_type,
             "normalize": normalize,
@@ -96,11 +103,14 @@ class DenseIndex(DocumentIndex):
             "exact_filter_limit": exact_filter_limit,
             "storage": storage,
             "rescore_multiplier": rescore_multiplier,
+            "rescore": rescore,
         }
         super().__init__(dim, config, use_gpu, model_name)
         width = quantization.code_width(storage, dim)
         self._vectors = np.zeros((0, width), dtype=quantization.code_dtype(storage))  # [rows, D] or codes
         self._ranges: np.ndarray | None = None  # int8: [2, D] calibration min / max
+        use_floats = storage != "fp32" and rescore == "float"
+        self._floats = MappedRows(dim) if use_floats else None  # rescoring rows, on disk
         if calibration_embeddings is not None and storage == "int8":
             calib = as_float32_matrix(calibration_embeddings, dim, "calibration_embeddings")
             self._ranges = quantization.calibration_ranges(l2_normalize(calib) if normalize else calib)
@@ -183,7 +193,7 @@ class DenseIndex(DocumentIndex):
             slots = self._registry.new_slots(len(arr))
             if self._index is not None:
                 self._index.add_with_ids(arr, slots)
-            self._append_rows(slots, rows)
+            self._append_rows(slots, rows, arr)
             for doc_id, slot, meta in zip(ids, slots, metadatas, strict=True):
                 self._registry.put(doc_id, int(slot), meta)
             self._maybe_build()  # IVF: trained once there is enough data, re-trained as it grows
@@ -197,7 +207,7 @@ class DenseIndex(DocumentIndex):
     def _live_rows(self) -> int:
         return len(self._registry)
 
-    def _append_rows(self, slots: np.ndarray, arr: np.ndarray) -> None:
+    def _append_rows(self, slots: np.ndarray, arr: np.ndarray, floats: np.ndarray) -> None:
         if self._n_rows + len(arr) > len(self._vectors):
             live = len(self._row_of)
             if live < self._n_rows // 2:  # mostly garbage: compact instead of growing
@@ -207,6 +217,8 @@ class DenseIndex(DocumentIndex):
             grown[: self._n_rows] = self._vectors[: self._n_rows]
             self._vectors = grown
         self._vectors[self._n_rows : self._n_rows + len(arr)] = arr
+        if self._floats is not None:
+            self._floats.write(self._n_rows, floats)
         for i, slot in enumerate(slots):
             self._row_of[int(slot)] = self._n_rows + i
         self._n_rows += len(arr)
@@ -215,6 +227,8 @@ class DenseIndex(DocumentIndex):
         slots = list(self._row_of)
         rows = np.asarray([self._row_of[s] for s in slots], dtype=np.int64)
         self._vectors = self._vectors[rows].copy() if len(rows) else self._vectors[:0].copy()
+        if self._floats is not None:
+            self._floats.keep(rows)
         self._row_of = {s: i for i, s in enumerate(slots)}
         self._n_rows = len(slots)
 
@@ -239,6 +253,8 @@ class DenseIndex(DocumentIndex):
 
     # -- reading -------------------------------------------------------------------------
     def _stored(self, slot: int) -> np.ndarray:
+        if self._floats is not None:
+            return self._floats.take(np.array([self._row_of[slot]]))[0]
         row = self._vectors[self._row_of[slot]][None, :]
         return quantization.decode(row, self.config["storage"], self._ranges, self.dim)[0].copy()
 
@@ -295,17 +311,22 @@ class DenseIndex(DocumentIndex):
         storage, ranges = self.config["storage"], self._ranges
         if allowed is None and len(self._row_of) == self._n_rows:  # no garbage rows: no copy
             slots = np.fromiter(self._row_of.keys(), np.int64, len(self._row_of))  # in row order
+            row_ids = np.arange(self._n_rows)
             codes = self._vectors[: self._n_rows]
         else:
             slots = self._pool(allowed)
-            codes = self._live_vectors(slots)
+            row_ids = np.asarray([self._row_of[int(s)] for s in slots], dtype=np.int64)
+            codes = self._vectors[row_ids]
         if len(slots) == 0:
             return [[] for _ in range(len(q))]
         rows = quantization.candidates(q, codes, storage, ranges, k * self.config["rescore_multiplier"])
         results = []
         for qi in range(len(q)):
             cand = rows[qi][rows[qi] >= 0]
-            scores = quantization.rescore(q[qi], codes[cand], storage, ranges, self.dim)
+            if self._floats is not None:  # exact: the float rows of the candidates, from disk
+                scores = self._floats.take(row_ids[cand]) @ q[qi]
+            else:
+                scores = quantization.rescore(q[qi], codes[cand], storage, ranges, self.dim)
             order = np.argsort(-scores, kind="stable")[:k]
             results.append([self._hit(int(slots[cand[j]]), float(scores[j])) for j in order])
         return results
@@ -355,6 +376,8 @@ class DenseIndex(DocumentIndex):
                 arrays = {"codes.npy": arrays["vectors.npy"]}
                 if self._ranges is not None:
                     arrays["ranges.npy"] = self._ranges
+                if self._floats is not None:
+                    arrays["vectors.npy"] = self._floats.take([self._row_of[int(s)] for s in slots])
             save_index_files(path, files_of(self, docs, arrays, "index.faiss"))
 
     @classmethod
@@ -371,17 +394,11 @@ class DenseIndex(DocumentIndex):
         files = load_index_files(path, cls.kind, expected_dim)
         index, registry = open_index(cls, files, path, use_gpu)
         if index._quantized:
-            storage = index.config["storage"]
-            vectors = check_array(files, "codes.npy", 2, quantization.code_width(storage, files.dim))
-            if vectors.dtype != quantization.code_dtype(storage):
-                raise IndexFormatError(f"{path}/codes.npy: {vectors.dtype} codes, expected {storage}")
-            if "ranges.npy" in files.arrays:
-                ranges = check_array(files, "ranges.npy", 2, files.dim)
-                if len(ranges) != 2:
-                    raise IndexFormatError(f"{path}/ranges.npy: unexpected shape {list(ranges.shape)}")
-                index._ranges = np.ascontiguousarray(ranges, dtype=np.float32)
-            elif storage == "int8" and len(vectors):
-                raise IndexFormatError(f"{path}/ranges.npy: file missing from the manifest")
+            vectors, index._ranges, floats = quantization.load_arrays(
+                files, path, index.config["storage"], index._floats is not None
+            )
+            if floats is not None:
+                index._floats.write(0, floats)
         else:
             vectors = check_array(files, "vectors.npy", 2, files.dim)
         if len(vectors) != len(registry):

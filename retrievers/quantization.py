@@ -21,8 +21,13 @@ reported, so scores stay on a cosine scale. No float copy of the corpus is kept.
 from __future__ import annotations
 
 import logging
+import os
+from typing import Any
 
 import numpy as np
+
+from .persistence import check_array
+from .types import IndexFormatError
 
 logger = logging.getLogger(__name__)
 
@@ -124,3 +129,30 @@ def rescore(
 ) -> np.ndarray:
     """Scores of one float query ``[D]`` against candidate codes ``[n, w]`` -> ``[n]``."""
     return decode(codes, storage, ranges, dim) @ q
+
+
+def load_arrays(
+    files: Any, path: str | os.PathLike, storage: str, with_floats: bool
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """The saved ``(codes, int8 ranges, float rows)`` of a quantized index, checked.
+
+    Raises:
+        IndexFormatError: a missing file, a wrong shape or dtype, rows that do not match.
+    """
+    codes = check_array(files, "codes.npy", 2, code_width(storage, files.dim))
+    if codes.dtype != code_dtype(storage):
+        raise IndexFormatError(f"{path}/codes.npy: {codes.dtype} codes, expected {storage}")
+    ranges = None
+    if "ranges.npy" in files.arrays:
+        ranges = check_array(files, "ranges.npy", 2, files.dim)
+        if len(ranges) != 2:
+            raise IndexFormatError(f"{path}/ranges.npy: unexpected shape {list(ranges.shape)}")
+        ranges = np.ascontiguousarray(ranges, dtype=np.float32)
+    elif storage == "int8" and len(codes):
+        raise IndexFormatError(f"{path}/ranges.npy: file missing from the manifest")
+    floats = None
+    if with_floats:
+        floats = check_array(files, "vectors.npy", 2, files.dim)
+        if len(floats) != len(codes):
+            raise IndexFormatError(f"{path}/vectors.npy: {len(floats)} rows for {len(codes)} codes")
+    return codes, ranges, floats

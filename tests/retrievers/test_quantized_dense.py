@@ -67,10 +67,35 @@ def test_search_rescores_as_semantic_search_faiss(data, storage):
 
 
 @pytest.mark.parametrize("storage", ["int8", "binary"])
-def test_filters_deletes_overwrites_and_persistence(data, storage, tmp_path):
+def test_float_rescoring_from_disk_is_exact(data, storage):
+    x, q = data
+    exact = DenseIndex.from_vectors(x).search(q, k=8)
+    index = DenseIndex.from_vectors(x, storage=storage, rescore="float", rescore_multiplier=len(x))
+    assert isinstance(index._floats._rows, np.memmap)  # the float rows are a file, not memory
+    got = index.search(q, k=8)
+    assert [[h.id for h in hits] for hits in got] == [[h.id for h in hits] for hits in exact]
+    scores = [h.score for hits in got for h in hits]
+    np.testing.assert_allclose(scores, [h.score for hits in exact for h in hits], atol=1e-5)
+    # the usual multiplier: exact scores of the candidates, recall >= the codes' rescoring
+    truth = [{h.id for h in hits} for hits in exact]
+
+    def recall(ix):
+        return np.mean([len(t & {h.id for h in f}) / 8 for t, f in zip(truth, ix.search(q, k=8))])
+
+    floats = DenseIndex.from_vectors(x, storage=storage, rescore="float", rescore_multiplier=4)
+    assert recall(floats) >= recall(DenseIndex.from_vectors(x, storage=storage, rescore_multiplier=4))
+    np.testing.assert_array_equal(floats.get(["3"])[0].vectors, x[3] / np.linalg.norm(x[3]))
+
+
+@pytest.mark.parametrize(
+    ("storage", "rescore"), [("int8", "codes"), ("binary", "codes"), ("binary", "float")]
+)
+def test_filters_deletes_overwrites_and_persistence(data, storage, rescore, tmp_path):
     x, q = data
     metas = [{"g": i % 3} for i in range(len(x))]
-    index = DenseIndex.from_vectors(x, storage=storage, metadatas=metas, rescore_multiplier=1000)
+    index = DenseIndex.from_vectors(
+        x, storage=storage, metadatas=metas, rescore_multiplier=1000, rescore=rescore
+    )
     decoded = np.stack([r.vectors for r in index.get(index.ids())])
     hits = index.search(q[0], k=10, filter={"g": {"$in": [1, 2]}})[0]
     allowed = [i for i in range(len(x)) if metas[i]["g"] in (1, 2)]
@@ -82,13 +107,15 @@ def test_filters_deletes_overwrites_and_persistence(data, storage, tmp_path):
     )
     index.add(x[:1] * -1, ids=["5"])  # overwrite with the opposite vector
     assert index.search(-x[0], k=1)[0][0].id == "5"
+    index.add(x[:200], ids=[f"n{i}" for i in range(200)])  # grows, compacting the garbage rows
+    assert index.remove([f"n{i}" for i in range(200)]) == 200
     index.save(tmp_path / "q")
     loaded = DenseIndex.load(tmp_path / "q")
     assert loaded.config["storage"] == storage and len(loaded) == len(index)
     assert loaded.search(q, k=7) == index.search(q, k=7)
     np.testing.assert_array_equal(loaded.get(["5"])[0].vectors, index.get(["5"])[0].vectors)
     names = {p.name for p in (tmp_path / "q").rglob("*.npy")}
-    assert "codes.npy" in names and "vectors.npy" not in names  # no float copy on disk either
+    assert "codes.npy" in names and ("vectors.npy" in names) == (rescore == "float")
 
 
 def test_bad_settings_and_failed_first_add_change_nothing(data):
@@ -99,6 +126,8 @@ def test_bad_settings_and_failed_first_add_change_nothing(data):
         DenseIndex(48, storage="int4")
     with pytest.raises(ValueError, match="rescore_multiplier"):
         DenseIndex(48, storage="binary", rescore_multiplier=0)
+    with pytest.raises(ValueError, match="rescore must be"):
+        DenseIndex(48, storage="binary", rescore="fp32")
     index = DenseIndex(48, storage="int8")
     with pytest.raises(ValueError, match="at least 2 vectors"):
         index.add(x[:1])
