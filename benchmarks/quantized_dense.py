@@ -5,13 +5,14 @@ the shipped queries as queries) and a larger synthetic set (a Gaussian with the 
 embeddings' mean and covariance, unit-normalized; queries are noisy copies of documents),
 reports for each storage and ``rescore_multiplier``: recall@10 against the exact float
 index (``DenseIndex()``, fp32 flat), bytes per vector, and search latency per query
-(median of single-query searches). Writes ``benchmarks/results/quantized_dense.json``.
+(median of single-query searches, FAISS on one thread). Writes ``benchmarks/results/quantized_dense.json``.
 
-Bytes per vector, counted honestly: ``vector_bytes`` is the stored vector data only (the
-fp32 index: its numpy copy; quantized: the codes, which are all they keep);
+Bytes per vector, counted honestly: ``vector_bytes`` is the vector data held in memory
+(the fp32 index: its numpy copy; quantized: the codes, which are all they hold);
 ``index_bytes`` adds the fp32 index's FAISS copy (``IndexIDMap(IndexFlatIP)``: vectors
-and 8-byte labels). Ids, metadata and the id registry are the same for every storage and
-are not counted.
+and 8-byte labels); ``disk_bytes`` is what ``rescore="float"`` keeps in its memory-mapped
+file (the float32 vectors; the OS pages in only the candidates a search reads). Ids,
+metadata and the id registry are the same for every storage and are not counted.
 
     python benchmarks/quantized_dense.py                 # corpus + 100,000 synthetic vectors
     python benchmarks/quantized_dense.py --fake --synthetic 5000   # no engine, quick
@@ -34,7 +35,15 @@ from common import CORPUS, ROOT, machine, write_result  # noqa: E402
 from vllm_pool.retrievers import DenseIndex  # noqa: E402
 
 K = 10
-SETTINGS = [("int8", 1), ("int8", 4), *[("binary", m) for m in (1, 2, 4, 8, 10)]]
+SETTINGS = [
+    ("int8", 1, "codes"),
+    ("int8", 4, "codes"),
+    *[("binary", m, "codes") for m in (1, 4, 10)],
+    *[("binary", m, "float") for m in (4, 10, 20)],
+]
+"""(storage, rescore_multiplier, rescore): ``rescore="codes"`` is ST's ``semantic_search_faiss``
+(candidates rescored against the codes); ``"float"`` rescores them against the float32
+vectors kept in a memory-mapped file (on disk, not counted as memory)."""
 
 
 def corpus_vectors(n_queries: int, fake: bool, cache: Path | None) -> tuple[np.ndarray, np.ndarray]:
@@ -79,6 +88,8 @@ def synthetic(like: np.ndarray, n: int, n_queries: int, seed: int = 0) -> tuple[
 
 
 def latency_ms(index: DenseIndex, queries: np.ndarray, n: int = 100) -> float:
+    """Median ms of ``n`` single-query searches (FAISS on one thread: OpenMP's spinning
+    threads make single queries erratic on a shared machine)."""
     times = []
     for q in queries[:n]:
         t0 = time.perf_counter()
@@ -100,6 +111,8 @@ def measure(name: str, docs: np.ndarray, queries: np.ndarray) -> dict:
         {
             "storage": "fp32",
             "rescore_multiplier": None,
+            "rescore": None,
+            "disk_bytes": 0,
             "recall@10": 1.0,
             "vector_bytes": fp32_vector_bytes,
             "index_bytes": fp32_index_bytes,
@@ -108,12 +121,12 @@ def measure(name: str, docs: np.ndarray, queries: np.ndarray) -> dict:
             "build_s": build_fp32,
         }
     ]
-    built: dict[str, DenseIndex] = {}
-    for storage, mult in SETTINGS:
+    built: dict[tuple[str, str], DenseIndex] = {}
+    for storage, mult, rescore in SETTINGS:
         t0 = time.perf_counter()
-        if storage not in built:
-            built[storage] = DenseIndex.from_vectors(docs, ids, storage=storage)
-        index = built[storage]
+        if (storage, rescore) not in built:
+            built[storage, rescore] = DenseIndex.from_vectors(docs, ids, storage=storage, rescore=rescore)
+        index = built[storage, rescore]
         build = time.perf_counter() - t0
         index.config["rescore_multiplier"] = mult
         found = index.search(queries, k=K)
@@ -124,6 +137,8 @@ def measure(name: str, docs: np.ndarray, queries: np.ndarray) -> dict:
             {
                 "storage": storage,
                 "rescore_multiplier": mult,
+                "rescore": rescore,
+                "disk_bytes": 4 * dim if rescore == "float" else 0,
                 "recall@10": recall,
                 "vector_bytes": per_vector,
                 "index_bytes": per_vector,
@@ -133,9 +148,9 @@ def measure(name: str, docs: np.ndarray, queries: np.ndarray) -> dict:
             }
         )
     for r in rows:
-        mult = "" if r["rescore_multiplier"] is None else f" x{r['rescore_multiplier']}"
+        mult = "" if r["rescore_multiplier"] is None else f" x{r['rescore_multiplier']} {r['rescore']}"
         print(
-            f"{name:>10} {r['storage']:>6}{mult:<4} recall@10 {r['recall@10']:.3f}  "
+            f"{name:>10} {r['storage']:>6}{mult:<10} recall@10 {r['recall@10']:.3f}  "
             f"{r['vector_bytes']:>5} B/vector (1/{1 / r['fraction_of_fp32_vectors']:.0f})  "
             f"{r['latency_ms']:.2f} ms/query"
         )
@@ -152,6 +167,9 @@ def main() -> None:
     parser.add_argument("--name", default="quantized_dense", help="result file name (without .json)")
     args = parser.parse_args()
 
+    import faiss
+
+    faiss.omp_set_num_threads(1)
     docs, queries = corpus_vectors(args.queries, args.fake, args.cache)
     result = {"machine": machine(), "k": K, "model": None if args.fake else "all-MiniLM-L6-v2"}
     result["corpus"] = measure("corpus", docs, queries)
