@@ -37,7 +37,8 @@ class VllmPoolVectorStore(VectorStore):
     Args:
         embedding: the LangChain embeddings.
         index: an existing ``DenseIndex`` (e.g. loaded); default: created on the first add.
-        **index_kwargs: options of a new ``DenseIndex`` (``index_type="hnsw"``, ``nprobe``...).
+        **index_kwargs: options of a new ``DenseIndex`` (``index_type="hnsw"``, ``nprobe``,
+            ``storage="int8" | "binary"`` with ``rescore_multiplier`` / ``rescore``...).
 
     Example:
         >>> store = VllmPoolVectorStore(VllmPoolEmbeddings())
