@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from vllm_pool import DEFAULT_MODEL
 
 from .._engines import ENGINE_KWARGS_HELP, EngineRef
+from .._hf_names import translate
 
 
 class EngineFields(BaseModel):
@@ -29,6 +30,15 @@ class EngineFields(BaseModel):
     engine_kwargs: dict[str, Any] | None = Field(default=None, description=ENGINE_KWARGS_HELP)
 
     _engine: EngineRef = PrivateAttr()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _huggingface_names(cls, data: Any) -> Any:
+        """Accept langchain-huggingface's spellings (``model_name``, ``model_kwargs``,
+        ``encode_kwargs``, ``show_progress_bar``, ``max_length``...) as our fields."""
+        if not isinstance(data, dict):
+            return data
+        return translate(cls.__name__, cls.model_fields, data)
 
     def model_post_init(self, context: Any, /) -> None:
         super().model_post_init(context)

@@ -9,6 +9,7 @@ from llama_index.core.bridge.pydantic import BaseModel, Field, PrivateAttr
 from vllm_pool import DEFAULT_MODEL
 
 from .._engines import ENGINE_KWARGS_HELP, EngineRef
+from .._hf_names import translate
 
 
 class EngineFields(BaseModel):
@@ -37,6 +38,8 @@ class EngineFields(BaseModel):
     def __init__(self, model: str | None = None, **kwargs: Any) -> None:
         if model is not None:
             kwargs["model"] = model
+        # llama-index HuggingFaceEmbedding / SentenceTransformerRerank spellings as our fields
+        kwargs = translate(type(self).__name__, type(self).model_fields, kwargs)
         super().__init__(**kwargs)
         self._engine = EngineRef.loaded_for(self)  # shared; a bad model id fails here
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -15,6 +16,7 @@ from vllm_pool import DEFAULT_MODEL
 
 from .. import _colbert
 from .._engines import EngineOptions, EngineRef
+from .._hf_names import translate
 from ._filters import to_index_filter
 
 
@@ -54,6 +56,9 @@ class VllmPoolColBERTRetriever(BaseRetriever):
         show_progress: show a progress bar when adding.
         callback_manager: LlamaIndex callbacks.
         verbose: LlamaIndex's verbose flag.
+        **huggingface_names: HuggingFace / PyLate / RAGatouille spellings of the arguments above
+            (``model_name``, ``model_kwargs={"device": ...}``, ``show_progress_bar``,
+            ``document_length``...); any other name raises ``TypeError``.
 
     Example:
         >>> retriever = VllmPoolColBERTRetriever.from_documents(docs, similarity_top_k=3)  # doctest: +SKIP
@@ -88,7 +93,19 @@ class VllmPoolColBERTRetriever(BaseRetriever):
         show_progress: bool = False,
         callback_manager: CallbackManager | None = None,
         verbose: bool = False,
+        **huggingface_names: Any,
     ) -> None:
+        if huggingface_names:  # model_name=, model_kwargs=, max_length=... as the arguments above
+            params = inspect.signature(VllmPoolColBERTRetriever.__init__).parameters
+            given = {
+                name: value
+                for name, value in locals().items()
+                if name in params and name not in ("self", "index", "huggingface_names")
+                and not (value is params[name].default or value == params[name].default)
+            }  # fmt: skip
+            args = translate(type(self).__name__, params, {**given, **huggingface_names}, TypeError)
+            type(self).__init__(self, index, **args)
+            return
         if similarity_top_k < 1:
             raise ValueError(f"similarity_top_k must be >= 1, got {similarity_top_k}")
         self.model = model

@@ -54,8 +54,7 @@ class VllmPoolEmbedding(EngineFields, BaseEmbedding):
 
     def __init__(self, model: str | None = None, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
-        if self.model_name == "unknown":
-            self.model_name = self.model
+        self.model_name = self.model  # model_name is an alias of model: it reports what loaded
 
     @classmethod
     def class_name(cls) -> str:
