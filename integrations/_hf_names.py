@@ -67,7 +67,7 @@ ALIASES: dict[str, tuple[Targets, Callable[[Any], Any] | None]] = {
     "embed_batch_size": (("embed_batch_size", "batch_size"), None),
     "text_instruction": (("text_instruction", "document_instruction"), None),
     "document_instruction": (("document_instruction", "text_instruction"), None),
-    "embed_instruction": (("document_instruction", "text_instruction"), None),  # HuggingFaceInstructEmbeddings
+    "embed_instruction": (("document_instruction", "text_instruction"), None),  # HF Instruct/BGE classes
     "query_length": (("query_maxlen",), None),  # PyLate
     "document_length": (("doc_maxlen",), None),  # PyLate
     "max_document_length": (("doc_maxlen",), None),  # RAGatouille

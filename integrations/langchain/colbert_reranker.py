@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from langchain_core.documents import BaseDocumentCompressor
+from langchain_core.documents import BaseDocumentCompressor, Document
 from pydantic import ConfigDict
 
 from .. import _colbert
+from .._rerank_inputs import texts_of
 from ._colbert_fields import ColBERTFields
 from ._compress import RerankedCopies
 
@@ -27,25 +28,19 @@ class VllmPoolColBERTReranker(ColBERTFields, RerankedCopies, BaseDocumentCompres
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
-    top_n: int | None = 3
-    """How many documents to return (``None``: all of them, reordered)."""
-    score_threshold: float | None = None
-    """Drop documents scoring below this MaxSim value."""
     batch_size: int = 64
     """Documents per engine call."""
 
-    def rerank(self, documents: Sequence[str], query: str) -> list[tuple[int, float]]:
-        """MaxSim scores of texts against ``query``: ``(index, score)`` pairs, best first,
-        limited by ``top_n`` / ``score_threshold``."""
+    def rerank(self, documents: Sequence[str | Document], query: str) -> list[tuple[int, float]]:
+        """MaxSim scores of texts (or ``Document`` objects) against ``query``: ``(index, score)``
+        pairs, best first, limited by ``top_n`` / ``score_threshold`` (a MaxSim value)."""
         ranked = _colbert.rerank(
             self.encoder,
             query,
-            documents,
-            self.top_n,
+            texts_of(documents),
+            None,
             self.split_long_documents,
             self.window_overlap,
             self.batch_size,
         )
-        if self.score_threshold is not None:
-            ranked = [(i, s) for i, s in ranked if s >= self.score_threshold]
-        return ranked
+        return self._ranked(ranked)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-from langchain_core.documents import BaseDocumentCompressor
+from langchain_core.documents import BaseDocumentCompressor, Document
 
 from .._engines import score_pairs
+from .._rerank_inputs import texts_of, warn_if_bi_encoder
 from ._base import EngineFields
 from ._compress import RerankedCopies
 
@@ -25,20 +27,20 @@ class VllmPoolReranker(EngineFields, RerankedCopies, BaseDocumentCompressor):
         >>> reranker.compress_documents(docs, "how do I parse JSON?")  # doctest: +SKIP
     """
 
-    top_n: int | None = 3
-    """How many documents to return (``None``: all of them, reordered)."""
-    score_threshold: float | None = None
-    """Drop documents scoring below this value."""
     batch_size: int = 256
     """Documents per engine call."""
     truncate_prompt_tokens: int | None = None
     """Cut each pair (or text) to this many tokens."""
 
-    def rerank(self, documents: Sequence[str], query: str) -> list[tuple[int, float]]:
+    def model_post_init(self, context: Any, /) -> None:
+        super().model_post_init(context)
+        warn_if_bi_encoder(self.llm, type(self).__name__)
+
+    def rerank(self, documents: Sequence[str | Document], query: str) -> list[tuple[int, float]]:
         """Score texts against ``query``.
 
         Args:
-            documents: the texts.
+            documents: the texts (or ``Document`` objects: their ``page_content``).
             query: the query.
 
         Returns:
@@ -49,11 +51,8 @@ class VllmPoolReranker(EngineFields, RerankedCopies, BaseDocumentCompressor):
         scores = score_pairs(
             self.llm,
             query,
-            list(documents),
+            texts_of(documents),
             truncate_prompt_tokens=self.truncate_prompt_tokens,
             batch_size=self.batch_size,
         )
-        ranked = sorted(enumerate(scores), key=lambda pair: -pair[1])
-        if self.score_threshold is not None:
-            ranked = [(i, s) for i, s in ranked if s >= self.score_threshold]
-        return ranked if self.top_n is None else ranked[: self.top_n]
+        return self._ranked(sorted(enumerate(scores), key=lambda pair: -pair[1]))

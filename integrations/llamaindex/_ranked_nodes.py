@@ -6,7 +6,9 @@ from __future__ import annotations
 import llama_index.core.instrumentation as instrument
 from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
-from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
+from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, QueryBundle
+
+from .._rerank_inputs import check_top_n
 
 dispatcher = instrument.get_dispatcher(__name__)
 
@@ -25,7 +27,8 @@ class RankedNodes:
     ) -> list[NodeWithScore]:
         if query_bundle is None:
             raise ValueError(f"{type(self).__name__} needs a query: pass query_bundle or query_str")
-        top_n, model = self.top_n, self.model  # type: ignore[attr-defined]
+        nodes = with_scores(nodes)
+        top_n, model = check_top_n(self.top_n), self.model  # type: ignore[attr-defined]
         dispatcher.event(ReRankStartEvent(query=query_bundle, nodes=nodes, top_n=top_n, model_name=model))
         if not nodes:
             dispatcher.event(ReRankEndEvent(nodes=[]))
@@ -48,3 +51,25 @@ class RankedNodes:
             event.on_end(payload={EventPayload.NODES: new_nodes})
         dispatcher.event(ReRankEndEvent(nodes=new_nodes))
         return new_nodes
+
+
+def with_scores(nodes: list[NodeWithScore] | list[BaseNode]) -> list[NodeWithScore]:
+    """``nodes`` as ``NodeWithScore`` (bare nodes and documents get ``score=None``).
+
+    Raises:
+        TypeError: a single string, or an item that is not a node (named by its position).
+    """
+    if isinstance(nodes, str):
+        raise TypeError("nodes must be a list of NodeWithScore or nodes, not a single string")
+    out = []
+    for i, n in enumerate(nodes):
+        if isinstance(n, NodeWithScore):
+            out.append(n)
+        elif isinstance(n, BaseNode):
+            out.append(NodeWithScore(node=n, score=None))
+        else:
+            raise TypeError(
+                f"nodes[{i}] must be a NodeWithScore or a node (TextNode, Document), got "
+                f"{type(n).__name__}" + (": wrap texts as TextNode(text=...)" if isinstance(n, str) else "")
+            )
+    return out

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from llama_index.core.bridge.pydantic import ConfigDict, Field
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 
 from .._engines import score_pairs
+from .._rerank_inputs import warn_if_bi_encoder
 from ._base import EngineFields
 from ._ranked_nodes import RankedNodes
 
@@ -32,6 +35,10 @@ class VllmPoolRerank(EngineFields, RankedNodes, BaseNodePostprocessor):
     truncate_prompt_tokens: int | None = Field(
         default=None, description="Cut each pair (or text) to this many tokens."
     )
+
+    def __init__(self, model: str | None = None, **kwargs: Any) -> None:
+        super().__init__(model, **kwargs)
+        warn_if_bi_encoder(self.llm, type(self).__name__)
 
     @classmethod
     def class_name(cls) -> str:
