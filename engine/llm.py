@@ -331,10 +331,15 @@ class LLM(TaskMethods):
 
 
 @contextlib.contextmanager
-def _progress(total: int, use_tqdm: bool) -> Iterator[Any]:
-    """A prompt progress bar (``None`` when off), advanced from the engine's threads."""
+def _progress(total: int, use_tqdm: bool | Callable[..., Any]) -> Iterator[Any]:
+    """A prompt progress bar (``None`` when off), advanced from the engine's threads.
+
+    ``use_tqdm`` may be a callable making the bar (as vLLM's ``use_tqdm``, e.g.
+    ``functools.partial(tqdm, leave=False)``): it gets ``total``, ``desc`` and ``unit``.
+    """
     if not use_tqdm:
         yield None
         return
-    with tqdm(total=total, desc="Processed prompts", unit="prompt") as bar:
+    make = use_tqdm if callable(use_tqdm) else tqdm
+    with make(total=total, desc="Processed prompts", unit="prompt") as bar:
         yield bar

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ._engines import EngineOptions, get_engine, on_clear
+from ._progress import CallProgress
 from ._records import TEXT_KEY, new_records, unpack, user_filter
 
 logger = logging.getLogger(__name__)
@@ -123,8 +124,6 @@ def add_texts(
     Returns:
         The ids, in order.
     """
-    from tqdm.auto import tqdm
-
     if isinstance(texts, str):
         raise TypeError("texts must be a list of strings, not a single string")
     texts, ids, metas = new_records(texts, metadatas, ids)
@@ -141,17 +140,18 @@ def add_texts(
     win_ids, win_metas = list(ids), list(metas)
     if split_long_documents:
         win_ids, win_metas = [], []
-    starts = range(0, len(texts), batch_size)
-    for start in tqdm(starts, desc="ColBERT encoding", unit="batch", disable=not show_progress):
-        end = start + batch_size
-        if split_long_documents:
-            batch = (to_encode[start:end], ids[start:end], metas[start:end])
-            v, i, m = long_documents.windows(encoder, *batch, window_overlap, [TEXT_KEY])
-            vectors += v
-            win_ids += i
-            win_metas += m
-        else:
-            vectors += encoder.encode_documents(to_encode[start:end])
+    with CallProgress(len(texts), "ColBERT encoding", show_progress, unit="doc") as progress:
+        for start in range(0, len(texts), batch_size):
+            end = start + batch_size
+            if split_long_documents:
+                batch = (to_encode[start:end], ids[start:end], metas[start:end])
+                v, i, m = long_documents.windows(encoder, *batch, window_overlap, [TEXT_KEY])
+                vectors += v
+                win_ids += i
+                win_metas += m
+            else:
+                vectors += encoder.encode_documents(to_encode[start:end])
+            progress.update(len(to_encode[start:end]))
     long_documents.replace(index, ids, vectors, win_ids, win_metas)  # all encoded: now change the index
     return ids
 

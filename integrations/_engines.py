@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ._progress import CallProgress
+
 logger = logging.getLogger(__name__)
 
 OWN_FIELDS = ("model", "dtype", "device", "max_model_len", "trust_remote_code")
@@ -277,7 +279,7 @@ def embed_texts(
         normalize: L2-normalize (``None``: the model's default).
         truncate_prompt_tokens: cut each text to this many tokens.
         batch_size: texts per engine call (the engine batches by tokens inside a call).
-        show_progress: show the engine's progress bar.
+        show_progress: show one progress bar over all the texts.
 
     Returns:
         One embedding per text, in order.
@@ -297,15 +299,16 @@ def embed_texts(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     params = PoolingParams(dimensions=dimensions, normalize=normalize)
     out: list[list[float]] = []
-    for start in range(0, len(texts), batch_size):
-        with caller_positions(start, "texts"):  # texts[280], not prompts[24] of the batch
-            outs = llm.embed(
-                texts[start : start + batch_size],
-                params,
-                use_tqdm=show_progress,
-                truncate_prompt_tokens=truncate_prompt_tokens,
-            )
-        out.extend(output_lists(outs))  # the whole batch in one conversion
+    with CallProgress(len(texts), "Embedding", show_progress) as progress:  # one bar per call
+        for start in range(0, len(texts), batch_size):
+            with caller_positions(start, "texts"):  # texts[280], not prompts[24] of the batch
+                outs = llm.embed(
+                    texts[start : start + batch_size],
+                    params,
+                    use_tqdm=progress.use_tqdm,
+                    truncate_prompt_tokens=truncate_prompt_tokens,
+                )
+            out.extend(output_lists(outs))  # the whole batch in one conversion
     return out
 
 

@@ -50,7 +50,9 @@ class VllmPoolEmbedding(EngineFields, BaseEmbedding):
         description="Sentence Transformers prompt of the model for texts (when no text_instruction); "
         'without either, the model\'s "document" / "passage" prompt or its default prompt.',
     )
-    show_progress: bool = Field(default=False, description="Show the engine's progress bar.")
+    show_progress: bool = Field(
+        default=False, description="Show one progress bar per batch embedding call (LlamaIndex's)."
+    )
 
     def __init__(self, model: str | None = None, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
@@ -59,6 +61,19 @@ class VllmPoolEmbedding(EngineFields, BaseEmbedding):
     @classmethod
     def class_name(cls) -> str:
         return "VllmPoolEmbedding"
+
+    def get_text_embedding_batch(
+        self, texts: list[str], show_progress: bool = False, **kwargs: Any
+    ) -> list[list[float]]:
+        """LlamaIndex's batched embedding, with its one progress bar also when ``show_progress``
+        is set on this instance (the engine calls inside show none of their own)."""
+        return super().get_text_embedding_batch(texts, show_progress or self.show_progress, **kwargs)
+
+    async def aget_text_embedding_batch(
+        self, texts: list[str], show_progress: bool = False, **kwargs: Any
+    ) -> list[list[float]]:
+        """Async :meth:`get_text_embedding_batch` (one progress bar over the call)."""
+        return await super().aget_text_embedding_batch(texts, show_progress or self.show_progress, **kwargs)
 
     def _embed(self, texts: list[str], kind: str) -> list[list[float]]:
         if kind == "query":
@@ -73,7 +88,6 @@ class VllmPoolEmbedding(EngineFields, BaseEmbedding):
             normalize=self.normalize,
             truncate_prompt_tokens=self.truncate_prompt_tokens,
             batch_size=self.embed_batch_size,
-            show_progress=self.show_progress,
         )
 
     def _get_query_embedding(self, query: str) -> list[float]:
