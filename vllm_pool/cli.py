@@ -1,4 +1,5 @@
-"""The ``vllm-pool`` command: ``vllm-pool serve MODEL [options]``.
+"""The ``vllm-pool`` command: ``vllm-pool serve MODEL [options]`` and
+``vllm-pool embed MODEL --input FILE --output FILE [options]`` (:mod:`vllm_pool.embed_job`).
 
 The engine flags are generated from :class:`~vllm_pool.engine.args.EngineArgs` (every
 option of :class:`vllm_pool.LLM`, with its default in ``--help``); the server needs the ``server``
@@ -29,18 +30,47 @@ def _seconds(text: str) -> float:
     return value
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every ``--help`` line of an optional flag ends with its default (lines that show it
+    already are kept as they are)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.required or action.help is None or "default" in action.help:
+            return action.help  # required, or the help says its default in words
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vllm-pool", description="vllm-pool: an in-process pooling engine.")
+    from vllm_pool import __version__, embed_job
+
+    parser = argparse.ArgumentParser(
+        prog="vllm-pool",
+        description="vllm-pool: an in-process pooling engine.",
+        formatter_class=_HelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"vllm-pool {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    e = sub.add_parser(
+        "embed",
+        help="Embed a .txt / .jsonl file of texts into a .npy / .jsonl file (a batch job).",
+        description=(embed_job.__doc__ or "").split("\n\n", 1)[-1].replace("``", ""),
+        formatter_class=_HelpFormatter,
+    )
+    embed_job.add_arguments(e.add_argument_group("job"))
+    EngineArgs.add_cli_args(e.add_argument_group("engine (the options of LLM, from EngineArgs)"))
+    e.add_argument(
+        "--log-level", default="warning", choices=["debug", "info", "warning", "error"], help="logging level"
+    )
     s = sub.add_parser(
         "serve",
         help="Serve a model over the OpenAI-compatible HTTP API.",
         description="Serve a model over the OpenAI-compatible HTTP API.",
+        formatter_class=_HelpFormatter,
     )
     EngineArgs.add_cli_args(s.add_argument_group("engine (the options of LLM, from EngineArgs)"))
     h = s.add_argument_group("server")
-    h.add_argument("--host", default="127.0.0.1")
-    h.add_argument("--port", type=int, default=8000)
+    h.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    h.add_argument("--port", type=int, default=8000, help="port to listen on")
     h.add_argument(
         "--api-key",
         default=None,
@@ -54,14 +84,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-request-tokens", type=positive_int, default=524_288, help="tokens per request (413)"
     )
     # Defaults of the limits: those of ServerConfig (16 MiB, 100,000 characters, 30 s, 10 s).
-    h.add_argument("--max-body-bytes", type=positive_int, default=None, help="request body bytes (413 above)")
-    h.add_argument("--max-input-chars", type=positive_int, default=None, help="characters per text (413)")
-    h.add_argument("--body-timeout", type=_seconds, default=None, help="seconds to receive a body (then 408)")
+    h.add_argument(
+        "--max-body-bytes", type=positive_int, default=None,
+        help="request body bytes (413 above; default: 16 MiB)"
+    )
+    h.add_argument(
+        "--max-input-chars", type=positive_int, default=None,
+        help="characters per text (413; default: 100,000)"
+    )
+    h.add_argument(
+        "--body-timeout", type=_seconds, default=None,
+        help="seconds to receive a body (then 408; default: 30)"
+    )
     h.add_argument(
         "--header-timeout",
         type=_seconds,
         default=None,
-        help="seconds a connection may take to send a complete request head (closed after)",
+        help="seconds a connection may take to send a complete request head (closed after; default: 10)",
     )
     h.add_argument(
         "--num-threads",
@@ -70,8 +109,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch CPU threads (default on CPU: every core, with OpenMP threads sleeping when "
         "idle; all cores but one under another OMP_WAIT_POLICY)",
     )
-    h.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    h.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="logging level"
+    )
     return parser
+
+
+def embed(args: argparse.Namespace) -> int:
+    """Run ``vllm-pool embed``; problems with the files or the inputs exit 1 with one line."""
+    from vllm_pool import LLM, embed_job
+
+    def load() -> object:
+        try:
+            return LLM.from_engine_args(EngineArgs.from_cli_args(args))
+        except (ValueError, TypeError, OSError) as exc:
+            raise embed_job.JobError(f"cannot load {args.model!r}: {exc}") from exc
+
+    try:
+        return embed_job.run(args, load)
+    except embed_job.JobError as exc:
+        print(f"vllm-pool embed: {exc}", file=sys.stderr)
+        return 1
 
 
 def llm_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -214,6 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if argv is None:  # the console script (in-process callers keep their process)
             passive_openmp(sys.argv[1:])
         return serve(args)
+    if args.command == "embed":
+        return embed(args)
     return 2  # pragma: no cover  (argparse requires a command)
 
 
