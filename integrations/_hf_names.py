@@ -181,6 +181,8 @@ class _Out:
         every = [t[1:] for t in targets if t.startswith("*") and t[1:] in self.fields]
         if every:
             for target in every:
+                if self.source.get(target, "").startswith("query_encode_kwargs"):
+                    continue  # the query's own prompt (langchain-huggingface: it replaces encode_kwargs')
                 self.set(target, value, name)
             return
         for target in targets:
@@ -219,6 +221,7 @@ def translate(
     """
     out = _Out(owner, fields)
     spelled = [name for name in given if name not in fields or name in ALWAYS_ALIASES]
+    spelled.sort(key=lambda name: name != "query_encode_kwargs")  # before encode_kwargs
     for name, value in given.items():
         if name not in spelled:
             out.set(name, value, name)  # our own fields first: a spelling may only agree with them

@@ -24,7 +24,7 @@ class RerankedCopies(BaseModel):
     score_threshold: float | None = None
     """Drop documents scoring below this value."""
 
-    @field_validator("top_n")
+    @field_validator("top_n", mode="before")
     @classmethod
     def _positive_top_n(cls, value: Any) -> Any:
         return check_top_n(value)
