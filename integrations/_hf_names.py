@@ -181,9 +181,8 @@ class _Out:
         every = [t[1:] for t in targets if t.startswith("*") and t[1:] in self.fields]
         if every:
             for target in every:
-                if self.source.get(target, "").startswith("query_encode_kwargs"):
-                    continue  # the query's own prompt (langchain-huggingface: it replaces encode_kwargs')
-                self.set(target, value, name)
+                if target not in self.values:  # a field given itself, or query_encode_kwargs' own, wins
+                    self.set(target, value, name)
             return
         for target in targets:
             if target.startswith("engine_kwargs.") and "engine_kwargs" in self.fields:
