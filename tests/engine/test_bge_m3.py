@@ -168,4 +168,5 @@ def test_lexical_weights_and_scores_match_flag_embedding(bge_folder):
         for j in range(len(texts)):
             expected = sum(w * ref[j][t] for t, w in ref[i].items() if t in ref[j])
             assert lexical_score(ours[i], ours[j]) == pytest.approx(expected, rel=1e-4, abs=1e-7)
-    assert any(lexical_score(ours[i], ours[j]) > 0 for i in range(len(texts)) for j in range(i + 1, len(texts)))
+    n = len(texts)
+    assert any(lexical_score(ours[i], ours[j]) > 0 for i in range(n) for j in range(i + 1, n))
