@@ -52,7 +52,7 @@ class Pooler:
 
     def resolve(self, params: PoolingParams) -> PoolingParams:
         """Check the request's params for this task and fill in the model defaults."""
-        params.verify(self.task)
+        params.verify(self.task, pooling_type=self.method.value)
         return self.head.resolve(params)
 
     def __call__(
