@@ -79,9 +79,8 @@ class EmbeddingHead:
         params.check()
         dims = params.dimensions if params.dimensions is not None else self.dimensions_default
         if params.dimensions is not None:
-            check_dimensions(
-                params.dimensions, self.model_name, self.is_matryoshka, self.matryoshka_dimensions, self.out_dim
-            )
+            dims_list = self.matryoshka_dimensions
+            check_dimensions(params.dimensions, self.model_name, self.is_matryoshka, dims_list, self.out_dim)
         elif dims is not None and dims > self.out_dim:
             raise ValueError(f"dimensions={dims} is larger than the model's embedding size {self.out_dim}")
         normalize_ = self.normalize_default if params.normalize is None else bool(params.normalize)

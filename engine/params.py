@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 _TOKEN_FIELDS = ("step_tag_id", "returned_token_ids")
@@ -45,8 +45,8 @@ class PoolingParams:
     use_activation: bool | None = None
     step_tag_id: int | None = None
     returned_token_ids: list[int] | None = None
-    activation: bool | None = None
-    softmax: bool | None = None
+    activation: bool | None = field(default=None, repr=False)
+    softmax: bool | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         for name in ("activation", "softmax"):
@@ -139,7 +139,9 @@ def check_dimensions(
     elif dimensions < 1:
         raise ValueError("Dimensions must be greater than 0")
     if embedding_size is not None and dimensions > embedding_size:
-        raise ValueError(f"dimensions={dimensions} is larger than the model's embedding size {embedding_size}")
+        raise ValueError(
+            f"dimensions={dimensions} is larger than the model's embedding size {embedding_size}"
+        )
 
 
 def _check_bool(name: str, value: object) -> None:

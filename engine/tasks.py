@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 from vllm_pool.engine.inputs import check_attention_masks, normalize_prompts
 from vllm_pool.engine.outputs import (
-    ClassificationOutput,
-    EmbeddingOutput,
+    ClassificationRequestOutput,
+    EmbeddingRequestOutput,
     PoolingOutput,
     PoolingRequestOutput,
-    ScoringOutput,
+    ScoringRequestOutput,
 )
 from vllm_pool.engine.params import PoolingParams
 from vllm_pool.engine.types import ALL_POOLING_TASKS
@@ -59,7 +59,7 @@ class TaskMethods:
         *,
         use_tqdm: bool = True,
         truncate_prompt_tokens: int | None = None,
-    ) -> list[PoolingRequestOutput[EmbeddingOutput]]:
+    ) -> list[EmbeddingRequestOutput]:
         """One embedding vector per prompt (``.outputs.embedding``)."""
         io = self.task_io["embed"]
         return self._run_io(io, prompts, pooling_params, use_tqdm, truncate_prompt_tokens)
@@ -71,7 +71,7 @@ class TaskMethods:
         *,
         use_tqdm: bool = True,
         truncate_prompt_tokens: int | None = None,
-    ) -> list[PoolingRequestOutput[ClassificationOutput]]:
+    ) -> list[ClassificationRequestOutput]:
         """Class probabilities per prompt (``.outputs.probs``; logits with ``use_activation=False``)."""
         io = self.task_io["classify"]
         return self._run_io(io, prompts, pooling_params, use_tqdm, truncate_prompt_tokens)
@@ -97,7 +97,7 @@ class TaskMethods:
         pooling_params: PoolingParams | None = None,
         use_tqdm: bool = True,
         truncate_prompt_tokens: int | None = None,
-    ) -> list[PoolingRequestOutput[ScoringOutput]]:
+    ) -> list[ScoringRequestOutput]:
         """Similarity scores of pairs (1:1, 1:N or N:N): ``.outputs.score``.
 
         Cross-encoders (one label) score each pair jointly; models with only the ``embed``
@@ -160,6 +160,4 @@ class TaskMethods:
 
 
 def _convert(out: PoolingRequestOutput[Any], new: Any) -> PoolingRequestOutput[Any]:
-    return PoolingRequestOutput(
-        request_id=out.request_id, outputs=new, prompt_token_ids=out.prompt_token_ids, finished=out.finished
-    )
+    return PoolingRequestOutput(**out._with(new))
