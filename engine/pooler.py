@@ -111,10 +111,37 @@ class TaskPoolers:
                     f"Unknown pooling_task {task!r}; the pooling tasks are {list(ALL_POOLING_TASKS)} "
                     f"and model {self.model_name!r} supports {supported}"
                 )
+            detail = f"model {self.model_name!r} does not support the {task!r} task"
             raise UnsupportedTaskError(
-                f"Model {self.model_name!r} does not support the {task!r} task; supported tasks: {supported}"
+                f"{unsupported_message(str(task), supported)} ({detail}; supported tasks: {supported})"
             )
         return self._poolers[task]
+
+
+def unsupported_message(task: str, supported: list[str]) -> str:
+    """vLLM's message for a task the model lacks (its tests match these texts)."""
+    if task in ("embed", "token_embed"):
+        return (
+            "Embedding API is not supported by this model. Try converting the model using `--convert embed`."
+        )
+    if task in ("classify", "token_classify"):
+        return (
+            "Classification API is not supported by this model. "
+            "Try converting the model using `--convert classify`."
+        )
+    if task == "score":
+        if "classify" in supported:  # a classifier with num_labels != 1
+            return "Score API is only enabled for num_labels == 1."
+        return (
+            "Score API is not supported by this model. "
+            "Try converting the model using `--convert embed` or `--convert classify`."
+        )
+    if task == "plugin":
+        return (
+            "No IOProcessor plugin installed. Please refer to the documentation: load one with "
+            "LLM(io_processor_plugin=...) or --io-processor-plugin."
+        )
+    return f"Unsupported task: {task!r} Supported tasks: {supported}"
 
 
 def embed_poolers(cfg: ModelConfig) -> dict[str, Pooler]:

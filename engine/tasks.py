@@ -20,7 +20,19 @@ from vllm_pool.engine.outputs import (
     ScoringRequestOutput,
 )
 from vllm_pool.engine.params import PoolingParams
-from vllm_pool.engine.types import ALL_POOLING_TASKS
+
+ENCODE_TASK_REQUIRED = (
+    "pooling_task required for `LLM.encode`\n"
+    "Please use one of the more specific methods or set the pooling_task when using `LLM.encode`:\n"
+    '  - For embeddings, use `LLM.embed(...)` or `pooling_task="embed"`.\n'
+    '  - For classification logits, use `LLM.classify(...)` or `pooling_task="classify"`.\n'
+    "  - For similarity scores, use `LLM.score(...)`.\n"
+    '  - For rewards, use `LLM.reward(...)` or `pooling_task="token_classify"`\n'
+    '  - For token classification, use `pooling_task="token_classify"`\n'
+    '  - For multi-vector retrieval, use `pooling_task="token_embed"`\n'
+    '  - For IO Processor Plugins, use `pooling_task="plugin"`'
+)
+"""vLLM's message for ``LLM.encode`` without ``pooling_task``."""
 
 if TYPE_CHECKING:
     from vllm_pool.engine.llm import LLM
@@ -46,10 +58,8 @@ class TaskMethods:
         if pooling_task == "plugin":
             return self._run_plugin(prompts, pooling_params, use_tqdm)
         if pooling_task is None:
-            raise ValueError(
-                "LLM.encode needs pooling_task: one of "
-                f"{list(ALL_POOLING_TASKS)} (this model supports {list(self.get_supported_tasks())})"
-            )
+            supported = list(self.get_supported_tasks())
+            raise ValueError(f"{ENCODE_TASK_REQUIRED} (this model supports {supported})")
         return self._run(prompts, pooling_task, pooling_params, use_tqdm, truncate_prompt_tokens)
 
     def embed(

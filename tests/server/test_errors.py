@@ -47,7 +47,7 @@ async def test_bad_json(client):
         ("/v1/embeddings", {"input": "a", "dimensions": "32"}, "dimensions"),
         ("/v1/embeddings", {"input": "a", "encoding_format": "int8"}, "encoding_format"),
         ("/v1/embeddings", {"input": []}, "input must not be empty"),
-        ("/v1/embeddings", {"input": "a", "dimensions": 0}, "Dimensions must be greater than 0"),
+        ("/v1/embeddings", {"input": "a", "dimensions": 0}, "does not support matryoshka representation"),
         ("/v1/embeddings", {"input": "a", "truncate_prompt_tokens": 10_000}, "max_model_len"),
         ("/v1/embeddings", {"input": [[1, 2, 10**9]]}, "outside the vocabulary"),
         ("/rerank", {"query": "q"}, "documents: Field required"),
