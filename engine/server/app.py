@@ -223,7 +223,8 @@ class ServerState:
             prepared = io.cross_prepared(requests)
             n_tokens = self.check_tokens(prepared)
         else:
-            prepared, n_tokens = await self.prepare(lambda: io.prepare(first, second, None, truncate, names))
+            params = PoolingParams(use_activation=use_activation) if use_activation is not None else None
+            prepared, n_tokens = await self.prepare(lambda: io.prepare(first, second, params, truncate, names))
         outs = await self.run(prepared, http)
         return [o.outputs.score for o in outs], n_tokens
 
