@@ -223,8 +223,10 @@ class ServerState:
             prepared = io.cross_prepared(requests)
             n_tokens = self.check_tokens(prepared)
         else:
-            params = PoolingParams(use_activation=use_activation) if use_activation is not None else None
-            prepared, n_tokens = await self.prepare(lambda: io.prepare(first, second, params, truncate, names))
+            bi_params = PoolingParams(use_activation=use_activation) if use_activation is not None else None
+            prepared, n_tokens = await self.prepare(
+                lambda: io.prepare(first, second, bi_params, truncate, names)
+            )
         outs = await self.run(prepared, http)
         return [o.outputs.score for o in outs], n_tokens
 
