@@ -70,7 +70,8 @@ class PoolingParams:
         ids = self.returned_token_ids
         if ids is not None:
             if not isinstance(ids, (list, tuple)):
-                raise TypeError(f"returned_token_ids must be a list of integers, got {type(ids).__name__}")
+                kind = type(ids).__name__
+                raise ParamTypeError(f"returned_token_ids must be a list of integers, got {kind}")
             for i, v in enumerate(ids):
                 _check_int(f"returned_token_ids[{i}]", v)
 
@@ -144,11 +145,16 @@ def check_dimensions(
         )
 
 
+class ParamTypeError(TypeError, ValueError):
+    """A :class:`PoolingParams` field of the wrong type: a ``TypeError``, and a ``ValueError``
+    too, since vLLM's callers (and its tests) catch invalid parameters as ``ValueError``."""
+
+
 def _check_bool(name: str, value: object) -> None:
     if value is not None and not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool or None, got {type(value).__name__} {value!r}")
+        raise ParamTypeError(f"{name} must be a bool or None, got {type(value).__name__} {value!r}")
 
 
 def _check_int(name: str, value: object) -> None:
     if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
-        raise TypeError(f"{name} must be an integer or None, got {type(value).__name__} {value!r}")
+        raise ParamTypeError(f"{name} must be an integer or None, got {type(value).__name__} {value!r}")
