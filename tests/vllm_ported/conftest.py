@@ -87,3 +87,9 @@ def make_client(app: Any) -> httpx.AsyncClient:
     """An in-process client (vLLM's tests start a ``RemoteOpenAIServer`` process instead)."""
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     return httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=60)
+
+
+@pytest.fixture()
+def client_for():
+    """``client_for(app)``: an in-process client of ``app``."""
+    return make_client
