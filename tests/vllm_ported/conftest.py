@@ -77,7 +77,10 @@ def bge_m3(tiny_dir) -> Path:
         tok.cls_token, tok.sep_token = "<s>", "</s>"  # as BGE-M3's tokenizer
         tok.save_pretrained(folder)
         torch.manual_seed(5)
-        torch.save(torch.nn.Linear(32, 1).state_dict(), folder / "sparse_linear.pt")
+        sparse = torch.nn.Linear(32, 1)
+        with torch.no_grad():
+            sparse.bias.fill_(0.5)  # most tokens get a positive weight, as in the real model
+        torch.save(sparse.state_dict(), folder / "sparse_linear.pt")
         torch.save(torch.nn.Linear(32, 32).state_dict(), folder / "colbert_linear.pt")
 
     return _once(tiny_dir / "ported_bge_m3", build)
