@@ -6,10 +6,13 @@ from vllm_pool.engine.llm import LLM
 from vllm_pool.engine.model_source import DEFAULT_MODEL
 from vllm_pool.engine.outputs import (
     ClassificationOutput,
+    ClassificationRequestOutput,
     EmbeddingOutput,
+    EmbeddingRequestOutput,
     PoolingOutput,
     PoolingRequestOutput,
     ScoringOutput,
+    ScoringRequestOutput,
     output_lists,
     stack_outputs,
 )
@@ -20,7 +23,9 @@ __all__ = [
     "DEFAULT_MODEL",
     "LLM",
     "ClassificationOutput",
+    "ClassificationRequestOutput",
     "EmbeddingOutput",
+    "EmbeddingRequestOutput",
     "EngineArgs",
     "ModelNotFoundError",
     "PoolerConfig",
@@ -29,6 +34,7 @@ __all__ = [
     "PoolingRequestOutput",
     "PoolingType",
     "ScoringOutput",
+    "ScoringRequestOutput",
     "UnsupportedTaskError",
     "output_lists",
     "stack_outputs",

@@ -57,7 +57,8 @@ def _embed(cfg: ModelConfig, model: torch.nn.Module, tokenizer: Any) -> dict[str
 
 
 def _sequence_classify(cfg: ModelConfig, model: torch.nn.Module, tokenizer: Any) -> dict[str, Pooler]:
-    return classify_poolers(cfg, sequence_classifier(model, cfg.hf_config, tokenizer))
+    step = str(cfg.pooler.pooling_type or "").upper() == "STEP"
+    return classify_poolers(cfg, sequence_classifier(model, cfg.hf_config, tokenizer, cfg.hf_path, step))
 
 
 def _token_classify(cfg: ModelConfig, model: torch.nn.Module, tokenizer: Any) -> dict[str, Pooler]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,18 +32,53 @@ def _linear(module: Any) -> bool:
     return isinstance(module, torch.nn.Linear)
 
 
-def _lm_head_classifier(model: Any, hf_config: Any, tokenizer: Any) -> Classifier:
-    """A score head from a causal LM's output embeddings (vLLM's seq-cls adapter).
+def checkpoint_tensor(folder: Path, suffix: str) -> torch.Tensor | None:
+    """The tensor whose name ends with ``suffix`` in the folder's safetensors files, if any."""
+    from safetensors import safe_open
+
+    for file in sorted(Path(folder).glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            for name in f.keys():  # noqa: SIM118 (safe_open has no __iter__)
+                if name == suffix or name.endswith("." + suffix):
+                    return f.get_tensor(name)
+    return None
+
+
+def _lm_head_classifier(
+    model: Any, hf_config: Any, tokenizer: Any, folder: Path | None = None, step: bool = False
+) -> Classifier:
+    """A score head for a causal LM converted with ``convert="classify"`` (vLLM's
+    ``as_seq_cls_model``).
 
     With ``classifier_from_token`` (token strings) in the config, the head keeps those rows of
     the LM head; with ``method == "from_2_way_softmax"`` (or Qwen3-reranker's
     ``is_original_qwen3_reranker``) two tokens ``[no, yes]`` become one logit ``yes - no``,
-    whose sigmoid equals the two-way softmax. Without it, the full vocabulary logits.
+    whose sigmoid equals the two-way softmax. Otherwise the checkpoint's ``score.weight``
+    (``[num_labels, hidden]``) is the head; a STEP-pooled process reward model
+    (``returned_token_ids`` columns of the LM head) keeps the LM head. Anything else is an
+    error: a softmax over the whole vocabulary is not a classifier.
     """
     weight = model.get_output_embeddings().weight  # [vocab, hidden]
     tokens = getattr(hf_config, "classifier_from_token", None)
     if not tokens:
-        return Classifier(lambda x: x @ weight.T, PoolingType.LAST, int(weight.shape[0]))
+        score = checkpoint_tensor(folder, "score.weight") if folder is not None else None
+        if score is not None:
+            n = int(getattr(hf_config, "num_labels", score.shape[0]))
+            if score.ndim != 2 or score.shape != (n, weight.shape[1]):
+                raise ValueError(
+                    f"score.weight has shape {list(score.shape)}; expected [num_labels={n}, "
+                    f"hidden_size={weight.shape[1]}]"
+                )
+            w = score.to(weight.device, weight.dtype)
+            return Classifier(lambda x: x @ w.T, PoolingType.LAST, n)
+        if step:
+            return Classifier(lambda x: x @ weight.T, PoolingType.LAST, int(weight.shape[0]))
+        archs = list(getattr(hf_config, "architectures", None) or [])
+        raise ValueError(
+            f"convert='classify' on {archs or 'this causal LM'} needs a classification head: the "
+            "checkpoint has no 'score.weight' and the config no 'classifier_from_token' (set it with "
+            "hf_overrides, e.g. {'classifier_from_token': ['no', 'yes'], 'method': 'from_2_way_softmax'})"
+        )
     ids = tokenizer.convert_tokens_to_ids(list(tokens))
     if any(i is None or i == tokenizer.unk_token_id for i in ids):
         raise ValueError(f"classifier_from_token {tokens} are not all in the tokenizer's vocabulary")
@@ -56,10 +92,16 @@ def _lm_head_classifier(model: Any, hf_config: Any, tokenizer: Any) -> Classifie
     return Classifier(lambda x: x @ rows.T, PoolingType.LAST, len(ids))
 
 
-def sequence_classifier(model: Any, hf_config: Any, tokenizer: Any = None) -> Classifier:
-    """Split the sequence-classification head off ``model`` (a transformers task model)."""
+def sequence_classifier(
+    model: Any, hf_config: Any, tokenizer: Any = None, folder: Path | None = None, step: bool = False
+) -> Classifier:
+    """Split the sequence-classification head off ``model`` (a transformers task model).
+
+    ``folder`` (the checkpoint) and ``step`` (STEP pooling configured) matter only for a
+    causal LM converted with ``convert="classify"``: see :func:`_lm_head_classifier`.
+    """
     if getattr(model, "lm_head", None) is not None:  # a causal LM converted with convert="classify"
-        return _lm_head_classifier(model, hf_config, tokenizer)
+        return _lm_head_classifier(model, hf_config, tokenizer, folder, step)
     n = int(getattr(hf_config, "num_labels", 2))
     score = getattr(model, "score", None)
     if _linear(score):  # decoders: Qwen2/Llama/...ForSequenceClassification

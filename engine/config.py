@@ -188,6 +188,16 @@ class ModelConfig:
         dims = getattr(self.hf_config, "matryoshka_dimensions", None)
         return list(dims) if dims else None
 
+    @property
+    def served_model_name(self) -> str:
+        """vLLM's name for the model's name in messages (``PoolingParams.verify`` reads it)."""
+        return self.name
+
+    @property
+    def pooler_config(self) -> PoolerConfig:
+        """vLLM's name for :attr:`pooler`."""
+        return self.pooler
+
     def default_pooling_type(self) -> str:
         """``pooler_config`` > Sentence Transformers > CLS for encoders, LAST for decoders."""
         if self.pooler.pooling_type:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import torch
 from vllm_pool.engine.activations import Activation, normalize, torch_nn_activation
-from vllm_pool.engine.params import PoolingParams
+from vllm_pool.engine.params import PoolingParams, check_dimensions
 from vllm_pool.engine.st_config import DenseLayer
 
 
@@ -79,17 +79,9 @@ class EmbeddingHead:
         params.check()
         dims = params.dimensions if params.dimensions is not None else self.dimensions_default
         if params.dimensions is not None:
-            if not self.is_matryoshka:
-                raise ValueError(
-                    f'Model "{self.model_name}" does not support matryoshka representation, '
-                    "changing output dimensions will lead to poor results."
-                )
-            if self.matryoshka_dimensions and dims not in self.matryoshka_dimensions:
-                raise ValueError(
-                    f'Model "{self.model_name}" only supports {self.matryoshka_dimensions} '
-                    "matryoshka dimensions, use other output dimensions will lead to poor results."
-                )
-        if dims is not None and dims > self.out_dim:
+            dims_list = self.matryoshka_dimensions
+            check_dimensions(params.dimensions, self.model_name, self.is_matryoshka, dims_list, self.out_dim)
+        elif dims is not None and dims > self.out_dim:
             raise ValueError(f"dimensions={dims} is larger than the model's embedding size {self.out_dim}")
         normalize_ = self.normalize_default if params.normalize is None else bool(params.normalize)
         return params.clone(dimensions=dims, normalize=normalize_)

@@ -141,24 +141,66 @@ OutputT = TypeVar("OutputT")
 
 @dataclass
 class PoolingRequestOutput(Generic[OutputT]):
-    """The result of one prompt.
+    """The result of one prompt (vLLM's ``PoolingRequestOutput``).
 
     Attributes:
         request_id: a string id, unique per engine.
         outputs: the task's output object (``.data``, ``.embedding``, ``.probs`` or ``.score``).
         prompt_token_ids: the token ids the model saw.
+        num_cached_tokens: prompt tokens served from a prefix cache (always 0: this engine
+            has no prefix cache).
         finished: always ``True`` (offline outputs are complete).
     """
 
     request_id: str
     outputs: OutputT
     prompt_token_ids: list[int]
+    num_cached_tokens: int = 0
     finished: bool = True
 
+    def _with(self, outputs: Any) -> Any:
+        return dict(
+            request_id=self.request_id,
+            outputs=outputs,
+            prompt_token_ids=self.prompt_token_ids,
+            num_cached_tokens=self.num_cached_tokens,
+            finished=self.finished,
+        )
 
-EmbeddingRequestOutput = PoolingRequestOutput[EmbeddingOutput]
-ClassificationRequestOutput = PoolingRequestOutput[ClassificationOutput]
-ScoringRequestOutput = PoolingRequestOutput[ScoringOutput]
+
+class EmbeddingRequestOutput(PoolingRequestOutput[EmbeddingOutput]):
+    """A :class:`PoolingRequestOutput` of ``LLM.embed``: ``.outputs.embedding``."""
+
+    @staticmethod
+    def from_base(request_output: PoolingRequestOutput[Any]) -> EmbeddingRequestOutput:
+        outputs = EmbeddingOutput.from_base(request_output.outputs)
+        return EmbeddingRequestOutput(**request_output._with(outputs))
+
+
+class ClassificationRequestOutput(PoolingRequestOutput[ClassificationOutput]):
+    """A :class:`PoolingRequestOutput` of ``LLM.classify``: ``.outputs.probs``."""
+
+    @staticmethod
+    def from_base(request_output: PoolingRequestOutput[Any]) -> ClassificationRequestOutput:
+        outputs = ClassificationOutput.from_base(request_output.outputs)
+        return ClassificationRequestOutput(**request_output._with(outputs))
+
+
+class ScoringRequestOutput(PoolingRequestOutput[ScoringOutput]):
+    """A :class:`PoolingRequestOutput` of ``LLM.score``: ``.outputs.score``."""
+
+    @staticmethod
+    def from_base(request_output: PoolingRequestOutput[Any]) -> ScoringRequestOutput:
+        outputs = ScoringOutput.from_base(request_output.outputs)
+        return ScoringRequestOutput(**request_output._with(outputs))
+
+
+REQUEST_OUTPUT_CLASSES: dict[type, type[PoolingRequestOutput[Any]]] = {
+    EmbeddingOutput: EmbeddingRequestOutput,
+    ClassificationOutput: ClassificationRequestOutput,
+    ScoringOutput: ScoringRequestOutput,
+}
+"""The request output class that holds each output class (``PoolingOutput``: the base class)."""
 
 
 def stack_outputs(outputs: Sequence[PoolingRequestOutput[Any]]) -> torch.Tensor:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import warnings
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 _TOKEN_FIELDS = ("step_tag_id", "returned_token_ids")
 _TASK_FIELDS: dict[str, tuple[str, ...]] = {
@@ -28,6 +30,13 @@ class PoolingParams:
             ``token_classify`` (``None``: model default).
         step_tag_id: for STEP pooling, keep only positions holding this token id.
         returned_token_ids: for STEP pooling, keep only these label columns.
+        activation: deprecated spelling of ``use_activation`` (a ``DeprecationWarning``).
+        softmax: deprecated spelling of ``use_activation`` (a ``DeprecationWarning``).
+
+    Raises:
+        TypeError: a field of the wrong type (``normalize="yes"``, ``normalize=0``,
+            ``dimensions="3"``...), naming the field.
+        ValueError: ``activation`` / ``softmax`` contradicting ``use_activation``.
     """
 
     truncate_prompt_tokens: int | None = None
@@ -36,10 +45,50 @@ class PoolingParams:
     use_activation: bool | None = None
     step_tag_id: int | None = None
     returned_token_ids: list[int] | None = None
+    activation: bool | None = field(default=None, repr=False)
+    softmax: bool | None = field(default=None, repr=False)
 
-    def verify(self, task: str) -> None:
-        """Check that only the fields ``task`` uses are set (vLLM's rule)."""
+    def __post_init__(self) -> None:
+        for name in ("activation", "softmax"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            warnings.warn(
+                f"PoolingParams({name}=...) is deprecated; use use_activation instead",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            _check_bool(name, value)
+            if self.use_activation is not None and self.use_activation != value:
+                raise ValueError(f"{name}={value!r} contradicts use_activation={self.use_activation!r}")
+            self.use_activation = value
+            setattr(self, name, None)  # one spelling from here on
+        for name in ("normalize", "use_activation"):
+            _check_bool(name, getattr(self, name))
+        for name in ("dimensions", "step_tag_id"):
+            _check_int(name, getattr(self, name))
+        ids = self.returned_token_ids
+        if ids is not None:
+            if not isinstance(ids, (list, tuple)):
+                kind = type(ids).__name__
+                raise ParamTypeError(f"returned_token_ids must be a list of integers, got {kind}")
+            for i, v in enumerate(ids):
+                _check_int(f"returned_token_ids[{i}]", v)
+
+    def verify(self, task: str, model_config: Any = None, *, pooling_type: str | None = None) -> None:
+        """Check the fields against ``task`` (vLLM's rules and messages).
+
+        Only the fields ``task`` uses may be set; ``step_tag_id`` / ``returned_token_ids``
+        only with STEP pooling. ``pooling_type`` is the task pooler's method; a vLLM-style
+        ``model_config`` (``pooler_config.pooling_type``, ``is_matryoshka``,
+        ``matryoshka_dimensions``, ``served_model_name``) also checks ``dimensions``.
+        """
         allowed = _TASK_FIELDS.get(task, ())
+        pooler_config = getattr(model_config, "pooler_config", None)
+        if pooling_type is None and pooler_config is not None:
+            pooling_type = getattr(pooler_config, "pooling_type", None)
+        if task != "plugin" and str(pooling_type or "").upper() != "STEP":
+            allowed = tuple(f for f in allowed if f not in _TOKEN_FIELDS)
         extra = [
             name
             for name in ("dimensions", "normalize", "use_activation", "step_tag_id", "returned_token_ids")
@@ -48,6 +97,14 @@ class PoolingParams:
         if extra:
             raise ValueError(
                 f"Task {task} only supports {list(allowed)} parameters, does not support {extra} parameters"
+            )
+        if model_config is not None and self.dimensions is not None and task in ("embed", "token_embed"):
+            check_dimensions(
+                self.dimensions,
+                str(getattr(model_config, "served_model_name", None) or getattr(model_config, "model", "")),
+                bool(getattr(model_config, "is_matryoshka", False)),
+                getattr(model_config, "matryoshka_dimensions", None),
+                getattr(model_config, "embedding_size", None),
             )
 
     def clone(self, **changes: object) -> PoolingParams:
@@ -58,9 +115,46 @@ class PoolingParams:
         t = self.truncate_prompt_tokens
         if t is not None and (not isinstance(t, int) or isinstance(t, bool) or (t < 1 and t != -1)):
             raise ValueError(f"truncate_prompt_tokens must be a positive integer or -1, got {t!r}")
-        d = self.dimensions
-        if d is not None:
-            if not isinstance(d, int) or isinstance(d, bool):
-                raise TypeError(f"dimensions must be an integer, got {type(d).__name__}")
-            if d < 1:
-                raise ValueError("Dimensions must be greater than 0")
+        _check_int("dimensions", self.dimensions)
+
+
+def check_dimensions(
+    dimensions: int,
+    model_name: str,
+    is_matryoshka: bool,
+    matryoshka_dimensions: list[int] | None,
+    embedding_size: int | None = None,
+) -> None:
+    """vLLM's Matryoshka checks, in its order and with its messages (a ``ValueError``)."""
+    if not is_matryoshka and not matryoshka_dimensions:
+        raise ValueError(
+            f'Model "{model_name}" does not support matryoshka representation, '
+            "changing output dimensions will lead to poor results."
+        )
+    if matryoshka_dimensions:
+        if dimensions not in matryoshka_dimensions:
+            raise ValueError(
+                f'Model "{model_name}" only supports {list(matryoshka_dimensions)} matryoshka dimensions, '
+                "use other output dimensions will lead to poor results."
+            )
+    elif dimensions < 1:
+        raise ValueError("Dimensions must be greater than 0")
+    if embedding_size is not None and dimensions > embedding_size:
+        raise ValueError(
+            f"dimensions={dimensions} is larger than the model's embedding size {embedding_size}"
+        )
+
+
+class ParamTypeError(TypeError, ValueError):
+    """A :class:`PoolingParams` field of the wrong type: a ``TypeError``, and a ``ValueError``
+    too, since vLLM's callers (and its tests) catch invalid parameters as ``ValueError``."""
+
+
+def _check_bool(name: str, value: object) -> None:
+    if value is not None and not isinstance(value, bool):
+        raise ParamTypeError(f"{name} must be a bool or None, got {type(value).__name__} {value!r}")
+
+
+def _check_int(name: str, value: object) -> None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+        raise ParamTypeError(f"{name} must be an integer or None, got {type(value).__name__} {value!r}")

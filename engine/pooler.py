@@ -45,10 +45,14 @@ class Pooler:
     method: PoolingType
     head: Head
     include_instruction: bool = True
+    strip_bos: int | None = None
+    """Token methods: drop a request's first row when its token is this id (vLLM's BOSEOSFilter)."""
+    strip_eos: int | None = None
+    """Token methods: drop a request's last row when its token is this id."""
 
     def resolve(self, params: PoolingParams) -> PoolingParams:
         """Check the request's params for this task and fill in the model defaults."""
-        params.verify(self.task)
+        params.verify(self.task, pooling_type=self.method.value)
         return self.head.resolve(params)
 
     def __call__(
@@ -71,7 +75,18 @@ class Pooler:
             per_request = step_pool(hidden, [p.step_tag_id for p in params])
         else:
             per_request = all_pool(hidden)
+            if self.strip_bos is not None or self.strip_eos is not None:
+                per_request = self._strip(per_request, [r.prompt_token_ids for r in requests])
         return [self.head(rows, p).float() for rows, p in zip(per_request, params)]
+
+    def _strip(self, per_request: list[torch.Tensor], token_ids: list[list[int]]) -> list[torch.Tensor]:
+        """Each request's rows without a leading ``strip_bos`` / trailing ``strip_eos`` token."""
+        out = []
+        for rows, ids in zip(per_request, token_ids):
+            start = 1 if ids and ids[0] == self.strip_bos else 0
+            stop = len(ids) - 1 if len(ids) > start and ids[-1] == self.strip_eos else len(ids)
+            out.append(rows[start:stop])
+        return out
 
 
 class TaskPoolers:
@@ -96,10 +111,37 @@ class TaskPoolers:
                     f"Unknown pooling_task {task!r}; the pooling tasks are {list(ALL_POOLING_TASKS)} "
                     f"and model {self.model_name!r} supports {supported}"
                 )
+            detail = f"model {self.model_name!r} does not support the {task!r} task"
             raise UnsupportedTaskError(
-                f"Model {self.model_name!r} does not support the {task!r} task; supported tasks: {supported}"
+                f"{unsupported_message(str(task), supported)} ({detail}; supported tasks: {supported})"
             )
         return self._poolers[task]
+
+
+def unsupported_message(task: str, supported: list[str]) -> str:
+    """vLLM's message for a task the model lacks (its tests match these texts)."""
+    if task in ("embed", "token_embed"):
+        return (
+            "Embedding API is not supported by this model. Try converting the model using `--convert embed`."
+        )
+    if task in ("classify", "token_classify"):
+        return (
+            "Classification API is not supported by this model. "
+            "Try converting the model using `--convert classify`."
+        )
+    if task == "score":
+        if "classify" in supported:  # a classifier with num_labels != 1
+            return "Score API is only enabled for num_labels == 1."
+        return (
+            "Score API is not supported by this model. "
+            "Try converting the model using `--convert embed` or `--convert classify`."
+        )
+    if task == "plugin":
+        return (
+            "No IOProcessor plugin installed. Please refer to the documentation: load one with "
+            "LLM(io_processor_plugin=...) or --io-processor-plugin."
+        )
+    return f"Unsupported task: {task!r} Supported tasks: {supported}"
 
 
 def embed_poolers(cfg: ModelConfig) -> dict[str, Pooler]:
@@ -157,8 +199,13 @@ def bge_m3_poolers(cfg: ModelConfig) -> dict[str, Pooler]:
     dense = EmbeddingHead(model_name=cfg.name, hidden_size=cfg.hidden_size, normalize_default=True)
     sparse = bge_m3.load_linear(cfg.path / "sparse_linear.pt", cfg.device, cfg.dtype)
     colbert = bge_m3.load_linear(cfg.path / "colbert_linear.pt", cfg.device, cfg.dtype)
+    bos = getattr(cfg.hf_config, "bos_token_id", None)
+    eos = getattr(cfg.hf_config, "eos_token_id", None)
+    # as vLLM: ColBERT vectors without the BOS token, sparse weights without BOS and EOS
     return {
         "embed": Pooler("embed", PoolingType.CLS, dense),
-        "token_embed": Pooler("token_embed", PoolingType.ALL, bge_m3.ColbertHead(colbert)),
-        "token_classify": Pooler("token_classify", PoolingType.ALL, bge_m3.SparseHead(sparse)),
+        "token_embed": Pooler("token_embed", PoolingType.ALL, bge_m3.ColbertHead(colbert), strip_bos=bos),
+        "token_classify": Pooler(
+            "token_classify", PoolingType.ALL, bge_m3.SparseHead(sparse), strip_bos=bos, strip_eos=eos
+        ),
     }

@@ -17,11 +17,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from vllm_pool.engine.inputs import check_attention_masks, normalize_params, normalize_prompts, resolve_params
 from vllm_pool.engine.outputs import (
+    REQUEST_OUTPUT_CLASSES,
     ClassificationOutput,
     EmbeddingOutput,
     PoolingOutput,
     PoolingRequestOutput,
     ScoringOutput,
+    ScoringRequestOutput,
 )
 from vllm_pool.engine.params import PoolingParams
 from vllm_pool.engine.scheduler import TaskSpec
@@ -101,8 +103,9 @@ class PromptIO:
         """One output object per request (tensors kept; lists made when read)."""
         ids = self.llm.request_ids(len(requests))
         wrap = self.output.from_base if self.output is not None else (lambda base: base)
+        cls = REQUEST_OUTPUT_CLASSES.get(self.output, PoolingRequestOutput)  # type: ignore[arg-type]
         return [
-            PoolingRequestOutput(rid, wrap(PoolingOutput(d)), prompt_token_ids=r.prompt_token_ids)
+            cls(rid, wrap(PoolingOutput(d)), prompt_token_ids=r.prompt_token_ids)
             for rid, r, d in zip(ids, requests, data)
         ]
 
@@ -151,7 +154,7 @@ class ScoreIO:
             scores = torch.nn.functional.cosine_similarity(e1.float(), e2.float(), dim=-1)
             ids = llm.request_ids(len(texts_1))
             return [
-                PoolingRequestOutput(
+                ScoringRequestOutput(
                     rid,
                     ScoringOutput(s),
                     prompt_token_ids=by_text[a][0].prompt_token_ids + by_text[b][0].prompt_token_ids,

@@ -13,14 +13,26 @@ from typing import TYPE_CHECKING, Any
 
 from vllm_pool.engine.inputs import check_attention_masks, normalize_prompts
 from vllm_pool.engine.outputs import (
-    ClassificationOutput,
-    EmbeddingOutput,
+    ClassificationRequestOutput,
+    EmbeddingRequestOutput,
     PoolingOutput,
     PoolingRequestOutput,
-    ScoringOutput,
+    ScoringRequestOutput,
 )
 from vllm_pool.engine.params import PoolingParams
-from vllm_pool.engine.types import ALL_POOLING_TASKS
+
+ENCODE_TASK_REQUIRED = (
+    "pooling_task required for `LLM.encode`\n"
+    "Please use one of the more specific methods or set the pooling_task when using `LLM.encode`:\n"
+    '  - For embeddings, use `LLM.embed(...)` or `pooling_task="embed"`.\n'
+    '  - For classification logits, use `LLM.classify(...)` or `pooling_task="classify"`.\n'
+    "  - For similarity scores, use `LLM.score(...)`.\n"
+    '  - For rewards, use `LLM.reward(...)` or `pooling_task="token_classify"`\n'
+    '  - For token classification, use `pooling_task="token_classify"`\n'
+    '  - For multi-vector retrieval, use `pooling_task="token_embed"`\n'
+    '  - For IO Processor Plugins, use `pooling_task="plugin"`'
+)
+"""vLLM's message for ``LLM.encode`` without ``pooling_task``."""
 
 if TYPE_CHECKING:
     from vllm_pool.engine.llm import LLM
@@ -46,10 +58,8 @@ class TaskMethods:
         if pooling_task == "plugin":
             return self._run_plugin(prompts, pooling_params, use_tqdm)
         if pooling_task is None:
-            raise ValueError(
-                "LLM.encode needs pooling_task: one of "
-                f"{list(ALL_POOLING_TASKS)} (this model supports {list(self.get_supported_tasks())})"
-            )
+            supported = list(self.get_supported_tasks())
+            raise ValueError(f"{ENCODE_TASK_REQUIRED} (this model supports {supported})")
         return self._run(prompts, pooling_task, pooling_params, use_tqdm, truncate_prompt_tokens)
 
     def embed(
@@ -59,7 +69,7 @@ class TaskMethods:
         *,
         use_tqdm: bool = True,
         truncate_prompt_tokens: int | None = None,
-    ) -> list[PoolingRequestOutput[EmbeddingOutput]]:
+    ) -> list[EmbeddingRequestOutput]:
         """One embedding vector per prompt (``.outputs.embedding``)."""
         io = self.task_io["embed"]
         return self._run_io(io, prompts, pooling_params, use_tqdm, truncate_prompt_tokens)
@@ -71,7 +81,7 @@ class TaskMethods:
         *,
         use_tqdm: bool = True,
         truncate_prompt_tokens: int | None = None,
-    ) -> list[PoolingRequestOutput[ClassificationOutput]]:
+    ) -> list[ClassificationRequestOutput]:
         """Class probabilities per prompt (``.outputs.probs``; logits with ``use_activation=False``)."""
         io = self.task_io["classify"]
         return self._run_io(io, prompts, pooling_params, use_tqdm, truncate_prompt_tokens)
@@ -97,7 +107,7 @@ class TaskMethods:
         pooling_params: PoolingParams | None = None,
         use_tqdm: bool = True,
         truncate_prompt_tokens: int | None = None,
-    ) -> list[PoolingRequestOutput[ScoringOutput]]:
+    ) -> list[ScoringRequestOutput]:
         """Similarity scores of pairs (1:1, 1:N or N:N): ``.outputs.score``.
 
         Cross-encoders (one label) score each pair jointly; models with only the ``embed``
@@ -160,6 +170,4 @@ class TaskMethods:
 
 
 def _convert(out: PoolingRequestOutput[Any], new: Any) -> PoolingRequestOutput[Any]:
-    return PoolingRequestOutput(
-        request_id=out.request_id, outputs=new, prompt_token_ids=out.prompt_token_ids, finished=out.finished
-    )
+    return PoolingRequestOutput(**out._with(new))

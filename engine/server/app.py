@@ -36,6 +36,7 @@ from vllm_pool.engine.server import protocol as p
 from vllm_pool.engine.server.engine_client import EngineClient
 from vllm_pool.engine.server.errors import APIError, ClientDisconnected, install_error_handlers
 from vllm_pool.engine.server.metrics import MetricsMiddleware, ServerMetrics
+from vllm_pool.engine.server.pooling_api import header_id, pooling_task, run_plugin
 from vllm_pool.engine.task_io import Prepared, PromptIO, encode_processor
 from vllm_pool.engine.types import Request
 
@@ -222,7 +223,10 @@ class ServerState:
             prepared = io.cross_prepared(requests)
             n_tokens = self.check_tokens(prepared)
         else:
-            prepared, n_tokens = await self.prepare(lambda: io.prepare(first, second, None, truncate, names))
+            bi_params = PoolingParams(use_activation=use_activation) if use_activation is not None else None
+            prepared, n_tokens = await self.prepare(
+                lambda: io.prepare(first, second, bi_params, truncate, names)
+            )
         outs = await self.run(prepared, http)
         return [o.outputs.score for o in outs], n_tokens
 
@@ -345,12 +349,19 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
             {"index": i, "object": "embedding", "embedding": e}
             for i, e in enumerate(encode_batch(outs, body.encoding_format))
         ]
-        return _json(p.envelope("embd", state.model_name, data, n_tokens))
+        return _json(p.envelope("embd", state.model_name, data, n_tokens, header_id(http)))
 
     @app.post("/pooling")
     async def pooling(body: p.PoolingRequest, http: HTTPRequest) -> JSONResponse:
         state.check_model(body.model)
-        task = body.task or llm.get_supported_tasks()[0]
+        is_plugin = body.input is None and body.data is not None
+        task = pooling_task(body.task, llm.get_supported_tasks(), is_plugin)
+        if task == "plugin":
+            results, n_tokens = await run_plugin(state, body, http)
+            count("/pooling", n_tokens[0], n_tokens[1])
+            return _json(p.plugin_response(results, header_id(http)))
+        if body.input is None:
+            raise APIError("input is required (or 'data' for an IO processor plugin)", 400, "input")
         prompts = to_prompts(body.input)
         state.check_inputs(len(prompts))
         state.check_texts(body.input, "input")
@@ -365,7 +376,7 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
             {"index": i, "object": "pooling", "data": d}
             for i, d in enumerate(encode_batch(outs, body.encoding_format))
         ]
-        return _json(p.envelope("pool", state.model_name, data, n_tokens))
+        return _json(p.envelope("pool", state.model_name, data, n_tokens, header_id(http)))
 
     @app.post("/classify")
     async def classify(body: p.ClassificationRequest, http: HTTPRequest) -> JSONResponse:
@@ -383,24 +394,30 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
             probs = o.outputs.data.reshape(-1)
             label = state.label(int(probs.argmax()))
             data.append({"index": i, "label": label, "probs": o.outputs.probs, "num_classes": probs.numel()})
-        return _json(p.envelope("classify", state.model_name, data, n_tokens))
+        return _json(p.envelope("classify", state.model_name, data, n_tokens, header_id(http)))
 
     async def score(body: p.ScoreRequest, http: HTTPRequest) -> JSONResponse:
         state.check_model(body.model)
-        first = body.text_1 if body.text_1 is not None else body.queries
-        second = body.text_2 if body.text_2 is not None else body.documents
+        try:
+            (name_1, first), (name_2, second) = body.side(True), body.side(False)
+        except ValueError as exc:
+            raise APIError(str(exc), 400) from exc
         if first is None or second is None:
-            raise APIError("Give text_1 and text_2 (or queries and documents)", 400, "text_1")
-        state.check_texts(first, "text_1" if body.text_1 is not None else "queries")
-        state.check_texts(second, "text_2" if body.text_2 is not None else "documents")
+            raise APIError(
+                "Give text_1 and text_2 (or data_1 / data_2, queries / documents, queries / items)",
+                400,
+                name_1 if first is None else name_2,
+            )
+        state.check_texts(first, name_1)
+        state.check_texts(second, name_2)
         n_pairs = max(len(x) if isinstance(x, list) else 1 for x in (first, second))
-        state.check_inputs(n_pairs, "text_2")
+        state.check_inputs(n_pairs, name_2)
         scores, n_tokens = await state.scores(
-            first, second, body.truncate_prompt_tokens, body.use_activation, http
+            first, second, body.truncate_prompt_tokens, body.use_activation, http, (name_1, name_2)
         )
         count(http.url.path, len(scores), n_tokens)
         data = [{"index": i, "object": "score", "score": s} for i, s in enumerate(scores)]
-        return _json(p.envelope("score", state.model_name, data, n_tokens))
+        return _json(p.envelope("score", state.model_name, data, n_tokens, header_id(http)))
 
     async def rerank(body: p.RerankRequest, http: HTTPRequest) -> JSONResponse:
         state.check_model(body.model)
@@ -421,7 +438,7 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
             if body.return_documents:
                 result["document"] = {"text": body.documents[i]}
             results.append(result)
-        return _json(p.rerank_response(state.model_name, results, n_tokens))
+        return _json(p.rerank_response(state.model_name, results, n_tokens, header_id(http)))
 
     app.post("/score")(score)
     app.post("/v1/score")(score)

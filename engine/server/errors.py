@@ -75,8 +75,19 @@ def _validation_message(exc: RequestValidationError) -> str:
             branches = list(dict.fromkeys(e["loc"][1] for e in errs))
             parts.append(f"{name}: Input should be {' or '.join(branches)}")
         else:
-            parts += [f"{'.'.join(e['loc']) or name}: {e.get('msg', 'invalid value')}" for e in errs]
+            parts += [f"{'.'.join(e['loc']) or name}: {e.get('msg', 'invalid value')}{_got(e)}" for e in errs]
     return "; ".join(parts) or "Invalid request"
+
+
+def _got(err: dict) -> str:
+    """Pydantic's ``[type=literal_error, input_value=...]`` tail for a bad choice (vLLM's
+    messages carry it), for short scalar inputs only."""
+    value = err.get("input")
+    if err.get("type") != "literal_error" or not isinstance(value, (str, int, float)):
+        return ""
+    if len(repr(value)) > 80:
+        return ""
+    return f" [type=literal_error, input_value={value!r}]"
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -31,10 +31,18 @@ class EmbeddingRequest(_Request):
 
 
 class PoolingRequest(_Request):
-    """``POST /pooling``: raw pooled data for any task the model supports (``LLM.encode``)."""
+    """``POST /pooling``: raw pooled data for any task the model supports (``LLM.encode``).
 
-    input: Input
-    task: StrictStr | None = Field(None, description="Pooling task; default: the model's first task.")
+    An IO processor plugin request (vLLM's ``IOProcessorRequest``) sends ``data`` (the
+    plugin's input) instead of ``input``, with ``task`` ``"plugin"`` or unset.
+    """
+
+    input: Input | None = None
+    data: Any = Field(None, description="The IO processor plugin's input (the 'plugin' task).")
+    task: StrictStr | None = Field(
+        None,
+        description="Pooling task; default as vLLM: token_embed, else token_classify, else plugin.",
+    )
     encoding_format: EncodingFormat = "float"
     dimensions: StrictInt | None = None
     normalize: StrictBool | None = None
@@ -51,12 +59,27 @@ class ClassificationRequest(_Request):
 
 
 class ScoreRequest(_Request):
-    """``POST /score``: pairs 1:1, 1:N or N:N (``LLM.score``); ``queries`` / ``documents`` also work."""
+    """``POST /score``: pairs 1:1, 1:N or N:N (``LLM.score``).
+
+    The first side is ``text_1``, ``data_1`` or ``queries``; the second ``text_2``,
+    ``data_2``, ``documents`` or ``items`` (the spellings of vLLM's versions).
+    """
 
     text_1: StrictStr | list[StrictStr] | None = None
     text_2: StrictStr | list[StrictStr] | None = None
+    data_1: StrictStr | list[StrictStr] | None = None
+    data_2: StrictStr | list[StrictStr] | None = None
     queries: StrictStr | list[StrictStr] | None = None
     documents: StrictStr | list[StrictStr] | None = None
+    items: StrictStr | list[StrictStr] | None = None
+
+    def side(self, first: bool) -> tuple[str, Any]:
+        """The (field name, value) of the first or second side: the first field given."""
+        names = ("text_1", "data_1", "queries") if first else ("text_2", "data_2", "documents", "items")
+        given = [(n, getattr(self, n)) for n in names if getattr(self, n) is not None]
+        if len(given) > 1:
+            raise ValueError(f"Give only one of {[n for n, _ in given]}")
+        return given[0] if given else (names[0], None)
     use_activation: StrictBool | None = None
     truncate_prompt_tokens: StrictInt | None = None
 
@@ -98,10 +121,18 @@ def usage(prompt_tokens: int) -> dict[str, Any]:
     return Usage(prompt_tokens=prompt_tokens, total_tokens=prompt_tokens).model_dump()
 
 
-def envelope(kind: str, model: str, data: list[dict[str, Any]], prompt_tokens: int) -> dict[str, Any]:
-    """The list response shared by embeddings, pooling, classify and score."""
+def request_id(kind: str, header: str | None = None) -> str:
+    """vLLM's response id: ``<kind>-<X-Request-Id header, else a random hex uuid>``."""
+    return f"{kind}-{header or uuid.uuid4().hex}"
+
+
+def envelope(
+    kind: str, model: str, data: list[dict[str, Any]], prompt_tokens: int, header_id: str | None = None
+) -> dict[str, Any]:
+    """The list response shared by embeddings, pooling, classify and score (ids ``embd-``,
+    ``pool-``, ``classify-``, ``score-`` as vLLM's)."""
     return {
-        "id": f"{kind}-{uuid.uuid4().hex}",
+        "id": request_id(kind, header_id),
         "object": "list",
         "created": int(time.time()),
         "model": model,
@@ -110,10 +141,18 @@ def envelope(kind: str, model: str, data: list[dict[str, Any]], prompt_tokens: i
     }
 
 
-def rerank_response(model: str, results: list[dict[str, Any]], total_tokens: int) -> dict[str, Any]:
+def rerank_response(
+    model: str, results: list[dict[str, Any]], total_tokens: int, header_id: str | None = None
+) -> dict[str, Any]:
+    """vLLM's rerank response; ``usage`` has ``prompt_tokens`` and ``total_tokens``."""
     return {
-        "id": f"rerank-{uuid.uuid4().hex}",
+        "id": request_id("rerank", header_id),
         "model": model,
-        "usage": {"total_tokens": total_tokens},
+        "usage": {"prompt_tokens": total_tokens, "total_tokens": total_tokens},
         "results": results,
     }
+
+
+def plugin_response(data: Any, header_id: str | None = None) -> dict[str, Any]:
+    """vLLM's ``IOProcessorResponse``: the plugin's output under ``data``."""
+    return {"request_id": request_id("pool", header_id), "created_at": int(time.time()), "data": data}

@@ -43,7 +43,7 @@ def test_wrong_top_level_types(default_llm, prompts):
 def test_unknown_pooling_task_lists_supported(default_llm):
     with pytest.raises(ValueError, match=r"supports \['embed', 'token_embed'\]"):
         default_llm.encode("x", pooling_task="nonsense", use_tqdm=False)
-    with pytest.raises(ValueError, match="needs pooling_task"):
+    with pytest.raises(ValueError, match="pooling_task required for `LLM.encode`"):
         default_llm.encode("x", use_tqdm=False)
     _still_works(default_llm)
 

@@ -13,7 +13,12 @@ TEXTS = ["what is the capital of france", "paris is the capital city of france",
 
 @pytest.fixture(scope="module")
 def bge_folder(tiny_dir):
+    import transformers
+
     folder = tiny_models.xlm_roberta(tiny_dir / "bge_m3")
+    tok = transformers.AutoTokenizer.from_pretrained(folder)
+    tok.cls_token, tok.sep_token = "<s>", "</s>"  # as XLM-R's (and BGE-M3's) tokenizer
+    tok.save_pretrained(folder)
     torch.manual_seed(3)
     torch.save(torch.nn.Linear(32, 1).state_dict(), folder / "sparse_linear.pt")
     torch.save(torch.nn.Linear(32, 24).state_dict(), folder / "colbert_linear.pt")
@@ -35,7 +40,7 @@ def _reference(folder, text):
         return (
             enc["input_ids"][0].tolist(),
             F.normalize(h[0], dim=-1),
-            torch.relu(sparse(h)).squeeze(-1),
+            torch.relu(sparse(h)).squeeze(-1)[1:-1],  # vLLM leaves out the BOS / EOS weights
             F.normalize(colbert(h[1:]), dim=-1),
         )
 
@@ -75,7 +80,7 @@ def test_one_call_returns_all_three(bge_folder):
 
 
 def test_sparse_weights_lexical_and_colbert_scores(bge_folder):
-    from vllm_pool.engine.bge_m3 import colbert_score, lexical_score, sparse_weights
+    from vllm_pool.engine.bge_m3 import colbert_score, lexical_score, lexical_weights
 
     from vllm_pool import LLM
 
@@ -83,12 +88,13 @@ def test_sparse_weights_lexical_and_colbert_scores(bge_folder):
     tok = llm.get_tokenizer()
     special = [tok.cls_token_id, tok.eos_token_id, tok.pad_token_id, tok.unk_token_id, tok.bos_token_id]
     outs = llm.encode(TEXTS, pooling_task="token_classify", use_tqdm=False)
-    weights = [sparse_weights(o.prompt_token_ids, o.outputs.data.tolist(), special) for o in outs]
+    weights = [lexical_weights(o, tok) for o in outs]
     for o, w in zip(outs, weights):
+        assert len(o.outputs.data) == len(o.prompt_token_ids) - 2  # no BOS / EOS weights
         assert not set(w) & {t for t in special if t is not None}
         for tid, val in w.items():  # the max over repeats
             assert val == pytest.approx(
-                max(float(x) for t, x in zip(o.prompt_token_ids, o.outputs.data) if t == tid)
+                max(float(x) for t, x in zip(o.prompt_token_ids[1:-1], o.outputs.data) if t == tid)
             )
     # "hello hello world": one entry for the repeated token
     hello = tok.convert_tokens_to_ids("hello")
@@ -119,3 +125,48 @@ def test_head_files_are_not_unpickled(tmp_path, bge_folder):
     (bad / "sparse_linear.pt").unlink()
     with pytest.raises(ModelNotFoundError, match="BGE-M3 head file not found: .*sparse_linear.pt"):
         LLM(str(bad), hf_overrides=BGE)
+
+
+def _flag_embedding_lexical_weights(folder, text):
+    """FlagEmbedding's BGEM3 ``lexical_weights`` computed directly in torch on the same weights:
+    ``relu(sparse_linear(h))`` over every token, CLS / EOS / PAD / UNK ids dropped, weights
+    <= 0 dropped, the max over repeated ids."""
+    import transformers
+
+    tok = transformers.AutoTokenizer.from_pretrained(folder)
+    model = transformers.AutoModel.from_pretrained(folder).eval()
+    sparse = torch.nn.Linear(32, 1)
+    sparse.load_state_dict(torch.load(folder / "sparse_linear.pt", weights_only=True))
+    enc = tok(text, return_tensors="pt")
+    with torch.no_grad():
+        w = torch.relu(sparse(model(**enc).last_hidden_state[0])).squeeze(-1)
+    unused = {tok.cls_token_id, tok.eos_token_id, tok.pad_token_id, tok.unk_token_id}
+    out: dict[int, float] = {}
+    for idx, val in zip(enc["input_ids"][0].tolist(), w.tolist()):
+        if idx not in unused and val > 0 and val > out.get(idx, 0.0):
+            out[idx] = val
+    return out
+
+
+def test_lexical_weights_and_scores_match_flag_embedding(bge_folder):
+    """Issue 14 item 3: the spec's lexical score on our sparse output equals FlagEmbedding's."""
+    from vllm_pool.engine.bge_m3 import lexical_score, lexical_weights
+
+    from vllm_pool import LLM
+
+    llm = LLM(str(bge_folder), hf_overrides=BGE)
+    tok = llm.get_tokenizer()
+    texts = TEXTS + ["the cat the cat the dog", "a"]
+    outs = llm.encode(texts, pooling_task="token_classify", use_tqdm=False)
+    ours = [lexical_weights(o, tok) for o in outs]
+    ref = [_flag_embedding_lexical_weights(bge_folder, t) for t in texts]
+    for a, b in zip(ours, ref):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6)
+    for i in range(len(texts)):
+        for j in range(len(texts)):
+            expected = sum(w * ref[j][t] for t, w in ref[i].items() if t in ref[j])
+            assert lexical_score(ours[i], ours[j]) == pytest.approx(expected, rel=1e-4, abs=1e-7)
+    n = len(texts)
+    assert any(lexical_score(ours[i], ours[j]) > 0 for i in range(n) for j in range(i + 1, n))

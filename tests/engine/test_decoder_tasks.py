@@ -96,13 +96,39 @@ def test_causal_lm_two_way_softmax_reranker(tiny_dir):
         assert out.outputs.probs[0] == pytest.approx(float(expected), abs=1e-5)
 
 
-def test_causal_lm_convert_classify_without_tokens_uses_vocab(tiny_dir):
+def test_causal_lm_convert_classify_without_a_head_is_an_error(tiny_dir):
+    """Issue 14 item 4: no score weights and no classifier_from_token -> a clear error,
+    not a softmax over the vocabulary."""
     from vllm_pool import LLM
 
     folder = tiny_models.qwen2(tiny_dir / "qwen_vocab")
-    llm = LLM(str(folder), convert="classify")
-    (out,) = llm.classify("hello world", use_tqdm=False)
-    _, _, ref = _hf(folder, "AutoModelForCausalLM", "hello world")
-    torch.testing.assert_close(
-        torch.tensor(out.outputs.probs), ref.logits[0, -1].softmax(-1), rtol=1e-4, atol=1e-6
+    message = r"needs a classification head: .*no 'score.weight'.*classifier_from_token"
+    with pytest.raises(ValueError, match=message):
+        LLM(str(folder), convert="classify")
+
+
+@pytest.mark.parametrize("num_labels", [1, 3])
+def test_causal_lm_convert_classify_uses_the_checkpoint_score_head(tiny_dir, num_labels):
+    """Issue 14 item 4: a *ForCausalLM checkpoint holding ``score.weight`` gets a ``score`` head of
+    ``num_labels`` (vLLM's as_seq_cls_model); parity with transformers' Qwen2ForSequenceClassification."""
+    import json
+
+    from vllm_pool import LLM
+
+    folder = tiny_models.qwen2(
+        tiny_dir / f"qwen_causal_score{num_labels}",
+        cls="Qwen2ForSequenceClassification",
+        num_labels=num_labels,
     )
+    config = json.loads((folder / "config.json").read_text())
+    config["architectures"] = ["Qwen2ForCausalLM"]
+    (folder / "config.json").write_text(json.dumps(config))
+    llm = LLM(str(folder), convert="classify")
+    tasks = ("classify", "score", "token_classify") if num_labels == 1 else ("classify", "token_classify")
+    assert llm.get_supported_tasks() == tasks
+    outs = llm.classify(TEXTS[:4], use_tqdm=False)
+    for text, out in zip(TEXTS[:4], outs):
+        _, _, ref = _hf(folder, "AutoModelForSequenceClassification", text)
+        probs = torch.sigmoid(ref.logits[0]) if num_labels == 1 else ref.logits[0].softmax(-1)
+        assert len(out.outputs.probs) == num_labels
+        torch.testing.assert_close(torch.tensor(out.outputs.probs), probs, rtol=1e-4, atol=1e-6)

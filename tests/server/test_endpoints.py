@@ -88,10 +88,12 @@ async def test_pooling_matches_encode(client, default_llm, task):
         torch.testing.assert_close(torch.tensor(d["data"]), o.outputs.data, atol=1e-5, rtol=1e-4)
 
 
-async def test_pooling_default_task_is_embed(client, default_llm):
+async def test_pooling_default_task_is_vllms(client, default_llm):
+    """Without a task, /pooling runs vLLM's default: token_embed (else token_classify, else plugin)."""
     r = await client.post("/pooling", json={"input": TEXTS[0]})
     assert r.status_code == 200, r.text
-    _close(r.json()["data"][0]["data"], default_llm.embed(TEXTS[0], use_tqdm=False)[0].outputs.embedding)
+    (ref,) = default_llm.encode(TEXTS[0], pooling_task="token_embed", use_tqdm=False)
+    _close(r.json()["data"][0]["data"], ref.outputs.data.tolist())
 
 
 async def test_score_bi_encoder_is_cosine(client, default_llm):
@@ -114,6 +116,7 @@ async def test_rerank_sorted_top_n(client, default_llm, path):
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["id"].startswith("rerank-") and body["usage"]["total_tokens"] > 0
+    assert body["usage"]["prompt_tokens"] == body["usage"]["total_tokens"]
     ref = [o.outputs.score for o in default_llm.score(query, TEXTS, use_tqdm=False)]
     order = sorted(range(3), key=lambda i: -ref[i])[:2]
     assert [x["index"] for x in body["results"]] == order
