@@ -87,7 +87,8 @@ class EngineArgs:
     pooler_config: Any = _option(
         None,
         "overrides of the pooler defaults (a dict or PoolerConfig; on the command line a JSON object): "
-        "pooling_type, normalize, dimensions, use_activation, step_tag_id, returned_token_ids",
+        "pooling_type, normalize, dimensions, use_activation, step_tag_id, returned_token_ids, "
+        "enable_chunked_processing, max_embed_len",
         type=_json_object("--pooler-config"), metavar="JSON",
     )
     hf_overrides: dict[str, Any] | Callable[[Any], Any] | None = _option(

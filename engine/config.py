@@ -47,6 +47,11 @@ class PoolerConfig:
             ``activation``).
         step_tag_id: default step tag of STEP pooling.
         returned_token_ids: default label columns of STEP pooling.
+        enable_chunked_processing: embed prompts longer than ``max_model_len`` by chunks of
+            ``max_model_len`` tokens, averaged by token count (``engine.chunked``, vLLM's
+            long-text embedding).
+        max_embed_len: the longest ``embed`` prompt accepted, in tokens (with chunked
+            processing: up to this; ``None``: ``max_model_len``).
     """
 
     pooling_type: str | None = None
@@ -55,6 +60,8 @@ class PoolerConfig:
     use_activation: bool | None = None
     step_tag_id: int | None = None
     returned_token_ids: list[int] | None = None
+    enable_chunked_processing: bool = False
+    max_embed_len: int | None = None
 
     _ALIASES = {"softmax": "use_activation", "activation": "use_activation"}
 
@@ -76,6 +83,7 @@ class PoolerConfig:
                 )
             kwargs[key] = val
         cfg = cls(**kwargs)
+        cfg.check_long_inputs()
         if cfg.pooling_type is not None:
             try:
                 cfg.pooling_type = PoolingType(str(cfg.pooling_type).upper()).value
@@ -85,6 +93,18 @@ class PoolerConfig:
                     f"{[p.value for p in PoolingType]}"
                 ) from None
         return cfg
+
+
+    def check_long_inputs(self) -> None:
+        """Type-check ``enable_chunked_processing`` and ``max_embed_len``."""
+        if not isinstance(self.enable_chunked_processing, bool):
+            raise TypeError(
+                "pooler_config['enable_chunked_processing'] must be true or false, "
+                f"got {self.enable_chunked_processing!r}"
+            )
+        m = self.max_embed_len
+        if m is not None and (not isinstance(m, int) or isinstance(m, bool) or m < 1):
+            raise ValueError(f"pooler_config['max_embed_len'] must be a positive integer, got {m!r}")
 
 
 def resolve_convert(architectures: list[str], convert: str) -> str:

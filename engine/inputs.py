@@ -15,10 +15,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from vllm_pool.engine.encoder import FastEncoder
+from vllm_pool.engine.lengths import PromptTooLongError, TruncationTooLargeError
 from vllm_pool.engine.params import PoolingParams
 from vllm_pool.engine.types import Request
 
 PromptType = str | dict[str, Any]
+
+NO_LIMIT = 1 << 30
+"""The tokenizers' ``max_length`` when a prompt is not cut (its length is checked afterwards)."""
 
 
 def normalize_prompts(prompts: object) -> list[PromptType]:
@@ -154,7 +158,9 @@ class InputProcessor:
 
     Args:
         tokenizer: a Hugging Face tokenizer.
-        max_model_len: the model's token limit; longer prompts are cut to it.
+        max_model_len: the model's token limit; a longer prompt is an error (vLLM's
+            :class:`~vllm_pool.engine.lengths.PromptTooLongError`) unless its params set
+            ``truncate_prompt_tokens``.
         vocab_size: the embedding table size, to check given token ids.
         do_lower_case: lowercase texts first (Sentence Transformers' ``do_lower_case``).
         use_token_type_ids: pass segment ids of text pairs to the model (BERT-like models).
@@ -190,42 +196,78 @@ class InputProcessor:
             self._instruction_lens[instruction] = n
         return n
 
-    def limit(self, params: PoolingParams, index: int) -> int:
+    def limit(self, params: PoolingParams, index: int) -> int | None:
+        """The length ``params`` cut a prompt to (``None``: not cut, its length is checked)."""
         t = params.truncate_prompt_tokens
-        if t is None or t == -1:
+        if t is None:
+            return None
+        if t == -1:
             return self.max_model_len
         if t > self.max_model_len:
-            raise ValueError(
-                f"truncate_prompt_tokens={t} (prompt {index}) is larger than the model's "
-                f"max_model_len of {self.max_model_len} tokens"
-            )
+            raise TruncationTooLargeError(t, self.max_model_len)
         return t
 
-    def __call__(
-        self, prompts: list[PromptType], params: list[PoolingParams], offset: int = 0
-    ) -> list[Request]:
-        """Tokenize ``prompts``; ``offset`` is the position of ``prompts[0]`` in the caller's list."""
-        with self.lock:
-            return self._tokenize(prompts, params, offset)
+    def check_length(
+        self, n: int, where: str, task: str, max_embed_len: int | None = None, chunked: bool = False
+    ) -> None:
+        """Raise vLLM's error for an uncut prompt of ``n`` tokens over the limit.
 
-    def _tokenize(self, prompts: list[PromptType], params: list[PoolingParams], offset: int) -> list[Request]:
+        Args:
+            n: the prompt's token count.
+            where: the input's name in the message.
+            task: the pooling task (names the operation in the server's message).
+            max_embed_len: ``pooler_config.max_embed_len`` (``embed`` only): a cap of its own.
+            chunked: chunked processing is on (``embed`` only): longer than ``max_model_len``
+                is allowed, up to ``max_embed_len``.
+        """
+        if max_embed_len is not None and n > max_embed_len:
+            raise PromptTooLongError(where, n, max_embed_len, task, kind="embed")
+        if not chunked and n > self.max_model_len:
+            raise PromptTooLongError(where, n, self.max_model_len, task)
+
+    def __call__(
+        self,
+        prompts: list[PromptType],
+        params: list[PoolingParams],
+        offset: int = 0,
+        *,
+        task: str = "embed",
+        max_embed_len: int | None = None,
+        chunked: bool = False,
+    ) -> list[Request]:
+        """Tokenize ``prompts``; ``offset`` is the position of ``prompts[0]`` in the caller's list.
+
+        ``task``, ``max_embed_len`` and ``chunked`` set the length check (:meth:`check_length`).
+        """
+        with self.lock:
+            return self._tokenize(prompts, params, offset, (task, max_embed_len, chunked))
+
+    def _tokenize(
+        self,
+        prompts: list[PromptType],
+        params: list[PoolingParams],
+        offset: int,
+        policy: tuple[str, int | None, bool],
+    ) -> list[Request]:
         requests: list[Request | None] = [None] * len(prompts)
-        texts: dict[int, list[int]] = {}  # limit -> prompt indices
+        texts: dict[int | None, list[int]] = {}  # limit -> prompt indices
         for i, (prompt, p) in enumerate(zip(prompts, params)):
             limit = self.limit(p, i + offset)
             if isinstance(prompt, dict) and "prompt_token_ids" in prompt:
-                requests[i] = self._from_ids(
-                    i + offset, list(prompt["prompt_token_ids"]), p, limit, prompt.get("attention_mask")
-                )
+                ids = list(prompt["prompt_token_ids"])
+                requests[i] = self._from_ids(i + offset, ids, p, limit, prompt.get("attention_mask"), policy)
             else:
                 texts.setdefault(limit, []).append(i)
         for limit, indices in texts.items():
             batch = [_text(prompts[i]) for i in indices]
             if self.do_lower_case:
                 batch = [t.lower() for t in batch]
-            for j, (i, ids) in enumerate(zip(indices, self._encode(batch, limit))):
+            encoded = self._encode(batch, NO_LIMIT if limit is None else limit)
+            for j, (i, ids) in enumerate(zip(indices, encoded)):
                 if not ids:
                     raise ValueError(f"prompts[{i + offset}] is empty: it has no tokens")
+                if limit is None:
+                    self.check_length(len(ids), f"prompts[{i + offset}]", *policy)
                 instruction = _instruction(prompts[i])
                 requests[i] = Request(
                     index=i + offset,
@@ -241,18 +283,28 @@ class InputProcessor:
             return self.encoder(texts, limit)
         return self.tokenizer(texts, truncation=True, max_length=limit, add_special_tokens=True)["input_ids"]
 
-    def precheck(self, prompts: list[PromptType], params: list[PoolingParams]) -> None:
+    def precheck(
+        self,
+        prompts: list[PromptType],
+        params: list[PoolingParams],
+        *,
+        task: str = "embed",
+        max_embed_len: int | None = None,
+        chunked: bool = False,
+    ) -> None:
         """The checks of :meth:`__call__` that need no tokenizer (limits, token-id prompts)."""
+        policy = (task, max_embed_len, chunked)
         for i, (prompt, p) in enumerate(zip(prompts, params)):
             limit = self.limit(p, i)
             if isinstance(prompt, dict) and "prompt_token_ids" in prompt:
-                self._from_ids(i, list(prompt["prompt_token_ids"]), p, limit)
+                self._from_ids(i, list(prompt["prompt_token_ids"]), p, limit, None, policy)
 
     def pairs(self, texts_1: list[str], texts_2: list[str], params: list[PoolingParams]) -> list[Request]:
         """Tokenize ``(texts_1[i], texts_2[i])`` as text pairs (cross-encoders).
 
-        Only the second text is cut when a pair is too long (``only_second``), unless the
-        first alone is over the limit.
+        With ``truncate_prompt_tokens``, only the second text is cut when a pair is too long
+        (``only_second``), unless the first alone is over the limit; without it, a pair over
+        ``max_model_len`` is an error (:class:`~vllm_pool.engine.lengths.PromptTooLongError`).
         """
         with self.lock:
             return self._pairs(texts_1, texts_2, params)
@@ -265,15 +317,18 @@ class InputProcessor:
                 check_unicode(text, f"{name} item {i}")
         if self.do_lower_case:
             texts_1, texts_2 = [a.lower() for a in texts_1], [b.lower() for b in texts_2]
-        by_limit: dict[int, list[int]] = {}
+        by_limit: dict[int | None, list[int]] = {}
         for i, p in enumerate(params):
             by_limit.setdefault(self.limit(p, i), []).append(i)
         requests: dict[int, Request] = {}
         for limit, indices in by_limit.items():
             pairs = [(texts_1[i], texts_2[i]) for i in indices]
-            encoded = self.encoder.pairs(pairs, limit) if self.encoder.pairs_available else None
+            cut = NO_LIMIT if limit is None else limit
+            encoded = self.encoder.pairs(pairs, cut) if self.encoder.pairs_available else None
             for j, i in enumerate(indices):
-                ids, type_ids = encoded[j] if encoded is not None else self._pair(*pairs[j], limit)
+                ids, type_ids = encoded[j] if encoded is not None else self._pair(*pairs[j], cut)
+                if limit is None:
+                    self.check_length(len(ids), f"pair {i}", "score")
                 requests[i] = Request(
                     index=i,
                     prompt_token_ids=ids,
@@ -290,7 +345,13 @@ class InputProcessor:
         return enc["input_ids"], enc.get("token_type_ids")
 
     def _from_ids(
-        self, i: int, ids: list[int], params: PoolingParams, limit: int, mask: Sequence[int] | None = None
+        self,
+        i: int,
+        ids: list[int],
+        params: PoolingParams,
+        limit: int | None,
+        mask: Sequence[int] | None = None,
+        policy: tuple[str, int | None, bool] = ("embed", None, False),
     ) -> Request:
         if not ids:
             raise ValueError(f"prompts[{i}]['prompt_token_ids'] is empty")
@@ -301,17 +362,20 @@ class InputProcessor:
                 f"[0, {self.vocab_size}): {bad[:5]}"
             )
         attention = None if mask is None or all(mask) else [int(m) for m in mask]
-        if params.truncate_prompt_tokens is not None:
-            ids = ids[:limit]
-            attention = attention[:limit] if attention is not None else None
+        if limit is not None:
+            # cut on the tokenizer's side, as vLLM does for token prompts
+            keep = slice(-limit, None) if self.truncation_side == "left" else slice(0, limit)
+            ids = ids[keep]
+            attention = attention[keep] if attention is not None else None
             if attention is not None and not any(attention):
                 raise ValueError(f"prompts[{i}]['attention_mask'] attends to no position after truncation")
-        elif len(ids) > self.max_model_len:
-            raise ValueError(
-                f"prompts[{i}] has {len(ids)} tokens, more than the model's max_model_len of "
-                f"{self.max_model_len}; set truncate_prompt_tokens to cut it"
-            )
+        else:
+            self.check_length(len(ids), f"prompts[{i}]", *policy)
         return Request(index=i, prompt_token_ids=ids, params=params, attention_mask=attention)
+
+    @property
+    def truncation_side(self) -> str:
+        return str(getattr(self.tokenizer, "truncation_side", "right"))
 
 
 def _text(prompt: PromptType) -> str:

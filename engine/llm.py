@@ -294,7 +294,8 @@ class LLM(TaskMethods):
         items, params = io.check(prompts, pooling_params, truncate_prompt_tokens)
         if len(items) <= self.tokenize_chunk:
             return self.run_prepared(io.prepared(io.tokenize(items, params)), use_tqdm)
-        self.input_processor.precheck(items, params)  # bad limits or token ids fail before any work
+        # bad limits or token ids fail before any work
+        self.input_processor.precheck(items, params, **io.lengths.kwargs())
         size = self.tokenize_chunk
         chunks: list[list[Request]] = []
         jobs: list[Job] = []

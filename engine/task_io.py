@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
+from vllm_pool.engine import chunked
 from vllm_pool.engine.inputs import check_attention_masks, normalize_params, normalize_prompts, resolve_params
 from vllm_pool.engine.outputs import (
     REQUEST_OUTPUT_CLASSES,
@@ -83,8 +84,24 @@ class PromptIO:
         params = normalize_params(pooling_params, len(items))
         return items, resolve_params(pooler.resolve, params, truncate_prompt_tokens)
 
+    @property
+    def lengths(self) -> chunked.LengthPolicy:
+        """The task's length limits (``max_embed_len`` and chunked processing for ``embed``)."""
+        return chunked.LengthPolicy.for_task(getattr(self.llm.model_config, "pooler", None), self.task)
+
     def tokenize(self, items: list[Any], params: list[PoolingParams], offset: int = 0) -> list[Request]:
-        return self.llm.input_processor(items, params, offset)
+        """Tokenize; with chunked processing, long prompts become consecutive chunk requests."""
+        lengths = self.lengths
+        requests = self.llm.input_processor(items, params, offset, **lengths.kwargs())
+        if lengths.chunked:
+            requests = chunked.split(requests, self.llm.input_processor.max_model_len)
+        return requests
+
+    def merged(
+        self, requests: list[Request], data: list[torch.Tensor]
+    ) -> tuple[list[Request], list[torch.Tensor]]:
+        """One request and output per prompt (chunk outputs averaged; see ``engine.chunked``)."""
+        return chunked.merge(requests, data) if self.lengths.chunked else (requests, data)
 
     def prepare(
         self,
@@ -100,7 +117,8 @@ class PromptIO:
         return Prepared(requests, {task: None}, lambda results: self.finish(requests, results[task]))
 
     def finish(self, requests: list[Request], data: list[torch.Tensor]) -> list[PoolingRequestOutput[Any]]:
-        """One output object per request (tensors kept; lists made when read)."""
+        """One output object per prompt (tensors kept; lists made when read)."""
+        requests, data = self.merged(requests, data)
         ids = self.llm.request_ids(len(requests))
         wrap = self.output.from_base if self.output is not None else (lambda base: base)
         cls = REQUEST_OUTPUT_CLASSES.get(self.output, PoolingRequestOutput)  # type: ignore[arg-type]
@@ -148,7 +166,7 @@ class ScoreIO:
         requests = embed.prepare(unique, pooling_params, truncate_prompt_tokens).requests
 
         def finish(results: dict[str, list[torch.Tensor]]) -> list[PoolingRequestOutput[Any]]:
-            by_text = dict(zip(unique, zip(requests, results["embed"])))
+            by_text = dict(zip(unique, zip(*embed.merged(requests, results["embed"]))))
             e1 = torch.stack([by_text[t][1] for t in texts_1])  # [pairs, dim]
             e2 = torch.stack([by_text[t][1] for t in texts_2])  # [pairs, dim]
             scores = torch.nn.functional.cosine_similarity(e1.float(), e2.float(), dim=-1)

@@ -28,6 +28,7 @@ import torch
 from fastapi import FastAPI
 from fastapi import Request as HTTPRequest
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from vllm_pool.engine.lengths import online_message
 from vllm_pool.engine.llm import LLM
 from vllm_pool.engine.params import PoolingParams
 from vllm_pool.engine.scoring import pair_up
@@ -137,7 +138,7 @@ class ServerState:
         try:
             return await asyncio.get_running_loop().run_in_executor(self.llm.tokenizer_pool, fn)
         except (ValueError, TypeError) as exc:  # the engine's checks: a bad request
-            message = str(exc)
+            message = online_message(exc)  # vLLM's server texts for over-long prompts
             if offset:  # a slice of a large request: name the caller's index
                 shift = lambda m: f"prompts[{int(m.group(1)) + offset}]"  # noqa: E731
                 message = re.sub(r"prompts\[(\d+)\]", shift, message)

@@ -1,0 +1,85 @@
+"""Prompt length limits: vLLM's errors for over-long prompts and too large truncation sizes.
+
+vLLM never cuts a prompt silently: a prompt longer than ``max_model_len`` is an error unless
+the request sets ``truncate_prompt_tokens`` (``-1``: the model's limit). The offline API
+raises a ``ValueError``; the server answers 400 with a different text that names the token
+count, the limit and the operation. Both texts are vLLM's, followed by the position of the
+input (our rule: an error names the input), so vLLM's regexes still match.
+"""
+
+from __future__ import annotations
+
+OPERATIONS = {"score": "score", "classify": "classification"}
+"""The operation the server's over-length message names, by task (else "embedding generation")."""
+
+
+class PromptTooLongError(ValueError):
+    """A prompt over the model's limit without ``truncate_prompt_tokens``.
+
+    ``str(error)`` is vLLM's offline message; :meth:`online_message` the server's.
+
+    Args:
+        where: the input, e.g. ``"prompts[3]"`` or ``"pair 2"``.
+        num_tokens: the prompt's token count (special tokens included).
+        limit: the limit it is over.
+        task: the pooling task (names the operation in the server's message).
+        kind: ``"context"`` (``max_model_len``) or ``"embed"`` (``pooler_config.max_embed_len``).
+    """
+
+    def __init__(self, where: str, num_tokens: int, limit: int, task: str, kind: str = "context") -> None:
+        self.where = where
+        self.num_tokens = num_tokens
+        self.limit = limit
+        self.task = task
+        self.kind = kind
+        super().__init__(self._offline())
+
+    def _offline(self) -> str:
+        if self.kind == "embed":
+            return self.online_message()
+        return (
+            f"The decoder prompt (length {self.num_tokens}) is longer than the maximum model length "
+            f"of {self.limit}. Make sure that `max_model_len` is no smaller than the number of text "
+            f"tokens. ({self.where}; set truncate_prompt_tokens to cut it)"
+        )
+
+    def online_message(self) -> str:
+        """vLLM's server text (HTTP 400), with the input's position."""
+        if self.kind == "embed":
+            return (
+                f"This model's maximum embedding input length is {self.limit} tokens. However, you "
+                f"requested {self.num_tokens} tokens in the input for embedding generation. Please "
+                f"reduce the length of the input. ({self.where})"
+            )
+        operation = OPERATIONS.get(self.task, "embedding generation")
+        return (
+            f"This model's maximum context length is {self.limit} tokens. However, you requested "
+            f"{self.num_tokens} tokens in the input for {operation}. Please reduce the length of the "
+            f"input. ({self.where})"
+        )
+
+
+class TruncationTooLargeError(ValueError):
+    """``truncate_prompt_tokens`` over ``max_model_len`` (vLLM's offline and server texts)."""
+
+    def __init__(self, truncate_prompt_tokens: int, max_model_len: int) -> None:
+        self.truncate_prompt_tokens = truncate_prompt_tokens
+        self.max_model_len = max_model_len
+        super().__init__(
+            f"truncate_prompt_tokens value ({truncate_prompt_tokens}) is greater than max_model_len "
+            f"({max_model_len}). Please, select a smaller truncation size."
+        )
+
+    def online_message(self) -> str:
+        """vLLM's server text (HTTP 400)."""
+        return (
+            "truncate_prompt_tokens value is greater than max_model_len. "
+            "Please, select a smaller truncation size."
+        )
+
+
+def online_message(exc: Exception) -> str:
+    """The server's text for an engine input error."""
+    if isinstance(exc, (PromptTooLongError, TruncationTooLargeError)):
+        return exc.online_message()
+    return str(exc)
