@@ -65,7 +65,7 @@ def test_token_id_prompts(default_llm):
     assert a.outputs.embedding == pytest.approx(b.outputs.embedding, abs=1e-6)
     with pytest.raises(ValueError, match=r"outside the vocabulary \[0, 30522\)"):
         default_llm.embed({"prompt_token_ids": [101, 99999, 102]}, use_tqdm=False)
-    with pytest.raises(ValueError, match="more than the model's max_model_len of 256"):
+    with pytest.raises(ValueError, match=r"\(length 300\) is longer than the maximum model length of 256"):
         default_llm.embed({"prompt_token_ids": [101] * 300}, use_tqdm=False)
     with pytest.raises(ValueError, match="is empty"):
         default_llm.embed({"prompt_token_ids": []}, use_tqdm=False)

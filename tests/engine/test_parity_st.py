@@ -25,6 +25,7 @@ def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _embed(llm, texts, **kw) -> np.ndarray:
+    kw.setdefault("truncate_prompt_tokens", -1)  # Sentence Transformers cuts to max_seq_length
     return np.array([o.outputs.embedding for o in llm.embed(texts, use_tqdm=False, **kw)])
 
 
@@ -37,8 +38,13 @@ def test_embed_matches_sentence_transformers(default_llm, st_model):
 
 
 def test_long_input_truncated_to_st_max_seq_length(default_llm, st_model):
-    (out,) = default_llm.embed(TEXTS[5], use_tqdm=False)
+    """Over the limit is vLLM's error; ``truncate_prompt_tokens=-1`` cuts to ST's max_seq_length."""
+    with pytest.raises(ValueError, match=r"\(length \d+\) is longer than the maximum model length of 256"):
+        default_llm.embed(TEXTS[5], use_tqdm=False)
+    (out,) = default_llm.embed(TEXTS[5], use_tqdm=False, truncate_prompt_tokens=-1)
     assert len(out.prompt_token_ids) == st_model.max_seq_length == 256
+    ref = st_model.encode([TEXTS[5]], convert_to_numpy=True)
+    assert _cos(np.array([out.outputs.embedding]), ref).min() >= 0.9999
 
 
 def test_alone_batch_and_shuffled_batch_agree(default_llm):
@@ -64,7 +70,8 @@ def test_small_token_budget_gives_same_vectors(default_model_dir):
 def test_token_embed_matches_st_token_embeddings(default_llm, st_model):
     texts = TEXTS[:3] + TEXTS[4:6]
     refs = st_model.encode(texts, output_value="token_embeddings", convert_to_tensor=False)
-    outs = default_llm.encode(texts, pooling_task="token_embed", use_tqdm=False)
+    kw = {"use_tqdm": False, "truncate_prompt_tokens": -1}  # ST cuts TEXTS[5]
+    outs = default_llm.encode(texts, pooling_task="token_embed", **kw)
     for ref, out in zip(refs, outs):
         ref = torch.as_tensor(ref)
         assert out.outputs.data.shape == ref.shape
@@ -96,7 +103,7 @@ def test_embed_without_normalize_matches_st_unnormalized(default_llm, st_model):
 def test_truncate_prompt_tokens(default_llm):
     (out,) = default_llm.embed(TEXTS[5], use_tqdm=False, truncate_prompt_tokens=10)
     assert len(out.prompt_token_ids) == 10
-    with pytest.raises(ValueError, match="max_model_len of 256"):
+    with pytest.raises(ValueError, match=r"truncate_prompt_tokens value \(257\) is greater than"):
         default_llm.embed("hi", use_tqdm=False, truncate_prompt_tokens=257)
 
 
@@ -114,16 +121,19 @@ def test_chunked_tokenization_pipeline_gives_the_same_outputs(default_model_dir)
 
     llm = LLM(str(default_model_dir))
     texts = [f"{t} ({i})" for i, t in enumerate(TEXTS * 3)]
-    whole = llm.embed(texts, use_tqdm=False)
+    whole = llm.embed(texts, use_tqdm=False, truncate_prompt_tokens=-1)
     llm.tokenize_chunk = 5
-    outs = llm.embed(texts, use_tqdm=False)
+    outs = llm.embed(texts, use_tqdm=False, truncate_prompt_tokens=-1)
     assert [o.prompt_token_ids for o in outs] == [o.prompt_token_ids for o in whole]
     ref = np.array([o.outputs.embedding for o in whole])
     np.testing.assert_allclose(np.array([o.outputs.embedding for o in outs]), ref, rtol=1e-5, atol=1e-6)
     # a bad token-id prompt in a later chunk fails before any chunk runs, naming its position
     with pytest.raises(ValueError, match=r"prompts\[12\]\['prompt_token_ids'\] has ids outside"):
         llm.embed(texts[:12] + [{"prompt_token_ids": [10**6]}], use_tqdm=False)
-    tokens = llm.encode(texts, pooling_task="token_embed", use_tqdm=False)
+    # an over-long prompt in a later chunk fails with vLLM's error, naming its position
+    with pytest.raises(ValueError, match=r"longer than the maximum model length of 256.*prompts\[5\]"):
+        llm.embed(texts, use_tqdm=False)
+    tokens = llm.encode(texts, pooling_task="token_embed", use_tqdm=False, truncate_prompt_tokens=-1)
     assert [t.outputs.data.shape[0] for t in tokens] == [len(o.prompt_token_ids) for o in outs]
 
 

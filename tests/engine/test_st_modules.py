@@ -28,6 +28,11 @@ def _st(folder):
     return SentenceTransformer(str(folder), device="cpu")
 
 
+def _vectors(llm):
+    outs = llm.embed(TEXTS, use_tqdm=False, truncate_prompt_tokens=-1)  # ST cuts TEXTS[5] to max_seq_length
+    return np.array([o.outputs.embedding for o in outs])
+
+
 def test_dense_and_normalize_from_modules_json(st_folder):
     from vllm_pool import LLM
 
@@ -35,7 +40,7 @@ def test_dense_and_normalize_from_modules_json(st_folder):
     st = llm.model_config.st
     assert st is not None and st.pooling_type == "CLS" and st.normalize and len(st.dense) == 1
     assert llm.embedding_dim == 16
-    ours = np.array([o.outputs.embedding for o in llm.embed(TEXTS, use_tqdm=False)])
+    ours = _vectors(llm)
     ref = _st(st_folder).encode(TEXTS, convert_to_numpy=True)
     np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-5)
 
@@ -45,7 +50,9 @@ def test_max_seq_length_is_the_limit(st_folder):
 
     llm = LLM(str(st_folder))
     assert llm.model_config.max_model_len == _st(st_folder).max_seq_length == 12
-    (out,) = llm.embed(TEXTS[5], use_tqdm=False)
+    with pytest.raises(ValueError, match="longer than the maximum model length of 12"):
+        llm.embed(TEXTS[5], use_tqdm=False)
+    (out,) = llm.embed(TEXTS[5], use_tqdm=False, truncate_prompt_tokens=-1)
     assert len(out.prompt_token_ids) == 12
 
 
@@ -53,7 +60,7 @@ def test_mean_pooling_without_normalize(st_mean_folder):
     from vllm_pool import LLM
 
     llm = LLM(str(st_mean_folder))
-    ours = np.array([o.outputs.embedding for o in llm.embed(TEXTS, use_tqdm=False)])
+    ours = _vectors(llm)
     ref = _st(st_mean_folder).encode(TEXTS, convert_to_numpy=True)
     np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-5)
     assert not np.allclose(np.linalg.norm(ours, axis=1), 1.0)
@@ -64,8 +71,8 @@ def test_pooler_config_overrides_st(st_mean_folder, tiny_bert):
 
     llm = LLM(str(st_mean_folder), pooler_config={"pooling_type": "CLS", "normalize": True})
     cls_llm = LLM(str(tiny_bert))  # plain BERT folder: CLS + normalize
-    a = np.array([o.outputs.embedding for o in llm.embed(TEXTS, use_tqdm=False)])
-    b = np.array([o.outputs.embedding for o in cls_llm.embed(TEXTS, use_tqdm=False)])
+    a = _vectors(llm)
+    b = _vectors(cls_llm)
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
