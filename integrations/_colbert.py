@@ -104,6 +104,7 @@ def add_texts(
     encode_texts: Sequence[str] | None = None,
     split_long_documents: bool = False,
     window_overlap: int = 32,
+    truncate: bool = True,
 ) -> list[str]:
     """Encode ``texts`` as ColBERT documents and add them (an existing id is overwritten).
 
@@ -120,6 +121,8 @@ def add_texts(
         split_long_documents: index documents longer than ``doc_maxlen`` as overlapping
             windows under their id (else they are cut, with a warning).
         window_overlap: tokens shared by consecutive windows.
+        truncate: cut documents over ``doc_maxlen`` (else, without ``split_long_documents``,
+            such a document is an error, raised before anything is encoded).
 
     Returns:
         The ids, in order.
@@ -136,6 +139,8 @@ def add_texts(
     from vllm_pool.retrievers.colbert import check_texts
 
     check_texts(to_encode)  # positions in the caller's list, before any batch is encoded
+    if not truncate and not split_long_documents:
+        check_document_lengths(encoder, to_encode)
     vectors: list[Any] = []
     win_ids, win_metas = list(ids), list(metas)
     if split_long_documents:
@@ -176,6 +181,21 @@ def search(
     return out
 
 
+def check_document_lengths(encoder: Any, texts: Sequence[str]) -> None:
+    """Raise ``ValueError`` naming the first document longer than ``doc_maxlen`` tokens (the
+    ``truncate=False`` setting: no document is cut silently)."""
+    limit = encoder.config.doc_maxlen
+    for i, text in enumerate(texts):
+        _, _, cut = encoder.document_windows([text])
+        if cut:
+            n = len(encoder.tokenizer(text, add_special_tokens=True)["input_ids"])
+            n += encoder.doc_marker_id is not None
+            raise ValueError(
+                f"documents[{i}] has {n} tokens, more than doc_maxlen={limit}; set truncate=True to cut "
+                "it or split_long_documents=True to index it as windows"
+            )
+
+
 def rerank(
     encoder: Any,
     query: str,
@@ -184,9 +204,14 @@ def rerank(
     split_long_documents: bool = False,
     window_overlap: int = 32,
     batch_size: int = 64,
+    truncate: bool = True,
 ) -> list[tuple[int, float]]:
-    """``(index, MaxSim score)`` of ``texts`` against ``query``, best first (``top_n`` of them)."""
+    """``(index, MaxSim score)`` of ``texts`` against ``query``, best first (``top_n`` of them);
+    ``truncate=False`` without ``split_long_documents``: a text over ``doc_maxlen`` is an error."""
     from vllm_pool.retrievers import rerank as colbert_rerank
+
+    if not truncate and not split_long_documents:
+        check_document_lengths(encoder, texts)
 
     return colbert_rerank(
         query,

@@ -37,6 +37,23 @@ ENGINE_KWARGS_HELP = (
 )
 """The description of the classes' ``engine_kwargs`` field (a test checks it names every key)."""
 
+TRUNCATE_HELP = (
+    "Cut texts longer than the model's limit to it (True, as Sentence Transformers and "
+    "HuggingFaceEmbeddings do), or let the engine's error through (False: vLLM's behaviour, a "
+    "ValueError naming the token count and the limit). An explicit truncate_prompt_tokens wins. "
+    "ColBERT classes cut to doc_maxlen either way unless False, where a document over doc_maxlen "
+    "is an error (split_long_documents=True indexes it whole)."
+)
+"""The description of the classes' ``truncate`` field (LangChain, LlamaIndex, Ray)."""
+
+
+def truncation(truncate: bool, truncate_prompt_tokens: int | None) -> int | None:
+    """The ``truncate_prompt_tokens`` an engine call gets: the caller's, else ``-1`` (the
+    model's limit) when ``truncate``, else ``None`` (an over-long text is an error)."""
+    if truncate_prompt_tokens is not None:
+        return truncate_prompt_tokens
+    return -1 if truncate else None
+
 
 @dataclass(frozen=True)
 class EngineOptions:
@@ -265,6 +282,7 @@ def embed_texts(
     dimensions: int | None = None,
     normalize: bool | None = None,
     truncate_prompt_tokens: int | None = None,
+    truncate: bool = True,
     batch_size: int = 256,
     show_progress: bool = False,
 ) -> list[list[float]]:
@@ -278,6 +296,8 @@ def embed_texts(
         dimensions: Matryoshka output size.
         normalize: L2-normalize (``None``: the model's default).
         truncate_prompt_tokens: cut each text to this many tokens.
+        truncate: without ``truncate_prompt_tokens``, cut texts to the model's limit (else an
+            over-long text is the engine's ``ValueError``).
         batch_size: texts per engine call (the engine batches by tokens inside a call).
         show_progress: show one progress bar over all the texts.
 
@@ -306,7 +326,7 @@ def embed_texts(
                     texts[start : start + batch_size],
                     params,
                     use_tqdm=progress.use_tqdm,
-                    truncate_prompt_tokens=truncate_prompt_tokens,
+                    truncate_prompt_tokens=truncation(truncate, truncate_prompt_tokens),
                 )
             out.extend(output_lists(outs))  # the whole batch in one conversion
     return out
@@ -318,6 +338,7 @@ def score_pairs(
     texts: Sequence[str],
     *,
     truncate_prompt_tokens: int | None = None,
+    truncate: bool = True,
     batch_size: int = 256,
 ) -> list[float]:
     """Relevance of each of ``texts`` to ``query`` (1:N).
@@ -325,7 +346,8 @@ def score_pairs(
     A cross-encoder scores the pairs through ``LLM.score``; a bi-encoder (e.g. the default
     model) compares the embeddings with the model's Sentence Transformers similarity
     function (``similarity_fn_name``: cosine by default, or dot, euclidean, manhattan), as
-    ``SentenceTransformer.similarity`` would.
+    ``SentenceTransformer.similarity`` would. ``truncate``: as for :func:`embed_texts` (a
+    cross-encoder's pair is cut on the document's side).
     """
     from vllm_pool import output_lists
 
@@ -344,7 +366,11 @@ def score_pairs(
                 raise kind(f"documents[{i}] must be a non-empty string, got {text!r}")
         name = similarity_fn_name(llm)
         vectors = embed_texts(
-            llm, [query, *texts], truncate_prompt_tokens=truncate_prompt_tokens, batch_size=batch_size
+            llm,
+            [query, *texts],
+            truncate_prompt_tokens=truncate_prompt_tokens,
+            truncate=truncate,
+            batch_size=batch_size,
         )
         return [float(x) for x in scores(name, vectors[0], vectors[1:])]
     out: list[float] = []
@@ -353,7 +379,7 @@ def score_pairs(
             query,
             list(texts[start : start + batch_size]),
             use_tqdm=False,
-            truncate_prompt_tokens=truncate_prompt_tokens,
+            truncate_prompt_tokens=truncation(truncate, truncate_prompt_tokens),
         )
         out.extend(output_lists(outs))  # the whole batch in one conversion
     return out

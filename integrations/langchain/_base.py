@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from vllm_pool import DEFAULT_MODEL
 
-from .._engines import ENGINE_KWARGS_HELP, EngineRef
+from .._engines import ENGINE_KWARGS_HELP, TRUNCATE_HELP, EngineRef
 from .._hf_names import translate
 
 
@@ -28,6 +28,7 @@ class EngineFields(BaseModel):
     trust_remote_code: bool = False
     """Allow custom model code declared in the model folder."""
     engine_kwargs: dict[str, Any] | None = Field(default=None, description=ENGINE_KWARGS_HELP)
+    truncate: bool = Field(default=True, description=TRUNCATE_HELP)
 
     _engine: EngineRef = PrivateAttr()
 

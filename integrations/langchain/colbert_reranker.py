@@ -42,5 +42,6 @@ class VllmPoolColBERTReranker(ColBERTFields, RerankedCopies, BaseDocumentCompres
             self.split_long_documents,
             self.window_overlap,
             self.batch_size,
+            self.truncate,
         )
         return self._ranked(ranked)

@@ -103,6 +103,7 @@ class VllmPoolColBERTRetriever(ColBERTFields, BaseRetriever):
             self.show_progress,
             split_long_documents=self.split_long_documents,
             window_overlap=self.window_overlap,
+            truncate=self.truncate,
         )
 
     def add_documents(self, documents: Sequence[Document]) -> list[str]:

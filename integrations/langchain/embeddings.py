@@ -33,7 +33,7 @@ class VllmPoolEmbeddings(EngineFields, Embeddings):
     dimensions: int | None = None
     """Matryoshka output size (the model must support it)."""
     truncate_prompt_tokens: int | None = None
-    """Cut each text to this many tokens (``-1``: the model's limit; longer texts are always cut)."""
+    """Cut each text to this many tokens (``-1``: the model's limit); see ``truncate`` otherwise."""
     query_instruction: str | None = None
     """Text put before every query, e.g. ``"Represent this sentence for searching relevant passages: "``."""
     document_instruction: str | None = None
@@ -66,6 +66,7 @@ class VllmPoolEmbeddings(EngineFields, Embeddings):
             dimensions=self.dimensions,
             normalize=self.normalize,
             truncate_prompt_tokens=self.truncate_prompt_tokens,
+            truncate=self.truncate,
             batch_size=self.batch_size,
             show_progress=show_progress,
         )

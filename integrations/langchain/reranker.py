@@ -53,6 +53,7 @@ class VllmPoolReranker(EngineFields, RerankedCopies, BaseDocumentCompressor):
             query,
             texts_of(documents),
             truncate_prompt_tokens=self.truncate_prompt_tokens,
+            truncate=self.truncate,
             batch_size=self.batch_size,
         )
         return self._ranked(sorted(enumerate(scores), key=lambda pair: -pair[1]))

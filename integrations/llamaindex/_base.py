@@ -8,7 +8,7 @@ from llama_index.core.bridge.pydantic import BaseModel, Field, PrivateAttr
 
 from vllm_pool import DEFAULT_MODEL
 
-from .._engines import ENGINE_KWARGS_HELP, EngineRef
+from .._engines import ENGINE_KWARGS_HELP, TRUNCATE_HELP, EngineRef
 from .._hf_names import translate
 
 
@@ -32,6 +32,7 @@ class EngineFields(BaseModel):
     )
     trust_remote_code: bool = Field(default=False, description="Allow custom model code in the folder.")
     engine_kwargs: dict[str, Any] | None = Field(default=None, description=ENGINE_KWARGS_HELP)
+    truncate: bool = Field(default=True, description=TRUNCATE_HELP)
 
     _engine: EngineRef = PrivateAttr()
 

@@ -85,4 +85,5 @@ class VllmPoolColBERTRerank(EngineFields, RankedNodes, BaseNodePostprocessor):
             self.split_long_documents,
             self.window_overlap,
             self.batch_size,
+            self.truncate,
         )

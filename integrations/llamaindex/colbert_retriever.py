@@ -46,6 +46,8 @@ class VllmPoolColBERTRetriever(BaseRetriever):
         split_long_documents: index documents longer than ``doc_maxlen`` as overlapping
             windows under their id (hits merged per node); else they are cut, with a warning.
         window_overlap: tokens shared by consecutive windows.
+        truncate: cut documents over ``doc_maxlen`` (on); off, such a document is an error
+            (unless ``split_long_documents``), as the other classes' ``truncate`` field.
         dtype: weights dtype (``"auto"``...).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...
         max_model_len: token limit of the model.
@@ -83,6 +85,7 @@ class VllmPoolColBERTRetriever(BaseRetriever):
         normalize: bool | None = None,
         split_long_documents: bool = False,
         window_overlap: int = 32,
+        truncate: bool = True,
         dtype: str = "auto",
         device: str = "auto",
         max_model_len: int | None = None,
@@ -118,6 +121,7 @@ class VllmPoolColBERTRetriever(BaseRetriever):
         )
         self.split_long_documents = split_long_documents
         self.window_overlap = window_overlap
+        self.truncate = truncate
         settings = {
             "query_maxlen": query_maxlen,
             "doc_maxlen": doc_maxlen,
@@ -190,6 +194,7 @@ class VllmPoolColBERTRetriever(BaseRetriever):
             encode_texts=[n.get_content(metadata_mode=MetadataMode.EMBED) for n in nodes],
             split_long_documents=self.split_long_documents,
             window_overlap=self.window_overlap,
+            truncate=self.truncate,
         )
 
     def delete(self, ids: Sequence[str]) -> int:

@@ -87,6 +87,7 @@ class VllmPoolEmbedding(EngineFields, BaseEmbedding):
             dimensions=self.dimensions,
             normalize=self.normalize,
             truncate_prompt_tokens=self.truncate_prompt_tokens,
+            truncate=self.truncate,
             batch_size=self.embed_batch_size,
         )
 

@@ -50,6 +50,7 @@ class VllmPoolRerank(EngineFields, RankedNodes, BaseNodePostprocessor):
             query,
             texts,
             truncate_prompt_tokens=self.truncate_prompt_tokens,
+            truncate=self.truncate,
             batch_size=self.batch_size,
         )
         order = sorted(range(len(texts)), key=lambda i: -scores[i])[: self.top_n]

@@ -32,6 +32,7 @@ _PREDICTOR_FIELDS = (
     "dimensions",
     "normalize",
     "truncate_prompt_tokens",
+    "truncate",
 )
 
 

@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from .._colbert import check_document_lengths
+from .._engines import truncation
 from .columns import column_of, column_strings, token_vectors_column, vectors_column
 from .engine_options import check_engine_options, load_engine
 
@@ -47,6 +49,9 @@ class PredictorSettings:
         dimensions: Matryoshka output size (``embed``).
         normalize: L2-normalize embeddings (``None``: the model's default; ``embed``).
         truncate_prompt_tokens: cut each text to this many tokens.
+        truncate: without ``truncate_prompt_tokens``, cut texts to the model's limit (else an
+            over-long text fails the batch with the engine's ``ValueError``; for
+            ``token_embed``, a document over ``doc_maxlen``).
         engine: engine options, fields of ``vllm_pool.EngineArgs`` (``dtype``, ``device``, ...).
     """
 
@@ -59,6 +64,7 @@ class PredictorSettings:
     dimensions: int | None = None
     normalize: bool | None = None
     truncate_prompt_tokens: int | None = None
+    truncate: bool = True
     engine: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -118,6 +124,8 @@ class PoolingPredictor:
         dimensions: Matryoshka output size for ``embed``.
         normalize: L2-normalize ``embed`` outputs (``None``: the model's default).
         truncate_prompt_tokens: cut each text to this many tokens.
+        truncate: without ``truncate_prompt_tokens``, cut texts to the model's limit (default,
+            as the LangChain / LlamaIndex classes do); ``False`` lets the engine's error through.
         **engine_options: fields of ``vllm_pool.EngineArgs`` (``dtype="bfloat16"``,
             ``max_num_seqs=...``), checked before the engine loads; an unknown name raises
             ``TypeError``.
@@ -138,6 +146,7 @@ class PoolingPredictor:
         dimensions: int | None = None,
         normalize: bool | None = None,
         truncate_prompt_tokens: int | None = None,
+        truncate: bool = True,
         **engine_options: Any,
     ) -> None:
         from vllm_pool import DEFAULT_MODEL, PoolingParams
@@ -152,6 +161,7 @@ class PoolingPredictor:
             dimensions=dimensions,
             normalize=normalize,
             truncate_prompt_tokens=truncate_prompt_tokens,
+            truncate=truncate,
             engine=engine_options,
         )
         s = self.settings
@@ -193,21 +203,23 @@ class PoolingPredictor:
             pooling_task="embed",
             pooling_params=self.params,
             use_tqdm=False,
-            truncate_prompt_tokens=self.settings.truncate_prompt_tokens,
+            truncate_prompt_tokens=truncation(self.settings.truncate, self.settings.truncate_prompt_tokens),
         )
         return np.stack([o.outputs.data.detach().float().cpu().numpy() for o in outs])  # [N, D]
 
     def _token_embed(self, texts: list[str]) -> list[np.ndarray]:
         if not texts:
             return []
+        if not self.settings.truncate:
+            check_document_lengths(self.encoder, texts)
         return self.encoder.encode_documents(texts)  # one [L_i, D] per text
 
     def _score(self, queries: list[str], texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros(0, dtype=np.float32)
-        outs = self.llm.score(
-            queries, texts, use_tqdm=False, truncate_prompt_tokens=self.settings.truncate_prompt_tokens
-        )
+        s = self.settings
+        truncate = truncation(s.truncate, s.truncate_prompt_tokens)
+        outs = self.llm.score(queries, texts, use_tqdm=False, truncate_prompt_tokens=truncate)
         return np.asarray([o.outputs.score for o in outs], dtype=np.float32)  # [N]
 
 
