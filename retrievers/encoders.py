@@ -51,15 +51,19 @@ class EngineTextEmbedder:
     Args:
         llm: a loaded ``vllm_pool.LLM`` (anything with ``embed`` and ``model_name``).
         use_tqdm: show the engine's progress bar.
+        truncate: cut texts longer than the model's limit to it (``truncate_prompt_tokens=-1``,
+            as Sentence Transformers does); ``False``: such a text is the engine's error.
     """
 
-    def __init__(self, llm: Any, use_tqdm: bool = False) -> None:
+    def __init__(self, llm: Any, use_tqdm: bool = False, truncate: bool = True) -> None:
         self.llm = llm
         self.use_tqdm = use_tqdm
+        self.truncate = truncate
         self.model_name = getattr(llm, "model_name", None)
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        outs = self.llm.embed(list(texts), use_tqdm=self.use_tqdm)
+        cut = {"truncate_prompt_tokens": -1} if self.truncate else {}
+        outs = self.llm.embed(list(texts), use_tqdm=self.use_tqdm, **cut)
         if outs and all(hasattr(o.outputs, "data") for o in outs):  # tensors: no Python lists
             return np.stack([np.asarray(o.outputs.data, dtype=np.float32) for o in outs])
         return np.asarray([o.outputs.embedding for o in outs], dtype=np.float32).reshape(len(outs), -1)
