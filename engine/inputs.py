@@ -218,11 +218,12 @@ class InputProcessor:
             task: the pooling task (names the operation in the server's message).
             max_embed_len: ``pooler_config.max_embed_len`` (``embed`` only): a cap of its own.
             chunked: chunked processing is on (``embed`` only): longer than ``max_model_len``
-                is allowed, up to ``max_embed_len``.
+                is allowed, up to ``max_embed_len`` (without it, the cap stays ``max_model_len``,
+                as in vLLM).
         """
         if max_embed_len is not None and n > max_embed_len:
             raise PromptTooLongError(where, n, max_embed_len, task, kind="embed")
-        if not chunked and n > self.max_model_len:
+        if (not chunked or max_embed_len is None) and n > self.max_model_len:
             raise PromptTooLongError(where, n, self.max_model_len, task)
 
     def __call__(
