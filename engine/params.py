@@ -23,7 +23,7 @@ class PoolingParams:
 
     Args:
         truncate_prompt_tokens: cut prompts to this many tokens (``-1``: the model's limit).
-            Prompts longer than the model's limit are always cut to it.
+            Without it, a prompt longer than the model's limit is an error (as in vLLM).
         dimensions: Matryoshka output size for ``embed`` / ``token_embed``.
         normalize: L2-normalize ``embed`` / ``token_embed`` outputs (``None``: model default).
         use_activation: apply the activation of ``classify`` / ``score`` /
