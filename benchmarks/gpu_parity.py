@@ -27,8 +27,9 @@ from benchmarks.common import ROOT, load_texts, machine, min_cosine, write_resul
 
 
 def _outputs(llm: Any, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    emb = np.array([o.outputs.embedding for o in llm.embed(texts, use_tqdm=False)], dtype=np.float32)
-    toks = llm.encode(texts, pooling_task="token_embed", use_tqdm=False)
+    outs = llm.embed(texts, use_tqdm=False, truncate_prompt_tokens=-1)  # ST cuts to max_seq_length
+    emb = np.array([o.outputs.embedding for o in outs], dtype=np.float32)
+    toks = llm.encode(texts, pooling_task="token_embed", use_tqdm=False, truncate_prompt_tokens=-1)
     return emb, np.concatenate([np.asarray(o.outputs.data, dtype=np.float32) for o in toks])
 
 

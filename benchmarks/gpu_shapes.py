@@ -154,12 +154,12 @@ def run_model(
     limit = llm.model_config.max_model_len
     lengths = [len(ids) for ids in tok(texts, truncation=True, max_length=limit)["input_ids"]]
     n_tokens = sum(lengths)
-    llm.embed(texts[:256], use_tqdm=False)  # warm-up (kernels, allocator)
+    llm.embed(texts[:256], use_tqdm=False, truncate_prompt_tokens=-1)  # warm-up (kernels, allocator)
     times, ours = [], None
     for _ in range(rounds):
         sync()
         t0 = time.perf_counter()
-        outs = llm.embed(texts, use_tqdm=False)
+        outs = llm.embed(texts, use_tqdm=False, truncate_prompt_tokens=-1)
         sync()
         times.append(time.perf_counter() - t0)
         ours = stack_outputs(outs).numpy()

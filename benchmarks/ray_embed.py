@@ -94,7 +94,8 @@ def main() -> None:
     tokens = sum(len(ids) for ids in llm.get_tokenizer()(texts)["input_ids"])
 
     def in_process():
-        return np.asarray([o.outputs.embedding for o in llm.embed(texts, use_tqdm=False)], dtype=np.float32)
+        outs = llm.embed(texts, use_tqdm=False, truncate_prompt_tokens=-1)  # ST cuts to max_seq_length
+        return np.asarray([o.outputs.embedding for o in outs], dtype=np.float32)
 
     layouts = _layouts(args.layouts)
     num_cpus = args.num_cpus or os.cpu_count()

@@ -25,6 +25,8 @@ import torch
 
 from benchmarks.common import CORPUS, ROOT, best_of, load_texts, machine, write_result
 
+CUT = {"use_tqdm": False, "truncate_prompt_tokens": -1}  # the references cut to the model's limit
+
 
 def build_cross_encoder(base: Path, folder: Path) -> Path:
     import transformers
@@ -80,7 +82,7 @@ def main() -> None:
         results["cross_encoder"] = compare(
             "cross-encoder",
             lambda: np.concatenate([ce_st.predict([(q, d) for d in docs], batch_size=32) for q in queries]),
-            lambda: [o.outputs.score for q in queries for o in ce_llm.score(q, docs, use_tqdm=False)],
+            lambda: [o.outputs.score for q in queries for o in ce_llm.score(q, docs, **CUT)],
             args.rounds,
             pairs,
         )
@@ -95,7 +97,7 @@ def main() -> None:
 
     results["bi_encoder"] = compare(
         "bi-encoder", st_bi,
-        lambda: [o.outputs.score for q in queries for o in bi.score(q, docs, use_tqdm=False)],
+        lambda: [o.outputs.score for q in queries for o in bi.score(q, docs, **CUT)],
         args.rounds, pairs,
     )  # fmt: skip
     results.update(queries=len(queries), candidates=len(docs), machine=machine())

@@ -38,7 +38,8 @@ def main() -> None:
         return st.encode(texts, batch_size=32, output_value="token_embeddings", convert_to_tensor=False)
 
     def run_engine():
-        return [o.outputs.data for o in llm.encode(texts, raw, pooling_task="token_embed", use_tqdm=False)]
+        kw = {"use_tqdm": False, "truncate_prompt_tokens": -1}  # ST cuts to max_seq_length
+        return [o.outputs.data for o in llm.encode(texts, raw, pooling_task="token_embed", **kw)]
 
     run_st(), run_engine()  # warm-up
     st_times, eng_times = [], []
