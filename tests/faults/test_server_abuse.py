@@ -157,7 +157,8 @@ def test_one_huge_request_does_not_stall_small_ones(tiny_bert):
     llm = LLM(str(tiny_bert), max_num_batched_tokens=512)
     config = ServerConfig(max_input_chars=4_000)
     words = " ".join(f"w{i % 97}" for i in range(2_000))[:4_000]
-    big = {"input": [words] * 500}  # 2 MB of text: many tokenizer and model slices
+    # 2 MB of text: many tokenizer and model slices (each text cut to the model's limit)
+    big = {"input": [words] * 500, "truncate_prompt_tokens": -1}
     small_expected = llm.embed(["a small one"], use_tqdm=False)[0].outputs.embedding
     big_done, big_started, big_tokenized = threading.Event(), threading.Event(), threading.Event()
     results: dict[str, object] = {}
