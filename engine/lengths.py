@@ -24,15 +24,25 @@ class PromptTooLongError(ValueError):
         limit: the limit it is over.
         task: the pooling task (names the operation in the server's message).
         kind: ``"context"`` (``max_model_len``) or ``"embed"`` (``pooler_config.max_embed_len``).
+
+    ``PromptTooLongError(message)`` alone is the same error with a finished message (how
+    :func:`~vllm_pool.retrievers.positions.caller_positions` renumbers positions).
     """
 
-    def __init__(self, where: str, num_tokens: int, limit: int, task: str, kind: str = "context") -> None:
+    def __init__(
+        self,
+        where: str,
+        num_tokens: int | None = None,
+        limit: int = 0,
+        task: str = "embed",
+        kind: str = "context",
+    ) -> None:
         self.where = where
         self.num_tokens = num_tokens
         self.limit = limit
         self.task = task
         self.kind = kind
-        super().__init__(self._offline())
+        super().__init__(where if num_tokens is None else self._offline())
 
     def _offline(self) -> str:
         if self.kind == "embed":
@@ -45,6 +55,8 @@ class PromptTooLongError(ValueError):
 
     def online_message(self) -> str:
         """vLLM's server text (HTTP 400), with the input's position."""
+        if self.num_tokens is None:
+            return str(self)
         if self.kind == "embed":
             return (
                 f"This model's maximum embedding input length is {self.limit} tokens. However, you "
@@ -62,9 +74,12 @@ class PromptTooLongError(ValueError):
 class TruncationTooLargeError(ValueError):
     """``truncate_prompt_tokens`` over ``max_model_len`` (vLLM's offline and server texts)."""
 
-    def __init__(self, truncate_prompt_tokens: int, max_model_len: int) -> None:
+    def __init__(self, truncate_prompt_tokens: int | str, max_model_len: int | None = None) -> None:
         self.truncate_prompt_tokens = truncate_prompt_tokens
         self.max_model_len = max_model_len
+        if max_model_len is None:  # a finished message (see PromptTooLongError)
+            super().__init__(truncate_prompt_tokens)
+            return
         super().__init__(
             f"truncate_prompt_tokens value ({truncate_prompt_tokens}) is greater than max_model_len "
             f"({max_model_len}). Please, select a smaller truncation size."
@@ -72,6 +87,8 @@ class TruncationTooLargeError(ValueError):
 
     def online_message(self) -> str:
         """vLLM's server text (HTTP 400)."""
+        if self.max_model_len is None:
+            return str(self)
         return (
             "truncate_prompt_tokens value is greater than max_model_len. "
             "Please, select a smaller truncation size."

@@ -42,7 +42,7 @@ def test_langchain_embeddings_cut_by_default_and_raise_without(st_long):
 
     (vec,) = VllmPoolEmbeddings().embed_documents([LONG])
     assert _cos(vec, st_long) >= 0.9999
-    with pytest.raises(ValueError, match=r"longer than the maximum model length of 256.*prompts\[1\]"):
+    with pytest.raises(ValueError, match=r"longer than the maximum model length of 256.*texts\[1\]"):
         VllmPoolEmbeddings(truncate=False).embed_documents(["short", LONG])
     (cut,) = VllmPoolEmbeddings(truncate=False, truncate_prompt_tokens=-1).embed_documents([LONG])
     assert cut == pytest.approx(vec, abs=1e-6)
