@@ -91,6 +91,12 @@ def _model_path(model: str) -> str:
 
 
 # ---------------------------------------------------------------------- load generation
+def request_body(texts: str | list[str]) -> dict[str, Any]:
+    """An embeddings request that asks for the model's cut of longer texts, as Sentence
+    Transformers cuts them (without it the server refuses an over-long input, as vLLM's does)."""
+    return {"input": texts, "truncate_prompt_tokens": -1}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -162,12 +168,12 @@ async def run_load(url: str, texts: list[str], concurrency: int, n_requests: int
     next_index = iter(range(n_requests))
     async with _poster(url, concurrency) as post:
         for t in texts[: min(8, len(texts))]:  # warm-up
-            await post("/v1/embeddings", {"input": t})
+            await post("/v1/embeddings", request_body(t))
 
         async def worker() -> None:
             for i in next_index:
                 t0 = time.perf_counter()
-                await post("/v1/embeddings", {"input": texts[i % len(texts)]})
+                await post("/v1/embeddings", request_body(texts[i % len(texts)]))
                 latencies.append(time.perf_counter() - t0)
 
         start = time.perf_counter()
@@ -232,7 +238,7 @@ async def run_head_of_line(url: str, texts: list[str], big_body: bytes, n_small:
         latencies = []
         for i in range(n_small):
             t0 = time.perf_counter()
-            await post("/v1/embeddings", {"input": texts[i % len(texts)]})
+            await post("/v1/embeddings", request_body(texts[i % len(texts)]))
             latencies.append(time.perf_counter() - t0)
         stop.set()
         await task
@@ -252,7 +258,7 @@ def big_request(chars: int, n: int) -> bytes:
     over-long input, as vLLM's does)."""
     text = " ".join(load_texts(CORPUS, 200))
     text = (text * (chars // max(len(text), 1) + 1))[:chars]
-    return json.dumps({"input": [text] * n, "truncate_prompt_tokens": -1}).encode()
+    return json.dumps(request_body([text] * n)).encode()
 
 
 def head_of_line_rows(
@@ -277,7 +283,7 @@ async def first_vectors(url: str, texts: list[str]) -> list[list[float]]:
     import httpx
 
     async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-        r = await client.post("/v1/embeddings", json={"input": texts})
+        r = await client.post("/v1/embeddings", json=request_body(texts))
         r.raise_for_status()
         return [d["embedding"] for d in r.json()["data"]]
 
@@ -295,11 +301,11 @@ def offline_rps(model: str, texts: list[str], n_requests: int, rounds: int = 3) 
 
     llm = LLM(model)
     inputs = [texts[i % len(texts)] for i in range(n_requests)]
-    llm.embed(inputs[:64], use_tqdm=False)  # warm-up
+    llm.embed(inputs[:64], use_tqdm=False, truncate_prompt_tokens=-1)  # warm-up
     best, cpu = float("inf"), []
     for _ in range(rounds):
         t0, c0 = time.perf_counter(), _own_cpu_seconds()
-        llm.embed(inputs, use_tqdm=False)
+        llm.embed(inputs, use_tqdm=False, truncate_prompt_tokens=-1)
         best = min(best, time.perf_counter() - t0)
         cpu.append(1000 * (_own_cpu_seconds() - c0) / n_requests)
     return n_requests / best, statistics.median(cpu)
