@@ -124,9 +124,10 @@ class ServerState:
             )
         return n
 
-    def check_texts(self, texts: Any, param: str) -> None:
-        """Strings of a request field: non-empty, valid Unicode, within ``max_input_chars``."""
-        limits.check_texts(texts, param, self.config.max_input_chars)
+    def check_texts(self, texts: Any, param: str, allow_empty: bool = False) -> None:
+        """Strings of a request field: valid Unicode, within ``max_input_chars``, non-empty
+        unless ``allow_empty`` (texts to embed or classify: ``""`` is its special tokens)."""
+        limits.check_texts(texts, param, self.config.max_input_chars, allow_empty)
 
     # ------------------------------------------------------------------ work off the event loop
     async def in_tokenizer_thread(self, fn: Callable[[], T], offset: int = 0) -> T:
@@ -340,7 +341,7 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
         state.check_model(body.model)
         prompts = to_prompts(body.input)
         state.check_inputs(len(prompts))
-        state.check_texts(body.input, "input")
+        state.check_texts(body.input, "input", allow_empty=True)
         params = PoolingParams(dimensions=body.dimensions, normalize=body.normalize)
         io = llm.task_io["embed"]
         prepared, n_tokens = await state.prepare_prompts(io, prompts, params, body.truncate_prompt_tokens)
@@ -365,7 +366,7 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
             raise APIError("input is required (or 'data' for an IO processor plugin)", 400, "input")
         prompts = to_prompts(body.input)
         state.check_inputs(len(prompts))
-        state.check_texts(body.input, "input")
+        state.check_texts(body.input, "input", allow_empty=True)
         params = PoolingParams(
             dimensions=body.dimensions, normalize=body.normalize, use_activation=body.use_activation
         )
@@ -384,7 +385,7 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
         state.check_model(body.model)
         prompts = to_prompts(body.input)
         state.check_inputs(len(prompts))
-        state.check_texts(body.input, "input")
+        state.check_texts(body.input, "input", allow_empty=True)
         params = PoolingParams(use_activation=body.use_activation)
         io = llm.task_io["classify"]
         prepared, n_tokens = await state.prepare_prompts(io, prompts, params, body.truncate_prompt_tokens)

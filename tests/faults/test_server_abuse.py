@@ -137,7 +137,6 @@ def test_half_closed_client_gets_its_answer(server, default_llm):
         ("/score", {"text_1": "a", "text_2": ["b", "c\udfff"]}, 400, "text_2[1] is not valid Unicode",
          "text_2"),
         ("/tokenize", {"prompt": "z" * (MAX_CHARS + 1)}, 413, "prompt has", "prompt"),
-        ("/classify", {"input": ["", "a"]}, 400, "input[0] is an empty string", "input"),
     ],
 )  # fmt: skip
 def test_bad_texts_are_named(server, path, payload, code, text, param):

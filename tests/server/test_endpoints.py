@@ -249,3 +249,15 @@ def test_fast_json_response_parses_to_the_same_document_as_the_standard_encoder(
     fast = FastJSONResponse(body)
     assert fast.media_type == "application/json"
     assert json.loads(fast.body) == json.loads(JSONResponse(body).body) == body  # floats round-trip exactly
+
+
+async def test_an_empty_text_is_embedded_as_offline(client, default_llm):
+    """``""`` is [CLS] [SEP] on a BERT model: embedded as ``LLM.embed`` (and Sentence
+    Transformers) embed it, not refused (blank pages from PDF loaders)."""
+    r = await client.post("/v1/embeddings", json={"input": ["", "hello world"]})
+    assert r.status_code == 200, r.text
+    ref = default_llm.embed(["", "hello world"], use_tqdm=False)
+    for d, o in zip(r.json()["data"], ref):
+        _close(d["embedding"], o.outputs.embedding)
+    r = await client.post("/rerank", json={"query": "q", "documents": ["a", ""]})
+    assert r.status_code == 400 and "documents[1] is an empty string" in r.text  # scores refuse it
