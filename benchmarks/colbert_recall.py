@@ -1,7 +1,9 @@
 """ColBERT multi-vector index settings: recall@k against exhaustive MaxSim, latency, memory.
 
-Embeds passages with the engine's token_embed (all-MiniLM-L6-v2, ColBERT conventions:
-[MASK]-augmented queries, punctuation skipped in documents), uses the first sentence of
+Embeds passages with the engine's token_embed (all-MiniLM-L6-v2 with the encoder's defaults
+for a plain embedding model: no [MASK] query augmentation, punctuation skipped in
+documents; the figures in README.md were measured before that default changed, with
+augmented queries), uses the first sentence of
 held-out passages as queries, and for each index setting reports recall@k against
 exhaustive fp32 MaxSim, search latency per query (median / p95), build time and bytes per
 token vector (token store + candidate index). Writes benchmarks/results/colbert_recall.json.
