@@ -24,6 +24,7 @@ import numpy as np
 
 from .arrays import is_single_matrix, l2_normalize, token_matrices
 from .candidates import candidate_slots, maxsim_slots, scan_device, scan_store, top_k
+from .colbert import check_texts
 from .encoders import encode_in_batches
 from .index_base import DocumentIndex
 from .persistence import check_labels, files_of, load_index_files, open_index, placed_faiss, save_index_files
@@ -72,9 +73,11 @@ class MultiVectorIndex(DocumentIndex):
         nbits: residual bits per dimension of ``index_type="plaid"`` (1, 2 or 4).
         ncells: cells probed per query token by ``"plaid"`` (``None``: 1 for ``k <= 10``,
             2 up to 100, else 4).
-        ndocs: ``"plaid"`` prunes its candidates on centroid-only scores to ``ndocs / 4``
-            (at least ``k``), scored exactly (``None``: 256 / 1024 / ``max(4k, 4096)`` by
-            ``k`` as above).
+        ndocs: ``"plaid"`` keeps ``ndocs`` candidates by pruned centroid-only scores, then
+            ``ndocs / 4`` (at least ``k``) by full centroid-only scores, scored exactly
+            (``None``: 256 / 1024 / ``max(4k, 4096)`` by ``k`` as above).
+        centroid_score_threshold: ``"plaid"``'s pruned stage counts only the cells whose
+            best query-token score reaches it (``None``: 0.5 / 0.45 / 0.4 by ``k``).
         device: torch device of exact MaxSim and of ``"plaid"``: with a GPU (the default
             when torch sees one) the decoded token vectors are also held there in fp16 and the
             flat scan runs there (recall 1.0 while they fit); ``"cpu"`` runs the same torch
@@ -104,6 +107,7 @@ class MultiVectorIndex(DocumentIndex):
         nbits: int = 2,
         ncells: int | None = None,
         ndocs: int | None = None,
+        centroid_score_threshold: float | None = None,
         device: str | None = None,
     ) -> None:
         config = {
@@ -121,6 +125,7 @@ class MultiVectorIndex(DocumentIndex):
             "nbits": nbits,
             "ncells": ncells,
             "ndocs": ndocs,
+            "centroid_score_threshold": centroid_score_threshold,
             "device": device,
         }
         super().__init__(dim, config, use_gpu, model_name)  # checks dim
@@ -129,6 +134,9 @@ class MultiVectorIndex(DocumentIndex):
             value = config[name]
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be None or an int >= 1, got {value!r}")
+        threshold = config["centroid_score_threshold"]
+        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))):
+            raise ValueError(f"centroid_score_threshold must be None or a number, got {threshold!r}")
         if str(index_type).lower() == "plaid":
             if storage != "fp32":
                 raise ValueError(
@@ -181,6 +189,7 @@ class MultiVectorIndex(DocumentIndex):
             batch_size: texts per encoder call.
             **kwargs: options of :class:`MultiVectorIndex`.
         """
+        check_texts(texts, "texts")  # positions in the caller's list, before any batch is encoded
         batches = encode_in_batches(texts, encoder.encode_documents, batch_size, "encoding")
         docs = [doc for batch in batches for doc in batch]
         kwargs.setdefault("model_name", getattr(encoder, "model_name", None))
@@ -322,7 +331,10 @@ class MultiVectorIndex(DocumentIndex):
             found = scan_store(self._store, qs, k, allowed_arr, self._device)
             return [self._hits(*f, k) for f in found]
         if index_type == "plaid":
-            found = self._store.search(qs, k, allowed_arr, self.config["ncells"], self.config["ndocs"])
+            found = self._store.search(
+                qs, k, allowed_arr, self.config["ncells"], self.config["ndocs"],
+                self.config["centroid_score_threshold"],
+            )  # fmt: skip
             return [self._hits(*f, k) for f in found]
         want = min(k, len(self._registry) if allowed is None else len(allowed))
         keep = self._keep(allowed)

@@ -3,17 +3,14 @@
 Each token vector is kept as a centroid id plus an ``nbits``-per-dimension residual
 (:class:`~.residual_codec.ResidualCodec`), in the rows of a :class:`~.token_store.TokenStore`
 (so adding, removing, compacting and saving work as for the other storages). An inverted
-list maps every centroid (cell) to the documents with a token in it. A search follows
-PLAID (Santhanam et al., 2022):
-
-1. candidate generation: query tokens x centroids, the ``ncells`` best cells of each query
-   token, their documents from the inverted list;
-2. pruning: each candidate's centroid-only MaxSim (its tokens replaced by their centroids);
-   the best ``ndocs / 4`` (at least ``k``) are kept, as after PLAID's stages 2 and 3;
-3. exact MaxSim of the query against the decompressed token vectors of those documents.
+list maps every centroid (cell) to the documents with a token in it. A search runs PLAID's
+four stages (Santhanam et al., 2022; see :mod:`.plaid_search`): candidate generation from
+the ``ncells`` best cells per query token, centroid interaction with pruning to ``ndocs``,
+centroid interaction without pruning to ``ndocs / 4``, and exact MaxSim of the query
+against the decompressed token vectors of those documents.
 
 Everything per query is bounded by ``ncells``, ``ndocs`` and the cell sizes, not by the
-corpus. The search runs in torch on ``device`` (a GPU when there is one).
+corpus. The search runs in torch / numpy on ``device`` (a GPU when there is one).
 """
 
 from __future__ import annotations
@@ -24,9 +21,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from vllm_pool.maxsim_kernel import segment_max, segment_maxsim
+from vllm_pool.maxsim_kernel import segment_maxsim
 
 from .candidates import top_k
+from .plaid_search import active_cells, best, centroid_scores, probe, pruned_scores, rows_of, search_defaults
 from .residual_codec import ResidualCodec, check_nbits
 from .token_store import TokenStore
 
@@ -35,18 +33,6 @@ logger = logging.getLogger(__name__)
 def id_bytes(n_centroids: int) -> int:
     """Bytes of the centroid id at the start of each row: 2 (uint16) up to 65,536 centroids, else 4."""
     return 2 if n_centroids <= 1 << 16 else 4
-
-
-def search_defaults(k: int) -> tuple[int, int]:
-    """ColBERTv2's ``(ncells, ndocs)`` for ``k`` hits.
-
-    (1, 256) up to 10 hits, (2, 1024) up to 100, else (4, max(4k, 4096)).
-    """
-    if k <= 10:
-        return 1, 256
-    if k <= 100:
-        return 2, 1024
-    return 4, max(4 * k, 4096)
 
 
 class PlaidStore(TokenStore):
@@ -152,9 +138,15 @@ class PlaidStore(TokenStore):
 
     # -- search ----------------------------------------------------------------------------
     def _centroids(self) -> torch.Tensor:
+        """The fp16 centroids on ``device`` (kept there between searches)."""
         if self._centroids_t is None:
             self._centroids_t = torch.from_numpy(self.codec.centroids).to(self.device)
         return self._centroids_t
+
+    def _id_column(self) -> np.ndarray:
+        """The centroid ids of all rows, a strided view of the rows (no copy)."""
+        dtype = "<u2" if self.id_bytes == 2 else "<u4"
+        return self._codes[: self._n, : self.id_bytes].view(dtype)[:, 0]
 
     def search(
         self,
@@ -163,17 +155,22 @@ class PlaidStore(TokenStore):
         allowed: np.ndarray | None = None,
         ncells: int | None = None,
         ndocs: int | None = None,
+        centroid_score_threshold: float | None = None,
     ) -> list[tuple[np.ndarray, np.ndarray]]:
         """The top ``k`` documents of each query ``[Lq, dim]`` (unit rows): ``(slots, scores)``.
+
+        The stages of :mod:`.plaid_search`, then exact MaxSim on decompressed vectors.
 
         Args:
             qs: query token matrices.
             k: hits per query.
             allowed: ``int64`` slots that may be returned (``None``: all).
-            ncells: cells probed per query token (default :func:`search_defaults`); doubled
-                until the candidates reach ``min(k, allowed documents)``.
-            ndocs: the centroid-only pruning keeps the best ``ndocs / 4`` candidates (at
-                least ``k``) and scores them exactly on their decompressed vectors.
+            ncells: cells probed per query token (default :func:`~.plaid_search.search_defaults`);
+                doubled until the candidates reach ``min(k, allowed documents)``.
+            ndocs: candidates kept by the pruned centroid interaction; the best ``ndocs / 4``
+                of them (at least ``k``) by the full centroid interaction are scored exactly.
+            centroid_score_threshold: the pruned stage counts only the cells whose best
+                query-token score reaches it.
         """
         starts, lengths, slots = self.segments()
         if len(starts) == 0:
@@ -181,53 +178,35 @@ class PlaidStore(TokenStore):
         offsets, docs = self.inverted_list()
         mask = None if allowed is None else np.isin(slots, allowed)  # [n documents]
         n_allowed = len(starts) if mask is None else int(mask.sum())
-        auto_cells, auto_docs = search_defaults(k)
-        ncells, ndocs = ncells or auto_cells, max(ndocs or auto_docs, k)
+        auto_cells, auto_threshold, auto_docs = search_defaults(k)
+        ncells = ncells or auto_cells
+        threshold = auto_threshold if centroid_score_threshold is None else centroid_score_threshold
+        ndocs = max(ndocs or auto_docs, k)
+        keep = max(k, ndocs // 4)
         centroids = self._centroids()
+        id_column = self._id_column()
         out = []
         for q in qs:
             qt = torch.from_numpy(np.ascontiguousarray(q, dtype=np.float32)).to(self.device)
-            cell_scores = qt @ centroids.T  # [Lq, C]
-            cand = self._candidates(cell_scores, offsets, docs, mask, min(k, n_allowed), ncells)
-            keep = max(k, ndocs // 4)
-            if len(cand) > keep:  # prune on centroid-only MaxSim: ndocs, then the best quarter
-                approx = self._centroid_scores(cell_scores, starts[cand], lengths[cand])
-                cand = cand[np.argpartition(-approx, keep - 1)[:keep]]
-            cand = np.sort(cand)
-            scores = self._exact_scores(qt, starts[cand], lengths[cand])
+            cell_scores = self._cell_scores(qt, centroids)  # [Lq, C], computed once per query
+            cand = probe(cell_scores, offsets, docs, mask, min(k, n_allowed), ncells)
+            if len(cand) > keep:
+                table = np.ascontiguousarray(cell_scores.T.cpu().numpy())  # [C, Lq]
+                if len(cand) > ndocs:  # stage 2: pruned centroid interaction -> ndocs
+                    active = active_cells(cell_scores, threshold)
+                    cand = cand[best(pruned_scores(table, active, offsets, docs, cand), ndocs)]
+                if len(cand) > keep:  # stage 3: full centroid interaction -> ndocs / 4
+                    ids = id_column[rows_of(starts[cand], lengths[cand])]
+                    cand = cand[best(centroid_scores(table, ids, lengths[cand]), keep)]
+            scores = self._exact_scores(qt, starts[cand], lengths[cand])  # stage 4
             out.append(top_k(slots[cand], scores, k))
         return out
 
-    def _candidates(
-        self,
-        cell_scores: torch.Tensor,
-        offsets: np.ndarray,
-        docs: np.ndarray,
-        mask: np.ndarray | None,
-        want: int,
-        ncells: int,
-    ) -> np.ndarray:
-        """Documents (positions) in the ``ncells`` best cells of any query token."""
-        n_cells = cell_scores.shape[1]
-        while True:
-            nc = min(ncells, n_cells)
-            cells = torch.unique(cell_scores.topk(nc, dim=1).indices).cpu().numpy()
-            cand = np.unique(docs[rows_of(offsets[cells], offsets[cells + 1] - offsets[cells])])
-            if mask is not None:
-                cand = cand[mask[cand]]
-            if len(cand) >= want or nc >= n_cells:
-                return cand.astype(np.int64)
-            ncells = 2 * nc  # a filter or a large k: probe more cells
-
-    def _centroid_scores(
-        self, cell_scores: torch.Tensor, starts: np.ndarray, lengths: np.ndarray
-    ) -> np.ndarray:
-        """MaxSim of the query against each document's tokens replaced by their centroids."""
-        rows = rows_of(starts, lengths)
-        ids = torch.from_numpy(self.row_ids(self._codes[rows])).to(cell_scores.device)
-        sim = cell_scores[:, ids]  # [Lq, T']
-        local = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-        return segment_max(sim, local, lengths).sum(dim=0).cpu().numpy()
+    def _cell_scores(self, qt: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+        """``float32 [Lq, C]``: query tokens x centroids (fp16 GEMM on a GPU, fp32 on the CPU)."""
+        if centroids.device.type == "cuda":
+            return (qt.to(centroids.dtype) @ centroids.T).float()
+        return qt @ centroids.float().T
 
     def _exact_scores(self, qt: torch.Tensor, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """MaxSim of the query against the decompressed token vectors of the documents."""
@@ -287,18 +266,3 @@ class PlaidStore(TokenStore):
             ids = self.row_ids(self._codes)
             if ids.max() >= self.codec.num_centroids:
                 raise ValueError("token_codes.npy: centroid ids beyond plaid_centroids.npy")
-
-
-def rows_of(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """The row indices ``int64 [sum(lengths)]`` of the spans ``(starts, lengths)``, in order.
-
-    >>> rows_of(np.array([5, 0]), np.array([2, 3])).tolist()
-    [5, 6, 0, 1, 2]
-    """
-    lengths = np.asarray(lengths, dtype=np.int64)
-    total = int(lengths.sum())
-    if total == 0:
-        return np.zeros(0, dtype=np.int64)
-    offset = np.asarray(starts, dtype=np.int64) - np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    first = np.repeat(offset, lengths)
-    return first + np.arange(total, dtype=np.int64)

@@ -32,7 +32,9 @@ class ResidualCodec:
     """Centroids plus ``nbits``-per-dimension residual buckets.
 
     Args:
-        centroids: ``float32 [C, dim]`` unit vectors.
+        centroids: ``[C, dim]`` unit vectors (held in fp16, as colbert-ai keeps them: 2 bytes
+            per value, which is what brings the centroid table's share of an index under
+            one byte per token vector at 10^6 vectors).
         cutoffs: ``float32 [2**nbits - 1]`` bucket boundaries of a residual value.
         weights: ``float32 [2**nbits]`` the value decoded for each bucket.
         nbits: bits per dimension (1, 2 or 4).
@@ -42,7 +44,7 @@ class ResidualCodec:
         check_nbits(nbits, centroids.shape[1])
         if cutoffs.shape != (2**nbits - 1,) or weights.shape != (2**nbits,):
             raise ValueError(f"{nbits}-bit buckets need {2**nbits - 1} cutoffs and {2**nbits} weights")
-        self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+        self.centroids = np.ascontiguousarray(centroids, dtype=np.float16)
         self.cutoffs = np.ascontiguousarray(cutoffs, dtype=np.float32)
         self.weights = np.ascontiguousarray(weights, dtype=np.float32)
         self.nbits = nbits
@@ -90,7 +92,8 @@ class ResidualCodec:
 
     def assign(self, x: np.ndarray) -> np.ndarray:
         """The nearest (highest inner product) centroid of each row, ``int64 [n]``."""
-        return nearest(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(self.centroids)).numpy()
+        centroids = torch.from_numpy(self.centroids).float()
+        return nearest(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), centroids).numpy()
 
     def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(centroid ids int64 [n], packed residuals uint8 [n, packed_bytes])``."""
@@ -108,10 +111,10 @@ class ResidualCodec:
         return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
     def decode_torch(self, ids: torch.Tensor, packed: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
-        """:meth:`decode` on the device of ``centroids`` (``ids`` int64, ``packed`` uint8)."""
+        """:meth:`decode` on the device of ``centroids`` (``ids`` int64, ``packed`` uint8): fp32."""
         lookup = torch.from_numpy(self.lookup).to(centroids.device)
         embedding = torch.nn.functional.embedding  # a row gather: much faster than indexing on the CPU
-        x = embedding(ids, centroids) + embedding(packed.long(), lookup).reshape(len(ids), self.dim)
+        x = embedding(ids, centroids).float() + embedding(packed.long(), lookup).reshape(len(ids), self.dim)
         return torch.nn.functional.normalize(x, dim=1)
 
     def nbytes(self) -> int:
