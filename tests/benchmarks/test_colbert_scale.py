@@ -31,3 +31,6 @@ def test_colbert_scale_dry_run(tmp_path):
     assert rows[0]["recall@10"] == rows[3]["recall@10"] == 1.0  # both exact scans equal fp32 MaxSim
     assert rows[0]["bytes_per_vector"] == 512  # 128-d fp32
     assert rows[2]["bytes_per_vector"] < rows[0]["bytes_per_vector"] / 4
+    for r in rows[1:3] + rows[4:]:  # plaid: the search's own loss, separated from the codec's
+        assert 0.0 <= r["recall@10_vs_decoded"] <= 1.0 and r["speedup_p50_vs_flat"] > 0
+        assert r["ndocs"] is None and r["centroids"] > 0
