@@ -189,7 +189,8 @@ class MultiVectorIndex(DocumentIndex):
             batch_size: texts per encoder call.
             **kwargs: options of :class:`MultiVectorIndex`.
         """
-        check_texts(texts, "texts")  # positions in the caller's list, before any batch is encoded
+        if not isinstance(texts, str) and len(texts):  # (encode_in_batches rejects those two)
+            check_texts(texts, "texts")  # a non-string named by the caller's position, before any batch
         batches = encode_in_batches(texts, encoder.encode_documents, batch_size, "encoding")
         docs = [doc for batch in batches for doc in batch]
         kwargs.setdefault("model_name", getattr(encoder, "model_name", None))
