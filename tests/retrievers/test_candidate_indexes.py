@@ -40,10 +40,10 @@ def test_ivf_nlist_is_chosen_from_the_data_at_training_time(rng, make_docs):
     big = make_docs(rng, 500, 8, 8, 12)
     index.add(big)
     n = index.num_vectors
-    ivf = faiss.extract_index_ivf(index._index)
-    assert ivf.nlist == int(factory_string("ivf", 8, n, None, 32)[3:].split(",")[0]) > 1
+    nlist = faiss.extract_index_ivf(index._index).nlist  # read now: the index is freed on re-training
+    assert nlist == int(factory_string("ivf", 8, n, None, 32)[3:].split(",")[0]) > 1
     index.add(make_docs(rng, 4 * 500, 8, 8, 12), ids=[f"x{i}" for i in range(2000)])
-    assert faiss.extract_index_ivf(index._index).nlist > ivf.nlist  # re-trained as it grew 4x
+    assert faiss.extract_index_ivf(index._index).nlist > nlist  # re-trained as it grew 4x
     dense = DenseIndex(8, index_type="ivf")
     dense.add(rng.standard_normal((3, 8)))
     assert dense._index is None

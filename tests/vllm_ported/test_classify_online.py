@@ -72,11 +72,19 @@ async def test_completion_request_batched(server, input_tokens):
             assert item["label"] in ["Default", "Spoiled"]
 
 
-async def test_empty_input_error(server):
-    for value in ("", []):
+async def test_empty_input_error(server, llm):
+    """Adapted: vLLM refuses a prompt with no tokens, and Qwen2.5's tokenizer adds none to
+    ``""``; the tiny tokenizer appends EOS, so ``""`` has a token here and is classified as
+    offline (``LLM.classify``); the no-token prompt is sent as an empty token-id list."""
+    for value in ([], [[]]):
         response = await server.post("/classify", json={"model": MODEL_NAME, "input": value})
         assert response.status_code == 400
         assert response.json()["object"] == "error"
+    assert llm.get_tokenizer()("")["input_ids"]  # EOS
+    response = await server.post("/classify", json={"model": MODEL_NAME, "input": ""})
+    assert response.status_code == 200
+    offline = llm.classify([""], use_tqdm=False)[0].outputs.probs
+    assert response.json()["data"][0]["probs"] == pytest.approx(offline, abs=1e-5)
 
 
 async def test_use_activation(server):
