@@ -96,3 +96,15 @@ def make_client(app: Any) -> httpx.AsyncClient:
 def client_for():
     """``client_for(app)``: an in-process client of ``app``."""
     return make_client
+
+
+@pytest.fixture()
+async def server(request, llm, client_for):
+    """The test module's ``llm`` fixture served in process, under the module's ``MODEL_NAME``
+    when it has one (vLLM's tests start a ``RemoteOpenAIServer`` on the model instead)."""
+    from vllm_pool.engine.server import ServerConfig, build_app
+
+    name = getattr(request.module, "MODEL_NAME", None)
+    config = ServerConfig(served_model_names=[name]) if name else None
+    async with client_for(build_app(llm, config)) as client:
+        yield client

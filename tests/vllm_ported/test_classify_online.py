@@ -26,14 +26,6 @@ def llm(apeach):
     return LLM(str(apeach))
 
 
-@pytest.fixture()
-async def server(llm, client_for):
-    from vllm_pool.engine.server import ServerConfig, build_app
-
-    async with client_for(build_app(llm, ServerConfig(served_model_names=[MODEL_NAME]))) as client:
-        yield client
-
-
 @pytest.fixture(scope="module")
 def input_tokens(llm):
     return llm.get_tokenizer()(input_text)["input_ids"]

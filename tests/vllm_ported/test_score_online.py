@@ -42,14 +42,6 @@ def llm(model: dict[str, Any]):
     return LLM(str(model["folder"]), max_model_len=100)
 
 
-@pytest.fixture()
-async def server(llm, client_for):
-    from vllm_pool.engine.server import build_app
-
-    async with client_for(build_app(llm)) as client:
-        yield client
-
-
 @pytest.fixture(scope="class")
 def runner(model: dict[str, Any]):
     from sentence_transformers import CrossEncoder, SentenceTransformer
