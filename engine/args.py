@@ -121,7 +121,8 @@ class EngineArgs:
     packed: bool | None = _option(
         None,
         "packed variable-length batches (no compute on padding); None: where Flash Attention's "
-        "varlen kernel runs (CUDA, half precision); --packed forces it (checked against the padded "
+        "varlen kernel runs (CUDA, half precision), and for `vllm-pool serve` also fp32 on the CPU "
+        "(a server's batches mix unrelated lengths); --packed forces it (checked against the padded "
         "path at load), --no-packed turns it off",
         action=argparse.BooleanOptionalAction,
     )
