@@ -69,6 +69,25 @@ def resolve_config(options: EngineOptions, overrides: Mapping[str, Any]) -> Any:
     return ColBERTEncoder.default_config(EngineTokenEncoder(get_engine(options)), **overrides)
 
 
+class ColBERTSettings:
+    """The resolved ``ColBERTConfig`` and the shared encoder of a framework class (both
+    frameworks' ColBERT retrievers and rerankers): the class holds its engine reference in
+    ``_engine`` and calls :meth:`_resolve_colbert` once its settings are known."""
+
+    def _resolve_colbert(self, settings: Mapping[str, Any]) -> None:
+        self._config = resolve_config(self._engine.options, settings)  # type: ignore[attr-defined]
+
+    @property
+    def colbert_config(self) -> Any:
+        """The resolved ``ColBERTConfig`` (checkpoint settings, then the given ones)."""
+        return self._config  # type: ignore[attr-defined]
+
+    @property
+    def encoder(self) -> Any:
+        """The shared ``ColBERTEncoder`` of this model and these settings."""
+        return get_encoder(self._engine.options, self._config)  # type: ignore[attr-defined]
+
+
 def get_encoder(options: EngineOptions, config: Any) -> Any:
     """The shared :class:`~vllm_pool.retrievers.ColBERTEncoder` of an engine and config."""
     key = (options, config)

@@ -11,7 +11,7 @@ from .. import _colbert
 from ._base import EngineFields
 
 
-class ColBERTFields(EngineFields):
+class ColBERTFields(_colbert.ColBERTSettings, EngineFields):
     """Engine fields plus the ColBERT encoder settings (``vllm_pool.retrievers.ColBERTConfig``).
 
     A setting left at ``None`` takes the checkpoint's value (colbert-ai ``artifact.metadata``,
@@ -47,15 +47,4 @@ class ColBERTFields(EngineFields):
 
     def model_post_init(self, context: Any, /) -> None:
         super().model_post_init(context)
-        settings = {name: getattr(self, name) for name in _colbert.ENCODER_SETTINGS}
-        self._config = _colbert.resolve_config(self._engine.options, settings)
-
-    @property
-    def colbert_config(self) -> Any:
-        """The resolved ``ColBERTConfig`` (checkpoint settings, then these fields)."""
-        return self._config
-
-    @property
-    def encoder(self) -> Any:
-        """The shared ``ColBERTEncoder`` of this model and these settings."""
-        return _colbert.get_encoder(self._engine.options, self._config)
+        self._resolve_colbert({name: getattr(self, name) for name in _colbert.ENCODER_SETTINGS})

@@ -12,7 +12,7 @@ from ._base import EngineFields
 from ._ranked_nodes import RankedNodes
 
 
-class VllmPoolColBERTRerank(EngineFields, RankedNodes, BaseNodePostprocessor):
+class VllmPoolColBERTRerank(_colbert.ColBERTSettings, EngineFields, RankedNodes, BaseNodePostprocessor):
     """Rerank retrieved nodes by late interaction (ColBERT MaxSim), best first, keeping ``top_n``.
 
     The RAGatouille / PyLate ``rerank`` use case over a first-stage retriever's nodes. The
@@ -59,22 +59,11 @@ class VllmPoolColBERTRerank(EngineFields, RankedNodes, BaseNodePostprocessor):
 
     def __init__(self, model: str | None = None, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
-        settings = {name: getattr(self, name) for name in _colbert.ENCODER_SETTINGS}
-        self._config = _colbert.resolve_config(self._engine.options, settings)
+        self._resolve_colbert({name: getattr(self, name) for name in _colbert.ENCODER_SETTINGS})
 
     @classmethod
     def class_name(cls) -> str:
         return "VllmPoolColBERTRerank"
-
-    @property
-    def colbert_config(self) -> Any:
-        """The resolved ``ColBERTConfig``."""
-        return self._config
-
-    @property
-    def encoder(self) -> Any:
-        """The shared ``ColBERTEncoder`` of this model and these settings."""
-        return _colbert.get_encoder(self._engine.options, self._config)
 
     def _rank(self, query: str, texts: list[str]) -> list[tuple[int, float]]:
         return _colbert.rerank(

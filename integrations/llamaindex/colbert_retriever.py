@@ -20,7 +20,7 @@ from .._hf_names import translate
 from ._filters import to_index_filter
 
 
-class VllmPoolColBERTRetriever(BaseRetriever):
+class VllmPoolColBERTRetriever(_colbert.ColBERTSettings, BaseRetriever):
     """Late-interaction (ColBERT, MaxSim) retrieval with the engine's token embeddings.
 
     Build it with :meth:`from_nodes`, :meth:`from_documents` or :meth:`load`. Results are
@@ -133,7 +133,7 @@ class VllmPoolColBERTRetriever(BaseRetriever):
             "skiplist_words": skiplist_words,
             "normalize": normalize,
         }
-        self._config = _colbert.resolve_config(self._engine.options, settings)
+        self._resolve_colbert(settings)
         llm = self._engine.llm
         self.index = index if index is not None else _colbert.new_index(llm, index_kwargs)
         if self.index.dim != llm.embedding_dim:
@@ -146,16 +146,6 @@ class VllmPoolColBERTRetriever(BaseRetriever):
     def llm(self) -> Any:
         """The shared ``vllm_pool.LLM``."""
         return self._engine.llm
-
-    @property
-    def colbert_config(self) -> Any:
-        """The resolved ``ColBERTConfig`` (checkpoint settings, then the arguments)."""
-        return self._config
-
-    @property
-    def encoder(self) -> Any:
-        """The shared ``ColBERTEncoder`` of this model and these settings."""
-        return _colbert.get_encoder(self._engine.options, self._config)
 
     # -- building ------------------------------------------------------------------------
     @classmethod
