@@ -10,7 +10,6 @@ thread and the model on the core's thread, so the event loop never waits on eith
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import re
 import time
@@ -19,12 +18,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-try:
-    import orjson as _orjson
-except ImportError:  # the standard library's encoder
-    _orjson = None
-
-import torch
 from fastapi import FastAPI
 from fastapi import Request as HTTPRequest
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -38,6 +31,7 @@ from vllm_pool.engine.server.engine_client import EngineClient
 from vllm_pool.engine.server.errors import APIError, ClientDisconnected, install_error_handlers
 from vllm_pool.engine.server.metrics import MetricsMiddleware, ServerMetrics
 from vllm_pool.engine.server.pooling_api import header_id, pooling_task, run_plugin
+from vllm_pool.engine.server.responses import encode_batch, json_response
 from vllm_pool.engine.task_io import Prepared, PromptIO, encode_processor
 from vllm_pool.engine.types import Request
 
@@ -246,39 +240,6 @@ def to_prompts(value: str | list[Any]) -> list[Any]:
     return [{"prompt_token_ids": v} if isinstance(v, list) else v for v in value]
 
 
-def encode_data(data: torch.Tensor, fmt: str) -> list[Any] | str:
-    """A tensor as JSON floats or base64 of little-endian float32 (OpenAI's format)."""
-    if fmt == "base64":
-        return base64.b64encode(data.float().contiguous().numpy().astype("<f4").tobytes()).decode("ascii")
-    return data.tolist()
-
-
-def encode_batch(outs: list[Any], fmt: str) -> list[Any]:
-    """Every output's data in ``fmt``; same-shaped float outputs convert in one ``tolist``."""
-    datas = [o.outputs.data for o in outs]
-    if fmt == "float" and datas and all(d.shape == datas[0].shape for d in datas):
-        return torch.stack(datas).float().tolist()
-    return [encode_data(d, fmt) for d in datas]
-
-
-class FastJSONResponse(JSONResponse):
-    """A JSON response rendered by ``orjson`` when it is installed (the server extra has it).
-
-    Embedding responses are mostly floats, which the standard library's encoder writes
-    slowly: about a fifth of the event loop's time per request under load. ``orjson`` writes
-    the same shortest round-trip text for each float.
-    """
-
-    def render(self, content: Any) -> bytes:
-        if _orjson is None:
-            return super().render(content)
-        return _orjson.dumps(content, option=_orjson.OPT_NON_STR_KEYS | _orjson.OPT_SERIALIZE_NUMPY)
-
-
-def _json(body: dict[str, Any]) -> JSONResponse:
-    return FastJSONResponse(body)
-
-
 # ---------------------------------------------------------------------- the app
 def build_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
     """The ASGI app serving ``llm``.
@@ -334,7 +295,7 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
             }
             for name in state.names
         ]  # fmt: skip
-        return _json({"object": "list", "data": data})
+        return json_response({"object": "list", "data": data})
 
     @app.post("/v1/embeddings")
     async def embeddings(body: p.EmbeddingRequest, http: HTTPRequest) -> JSONResponse:
@@ -351,7 +312,7 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
             {"index": i, "object": "embedding", "embedding": e}
             for i, e in enumerate(encode_batch(outs, body.encoding_format))
         ]
-        return _json(p.envelope("embd", state.model_name, data, n_tokens, header_id(http)))
+        return json_response(p.envelope("embd", state.model_name, data, n_tokens, header_id(http)))
 
     @app.post("/pooling")
     async def pooling(body: p.PoolingRequest, http: HTTPRequest) -> JSONResponse:
@@ -361,7 +322,7 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
         if task == "plugin":
             results, n_tokens = await run_plugin(state, body, http)
             count("/pooling", n_tokens[0], n_tokens[1])
-            return _json(p.plugin_response(results, header_id(http)))
+            return json_response(p.plugin_response(results, header_id(http)))
         if body.input is None:
             raise APIError("input is required (or 'data' for an IO processor plugin)", 400, "input")
         prompts = to_prompts(body.input)
@@ -378,7 +339,7 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
             {"index": i, "object": "pooling", "data": d}
             for i, d in enumerate(encode_batch(outs, body.encoding_format))
         ]
-        return _json(p.envelope("pool", state.model_name, data, n_tokens, header_id(http)))
+        return json_response(p.envelope("pool", state.model_name, data, n_tokens, header_id(http)))
 
     @app.post("/classify")
     async def classify(body: p.ClassificationRequest, http: HTTPRequest) -> JSONResponse:
@@ -396,7 +357,7 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
             probs = o.outputs.data.reshape(-1)
             label = state.label(int(probs.argmax()))
             data.append({"index": i, "label": label, "probs": o.outputs.probs, "num_classes": probs.numel()})
-        return _json(p.envelope("classify", state.model_name, data, n_tokens, header_id(http)))
+        return json_response(p.envelope("classify", state.model_name, data, n_tokens, header_id(http)))
 
     async def score(body: p.ScoreRequest, http: HTTPRequest) -> JSONResponse:
         state.check_model(body.model)
@@ -419,7 +380,7 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
         )
         count(http.url.path, len(scores), n_tokens)
         data = [{"index": i, "object": "score", "score": s} for i, s in enumerate(scores)]
-        return _json(p.envelope("score", state.model_name, data, n_tokens, header_id(http)))
+        return json_response(p.envelope("score", state.model_name, data, n_tokens, header_id(http)))
 
     async def rerank(body: p.RerankRequest, http: HTTPRequest) -> JSONResponse:
         state.check_model(body.model)
@@ -440,7 +401,7 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
             if body.return_documents:
                 result["document"] = {"text": body.documents[i]}
             results.append(result)
-        return _json(p.rerank_response(state.model_name, results, n_tokens, header_id(http)))
+        return json_response(p.rerank_response(state.model_name, results, n_tokens, header_id(http)))
 
     app.post("/score")(score)
     app.post("/v1/score")(score)
@@ -458,7 +419,7 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
 
         ids = await state.in_tokenizer_thread(encode)
         strs = tok.convert_ids_to_tokens(ids) if body.return_token_strs else None
-        return _json(
+        return json_response(
             {
                 "count": len(ids),
                 "max_model_len": llm.model_config.max_model_len,
@@ -475,6 +436,6 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
         if bad:
             raise APIError(f"tokens has ids outside the vocabulary [0, {len(tok)}): {bad[:5]}", 400, "tokens")
         text = await state.in_tokenizer_thread(lambda: tok.decode(body.tokens))
-        return _json({"prompt": text})
+        return json_response({"prompt": text})
 
     return app

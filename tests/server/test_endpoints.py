@@ -242,7 +242,7 @@ def test_fast_json_response_parses_to_the_same_document_as_the_standard_encoder(
     import json
 
     from fastapi.responses import JSONResponse
-    from vllm_pool.engine.server.app import FastJSONResponse
+    from vllm_pool.engine.server.responses import FastJSONResponse
 
     vectors = torch.randn(8, 384).tolist() + [[1e-7, -9.75e-05, 0.0, 1e300]]
     body = {"object": "list", "data": [{"index": i, "embedding": v} for i, v in enumerate(vectors)], "é": "ü"}
