@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import tiny_models
 import torch
+from ported_server import make_client
 
 
 def _once(folder: Path, build: Any) -> Path:
@@ -84,12 +84,6 @@ def bge_m3(tiny_dir) -> Path:
         torch.save(torch.nn.Linear(32, 32).state_dict(), folder / "colbert_linear.pt")
 
     return _once(tiny_dir / "ported_bge_m3", build)
-
-
-def make_client(app: Any) -> httpx.AsyncClient:
-    """An in-process client (vLLM's tests start a ``RemoteOpenAIServer`` process instead)."""
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    return httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=60)
 
 
 @pytest.fixture()

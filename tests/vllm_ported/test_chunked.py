@@ -19,6 +19,7 @@ import pytest
 import tiny_models
 import torch
 import torch.nn.functional as F
+from ported_server import error_object, served_client
 
 LIMIT = 32
 CHUNKED = {"pooling_type": "MEAN", "enable_chunked_processing": True, "max_embed_len": 10000}
@@ -213,30 +214,13 @@ def _json(value) -> str:
 
 
 # -- online: tests/entrypoints/pooling/embed/test_online_long_text.py -------------------------
-def _error(response):
-    """The error object: vLLM's newer servers nest it under ``"error"``, the spec's (and our)
-    format is the flat ``{"object": "error", "message", "type", "param", "code"}``."""
-    body = response.json()
-    return body.get("error", body)
-
-
-def _client(llm):
-    import httpx
-    from vllm_pool.engine.server import build_app
-    from vllm_pool.engine.server.app import ServerConfig
-
-    app = build_app(llm, ServerConfig(served_model_names=["m"]))  # vLLM's tests send a model name
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    return httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=60)
-
-
 LONG_TEXT_1500_WORDS = _words(150, 10)  # ~5 chunks of 32
 LONG_TEXT_2500_WORDS = _words(250, 11)  # ~8 chunks
 
 
 async def test_long_text_embedding_1500_chars(chunked_llm):
     """vLLM ``test_long_text_embedding_1500_chars`` (sizes scaled to the tiny model's 32-token limit)."""
-    async with _client(chunked_llm) as client:
+    async with served_client(chunked_llm) as client:
         response = await client.post(
             "/v1/embeddings", json={"model": "m", "input": [LONG_TEXT_1500_WORDS], "encoding_format": "float"}
         )
@@ -258,7 +242,7 @@ async def test_long_text_embedding_1500_chars(chunked_llm):
 async def test_batch_long_text_embedding(chunked_llm):
     """vLLM ``test_batch_long_text_embedding``."""
     input_texts = [LONG_TEXT_1500_WORDS, LONG_TEXT_2500_WORDS, "This is a short text test."]
-    async with _client(chunked_llm) as client:
+    async with served_client(chunked_llm) as client:
         response = await client.post(
             "/v1/embeddings", json={"model": "m", "input": input_texts, "encoding_format": "float"}
         )
@@ -276,7 +260,7 @@ async def test_batch_long_text_embedding(chunked_llm):
 async def test_chunked_vs_normal_consistency(chunked_llm):
     """vLLM ``test_chunked_vs_normal_consistency``: a short text is one chunk."""
     short_text = "the capital of france is paris and a city on a river"
-    async with _client(chunked_llm) as client:
+    async with served_client(chunked_llm) as client:
         embeddings = (await client.post("/v1/embeddings", json={"model": "m", "input": [short_text]})).json()
     assert len(embeddings["data"]) == 1
     assert len(embeddings["data"][0]["embedding"]) == 32
@@ -287,7 +271,7 @@ async def test_chunked_vs_normal_consistency(chunked_llm):
 async def test_chunked_processing_response_format(chunked_llm):
     """vLLM ``test_chunked_processing_response_format``: the norm of the aggregate is "reasonable"
     (each chunk is normalized; their weighted mean is not normalized again)."""
-    async with _client(chunked_llm) as client:
+    async with served_client(chunked_llm) as client:
         body = {"model": "m", "input": [LONG_TEXT_1500_WORDS]}
         embeddings = (await client.post("/v1/embeddings", json=body)).json()
     assert embeddings["data"][0]["object"] == "embedding"
@@ -303,10 +287,10 @@ async def test_online_max_embed_len_and_pooling_endpoint(bert_dir):
 
     cfg = {"pooling_type": "MEAN", "enable_chunked_processing": True, "max_embed_len": 64}
     llm = LLM(str(bert_dir), max_model_len=LIMIT, pooler_config=cfg)
-    async with _client(llm) as client:
+    async with served_client(llm) as client:
         response = await client.post("/v1/embeddings", json={"model": "m", "input": _words(80)})
         assert response.status_code == 400
-        assert _error(response)["message"].startswith(
+        assert error_object(response)["message"].startswith(
             "This model's maximum embedding input length is 64 tokens. However, you requested 82 tokens "
             "in the input for embedding generation. Please reduce the length of the input."
         )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import pytest
 import tiny_models
+from ported_server import error_object, served_client
 
 MAX_MODEL_LEN = 128
 
@@ -56,23 +57,6 @@ def classifier(tmp_path_factory):
         tmp_path_factory.mktemp("ported") / "clf", cls="BertForSequenceClassification", num_labels=2
     )
     return LLM(str(folder))
-
-
-def _error(response):
-    """The error object: vLLM's newer servers nest it under ``"error"``, the spec's (and our)
-    format is the flat ``{"object": "error", "message", "type", "param", "code"}``."""
-    body = response.json()
-    return body.get("error", body)
-
-
-def _client(llm):
-    import httpx
-    from vllm_pool.engine.server import build_app
-    from vllm_pool.engine.server.app import ServerConfig
-
-    app = build_app(llm, ServerConfig(served_model_names=["m"]))  # vLLM's tests send a model name
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    return httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=60)
 
 
 def test_input_is_longer_than_the_limit(llm128):
@@ -148,7 +132,7 @@ async def test_online_smaller_truncation_size(llm128):
     """vLLM ``openai/test_truncation.py::test_smaller_truncation_size``."""
     truncation_size = 10
     kwargs = {"model": "m", "input": INPUT, "truncate_prompt_tokens": truncation_size}
-    async with _client(llm128) as client:
+    async with served_client(llm128) as client:
         response = (await client.post("/v1/embeddings", json=kwargs)).json()
     assert response["usage"]["prompt_tokens"] == truncation_size
 
@@ -159,19 +143,19 @@ async def test_online_zero_truncation_size(llm128):
     names the field, as any bad value is here (vLLM's current renderer also gives no usable
     output for it)."""
     kwargs = {"model": "m", "input": INPUT, "truncate_prompt_tokens": 0}
-    async with _client(llm128) as client:
+    async with served_client(llm128) as client:
         response = await client.post("/v1/embeddings", json=kwargs)
     assert response.status_code == 400
-    assert "truncate_prompt_tokens" in _error(response)["message"]
+    assert "truncate_prompt_tokens" in error_object(response)["message"]
 
 
 async def test_online_bigger_truncation_size(llm128):
     """vLLM ``openai/test_truncation.py::test_bigger_truncation_size`` (exact message)."""
     kwargs = {"model": "m", "input": INPUT, "truncate_prompt_tokens": MAX_MODEL_LEN + 1}
-    async with _client(llm128) as client:
+    async with served_client(llm128) as client:
         response = await client.post("/v1/embeddings", json=kwargs)
     assert response.status_code == 400
-    error_details = _error(response)
+    error_details = error_object(response)
     assert error_details["type"] == "BadRequestError"
     expected_message = (
         "truncate_prompt_tokens value is greater than max_model_len."
@@ -183,7 +167,7 @@ async def test_online_bigger_truncation_size(llm128):
 async def test_online_max_truncation_size(llm128):
     """vLLM ``openai/test_truncation.py::test_max_truncation_size``."""
     kwargs = {"model": "m", "input": INPUT, "truncate_prompt_tokens": -1}
-    async with _client(llm128) as client:
+    async with served_client(llm128) as client:
         response = (await client.post("/v1/embeddings", json=kwargs)).json()
     assert response["usage"]["prompt_tokens"] == MAX_MODEL_LEN
 
@@ -196,10 +180,10 @@ async def test_online_over_long_input_is_a_400(llm128, path, field, operation):
     """vLLM ``serving_engine._validate_input``: an over-long input without
     ``truncate_prompt_tokens`` answers 400 naming the token count and the limit."""
     n = len(llm128.get_tokenizer()(INPUT)["input_ids"])
-    async with _client(llm128) as client:
+    async with served_client(llm128) as client:
         response = await client.post(path, json={"model": "m", field: ["short", INPUT]})
         assert response.status_code == 400
-        message = _error(response)["message"]
+        message = error_object(response)["message"]
         assert message.startswith(
             f"This model's maximum context length is 128 tokens. However, you requested {n} tokens "
             f"in the input for {operation}. Please reduce the length of the input."
@@ -213,7 +197,7 @@ async def test_online_over_long_input_is_a_400(llm128, path, field, operation):
 async def test_online_classify_truncate_prompt_tokens(classifier):
     """vLLM ``classify/test_online.py::test_truncate_prompt_tokens`` (tiny 2-label BERT)."""
     long_text = "hello " * 600
-    async with _client(classifier) as client:
+    async with served_client(classifier) as client:
         response = await client.post(
             "/classify", json={"model": "m", "input": long_text, "truncate_prompt_tokens": 5}
         )
@@ -228,18 +212,18 @@ async def test_online_classify_truncate_prompt_tokens(classifier):
         response = await client.post("/classify", json={"model": "m", "input": long_text})
         assert response.status_code == 400
         assert "tokens in the input for classification. Please reduce the length of the input." in (
-            _error(response)["message"]
+            error_object(response)["message"]
         )
 
 
-async def test_online_classify_invalid_truncate_prompt_tokens_error(classifier):
+async def test_online_classify_invalid_truncate_prompt_tokenserror_object(classifier):
     """vLLM ``classify/test_online.py::test_invalid_truncate_prompt_tokens_error``."""
-    async with _client(classifier) as client:
+    async with served_client(classifier) as client:
         response = await client.post(
             "/classify", json={"model": "m", "input": "test", "truncate_prompt_tokens": 513}
         )
     assert response.status_code == 400
-    assert "truncate_prompt_tokens" in _error(response)["message"]
+    assert "truncate_prompt_tokens" in error_object(response)["message"]
 
 
 # -- online score / rerank: tests/entrypoints/pooling/{openai,score}/test_{score,rerank}.py ---
@@ -247,7 +231,7 @@ async def test_online_score_max_model_len(cross_encoder):
     """vLLM ``test_score.py::test_score_max_model_len`` (tiny cross-encoder, max_model_len 32)."""
     text_1 = "What is the capital of France?" * 20
     text_2 = ["The capital of Brazil is Brasilia.", "The capital of France is Paris."]
-    async with _client(cross_encoder) as client:
+    async with served_client(cross_encoder) as client:
         response = await client.post("/score", json={"model": "m", "text_1": text_1, "text_2": text_2})
         assert response.status_code == 400
         assert "Please reduce the length of the input." in response.text
@@ -267,7 +251,7 @@ async def test_online_rerank_max_model_len(cross_encoder):
     """vLLM ``test_rerank.py::test_rerank_max_model_len``."""
     query = "What is the capital of France?" * 100
     documents = ["The capital of Brazil is Brasilia.", "The capital of France is Paris."]
-    async with _client(cross_encoder) as client:
+    async with served_client(cross_encoder) as client:
         response = await client.post("/rerank", json={"model": "m", "query": query, "documents": documents})
     assert response.status_code == 400
     # Assert just a small fragments of the response
