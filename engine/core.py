@@ -12,6 +12,9 @@ poolers on the device (asynchronous on CUDA), then, while the device runs, takes
 by :meth:`ModelRunner.stage`), and hands batch ``N``'s pooled outputs to an output thread
 that waits for their copy to the host and delivers them to their jobs. Tokenization runs
 on its own thread before jobs are queued (``LLM._run`` submits chunks as they are ready).
+On the CPU (no output thread) batch ``N`` has run when the forward call returns: its jobs
+are answered before ``N + 1`` is taken, and the server's driver may wait a moment for
+those clients' next requests (:meth:`EngineCore._gather`).
 
 Fault isolation: a batch that fails (anything but a device out-of-memory error, which the
 runner splits and retries) is run again job by job, so an input that fails inside the model
@@ -81,13 +84,24 @@ class EngineCore:
         self._stop = False
         self.on_batch: Callable[[BatchStats], None] | None = None
         self.on_drop: Callable[[Job, int], None] | None = None
+        self.gather_fraction = 0.5  # see _gather (the server's driver only)
+        self.gather_gap_s = 0.005
+        self.max_gather_s = 0.1
+        self._last_batch: tuple[int, int, float] | None = None  # jobs, prompts, seconds
 
     # ------------------------------------------------------------------ submitting
     def submit(
-        self, requests: list[Request], tasks: TaskSpec, on_batch: Callable[[int], None] | None = None
+        self,
+        requests: list[Request],
+        tasks: TaskSpec,
+        on_batch: Callable[[int], None] | None = None,
+        slice_tokens: int | None = None,
     ) -> Job:
-        """Queue ``requests`` for ``tasks``; returns the job (its ``future`` holds the results)."""
-        job = Job(list(requests), dict(tasks), on_batch)
+        """Queue ``requests`` for ``tasks``; returns the job (its ``future`` holds the results).
+
+        ``slice_tokens``: see :class:`~vllm_pool.engine.scheduler.Job` (the server's jobs).
+        """
+        job = Job(list(requests), dict(tasks), on_batch, slice_tokens)
         if not job.requests:
             job.future.set_result(job.results)
             return job
@@ -181,7 +195,7 @@ class EngineCore:
                     return
                 self._driving = True
             try:
-                self._loop(lambda: self._stop)
+                self._loop(lambda: self._stop, gather=True)
             except Exception:  # a bug in the loop itself: log it, keep serving
                 logger.exception("The engine loop failed")
             finally:
@@ -207,14 +221,47 @@ class EngineCore:
                     self._driving = False
                     self._cond.notify_all()
 
+    def _gather(self, done: Callable[[], bool]) -> None:
+        """After a batch that answered several jobs, wait a little for their clients' next ones.
+
+        Clients answered together come back together, but their requests reach the queue one
+        by one (HTTP, JSON, tokenization on a shared event loop), and a loop that took each
+        as it came would run strings of one-prompt batches, at several times the cost per
+        prompt of a full one on the CPU (and slowing the event loop it competes with). So
+        while fewer prompts are queued than the last batch held, the loop waits: for the
+        first arrival, then as long as arrivals keep coming less than ``gather_gap_s``
+        apart, at most ``gather_fraction`` of the last batch's time (and ``max_gather_s``).
+        A lone client (a last batch of one job) never waits.
+        """
+        last = self._last_batch
+        if last is None or last[0] < 2 or self.max_gather_s <= 0:
+            return
+        jobs, prompts, seconds = last
+        target = min(prompts, self.scheduler.max_num_seqs)
+        now = time.perf_counter()
+        deadline = now + min(self.max_gather_s, self.gather_fraction * seconds)
+        with self._cond:
+            seen, quiet_from = self.scheduler.num_pending, deadline
+            while not done() and seen < target:
+                now = time.perf_counter()
+                if now >= min(deadline, quiet_from):
+                    return
+                self._cond.wait(min(deadline, quiet_from) - now)
+                pending = self.scheduler.num_pending
+                if pending != seen:  # an arrival: wait for the next one a gap longer
+                    seen, quiet_from = pending, time.perf_counter() + self.gather_gap_s
+
     def _next(self, done: Callable[[], bool]) -> ScheduledBatch | None:
         with self._cond:
             if done():
                 return None
             return self.scheduler.next_batch()
 
-    def _loop(self, done: Callable[[], bool]) -> None:
-        """Run batches until ``done()`` or the queue is empty, one batch staged ahead."""
+    def _loop(self, done: Callable[[], bool], gather: bool = False) -> None:
+        """Run batches until ``done()`` or the queue is empty, one batch staged ahead.
+
+        ``gather`` (the server's driver): see :meth:`_gather`.
+        """
         current = self._next(done)
         staged = self._stage(current) if current is not None else None
         pending_delivery: Any = None
@@ -222,6 +269,13 @@ class EngineCore:
             while current is not None:
                 start = time.perf_counter()
                 outputs = self._execute(current, staged)
+                if outputs is not None and self._outputs is None:
+                    # no output thread (the CPU: the batch has run): answer its jobs before
+                    # the next batch is taken, so that returning clients can join it
+                    self._deliver_async(current, outputs, start)
+                    outputs = None
+                    if gather:
+                        self._gather(done)
                 upcoming = self._next(done)  # host work for N + 1 while the device runs N
                 upcoming_staged = self._stage(upcoming) if upcoming is not None else None
                 if outputs is not None:
@@ -310,6 +364,7 @@ class EngineCore:
         by_job: dict[Job, list[int]] = {}
         for i, (job, _) in enumerate(scheduled.entries):
             by_job.setdefault(job, []).append(i)
+        self._last_batch = (len(by_job), len(scheduled.entries), now - start)
         # metrics and progress first: a caller woken by its results sees them counted
         if self.on_batch is not None:
             queue_seconds = [start - job.enqueued for job in by_job if job.first_run is None]

@@ -16,7 +16,11 @@ the jobs in arrival order and fills every batch under a token budget:
 * a prompt longer than the budget runs alone;
 * a job that needs more than one batch keeps a quarter of each batch's budget for the jobs
   waiting behind it that fit there whole (one-text requests beside a large one): they ride
-  along with its next batch instead of waiting for all of it (head of line).
+  along with its next batch instead of waiting for all of it (head of line);
+* a large server request's jobs carry ``slice_tokens``: a batch holds at most that many
+  tokens of such jobs (the rest of its budget goes to small jobs), so a request arriving
+  while a large one runs waits for a short batch, not a full one. Offline calls leave it
+  unset: nobody arrives behind them, and full batches run a little faster.
 
 The scheduler is plain data and policy (no threads, no locks): :class:`~vllm_pool.engine.core.EngineCore`
 owns one and calls it under its lock.
@@ -55,11 +59,14 @@ class Job:
             of this job's own failing input, or :class:`JobCancelled`.
         on_batch: called (outside the engine's lock) with the number of this job's prompts
             each finished batch held (progress bars).
+        slice_tokens: a large job's share of a batch: a batch holds at most this many
+            tokens of jobs that set it (``None``: no cap); see the module docstring.
     """
 
     requests: list[Request]
     tasks: TaskSpec
     on_batch: Callable[[int], None] | None = None
+    slice_tokens: int | None = None
     future: Future[dict[str, list[Any]]] = field(default_factory=Future)
     enqueued: float = field(default_factory=time.perf_counter)
 
@@ -219,11 +226,15 @@ class Scheduler:
         added = new_max * (n + 1) - max_len * n  # padded tokens this prompt adds
         return new_max * (n + 1) <= budget and added <= length + self.batch_overhead_tokens
 
+    def _needs_several(self, job: Job) -> bool:
+        """Whether ``job``'s pending prompts may need more than one batch (an upper bound)."""
+        cost_of_longest = job.length(0) * len(job.pending)
+        return cost_of_longest > self.max_num_batched_tokens or len(job.pending) > self.max_num_seqs
+
     def _riders(self, anchor: Job) -> tuple[list[Job], int]:
         """Small waiting jobs that ride along with a job needing more than one batch, and the
         budget they take (in padded tokens when not packed): at most a quarter of it."""
-        cost_of_longest = anchor.length(0) * len(anchor.pending)  # an upper bound of what it needs
-        if cost_of_longest <= self.max_num_batched_tokens and len(anchor.pending) <= self.max_num_seqs:
+        if not self._needs_several(anchor):
             return [], 0
         room, seats = self.max_num_batched_tokens // 4, self.max_num_seqs // 4
         riders: list[Job] = []
@@ -246,7 +257,9 @@ class Scheduler:
         entries: list[tuple[Job, int]] = []
         state = [0, 0]  # max_len, total tokens
         riders, reserved = self._riders(anchor)
-        self._fill(anchor, 0, entries, state, self.max_num_batched_tokens - reserved)
+        # tokens of sliced (large server) jobs this batch may still take
+        sliced_room = [anchor.slice_tokens] if anchor.slice_tokens is not None else [None]
+        self._fill(anchor, 0, entries, state, self.max_num_batched_tokens - reserved, sliced_room)
         for job in riders:  # whole, within the room kept for them
             state[0] = max(state[0], job.length(0))
             state[1] += sum(job.length(k) for k in range(len(job.pending)))
@@ -262,7 +275,7 @@ class Scheduler:
             # the first prompt not longer than the batch could take without more padding
             slack = self.batch_overhead_tokens // max(len(entries), 1)
             start = 0 if self.packed else job.first_at_most(state[0] + slack)
-            self._fill(job, start, entries, state)
+            self._fill(job, start, entries, state, None, sliced_room)
         self._prune()
         return ScheduledBatch(anchor.key, entries)
 
@@ -273,18 +286,29 @@ class Scheduler:
         entries: list[tuple[Job, int]],
         state: list[int],
         budget: int | None = None,
+        sliced_room: list[int | None] | None = None,
     ) -> None:
-        """Take ``job``'s pending prompts from ``start`` on, in order, while they fit ``budget``."""
-        stop = start
+        """Take ``job``'s pending prompts from ``start`` on, in order, while they fit ``budget``
+        (and, for a job with ``slice_tokens``, the batch's ``sliced_room``, which shrinks)."""
+        room = None
+        if job.slice_tokens is not None and sliced_room is not None:
+            if sliced_room[0] is None:
+                sliced_room[0] = job.slice_tokens
+            room = sliced_room[0]
+        stop, taken = start, 0
         max_len, total = state
         while stop < len(job.pending):
             length = job.length(stop)
             if entries or stop > start:  # the first prompt of a batch always goes
+                if room is not None and taken + length > room:
+                    break
                 if not self._fits(len(entries) + stop - start, max_len, total, length, budget):
                     break
-            max_len, total = max(max_len, length), total + length
+            max_len, total, taken = max(max_len, length), total + length, taken + length
             stop += 1
         state[0], state[1] = max_len, total
+        if room is not None:
+            sliced_room[0] = max(room - taken, 0)
         entries.extend((job, pos) for pos in job.take(start, stop))
         if stop > start:
             job.started = True

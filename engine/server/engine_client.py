@@ -5,6 +5,10 @@ There is no second queue here: every HTTP request becomes one job in the LLM's
 offline calls) by its one scheduler. The core's background thread drives the model loop, so
 the event loop never waits on the model; this client awaits the job's future and, while it
 waits, checks that the client is still connected.
+
+A large server job (more tokens than a quarter of the token budget) runs in slices of that
+size (``Job.slice_tokens``), so that a one-text request arriving behind it waits for a short
+batch: on two CPU cores a full 2,048-token batch of MiniLM takes about 0.3 s.
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ from vllm_pool.engine.server.metrics import ServerMetrics
 from vllm_pool.engine.types import Request
 
 logger = logging.getLogger(__name__)
+
+SLICE_OF_BUDGET = 4
+"""A large server job puts at most ``max_num_batched_tokens // SLICE_OF_BUDGET`` tokens in a batch."""
 
 
 class EngineClient:
@@ -66,7 +73,10 @@ class EngineClient:
             ClientDisconnected: ``disconnected`` completed first; pending inputs were dropped.
         """
         self.core.start()  # the background driver (no-op when it runs)
-        job = self.core.submit(requests, tasks)
+        slice_tokens: int | None = max(1, self.core.scheduler.max_num_batched_tokens // SLICE_OF_BUDGET)
+        if sum(r.num_tokens for r in requests) <= slice_tokens:
+            slice_tokens = None  # a small job: it fits one short batch as it is
+        job = self.core.submit(requests, tasks, slice_tokens=slice_tokens)
         future = asyncio.wrap_future(job.future)
         try:
             if disconnected is None:

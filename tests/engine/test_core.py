@@ -23,6 +23,7 @@ class FakeExecutor:
         self.gate.set()
         self.started = 0
         self.bad: set[int] = set()
+        self.delay = 0.0
 
     def stage(self, batch):
         self.events.append(("stage", batch.requests[0].prompt_token_ids[0]))
@@ -31,6 +32,7 @@ class FakeExecutor:
     def execute(self, staged, scheduled):
         self.started += 1
         self.gate.wait(10)
+        time.sleep(self.delay)
         ids = [r.prompt_token_ids[0] for r in staged.requests]
         self.batches.append((scheduled.key, ids))
         self.events.append(("execute", ids[0]))
@@ -169,16 +171,24 @@ def test_several_tasks_from_one_batch_and_per_job_params():
 
 @pytest.mark.parametrize("output_thread", [False, True])
 def test_next_batch_is_staged_before_the_last_outputs_are_copied_back(output_thread):
-    """The pipeline: execute N, then stage N + 1 (host work while the device runs N), then copy N back."""
+    """The pipeline (output thread, as on CUDA): execute N, then stage N + 1 (host work while the
+    device runs N), then copy N back. Without one (the CPU, where N has run when ``execute``
+    returns) N's jobs are answered first, so that their clients' next requests can join N + 1."""
     core, fake = make_core(budget=8, seqs=64, output_thread=output_thread)
     job = core.submit(reqs([1, 2, 3], length=8), {"embed": None})  # 8 x 1 tokens per batch: 3 batches
     assert core.run(reqs([9], length=1), {"embed": None})  # a separate job, same loop
     job.future.result(5)
     events = [e for e in fake.events if e[1] != 9]
-    assert events == [
-        ("stage", 1), ("execute", 1), ("stage", 2), ("to_host", 1),
-        ("execute", 2), ("stage", 3), ("to_host", 2), ("execute", 3), ("to_host", 3),
-    ]  # fmt: skip
+    if output_thread:
+        assert events == [
+            ("stage", 1), ("execute", 1), ("stage", 2), ("to_host", 1),
+            ("execute", 2), ("stage", 3), ("to_host", 2), ("execute", 3), ("to_host", 3),
+        ]  # fmt: skip
+    else:
+        assert events == [
+            ("stage", 1), ("execute", 1), ("to_host", 1), ("stage", 2),
+            ("execute", 2), ("to_host", 2), ("stage", 3), ("execute", 3), ("to_host", 3),
+        ]  # fmt: skip
     core.close()
 
 
@@ -274,3 +284,51 @@ def test_small_jobs_ride_along_with_a_job_that_needs_several_batches(packed):
     small2 = core2.submit(reqs([7]), {"embed": None})
     core2.wait([fits, small2])
     assert [ids for _, ids in fake2.batches] == [list(range(100, 116)), [7]]
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_a_sliced_job_keeps_its_batches_short(packed):
+    """A server job (``slice_tokens``) that needs several batches puts at most that many tokens
+    in each, riders included beside it, and a second large job does not fill the batch up."""
+    fake = FakeExecutor()
+    core = EngineCore(fake, Scheduler(64, 64, packed=packed))  # 16 prompts of 4 tokens per batch
+    large = core.submit(reqs(list(range(100, 140))), {"embed": None}, slice_tokens=16)
+    large2 = core.submit(reqs(list(range(300, 340))), {"embed": None}, slice_tokens=16)
+    small = core.submit(reqs([7]), {"embed": None})
+    core.wait([large, large2, small])
+    batches = [ids for _, ids in fake.batches]
+    assert batches[0] == [100, 101, 102, 103, 7]  # a 16-token slice and the rider
+    assert batches[1:11] == [list(range(i, i + 4)) for i in range(104, 140, 4)] + [[300, 301, 302, 303]]
+    assert all(len(b) <= 5 for b in batches) and sum(map(len, batches)) == 81
+    assert outputs(large) == [("embed", i) for i in range(100, 140)]
+    assert outputs(large2) == [("embed", i) for i in range(300, 340)] and outputs(small) == [("embed", 7)]
+
+
+@pytest.mark.parametrize("gather", [True, False])
+def test_server_driver_gathers_returning_clients_into_one_batch(gather):
+    """After a batch that answered several jobs, the background driver waits for their clients'
+    next requests (arriving one by one) instead of running each alone; with no gathering
+    (``max_gather_s=0``) each runs as it comes."""
+    core, fake = make_core()
+    core.gather_gap_s, core.max_gather_s, core.gather_fraction = 1.0, 5.0 if gather else 0.0, 1000.0
+    fake.delay = 0.01  # seconds per batch: the gathering window is a fraction of it
+    fake.gate.clear()
+    core.start()
+    try:
+        first = core.submit(reqs([1]), {"embed": None})
+        wait_until(lambda: fake.started == 1)  # [1] is running alone
+        crowd = [core.submit(reqs([i]), {"embed": None}) for i in (2, 3, 4)]
+        fake.gate.set()
+        for job in [first, *crowd]:
+            job.future.result(5)
+        back = []
+        for i in (5, 6, 7):  # the three clients come back, 50 ms apart
+            back.append(core.submit(reqs([i]), {"embed": None}))
+            time.sleep(0.05)
+        for job in back:
+            job.future.result(10)
+    finally:
+        core.close()
+    batches = [ids for _, ids in fake.batches]
+    assert batches[:2] == [[1], [2, 3, 4]]
+    assert batches[2:] == ([[5, 6, 7]] if gather else [[5], [6], [7]])

@@ -70,9 +70,12 @@ def test_cuda_device_without_cuda_is_a_clear_error(tiny_bert):
 def test_next_batch_is_staged_while_the_current_one_runs(tiny_bert, monkeypatch):
     """The core's loop with the real runner: batch i+1's inputs are built (and, on CUDA, copied)
     after batch i is queued on the device and before batch i's outputs are copied back."""
+    from vllm_pool.engine.core import EngineCore
+
     from vllm_pool import LLM
 
     llm = LLM(str(tiny_bert), max_num_batched_tokens=48)
+    llm.core = EngineCore(llm.core.executor, llm.core.scheduler, output_thread=True)  # as on CUDA
     executor, events = llm.core.executor, []
     stage, execute, to_host = executor.stage, executor.execute, executor.to_host
 

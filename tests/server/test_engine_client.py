@@ -151,10 +151,11 @@ async def test_disconnect_over_asgi_drops_pending_work(app, client):
     assert 'vllm_pool_dropped_inputs_total{task="embed"} 2' in state.metrics.render()
 
 
-async def test_a_small_request_waits_for_two_slices_of_a_large_one():
-    """Issue 15 (head of line), on the engine core: a large request queued in slices
-    (``limits.submit_in_slices``, two at a time) lets a small request that arrives meanwhile
-    run after at most two slices, not after the whole request."""
+async def test_a_small_request_joins_the_next_short_batch_of_a_large_one():
+    """Issue 15 (head of line), on the engine core: a large request is queued in parts
+    (``limits.submit_in_slices``, two at a time), and its jobs put at most a quarter of the
+    token budget in a batch (``Job.slice_tokens``), so a small request that arrives meanwhile
+    runs in the next batch, which stays short, not after the whole request."""
     from vllm_pool.engine.server.limits import submit_in_slices
 
     fake = FakeExecutor()
@@ -175,6 +176,6 @@ async def test_a_small_request_waits_for_two_slices_of_a_large_one():
     assert await small == {"embed": [("embed", 7)]}
     assert await large == [("embed", i) for i in range(100, 116)]  # every slice, in order
     batches = [ids for _, ids in fake.batches]
-    assert batches[:4] == [[0], [100, 101, 102, 103], [104, 105, 106, 107], [7]]
-    assert batches[4:] == [[108, 109, 110, 111], [112, 113, 114, 115]]
+    assert batches[:2] == [[0], [100, 7]]  # a slice of 4 tokens (one prompt) and the small one
+    assert batches[2:] == [[i] for i in range(101, 116)]
     client.stop()
