@@ -18,9 +18,10 @@ the jobs in arrival order and fills every batch under a token budget:
   waiting behind it that fit there whole (one-text requests beside a large one): they ride
   along with its next batch instead of waiting for all of it (head of line);
 * a large server request's jobs carry ``slice_tokens``: a batch holds at most that many
-  tokens of such jobs (the rest of its budget goes to small jobs), so a request arriving
-  while a large one runs waits for a short batch, not a full one. Offline calls leave it
-  unset: nobody arrives behind them, and full batches run a little faster.
+  tokens of such jobs, and when small jobs wait behind one, every other batch is theirs
+  alone. A request arriving while a large one runs waits for one short batch, then runs
+  in a batch of small jobs. Offline calls leave it unset: nobody arrives behind them, and
+  full batches run a little faster.
 
 The scheduler is plain data and policy (no threads, no locks): :class:`~vllm_pool.engine.core.EngineCore`
 owns one and calls it under its lock.
@@ -80,6 +81,7 @@ class Job:
         self.started = False
         self.cancelled = False
         self.first_run: float | None = None  # when its first batch ran (queue time)
+        self.yielded = False  # a sliced job that let small jobs go first in the last batch
 
     @property
     def done(self) -> bool:
@@ -253,31 +255,45 @@ class Scheduler:
         self._prune()
         if not self.jobs:
             return None
-        anchor = self.jobs[0]
+        lead = self.jobs[0]
+        # tokens of sliced (large server) jobs this batch may still take
+        sliced_room: list[int | None] = [lead.slice_tokens]
+        if lead.slice_tokens is not None:
+            small = self._small_behind(lead)
+            lead.yielded = small is not None and not lead.yielded
+            if lead.yielded:  # every other batch, small jobs waiting behind it go alone
+                lead, sliced_room = small, [0]
         entries: list[tuple[Job, int]] = []
         state = [0, 0]  # max_len, total tokens
-        riders, reserved = self._riders(anchor)
-        # tokens of sliced (large server) jobs this batch may still take
-        sliced_room = [anchor.slice_tokens] if anchor.slice_tokens is not None else [None]
-        self._fill(anchor, 0, entries, state, self.max_num_batched_tokens - reserved, sliced_room)
+        riders, reserved = self._riders(lead)
+        self._fill(lead, 0, entries, state, self.max_num_batched_tokens - reserved, sliced_room)
         for job in riders:  # whole, within the room kept for them
             state[0] = max(state[0], job.length(0))
             state[1] += sum(job.length(k) for k in range(len(job.pending)))
             entries.extend((job, pos) for pos in job.take(0, len(job.pending)))
             job.started = True
         scanned = 0
-        for job in list(self.jobs)[1:]:
+        for job in list(self.jobs):
             if len(entries) >= self.max_num_seqs or scanned >= self.scan_jobs:
                 break
+            if job is lead:
+                continue
             scanned += 1
-            if job.key != anchor.key or not job.pending or job.done:
+            if job.key != lead.key or not job.pending or job.done:
                 continue
             # the first prompt not longer than the batch could take without more padding
             slack = self.batch_overhead_tokens // max(len(entries), 1)
             start = 0 if self.packed else job.first_at_most(state[0] + slack)
             self._fill(job, start, entries, state, None, sliced_room)
         self._prune()
-        return ScheduledBatch(anchor.key, entries)
+        return ScheduledBatch(lead.key, entries)
+
+    def _small_behind(self, job: Job) -> Job | None:
+        """The first waiting job after ``job`` that runs its tasks and is not sliced (small)."""
+        for other in itertools.islice(self.jobs, 1, 1 + self.scan_jobs):
+            if other.key == job.key and other.pending and not other.done and other.slice_tokens is None:
+                return other
+        return None
 
     def _fill(
         self,

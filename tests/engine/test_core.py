@@ -7,7 +7,7 @@ import time
 
 import pytest
 from vllm_pool.engine.core import EngineCore
-from vllm_pool.engine.scheduler import JobCancelled, Scheduler
+from vllm_pool.engine.scheduler import Job, JobCancelled, Scheduler
 from vllm_pool.engine.types import Request
 
 from vllm_pool import PoolingParams
@@ -288,8 +288,10 @@ def test_small_jobs_ride_along_with_a_job_that_needs_several_batches(packed):
 
 @pytest.mark.parametrize("packed", [False, True])
 def test_a_sliced_job_keeps_its_batches_short(packed):
-    """A server job (``slice_tokens``) that needs several batches puts at most that many tokens
-    in each, riders included beside it, and a second large job does not fill the batch up."""
+    """Large server jobs (``slice_tokens``) put at most that many tokens in a batch between
+    them (a second large job does not fill the batch up), and a small job waiting behind one
+    goes alone in the next batch; then the slices go on (every other batch, when small jobs
+    keep coming)."""
     fake = FakeExecutor()
     core = EngineCore(fake, Scheduler(64, 64, packed=packed))  # 16 prompts of 4 tokens per batch
     large = core.submit(reqs(list(range(100, 140))), {"embed": None}, slice_tokens=16)
@@ -297,9 +299,9 @@ def test_a_sliced_job_keeps_its_batches_short(packed):
     small = core.submit(reqs([7]), {"embed": None})
     core.wait([large, large2, small])
     batches = [ids for _, ids in fake.batches]
-    assert batches[0] == [100, 101, 102, 103, 7]  # a 16-token slice and the rider
-    assert batches[1:11] == [list(range(i, i + 4)) for i in range(104, 140, 4)] + [[300, 301, 302, 303]]
-    assert all(len(b) <= 5 for b in batches) and sum(map(len, batches)) == 81
+    assert batches[0] == [7]  # the small job first, alone
+    assert batches[1:12] == [list(range(i, i + 4)) for i in range(100, 140, 4)] + [[300, 301, 302, 303]]
+    assert all(len(b) <= 4 for b in batches) and sum(map(len, batches)) == 81
     assert outputs(large) == [("embed", i) for i in range(100, 140)]
     assert outputs(large2) == [("embed", i) for i in range(300, 340)] and outputs(small) == [("embed", 7)]
 
@@ -332,3 +334,17 @@ def test_server_driver_gathers_returning_clients_into_one_batch(gather):
     batches = [ids for _, ids in fake.batches]
     assert batches[:2] == [[1], [2, 3, 4]]
     assert batches[2:] == ([[5, 6, 7]] if gather else [[5], [6], [7]])
+
+
+def test_small_jobs_get_every_other_batch_beside_a_sliced_job():
+    """While small jobs keep arriving behind a large server job, batches alternate: the small
+    ones alone, then a slice of the large one (which is never starved)."""
+    scheduler = Scheduler(64, 64, packed=True)
+    large = Job(reqs(list(range(100, 140))), {"embed": None}, slice_tokens=16)
+    scheduler.add(large)
+    order = []
+    for small_id in (1, 2, 3):
+        scheduler.add(Job(reqs([small_id]), {"embed": None}))
+        for _ in range(2):
+            order.append([r.prompt_token_ids[0] for r in scheduler.next_batch().batch.requests])
+    assert order == [[1], [100, 101, 102, 103], [2], [104, 105, 106, 107], [3], [108, 109, 110, 111]]
