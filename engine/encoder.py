@@ -5,8 +5,11 @@ type ids, per-token conversions) that the engine does not use; on a GPU that wor
 model, bounds throughput. :class:`FastEncoder` calls the backend ``tokenizers.Tokenizer``
 directly (one parallel ``encode_batch`` without the GIL) and reads only the token ids.
 
-It keeps its own copy of the backend, so it never changes the truncation or padding of the
-tokenizer that callers share. A probe at construction compares it with the tokenizer's
+It keeps its own copies of the backend, one per thread that encodes (the truncation limit
+is a backend's state), so it never changes the truncation or padding of the tokenizer that
+callers share, and two threads encode at once without a lock (the server tokenizes a
+one-text request on its event loop while a large one is tokenized on the engine's
+tokenizer thread). A probe at construction compares it with the tokenizer's
 own ``__call__`` on a few texts; where they differ (a tokenizer whose Python class adds
 its own processing) or there is no Rust backend, ``available`` is False and the caller
 keeps ``__call__``; ``pairs_available`` says the same of text pairs (cross-encoders).
@@ -39,9 +42,8 @@ class FastEncoder:
         self.tokenizer = tokenizer
         fast = getattr(tokenizer, "is_fast", False)
         backend = getattr(tokenizer, "backend_tokenizer", None) if fast else None
-        self._own: Any = None  # a copy of the backend, set to one limit at a time
-        self._truncation: tuple[int, str] | None = None
-        self._lock = threading.Lock()
+        self._json = ""  # the backend, serialized: each thread builds its own copy from it
+        self._local = threading.local()  # .own (the copy), .truncation (its limit, strategy)
         self.pairs_available = False  # text pairs too (set by the probe)
         self.available = backend is not None and self._agrees(backend)
 
@@ -60,23 +62,27 @@ class FastEncoder:
         return [(e.ids, e.type_ids) for e in encodings]
 
     def _encode(self, inputs: list[Any], limit: int, strategy: str) -> list[Any]:
-        with self._lock:  # one call at a time: the limit is the copy's state (it runs on every core)
-            if (limit, strategy) != self._truncation:
-                side = getattr(self.tokenizer, "truncation_side", "right")
-                self._own.enable_truncation(limit, stride=0, strategy=strategy, direction=side)
-                self._truncation = (limit, strategy)
-            encode = getattr(self._own, "encode_batch_fast", self._own.encode_batch)  # tokenizers >= 0.21
-            return encode(inputs, add_special_tokens=True)
+        local = self._local
+        own = getattr(local, "own", None)
+        if own is None:  # this thread's copy (the limit is a copy's state)
+            from tokenizers import Tokenizer
+
+            own = local.own = Tokenizer.from_str(self._json)
+            own.no_padding()
+            local.truncation = None
+        if (limit, strategy) != local.truncation:
+            side = getattr(self.tokenizer, "truncation_side", "right")
+            own.enable_truncation(limit, stride=0, strategy=strategy, direction=side)
+            local.truncation = (limit, strategy)
+        encode = getattr(own, "encode_batch_fast", own.encode_batch)  # tokenizers >= 0.21
+        return encode(inputs, add_special_tokens=True)
 
     def _agrees(self, backend: Any) -> bool:
         """Copy the backend, and check it against ``__call__`` on single texts, then pairs."""
         texts = list(_PROBE_TEXTS)
         pairs = [(texts[3], t) for t in texts]  # a short first text: only the second is cut
         try:
-            from tokenizers import Tokenizer
-
-            self._own = Tokenizer.from_str(backend.to_str())
-            self._own.no_padding()
+            self._json = backend.to_str()
             for limit in (8, 512):
                 want = self.tokenizer(texts, truncation=True, max_length=limit, add_special_tokens=True)
                 if self(texts, limit) != [list(ids) for ids in want["input_ids"]]:

@@ -10,6 +10,7 @@ records how many tokens the instruction takes, for models whose ST Pooling exclu
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -181,7 +182,8 @@ class InputProcessor:
         self.do_lower_case = do_lower_case
         self.encoder = FastEncoder(tokenizer)
         self._instruction_lens: dict[str, int] = {}
-        # a Hugging Face tokenizer changes its truncation settings per call: one caller at a time
+        # a Hugging Face tokenizer changes its truncation settings per call: one caller at a
+        # time (the fast encoder's per-thread copies need no lock)
         self.lock = threading.RLock()
 
     def instruction_len(self, instruction: str) -> int:
@@ -190,7 +192,8 @@ class InputProcessor:
         n = self._instruction_lens.get(instruction)
         if n is None:
             text = instruction.lower() if self.do_lower_case else instruction
-            ids = self.tokenizer(text, add_special_tokens=True)["input_ids"] if text else []
+            with self.lock:
+                ids = self.tokenizer(text, add_special_tokens=True)["input_ids"] if text else []
             special = set(getattr(self.tokenizer, "all_special_ids", []) or [])
             n = len(ids) - (1 if ids and ids[-1] in special else 0)
             self._instruction_lens[instruction] = n
@@ -240,7 +243,7 @@ class InputProcessor:
 
         ``task``, ``max_embed_len`` and ``chunked`` set the length check (:meth:`check_length`).
         """
-        with self.lock:
+        with self.lock if not self.encoder.available else contextlib.nullcontext():
             return self._tokenize(prompts, params, offset, (task, max_embed_len, chunked))
 
     def _tokenize(

@@ -124,13 +124,16 @@ class ServerState:
         limits.check_texts(texts, param, self.config.max_input_chars, allow_empty)
 
     # ------------------------------------------------------------------ work off the event loop
-    async def in_tokenizer_thread(self, fn: Callable[[], T], offset: int = 0) -> T:
-        """Run ``fn`` on the engine's tokenizer thread; the engine's input errors become 400s.
+    async def in_tokenizer_thread(self, fn: Callable[[], T], offset: int = 0, inline: bool = False) -> T:
+        """Run ``fn`` on the engine's tokenizer thread (``inline``: here, on the event loop);
+        the engine's input errors become 400s.
 
         ``offset``: where the slice ``fn`` works on starts in the caller's list (the message
         then names the caller's index).
         """
         try:
+            if inline:
+                return fn()
             return await asyncio.get_running_loop().run_in_executor(self.llm.tokenizer_pool, fn)
         except (ValueError, TypeError) as exc:  # the engine's checks: a bad request
             message = online_message(exc)  # vLLM's server texts for over-long prompts
@@ -150,14 +153,18 @@ class ServerState:
         """Check and tokenize ``prompts`` for ``io``'s task; returns the job and its token count.
 
         A large request is tokenized slice by slice (:func:`.limits.slices`) on the engine's
-        tokenizer thread, so that small requests arriving meanwhile are tokenized between its
-        slices.
+        tokenizer thread; a small one (:func:`.limits.is_small`) on the event loop, when the
+        tokenizer's Rust backend serves each thread its own copy (``FastEncoder``), so it
+        never waits behind a large one.
         """
         requests: list[Request] = []
+        inline = self.llm.input_processor.encoder.available and limits.is_small(prompts)
         for part in limits.slices(prompts):
             chunk = prompts[part.start : part.stop]
             done = await self.in_tokenizer_thread(
-                lambda chunk=chunk: self.llm.make_requests(chunk, io.task, params, truncate), part.start
+                lambda chunk=chunk: self.llm.make_requests(chunk, io.task, params, truncate),
+                part.start,
+                inline,
             )
             for r in done:
                 r.index += part.start

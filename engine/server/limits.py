@@ -39,6 +39,10 @@ SLICE_CHARS = 65_536
 """Characters tokenized in one go by a large request (about 60 ms on one core)."""
 SLICE_INPUTS = 256
 """Inputs tokenized in one go by a large request."""
+INLINE_CHARS = 4_096
+"""A request of at most this many characters is tokenized on the event loop, where a Rust
+tokenizer takes well under a millisecond for it: it never waits behind a large request on
+the tokenizer thread, and skips the hand-off to that thread and back."""
 
 
 # ---------------------------------------------------------------------- ASGI middleware
@@ -213,6 +217,17 @@ def check_texts(texts: str | Sequence[Any], param: str, max_chars: int, allow_em
                 400,
                 param,
             ) from None
+
+
+def is_small(prompts: Sequence[Any], max_chars: int = INLINE_CHARS) -> bool:
+    """Whether ``prompts`` hold at most ``max_chars`` characters (token ids count one each):
+    such a request is tokenized on the event loop itself (:data:`INLINE_CHARS`)."""
+    total = 0
+    for prompt in prompts:
+        total += _size(prompt)
+        if total > max_chars:
+            return False
+    return True
 
 
 def slices(

@@ -1,7 +1,12 @@
-"""The pure parts of the server limits: slicing of large requests and the text checks."""
+"""The server limits: slicing of large requests, the text checks, and small requests
+tokenized on the event loop."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
+
+import numpy as np
 import pytest
 
 pytest.importorskip("fastapi")
@@ -70,3 +75,24 @@ async def test_submit_in_slices_keeps_order_and_queues_two_slices_at_a_time():
     out = await submit_in_slices(submit, [R(i) for i in range(10)], max_tokens=8)
     assert out == [i * 10 for i in range(10)] and most == 2
     assert await submit_in_slices(submit, [R(1)], max_tokens=8) == [10]
+
+
+async def test_a_small_request_does_not_wait_for_the_tokenizer_thread(client, default_llm):
+    """Head of line: a small request (``limits.is_small``) is tokenized on the event loop, so
+    it is answered while the engine's tokenizer thread is busy (as with a large request's
+    slices); a large request still waits for that thread."""
+    gate = threading.Event()
+    busy = default_llm.tokenizer_pool.submit(gate.wait, 30)
+    large = None
+    try:
+        small = await client.post("/v1/embeddings", json={"input": "a small one"})
+        assert small.status_code == 200
+        body = {"input": ["word " * 1000] * 2, "truncate_prompt_tokens": -1}  # 10,000 characters
+        large = asyncio.create_task(client.post("/v1/embeddings", json=body))
+        await asyncio.sleep(0.3)
+        assert not large.done()  # queued behind the busy tokenizer thread
+    finally:
+        gate.set()
+    assert busy.result(30) is True and large is not None and (await large).status_code == 200
+    want = default_llm.embed(["a small one"], use_tqdm=False)[0].outputs.embedding
+    assert np.allclose(small.json()["data"][0]["embedding"], want, atol=1e-5)
