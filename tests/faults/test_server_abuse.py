@@ -197,3 +197,32 @@ def test_one_huge_request_does_not_stall_small_ones(tiny_bert):
     assert results["big"] == (200, 500)
     assert seen_busy, "the big request never reached the tokenizer"
     assert finished_before_big == 3  # answered between the big request's tokenizer slices
+
+
+@pytest.mark.parametrize("protocol", ["httptools", "h11"])
+def test_connection_guards_of_both_http_parsers(default_llm, protocol):
+    """The guards hold on uvicorn's httptools protocol (used when installed) and on its h11
+    fallback: a stalled head is closed, a head over MAX_HEADER_BYTES gets a 400, and a
+    half-closed client gets its answer; the server keeps serving."""
+    from vllm_pool.engine.server import ServerConfig, build_app
+    from vllm_pool.engine.server.connections import MAX_HEADER_BYTES, guarded_protocol
+
+    if protocol == "httptools":
+        pytest.importorskip("httptools")
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as base
+    else:
+        from uvicorn.protocols.http.h11_impl import H11Protocol as base
+    config = ServerConfig(header_timeout=TIMEOUT, body_timeout=TIMEOUT)
+    protocol_class = guarded_protocol(TIMEOUT, base)
+    assert issubclass(protocol_class, base)
+    with LiveServer(build_app(default_llm, config), config, http=protocol_class) as live:
+        assert raw(live, b"POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\n") == b""
+        big_head = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"p" * (MAX_HEADER_BYTES + 1024)
+        assert raw(live, big_head + b"\r\n\r\n").split(b" ")[1] == b"400"
+        payload = json.dumps({"input": "half closed"}).encode()
+        lines = ["POST /v1/embeddings HTTP/1.1", "Host: 127.0.0.1", "Content-Type: application/json"]
+        head_bytes = ("\r\n".join([*lines, f"Content-Length: {len(payload)}"]) + "\r\n\r\n").encode()
+        code, body = status_and_body(raw(live, head_bytes + payload, shutdown=True))
+        assert code == 200 and len(body["data"][0]["embedding"]) == 384
+        r = httpx.post(f"{live.url}/v1/embeddings", json={"input": ["still here"]}, timeout=60)
+        assert r.status_code == 200
