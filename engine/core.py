@@ -228,21 +228,23 @@ class EngineCore:
         by one (HTTP, JSON, tokenization on a shared event loop), and a loop that took each
         as it came would run strings of one-prompt batches, at several times the cost per
         prompt of a full one on the CPU (and slowing the event loop it competes with). So
-        while fewer prompts are queued than the last batch held, the loop waits: for the
-        first arrival, then as long as arrivals keep coming less than ``gather_gap_s``
-        apart, at most ``gather_fraction`` of the last batch's time (and ``max_gather_s``).
-        A lone client (a last batch of one job) never waits.
+        while fewer prompts are queued than the clients in play (the last batch's, plus those
+        that arrived while it ran) and fewer tokens than one batch takes, the loop waits:
+        for the first arrival, then as long as arrivals keep coming less than
+        ``gather_gap_s`` apart, at most ``gather_fraction`` of the last batch's time (and
+        ``max_gather_s``). A lone client (a last batch of one job) never waits.
         """
         last = self._last_batch
         if last is None or last[0] < 2 or self.max_gather_s <= 0:
             return
         jobs, prompts, seconds = last
-        target = min(prompts, self.scheduler.max_num_seqs)
+        budget = self.scheduler.max_num_batched_tokens
         now = time.perf_counter()
         deadline = now + min(self.max_gather_s, self.gather_fraction * seconds)
         with self._cond:
             seen, quiet_from = self.scheduler.num_pending, deadline
-            while not done() and seen < target:
+            target = min(prompts + seen, self.scheduler.max_num_seqs)
+            while not done() and seen < target and self.scheduler.pending_tokens < budget:
                 now = time.perf_counter()
                 if now >= min(deadline, quiet_from):
                     return

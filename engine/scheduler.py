@@ -195,6 +195,11 @@ class Scheduler:
         """Prompts queued and not yet scheduled."""
         return sum(len(job.pending) for job in self.jobs)
 
+    @property
+    def pending_tokens(self) -> int:
+        """Tokens of the prompts queued and not yet scheduled."""
+        return sum(-sum(job._neg_lengths) for job in self.jobs)
+
     def add(self, job: Job) -> None:
         if job.pending:
             self.jobs.append(job)

@@ -31,6 +31,13 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _seconds_or_zero(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive number of seconds, got {text}")
+    return value
+
+
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Every ``--help`` line of an optional flag ends with its default (lines that show it
     already are kept as they are)."""
@@ -104,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds a connection may take to send a complete request head (closed after; default: 10)",
     )
     h.add_argument(
+        "--batch-wait", type=_seconds_or_zero, default=None,
+        help="after a batch that answered several clients, seconds the engine may wait (at most "
+        "half that batch's time) for their next requests, to run fuller batches; 0: never "
+        "(default: 0.1)",
+    )  # fmt: skip
+    h.add_argument(
         "--num-threads",
         type=positive_int,
         default=None,
@@ -173,7 +186,7 @@ def server_config_kwargs(args: argparse.Namespace, key: str | None) -> dict[str,
         "max_inputs": args.max_inputs,
         "max_request_tokens": args.max_request_tokens,
     }
-    for name in ("max_body_bytes", "max_input_chars", "body_timeout", "header_timeout"):
+    for name in ("max_body_bytes", "max_input_chars", "body_timeout", "header_timeout", "batch_wait"):
         if getattr(args, name) is not None:
             kwargs[name] = getattr(args, name)
     return kwargs

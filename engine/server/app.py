@@ -60,6 +60,10 @@ class ServerConfig:
         body_timeout: seconds a request body may take to arrive; then a 408.
         header_timeout: seconds a connection may take to send a complete request head
             (enforced by the uvicorn protocol of :mod:`.connections`).
+        batch_wait: after a batch that answered several clients, seconds the engine core may
+            wait (at most half that batch's time) for their next requests, so that they run
+            as one batch instead of one by one as they arrive (``EngineCore._gather``); 0:
+            never.
     """
 
     served_model_names: list[str] | None = None
@@ -70,6 +74,7 @@ class ServerConfig:
     max_input_chars: int = limits.DEFAULT_MAX_INPUT_CHARS
     body_timeout: float = limits.DEFAULT_BODY_TIMEOUT
     header_timeout: float = limits.DEFAULT_HEADER_TIMEOUT
+    batch_wait: float = 0.1
 
 
 class ServerState:
@@ -87,6 +92,7 @@ class ServerState:
         self.model_name = self.names[0]
         self.metrics = ServerMetrics()
         self.engine = EngineClient(llm.core, metrics=self.metrics)
+        llm.core.max_gather_s = config.batch_wait  # the server's driver only (offline calls never wait)
         self.metrics.gauge(
             "vllm_pool_queue_inputs", "Inputs waiting in the queue.", lambda: self.engine.queue_size
         )

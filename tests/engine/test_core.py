@@ -309,31 +309,34 @@ def test_a_sliced_job_keeps_its_batches_short(packed):
 @pytest.mark.parametrize("gather", [True, False])
 def test_server_driver_gathers_returning_clients_into_one_batch(gather):
     """After a batch that answered several jobs, the background driver waits for their clients'
-    next requests (arriving one by one) instead of running each alone; with no gathering
-    (``max_gather_s=0``) each runs as it comes."""
+    next requests (arriving one by one), counting the one that arrived while the batch ran,
+    instead of running them as they come (``max_gather_s=0``)."""
     core, fake = make_core()
     core.gather_gap_s, core.max_gather_s, core.gather_fraction = 1.0, 5.0 if gather else 0.0, 1000.0
-    fake.delay = 0.01  # seconds per batch: the gathering window is a fraction of it
     fake.gate.clear()
     core.start()
     try:
         first = core.submit(reqs([1]), {"embed": None})
         wait_until(lambda: fake.started == 1)  # [1] is running alone
         crowd = [core.submit(reqs([i]), {"embed": None}) for i in (2, 3, 4)]
+        fake.delay = 0.3  # seconds per batch from here on
         fake.gate.set()
+        wait_until(lambda: fake.started == 2)  # [2, 3, 4] is running
+        late = core.submit(reqs([5]), {"embed": None})  # arrives while it runs
         for job in [first, *crowd]:
             job.future.result(5)
         back = []
-        for i in (5, 6, 7):  # the three clients come back, 50 ms apart
+        for i in (6, 7, 8):  # the three clients come back, 50 ms apart
             back.append(core.submit(reqs([i]), {"embed": None}))
             time.sleep(0.05)
-        for job in back:
+        for job in [late, *back]:
             job.future.result(10)
     finally:
         core.close()
     batches = [ids for _, ids in fake.batches]
     assert batches[:2] == [[1], [2, 3, 4]]
-    assert batches[2:] == ([[5, 6, 7]] if gather else [[5], [6], [7]])
+    # without gathering, [5] runs at once and the others queue behind it
+    assert batches[2:] == ([[5, 6, 7, 8]] if gather else [[5], [6, 7, 8]])
 
 
 def test_small_jobs_get_every_other_batch_beside_a_sliced_job():

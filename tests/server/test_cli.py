@@ -122,6 +122,19 @@ def test_api_key_sources(tmp_path, caplog):
     assert "max_input_chars" not in kwargs and "header_timeout" not in kwargs  # ServerConfig's defaults
     with pytest.raises(SystemExit):
         parse(["serve", "--header-timeout", "0"])
+    assert "batch_wait" not in kwargs
+    assert server_config_kwargs(parse(["serve", "m", "--batch-wait", "0"]), None)["batch_wait"] == 0
+    with pytest.raises(SystemExit):
+        parse(["serve", "--batch-wait", "-1"])
+
+
+def test_batch_wait_reaches_the_engine_core(default_llm):
+    from vllm_pool.engine.server import ServerConfig, build_app
+
+    build_app(default_llm, ServerConfig(batch_wait=0.0))
+    assert default_llm.core.max_gather_s == 0.0
+    build_app(default_llm)
+    assert default_llm.core.max_gather_s == ServerConfig().batch_wait > 0
 
 
 def test_serve_freezes_the_startup_heap_before_serving(monkeypatch):
