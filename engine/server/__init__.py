@@ -8,7 +8,8 @@ Needs the ``server`` extra (FastAPI + uvicorn)::
     app = build_app(LLM("sentence-transformers/all-MiniLM-L6-v2"))
 """
 
-from vllm_pool.engine.server.app import ServerConfig, build_app
+from vllm_pool.engine.server.app import build_app
 from vllm_pool.engine.server.engine_client import EngineClient
+from vllm_pool.engine.server.state import ServerConfig
 
 __all__ = ["EngineClient", "ServerConfig", "build_app"]

@@ -17,7 +17,7 @@ from vllm_pool.engine.server.errors import APIError
 from vllm_pool.engine.task_io import encode_processor
 
 if TYPE_CHECKING:
-    from vllm_pool.engine.server.app import ServerState
+    from vllm_pool.engine.server.state import ServerState
 
 
 def header_id(http: HTTPRequest) -> str | None:

@@ -1,0 +1,240 @@
+"""The server's state: its options (:class:`ServerConfig`) and what every endpoint shares
+(:class:`ServerState`: the engine's async client, the input checks, tokenization on the
+tokenizer thread or the event loop, jobs run in the engine core).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from fastapi import Request as HTTPRequest
+from vllm_pool.engine.lengths import online_message
+from vllm_pool.engine.llm import LLM
+from vllm_pool.engine.params import PoolingParams
+from vllm_pool.engine.scoring import pair_up
+from vllm_pool.engine.server import limits
+from vllm_pool.engine.server.engine_client import EngineClient
+from vllm_pool.engine.server.errors import APIError, ClientDisconnected
+from vllm_pool.engine.server.metrics import ServerMetrics
+from vllm_pool.engine.task_io import Prepared, PromptIO
+from vllm_pool.engine.types import Request
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass
+class ServerConfig:
+    """Serving options (the engine's own options are those of :class:`LLM`).
+
+    Args:
+        served_model_names: names clients may send as ``model`` (default: the model's name);
+            the first is the one answered.
+        api_key: when set, every endpoint but ``/health`` (the docs pages included) needs
+            ``Authorization: Bearer <key>``, checked before the body is read.
+        max_inputs: inputs (prompts, pairs or documents) per request; more is a 413.
+        max_request_tokens: prompt tokens per request after tokenization; more is a 413.
+        max_body_bytes: request body size; more is a 413 (before the body is parsed).
+        max_input_chars: characters of one text input; more is a 413 (before tokenization).
+        body_timeout: seconds a request body may take to arrive; then a 408.
+        header_timeout: seconds a connection may take to send a complete request head
+            (enforced by the uvicorn protocol of :mod:`.connections`).
+        batch_wait: after a batch that answered several clients, seconds the engine core may
+            wait (at most half that batch's time) for their next requests, so that they run
+            as one batch instead of one by one as they arrive (``EngineCore._gather``); 0:
+            never.
+    """
+
+    served_model_names: list[str] | None = None
+    api_key: str | None = None
+    max_inputs: int = 2048
+    max_request_tokens: int = 524_288
+    max_body_bytes: int = limits.DEFAULT_MAX_BODY_BYTES
+    max_input_chars: int = limits.DEFAULT_MAX_INPUT_CHARS
+    body_timeout: float = limits.DEFAULT_BODY_TIMEOUT
+    header_timeout: float = limits.DEFAULT_HEADER_TIMEOUT
+    batch_wait: float = 0.1
+
+
+class ServerState:
+    """The engine, its async client, and the checks shared by all endpoints (HTTP only).
+
+    Input checks, pairing and output shaping are the engine's task IO processors
+    (``engine.task_io``), the same ones ``LLM.embed`` / ``score`` / ... use; jobs go to the
+    LLM's engine core, whose one scheduler batches them with every other client's.
+    """
+
+    def __init__(self, llm: LLM, config: ServerConfig) -> None:
+        self.llm = llm
+        self.config = config
+        self.names = list(dict.fromkeys([*(config.served_model_names or []), llm.model_name]))
+        self.model_name = self.names[0]
+        self.metrics = ServerMetrics()
+        self.engine = EngineClient(llm.core, metrics=self.metrics)
+        llm.core.max_gather_s = config.batch_wait  # the server's driver only (offline calls never wait)
+        self.metrics.gauge(
+            "vllm_pool_queue_inputs", "Inputs waiting in the queue.", lambda: self.engine.queue_size
+        )
+        hf_config = llm.model_config.hf_config
+        self.id2label: dict[Any, str] = dict(getattr(hf_config, "id2label", None) or {})
+
+    # ------------------------------------------------------------------ checks
+    def check_model(self, name: str | None) -> None:
+        if name is not None and name not in self.names:
+            raise APIError(f"The model `{name}` does not exist.", 404, "model")
+
+    def check_inputs(self, n: int, param: str = "input") -> None:
+        if n == 0:
+            raise APIError(f"{param} must not be empty", 400, param)
+        if n > self.config.max_inputs:
+            raise APIError(
+                f"Too many inputs: {n} in one request, the limit is {self.config.max_inputs} (--max-inputs)",
+                413,
+                param,
+            )
+
+    def check_tokens(self, prepared: Prepared) -> int:
+        n = prepared.num_tokens
+        if n > self.config.max_request_tokens:
+            raise APIError(
+                f"Too many tokens: {n} in one request, the limit is {self.config.max_request_tokens} "
+                "(--max-request-tokens)",
+                413,
+            )
+        return n
+
+    def check_texts(self, texts: Any, param: str, allow_empty: bool = False) -> None:
+        """Strings of a request field: valid Unicode, within ``max_input_chars``, non-empty
+        unless ``allow_empty`` (texts to embed or classify: ``""`` is its special tokens)."""
+        limits.check_texts(texts, param, self.config.max_input_chars, allow_empty)
+
+    # ------------------------------------------------------------------ work off the event loop
+    async def in_tokenizer_thread(self, fn: Callable[[], T], offset: int = 0, inline: bool = False) -> T:
+        """Run ``fn`` on the engine's tokenizer thread (``inline``: here, on the event loop);
+        the engine's input errors become 400s.
+
+        ``offset``: where the slice ``fn`` works on starts in the caller's list (the message
+        then names the caller's index).
+        """
+        try:
+            if inline:
+                return fn()
+            return await asyncio.get_running_loop().run_in_executor(self.llm.tokenizer_pool, fn)
+        except (ValueError, TypeError) as exc:  # the engine's checks: a bad request
+            message = online_message(exc)  # vLLM's server texts for over-long prompts
+            if offset:  # a slice of a large request: name the caller's index
+                shift = lambda m: f"prompts[{int(m.group(1)) + offset}]"  # noqa: E731
+                message = re.sub(r"prompts\[(\d+)\]", shift, message)
+            raise APIError(message, 400) from exc
+
+    async def prepare(self, fn: Callable[[], Prepared]) -> tuple[Prepared, int]:
+        """Check and tokenize with a task IO processor; returns the job and its token count."""
+        prepared = await self.in_tokenizer_thread(fn)
+        return prepared, self.check_tokens(prepared)
+
+    async def prepare_prompts(
+        self, io: PromptIO, prompts: list[Any], params: PoolingParams | None, truncate: int | None
+    ) -> tuple[Prepared, int]:
+        """Check and tokenize ``prompts`` for ``io``'s task; returns the job and its token count.
+
+        A large request is tokenized slice by slice (:func:`.limits.slices`) on the engine's
+        tokenizer thread; a small one (:func:`.limits.is_small`) on the event loop, when the
+        tokenizer's Rust backend serves each thread its own copy (``FastEncoder``), so it
+        never waits behind a large one.
+        """
+        requests: list[Request] = []
+        inline = self.llm.input_processor.encoder.available and limits.is_small(prompts)
+        for part in limits.slices(prompts):
+            chunk = prompts[part.start : part.stop]
+            done = await self.in_tokenizer_thread(
+                lambda chunk=chunk: self.llm.make_requests(chunk, io.task, params, truncate),
+                part.start,
+                inline,
+            )
+            for r in done:
+                r.index += part.start
+            requests += done
+        prepared = io.prepared(requests)
+        return prepared, self.check_tokens(prepared)
+
+    async def run(self, prepared: Prepared, http: HTTPRequest) -> list[Any]:
+        """Queue the job in the engine core, await it, shape its outputs.
+
+        A job of more than two batches' worth of tokens joins the core's queue slice by slice
+        (two slices queued at a time, :func:`.limits.submit_in_slices`), so a small request
+        that arrives meanwhile waits for at most about two slices instead of the whole job.
+        """
+        tasks = list(prepared.tasks)
+        sliceable = all(v is None for v in prepared.tasks.values())  # per-request params: one job
+        budget = 2 * self.llm.max_num_batched_tokens if sliceable else max(prepared.num_tokens, 1)
+
+        gone = self.engine.watch_disconnect(http.receive)
+
+        async def submit(chunk: list[Request]) -> list[tuple[Any, ...]]:
+            res = await self.engine.submit(chunk, prepared.tasks, gone)
+            return list(zip(*(res[t] for t in tasks)))  # one row per request: its output per task
+
+        try:
+            rows = await limits.submit_in_slices(submit, prepared.requests, budget)
+        except ClientDisconnected as exc:
+            logger.info("Client disconnected from %s; dropped its pending inputs", http.url.path)
+            raise APIError("Client disconnected", 499) from exc
+        finally:
+            gone.cancel()
+        return prepared.finish({t: [row[k] for row in rows] for k, t in enumerate(tasks)})
+
+    async def scores(
+        self,
+        first: Any,
+        second: Any,
+        truncate: int | None,
+        use_activation: bool | None,
+        http: HTTPRequest,
+        names: tuple[str, str] = ("text_1", "text_2"),
+    ) -> tuple[list[float], int]:
+        """Scores of 1:1, 1:N or N:N pairs (the engine's score processor: a cross-encoder's
+        ``score`` task, else the cosine of embeddings). A cross-encoder's pairs are tokenized
+        in slices, as in :meth:`prepare_prompts`."""
+        io = self.llm.task_io["score"]
+        if io.cross_encoder:
+            params = PoolingParams(use_activation=use_activation)
+            texts_1, texts_2 = await self.in_tokenizer_thread(lambda: pair_up(first, second, names))
+            requests: list[Request] = []
+            for part in limits.slices(texts_2):
+                a, b = texts_1[part.start : part.stop], texts_2[part.start : part.stop]
+                done = await self.in_tokenizer_thread(
+                    lambda a=a, b=b: self.llm.make_pair_requests(a, b, params, truncate)
+                )
+                for r in done:
+                    r.index += part.start
+                requests += done
+            prepared = io.cross_prepared(requests)
+            n_tokens = self.check_tokens(prepared)
+        else:
+            bi_params = PoolingParams(use_activation=use_activation) if use_activation is not None else None
+            prepared, n_tokens = await self.prepare(
+                lambda: io.prepare(first, second, bi_params, truncate, names)
+            )
+        outs = await self.run(prepared, http)
+        return [o.outputs.score for o in outs], n_tokens
+
+    def label(self, i: int) -> str:
+        return str(self.id2label.get(i, self.id2label.get(str(i), f"LABEL_{i}")))
+
+
+# ---------------------------------------------------------------------- helpers
+def to_prompts(value: str | list[Any]) -> list[Any]:
+    """Normalize an ``input`` field to engine prompts (strings or token-id dicts)."""
+    if isinstance(value, str):
+        return [value]
+    if value and isinstance(value[0], int):
+        return [{"prompt_token_ids": value}]
+    return [{"prompt_token_ids": v} if isinstance(v, list) else v for v in value]
+
+
+# ---------------------------------------------------------------------- the app
