@@ -153,13 +153,13 @@ async def test_disconnect_over_asgi_drops_pending_work(app, client):
 
 async def test_a_small_request_joins_the_next_short_batch_of_a_large_one():
     """Issue 15 (head of line), on the engine core: a large request is queued in parts
-    (``limits.submit_in_slices``, two at a time), and its jobs put at most a quarter of the
+    (``limits.submit_in_slices``, two at a time), and its jobs put at most an eighth of the
     token budget in a batch (``Job.slice_tokens``), so a small request that arrives meanwhile
     runs in the next batch, alone, not after the whole request."""
     from vllm_pool.engine.server.limits import submit_in_slices
 
     fake = FakeExecutor()
-    client = EngineClient(EngineCore(fake, Scheduler(16, 4)))  # 4 prompts of 4 tokens per batch
+    client = EngineClient(EngineCore(fake, Scheduler(32, 4)))  # 4-token prompts; slices of 4 tokens
     fake.gate.clear()
     blocker = asyncio.create_task(client.submit(reqs([0]), {"embed": None}))
     await wait_until(lambda: fake.started == 1)
@@ -176,6 +176,6 @@ async def test_a_small_request_joins_the_next_short_batch_of_a_large_one():
     assert await small == {"embed": [("embed", 7)]}
     assert await large == [("embed", i) for i in range(100, 116)]  # every slice, in order
     batches = [ids for _, ids in fake.batches]
-    assert batches[:2] == [[0], [7]]  # the small one goes alone, ahead of the 4-token slices
+    assert batches[:2] == [[0], [7]]  # the small one goes alone, ahead of the slices (one prompt each)
     assert batches[2:] == [[i] for i in range(100, 116)]
     client.stop()
