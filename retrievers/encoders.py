@@ -104,7 +104,8 @@ class EngineTokenEncoder:
 def encode_in_batches(
     texts: Sequence[str], encode: Callable[[list[str]], Any], batch_size: int, desc: str
 ) -> list[Any]:
-    """``encode`` each batch of ``texts`` with a progress bar; one result per batch.
+    """``encode`` each batch of ``texts``, with a progress bar when there are several; one
+    result per batch.
 
     An error from ``encode`` names the caller's position (``texts[280]``, not the batch's
     ``prompts[24]``).
@@ -120,7 +121,8 @@ def encode_in_batches(
     if len(texts) == 0:
         raise ValueError("texts must be a non-empty list of strings")
     out = []
-    for start in tqdm(range(0, len(texts), batch_size), desc=desc, unit="batch"):
+    starts = range(0, len(texts), batch_size)
+    for start in tqdm(starts, desc=desc, unit="batch", disable=len(starts) < 2):
         with caller_positions(start, "texts"):  # texts[280], not prompts[24] of a batch
             out.append(encode(list(texts[start : start + batch_size])))
     return out
