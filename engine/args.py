@@ -120,10 +120,10 @@ class EngineArgs:
     )
     packed: bool | None = _option(
         None,
-        "packed variable-length batches (no compute on padding); None: where Flash Attention's "
-        "varlen kernel runs (CUDA, half precision), and for `vllm-pool serve` also fp32 on the CPU "
-        "(a server's batches mix unrelated lengths); --packed forces it (checked against the padded "
-        "path at load), --no-packed turns it off",
+        "packed variable-length batches (no compute on padding); None: on the CPU in float32 / "
+        "bfloat16 and on CUDA in half precision (Flash Attention's varlen kernel), not with "
+        "--compile, for architectures that support it (others run padded); --packed forces it "
+        "(checked against the padded path at load), --no-packed turns it off",
         action=argparse.BooleanOptionalAction,
     )
 

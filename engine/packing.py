@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from vllm_pool.engine import bucket_attention
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +37,19 @@ def flash_kernel(query: torch.Tensor) -> Any:
     return varlen_attn
 
 
+CPU_DTYPES = (torch.float32, torch.bfloat16)
+"""Dtypes packed by default on the CPU (``benchmarks/results/packed_cpu.json``)."""
+
+
 def default_on(dtype: torch.dtype, device: torch.device) -> bool:
-    """Whether packing is the default: where the varlen flash kernel runs (CUDA, fp16 / bf16)."""
+    """Whether packing is the default (``packed=None``) for ``dtype`` on ``device``.
+
+    On the CPU for :data:`CPU_DTYPES`: no compute on padding, measured faster than padded
+    batches on mixed and short texts alike. On a GPU where the varlen flash kernel runs
+    (CUDA, fp16 / bf16). The one rule of ``LLM`` and ``vllm-pool serve``.
+    """
+    if device.type == "cpu":
+        return dtype in CPU_DTYPES
     return flash_kernel(torch.empty(0, dtype=dtype, device=device)) is not None
 
 
@@ -165,7 +177,14 @@ def varlen_attention(
         bounds: list[int] = kwargs.get("packed_bounds") or (
             cu.tolist() if cu is not None else [0, query.shape[2]]
         )
-        out = _segments_sdpa(q, k, v, bounds, scaling, causal, kwargs.get("packed_key_mask"))
+        cache = kwargs.get("packed_plan")  # per batch: padded buckets, planned by the first layer
+        if cache is not None:
+            if "buckets" not in cache:
+                key_mask = kwargs.get("packed_key_mask")
+                cache["buckets"] = bucket_attention.plan(bounds, causal, key_mask, q.device)
+            out = bucket_attention.bucket_sdpa(q, k, v, *cache["buckets"], scaling)
+        else:
+            out = _segments_sdpa(q, k, v, bounds, scaling, causal, kwargs.get("packed_key_mask"))
     return out.unsqueeze(0), None
 
 
@@ -204,9 +223,10 @@ def attention_kwargs(bounds: list[int], longest: int) -> dict[str, Any]:
     """The keyword arguments that carry segment bounds down to :func:`varlen_attention`.
 
     ``cu_seq_lens_q`` / ``cu_seq_lens_k`` (device tensors) are added by the caller;
-    ``packed_bounds`` keeps the host copy so the CPU path never reads the device.
+    ``packed_bounds`` keeps the host copy so the CPU path never reads the device, and
+    ``packed_plan`` (empty) keeps the CPU path's bucket plan from one layer to the next.
     """
-    return {"max_length_q": longest, "max_length_k": longest, "packed_bounds": bounds}
+    return {"max_length_q": longest, "max_length_k": longest, "packed_bounds": bounds, "packed_plan": {}}
 
 
 def key_mask(masks: list[list[int]]) -> tuple[dict[str, torch.Tensor], int]:

@@ -41,8 +41,9 @@ class ModelRunner:
         cfg: the model configuration.
         model: the loaded backbone (hidden states only; the poolers own the task heads).
         compile: compile the transformer with ``torch.compile`` (see :meth:`compile`).
-        packed: run packed variable-length batches (see ``engine.packing``). ``None``: where
-            Flash Attention's variable-length kernel runs (CUDA, half precision), not compiled.
+        packed: run packed variable-length batches (see ``engine.packing``). ``None``:
+            ``packing.default_on`` (the CPU in fp32 / bf16, CUDA in half precision), not
+            compiled, for architectures that support it (others run padded, logged at debug).
         prepack: on the CPU, prepack the linears for oneDNN (``engine.cpu_linear``); the
             engine does for the models it loads (not when compiling).
     """
@@ -69,7 +70,7 @@ class ModelRunner:
             n = cpu_linear.prepack(self.model, batch_hint=2048)
             logger.debug("Prepacked %d linear layers for oneDNN", n)
         asked = packed is True
-        if packed is None:  # by default only where Flash Attention's varlen kernel runs it
+        if packed is None:  # the default: where measured faster (packing.default_on)
             packed = not compile and packing.default_on(cfg.dtype, self.device)
         if packed:
             self._enable_packing(asked)
@@ -100,11 +101,12 @@ class ModelRunner:
     def _enable_packing(self, asked: bool) -> None:
         """Switch to packed batches if the architecture supports them and a probe agrees.
 
-        The probe runs a few short prompts padded and packed; packing stays off (with a
-        warning) if the outputs differ, e.g. for a model that derives positions itself.
+        The probe runs a few short prompts padded and packed; packing stays off if the
+        outputs differ, e.g. for a model that derives positions itself. Warnings only when
+        ``asked`` (``packed=True``); a default that does not apply is logged at debug / info.
         """
         if not packing.supports_packing(self.model):
-            log = logger.warning if asked else logger.info
+            log = logger.warning if asked else logger.debug
             log("%s does not support packed batches; running padded", type(self.model).__name__)
             return
         self._pos_offset = packing.position_offset(self.model)
@@ -121,13 +123,15 @@ class ModelRunner:
         except Exception as e:  # e.g. a flash kernel that rejects this head size or GPU
             packing.restore_attention(self.model, previous)
             self.packed = False
-            logger.warning("Packed batches failed (%s: %s); running padded", type(e).__name__, e)
+            log = logger.warning if asked or self.device.type == "cuda" else logger.info
+            log("Packed batches failed (%s: %s); running padded", type(e).__name__, e)
             return
         cosine = torch.nn.functional.cosine_similarity(got, padded, dim=-1).min().item()
         if cosine < (0.99999 if self.cfg.dtype == torch.float32 else 0.999):
             packing.restore_attention(self.model, previous)
             self.packed = False
-            logger.warning("Packed batches disagree with padded ones (cosine %.5f); running padded", cosine)
+            log = logger.warning if asked or self.device.type == "cuda" else logger.info
+            log("Packed batches disagree with padded ones (cosine %.5f); running padded", cosine)
 
     # ------------------------------------------------------------------ host -> device
     def _to_device(self, host: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], Any]:

@@ -9,7 +9,6 @@ extra (``pip install 'vllm-pool[server]'``).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import gc
 import logging
 import os
@@ -237,24 +236,9 @@ def freeze_startup_heap() -> None:
 
 
 def serving_engine_args(args: argparse.Namespace) -> EngineArgs:
-    """The engine options of ``vllm-pool serve``: as given, except that an fp32 model on the
-    CPU runs packed batches unless ``--packed`` / ``--no-packed`` says otherwise.
-
-    A server's batches mix the lengths of unrelated requests, so padding them wastes compute
-    that an offline call (which sorts its own prompts by length) does not: packed, 64 clients
-    sending mixed-length texts got 1.2-1.3x the requests per second of padded batches
-    (``benchmarks/results/serve_load_packed.json``), short texts the same.
-    """
-    import torch
-
-    from vllm_pool.engine.config import resolve_device, resolve_dtype
-
-    engine_args = EngineArgs.from_cli_args(args)
-    if engine_args.packed is None and not engine_args.compile:
-        device = resolve_device(engine_args.device)
-        if device.type == "cpu" and resolve_dtype(engine_args.dtype, device) == torch.float32:
-            engine_args = dataclasses.replace(engine_args, packed=True)
-    return engine_args
+    """The engine options of ``vllm-pool serve``, as given: where ``packed`` is not set the
+    engine's own default applies (``engine.packing.default_on``, the same rule as ``LLM``)."""
+    return EngineArgs.from_cli_args(args)
 
 
 def serve(args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import AutoModel
 from vllm_pool.engine import cpu_linear
-from vllm_pool.engine.cpu_linear import PackedLinear
+from vllm_pool.engine.cpu_linear import PackedLinear, ResidualLinearNorm
 
 from vllm_pool import LLM
 
@@ -77,3 +77,42 @@ def test_compiled_engine_is_not_prepacked(tiny_bert):
     """torch.compile's freezing prepacks by itself; the eager swap stays out of its way."""
     runner = LLM(str(tiny_bert), compile=True).runner
     assert _count(runner.model, PackedLinear) == 0
+
+
+def test_output_blocks_fuse_the_residual_add(tiny_bert):
+    model = LLM(str(tiny_bert)).runner.model
+    for layer in model.encoder.layer:
+        for block in (layer.attention.output, layer.output):
+            assert isinstance(block, ResidualLinearNorm)
+            assert isinstance(block.dense, PackedLinear) and block.dense.activation == "none"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_block_matches_the_block_it_replaces(tiny_bert, dtype):
+    model = AutoModel.from_pretrained(tiny_bert, dtype=dtype).eval()
+    block = model.encoder.layer[0].output
+    x = torch.randn(2, 7, block.dense.in_features, dtype=dtype)
+    res = torch.randn(2, 7, block.dense.out_features, dtype=dtype)
+    with torch.inference_mode():
+        want = block(x, res).float()
+        assert cpu_linear.prepack(model, batch_hint=64) > 0
+        fused = model.encoder.layer[0].output
+        assert isinstance(fused, ResidualLinearNorm)
+        got = fused(x, res).float()
+    tol = 1e-5 if dtype == torch.float32 else 5e-2
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+
+
+def test_block_with_another_forward_keeps_its_module(tiny_bert):
+    """Same parts, different formula (no residual): the probe refuses the swap."""
+    model = AutoModel.from_pretrained(tiny_bert).eval()
+    block = model.encoder.layer[0].output
+
+    class NoResidual(type(block)):
+        def forward(self, hidden_states, input_tensor):
+            return self.LayerNorm(self.dense(hidden_states))
+
+    block.__class__ = NoResidual
+    cpu_linear.prepack(model, batch_hint=64)
+    assert isinstance(model.encoder.layer[0].output, NoResidual)
+    assert isinstance(model.encoder.layer[1].output, ResidualLinearNorm)

@@ -1,4 +1,4 @@
-"""Packed variable-length batches (the GPU default), exercised on the CPU.
+"""Packed variable-length batches (the default on the CPU and, in half precision, on CUDA).
 
 Packed outputs are compared with the padded path on the same weights, for an encoder, a
 RoBERTa-style encoder (positions start after the padding id), a causal decoder with
@@ -69,12 +69,28 @@ def test_packed_decoder_classifier_and_reward(tiny_dir):
         )
 
 
-def test_packing_is_the_default_where_flash_varlen_runs(tiny_bert, monkeypatch):
-    assert packing.default_on(torch.float32, torch.device("cpu")) is False
-    assert LLM(str(tiny_bert)).runner.packed is False  # CPU: padded by default
-    monkeypatch.setattr(packing, "default_on", lambda dtype, device: True)  # as on a CUDA GPU in bf16
-    assert LLM(str(tiny_bert)).runner.packed is True
+def test_packing_is_the_default_on_the_cpu_and_where_flash_varlen_runs(tiny_bert, monkeypatch):
+    cpu = torch.device("cpu")
+    assert packing.default_on(torch.float32, cpu) and packing.default_on(torch.bfloat16, cpu)
+    assert not packing.default_on(torch.float16, cpu)
+    assert LLM(str(tiny_bert)).runner.packed is True  # CPU fp32
+    assert LLM(str(tiny_bert), dtype="bfloat16").runner.packed is True
+    assert LLM(str(tiny_bert), dtype="float16").runner.packed is False
     assert LLM(str(tiny_bert), compile=True).runner.packed is False  # compiled graphs stay padded
+    monkeypatch.setattr(packing, "default_on", lambda dtype, device: False)  # as on CUDA in fp32
+    assert LLM(str(tiny_bert)).runner.packed is False
+
+
+def test_default_on_an_architecture_that_cannot_pack_is_silent(tiny_bert, monkeypatch, caplog):
+    """Nothing asked for, nothing to warn about: padded, logged at debug level only."""
+    monkeypatch.setattr(packing, "supports_packing", lambda model: False)
+    with caplog.at_level(logging.DEBUG, logger="vllm_pool.engine.runner"):
+        llm = LLM(str(tiny_bert))
+    assert llm.runner.packed is False
+    records = [r for r in caplog.records if "does not support packed batches" in r.getMessage()]
+    assert records and all(r.levelno == logging.DEBUG for r in records)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    np.testing.assert_allclose(_embed(llm), _embed(LLM(str(tiny_bert), packed=True)), rtol=1e-4, atol=1e-5)
 
 
 def test_probe_turns_packing_off_when_outputs_disagree(tiny_bert, monkeypatch, caplog):
@@ -85,7 +101,7 @@ def test_probe_turns_packing_off_when_outputs_disagree(tiny_bert, monkeypatch, c
     assert "disagree with padded" in caplog.text
     assert llm.runner.model.config._attn_implementation == "sdpa"  # restored
     monkeypatch.undo()
-    np.testing.assert_allclose(_embed(llm), _embed(LLM(str(tiny_bert))), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(_embed(llm), _embed(LLM(str(tiny_bert), packed=False)), rtol=1e-5, atol=1e-6)
 
 
 def test_architecture_without_attention_interface_runs_padded(tiny_bert, monkeypatch, caplog):
@@ -180,7 +196,7 @@ def test_failing_flash_kernel_falls_back_to_padded(tiny_bert, monkeypatch, caplo
         llm = LLM(str(tiny_bert), packed=True)
     assert llm.runner.packed is False and "Packed batches failed" in caplog.text
     monkeypatch.undo()
-    np.testing.assert_allclose(_embed(llm), _embed(LLM(str(tiny_bert))), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(_embed(llm), _embed(LLM(str(tiny_bert), packed=False)), rtol=1e-5, atol=1e-6)
 
 
 def test_flash_kernel_only_for_cuda_half_precision():

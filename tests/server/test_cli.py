@@ -184,12 +184,12 @@ def test_console_script_reexecs_with_passive_openmp(monkeypatch):
     assert calls == []
 
 
-def test_serve_packs_fp32_cpu_batches_unless_told():
+def test_serve_leaves_packing_to_the_engine_default():
+    """One rule for ``LLM`` and ``vllm-pool serve`` (``packing.default_on``): no special case."""
     from vllm_pool.cli import serving_engine_args
 
     def packed(*flags: str) -> bool | None:
         return serving_engine_args(build_parser().parse_args(["serve", "--device", "cpu", *flags])).packed
 
-    assert packed() is True  # a server's batches mix unrelated lengths
+    assert packed() is None and packed("--dtype", "bfloat16") is None
     assert packed("--no-packed") is False and packed("--packed") is True
-    assert packed("--dtype", "bfloat16") is None and packed("--compile") is None  # the engine's own default
