@@ -3,7 +3,7 @@
 Same model, same corpus, same machine. Prints passages/s, tokens/s, the speed ratio and
 the minimum cosine between the two, and writes ``benchmarks/results/embed_throughput.json``.
 
-    python benchmarks/embed_throughput.py [--limit 1000] [--rounds 3] [--dtype float32]
+    python benchmarks/embed_throughput.py [--limit 1000] [--rounds 3] [--dtype float32] [--packed off]
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ def main() -> None:
         "peak_rss_mb": peak_rss_mb(),
     }
     default_name = "embed_throughput" + ("" if dtype_name == "float32" else f"_{dtype_name}")
-    default_name += "_packed" if llm.runner.packed and device == "cpu" else ""
+    default_name += "_padded" if not llm.runner.packed and device == "cpu" else ""  # packed: the default
     default_name += ("_short" if args.short else "") + ("" if device == "cpu" else "_gpu")
     path = write_result(args.name or default_name + ("_compiled" if args.compile else ""), result)
     print(f"{'':24}{'passages/s':>12}{'tokens/s':>12}")

@@ -12,7 +12,7 @@ from tiny_models import TEXTS
 def test_oom_splits_the_batch_and_gives_the_same_outputs(tiny_bert):
     from vllm_pool import LLM
 
-    llm = LLM(str(tiny_bert))
+    llm = LLM(str(tiny_bert), packed=False)  # padded rows (the packed split: test_packed.py)
     ref = np.array([o.outputs.embedding for o in llm.embed(TEXTS, use_tqdm=False)])
     fake = OOMAbove(llm.runner.model, limit=2)
     llm.runner.model = fake

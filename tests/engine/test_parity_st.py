@@ -137,13 +137,16 @@ def test_chunked_tokenization_pipeline_gives_the_same_outputs(default_model_dir)
     assert [t.outputs.data.shape[0] for t in tokens] == [len(o.prompt_token_ids) for o in outs]
 
 
-def test_bfloat16_cpu_mode_stays_within_the_issue_bound(default_model_dir, st_model):
-    """bf16 on the CPU (eager attention, prepacked bf16 linears): cosine >= 0.999 vs ST fp32,
-    on a padded batch of mixed lengths."""
+@pytest.mark.parametrize("packed", [None, False])
+def test_bfloat16_cpu_mode_stays_within_the_issue_bound(default_model_dir, st_model, packed):
+    """bf16 on the CPU (prepacked bf16 linears; packed by default, padded batches with eager
+    attention): cosine >= 0.999 vs ST fp32 on a batch of mixed lengths."""
     from vllm_pool import LLM
 
-    llm = LLM(str(default_model_dir), dtype="bfloat16")
-    assert llm.runner.model.config._attn_implementation == "eager"
+    llm = LLM(str(default_model_dir), dtype="bfloat16", packed=packed)
+    assert llm.runner.packed is (packed is None)
+    want = "eager" if packed is False else "vllm_pool_varlen"
+    assert llm.runner.model.config._attn_implementation == want
     ref = st_model.encode(TEXTS, convert_to_numpy=True)
     assert _cos(_embed(llm, TEXTS), ref).min() >= 0.999
 
