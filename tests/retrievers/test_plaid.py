@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from vllm_pool.retrievers import IndexFormatError, MultiVectorIndex, maxsim, pad_token_vectors
 from vllm_pool.retrievers.persistence import version_folder
+from vllm_pool.retrievers.plaid import position_dtype
 from vllm_pool.retrievers.residual_codec import ResidualCodec, least_squares_levels, num_centroids
 
 
@@ -215,6 +216,22 @@ def test_memory_counts_everything_per_vector(data):
     usage = index.memory_usage()
     assert usage["bytes_per_vector"] == pytest.approx(sum(parts.values()) / n)
     assert usage["candidate_index_bytes"] == 0
+
+
+def test_compact_inverted_list_matches_a_direct_computation(data):
+    docs, _, _ = data
+    store = MultiVectorIndex.from_vectors(docs, index_type="plaid", nbits=2)._store
+    offsets, ivf_docs = store.inverted_list()
+    assert ivf_docs.dtype == np.uint16  # 400 documents: 2 bytes per (cell, document) pair
+    starts, lengths, _ = store.segments()
+    ref = {}  # cell -> sorted positions of the documents with a token in it
+    for pos in range(len(starts)):
+        for cell in set(store.row_ids(store._codes[starts[pos] : starts[pos] + lengths[pos]]).tolist()):
+            ref.setdefault(cell, []).append(pos)
+    for cell in range(store.codec.num_centroids):
+        assert ivf_docs[offsets[cell] : offsets[cell + 1]].tolist() == ref.get(cell, [])
+    assert position_dtype(1 << 16) == np.uint16 and position_dtype((1 << 16) + 1) == np.int32
+    assert np.iinfo(np.uint16).max == (1 << 16) - 1  # positions 0 .. 65,535
 
 
 def test_bad_input(data):
