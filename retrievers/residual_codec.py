@@ -172,8 +172,16 @@ def check_nbits(nbits: int, dim: int) -> None:
         )
 
 
-def nearest(x: torch.Tensor, centroids: torch.Tensor, block: int = 16_384) -> torch.Tensor:
-    """Index ``int64 [n]`` of the centroid with the highest inner product, in blocks of rows."""
+NEAREST_BLOCK_ELEMENTS = 1 << 22
+"""Scores ``[rows, C]`` computed at once by :func:`nearest` (16 MB in fp32): small enough to
+stay in cache for the ``argmax`` (a block of 16,384 rows x 8,192 centroids, 512 MB, took
+about 1.7x as long on this machine's CPU)."""
+
+
+def nearest(x: torch.Tensor, centroids: torch.Tensor, block: int | None = None) -> torch.Tensor:
+    """Index ``int64 [n]`` of the centroid with the highest inner product, in blocks of rows
+    (``block`` rows; default :data:`NEAREST_BLOCK_ELEMENTS` scores per block)."""
+    block = block or max(64, NEAREST_BLOCK_ELEMENTS // max(len(centroids), 1))
     out = torch.empty(len(x), dtype=torch.int64, device=x.device)
     for start in range(0, len(x), block):
         out[start : start + block] = (x[start : start + block] @ centroids.T).argmax(dim=1)

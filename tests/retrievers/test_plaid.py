@@ -7,10 +7,11 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from vllm_pool.retrievers import IndexFormatError, MultiVectorIndex, maxsim, pad_token_vectors
 from vllm_pool.retrievers.persistence import version_folder
 from vllm_pool.retrievers.plaid import position_dtype
-from vllm_pool.retrievers.residual_codec import ResidualCodec, least_squares_levels, num_centroids
+from vllm_pool.retrievers.residual_codec import ResidualCodec, least_squares_levels, nearest, num_centroids
 
 
 def clustered_docs(rng, n_docs, dim=32, n_topics=24, lo=8, hi=24):
@@ -278,3 +279,13 @@ def test_failed_add_and_foreign_folders_lose_nothing(tmp_path, data, monkeypatch
     (live / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(IndexFormatError, match=r"token_codes\.npy"):  # fp32 rows in a PLAID folder
         MultiVectorIndex.load(tmp_path / "p")
+
+
+def test_nearest_centroid_in_any_block_size():
+    rng = np.random.default_rng(3)
+    x = torch.from_numpy(rng.standard_normal((1000, 16)).astype(np.float32))
+    c = rng.standard_normal((70, 16)).astype(np.float32)
+    centroids = torch.from_numpy(c / np.linalg.norm(c, axis=1, keepdims=True))
+    ref = np.argmax(x.numpy() @ centroids.numpy().T, axis=1)
+    for block in (None, 1, 7, 64, 5000):
+        np.testing.assert_array_equal(nearest(x, centroids, block).numpy(), ref)
