@@ -9,6 +9,7 @@ query per call), build time, bytes per token vector (``memory_usage``) and the p
 peak RSS. Writes ``benchmarks/results/colbert_scale.json`` (``--device cuda``:
 ``colbert_scale_gpu.json``; ``--name`` another name). The README's table comes from
 ``colbert_scale.json`` (corpus and 10^5), ``colbert_scale_1e6.json`` (10^6),
+``colbert_scale_1e6_seed1.json`` (10^6, another synthetic corpus: ``--seed 1``),
 ``colbert_scale_minilm_tuned.json`` (the corpus with the held-out-tuned search settings) and
 the held-out grids ``colbert_scale_tune_seed1.json`` (synthetic) and
 ``colbert_scale_tune_minilm_seed1.json`` (MiniLM, other held-out passages as queries).
