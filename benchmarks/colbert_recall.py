@@ -47,8 +47,11 @@ SETTINGS: dict[str, dict] = {
 }
 
 
-def load_corpus(path: Path, limit: int, n_queries: int) -> tuple[list[str], list[str]]:
-    """Passages to index and queries (first sentences of the held-out passages)."""
+def load_corpus(path: Path, limit: int, n_queries: int, seed: int = 0) -> tuple[list[str], list[str]]:
+    """Passages to index and queries (first sentences of the held-out passages).
+
+    ``seed`` picks the held-out passages (0 for the reported rows; another one to tune on
+    queries that are not the reported ones)."""
     texts = []
     with open(path, encoding="utf-8") as f:
         for line in f:
@@ -57,7 +60,7 @@ def load_corpus(path: Path, limit: int, n_queries: int) -> tuple[list[str], list
                 texts.append(text)
     if len(texts) < n_queries + 10:
         raise SystemExit(f"{path}: only {len(texts)} passages, need more than {n_queries + 10}")
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     order = rng.permutation(len(texts))
     held_out = [texts[i] for i in order[:n_queries]]
     passages = [texts[i] for i in order[n_queries : n_queries + limit]]

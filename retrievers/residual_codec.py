@@ -1,11 +1,15 @@
 """ColBERTv2's residual compression: a token vector = nearest centroid + a few bits per dimension.
 
 Training (on a sample): spherical k-means centroids, then the residuals ``x - centroid`` of
-held-out vectors give ``2**nbits`` buckets per dimension, shared by all dimensions: the
-cutoffs are the residual quantiles at ``i / 2**nbits`` and each bucket's value is the
-quantile at its middle, ``(i + 0.5) / 2**nbits`` (the scheme of colbert-ai's ``ResidualCodec``).
-Encoding stores the centroid id and each dimension's bucket index, packed ``8 // nbits`` to
-a byte; decoding adds the bucket values to the centroid and re-normalizes.
+held-out vectors give ``2**nbits`` buckets per dimension, shared by all dimensions. The
+buckets are the scalar quantizer of least squared error for those residual values (Lloyd-Max:
+each bucket's value is the mean of the residuals in it, each cutoff the midpoint of two
+adjacent values), started from colbert-ai's quantile scheme (cutoffs at the quantiles
+``i / 2**nbits``, values at ``(i + 0.5) / 2**nbits``), which puts the outer values too close
+to zero: at 10^6 synthetic vectors the least-squares levels raise the decoded vectors' mean
+cosine from 0.948 to 0.968 and recall@10 from 0.939 to 0.954 (README.md). Same bytes, same
+decoding. Encoding stores the centroid id and each dimension's bucket index, packed
+``8 // nbits`` to a byte; decoding adds the bucket values to the centroid and re-normalizes.
 """
 
 from __future__ import annotations
@@ -72,7 +76,7 @@ class ResidualCodec:
 
         k-means (spherical, 4 iterations as ColBERTv2, in torch on ``device``) runs on a
         sample of at most 32 vectors per centroid; up to 65,536 other vectors (or the sample
-        itself, for small ``x``) give the residual quantiles.
+        itself, for small ``x``) give the residual buckets (:func:`least_squares_levels`).
         """
         check_nbits(nbits, x.shape[1])
         n_c = n_centroids or num_centroids(len(x))
@@ -85,9 +89,7 @@ class ResidualCodec:
         zeros = np.zeros(levels - 1, np.float32), np.zeros(levels, np.float32)
         codec = cls(centroids.cpu().numpy(), *zeros, nbits)
         residual = (held - codec.centroids[codec.assign(held)]).ravel()
-        levels = 2**nbits
-        cutoffs = np.quantile(residual, np.arange(1, levels) / levels).astype(np.float32)
-        weights = np.quantile(residual, (np.arange(levels) + 0.5) / levels).astype(np.float32)
+        cutoffs, weights = least_squares_levels(residual, 2**nbits)
         return cls(codec.centroids, cutoffs, weights, nbits)
 
     def assign(self, x: np.ndarray) -> np.ndarray:
@@ -122,6 +124,44 @@ class ResidualCodec:
         return self.centroids.nbytes + self.cutoffs.nbytes + self.weights.nbytes + self.lookup.nbytes
 
 
+def least_squares_levels(
+    values: np.ndarray, levels: int, max_iter: int = 2000
+) -> tuple[np.ndarray, np.ndarray]:
+    """The scalar quantizer of ``levels`` values with the least squared error on ``values``.
+
+    Lloyd-Max iterations from the quantile scheme (cutoffs at the quantiles ``i / levels``):
+    each value becomes the mean of the ``values`` in its bucket, each cutoff the midpoint of
+    two adjacent values, until the cutoffs stop moving. Each iteration is a ``searchsorted``
+    in the sorted values and a difference of prefix sums, so it costs ``O(levels log n)``.
+
+    Args:
+        values: the samples (any shape; flattened).
+        levels: number of buckets (``>= 2``).
+        max_iter: upper bound on the iterations.
+
+    Returns:
+        ``(cutoffs float32 [levels - 1], weights float32 [levels])``, both ascending; a value
+        ``v`` falls in bucket ``searchsorted(cutoffs, v, side="right")``.
+    """
+    v = np.sort(np.asarray(values, dtype=np.float64).ravel())
+    if len(v) == 0:
+        raise ValueError("least_squares_levels needs at least one value")
+    prefix = np.concatenate([[0.0], np.cumsum(v)])
+    cutoffs = np.quantile(v, np.arange(1, levels) / levels)
+    weights = np.quantile(v, (np.arange(levels) + 0.5) / levels)
+    for _ in range(max_iter):
+        edges = np.concatenate([[0], np.searchsorted(v, cutoffs, side="left"), [len(v)]])
+        counts = np.diff(edges)
+        sums = prefix[edges[1:]] - prefix[edges[:-1]]
+        # an empty bucket keeps its value
+        weights = np.where(counts > 0, sums / np.maximum(counts, 1), weights)
+        new = (weights[1:] + weights[:-1]) / 2
+        if np.allclose(new, cutoffs, rtol=0, atol=1e-7 * (v[-1] - v[0])):
+            break
+        cutoffs = new
+    return cutoffs.astype(np.float32), weights.astype(np.float32)
+
+
 def check_nbits(nbits: int, dim: int) -> None:
     """Raise ``ValueError`` unless ``nbits`` is 1, 2 or 4 and packs ``dim`` dimensions into whole bytes."""
     if isinstance(nbits, bool) or nbits not in NBITS:
@@ -132,8 +172,16 @@ def check_nbits(nbits: int, dim: int) -> None:
         )
 
 
-def nearest(x: torch.Tensor, centroids: torch.Tensor, block: int = 16_384) -> torch.Tensor:
-    """Index ``int64 [n]`` of the centroid with the highest inner product, in blocks of rows."""
+NEAREST_BLOCK_ELEMENTS = 1 << 22
+"""Scores ``[rows, C]`` computed at once by :func:`nearest` (16 MB in fp32): small enough to
+stay in cache for the ``argmax`` (a block of 16,384 rows x 8,192 centroids, 512 MB, took
+about 1.7x as long on this machine's CPU)."""
+
+
+def nearest(x: torch.Tensor, centroids: torch.Tensor, block: int | None = None) -> torch.Tensor:
+    """Index ``int64 [n]`` of the centroid with the highest inner product, in blocks of rows
+    (``block`` rows; default :data:`NEAREST_BLOCK_ELEMENTS` scores per block)."""
+    block = block or max(64, NEAREST_BLOCK_ELEMENTS // max(len(centroids), 1))
     out = torch.empty(len(x), dtype=torch.int64, device=x.device)
     for start in range(0, len(x), block):
         out[start : start + block] = (x[start : start + block] @ centroids.T).argmax(dim=1)

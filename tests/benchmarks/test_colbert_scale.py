@@ -39,13 +39,13 @@ def test_colbert_scale_dry_run(tmp_path):
 def test_colbert_scale_tune_grid(tmp_path):
     env = dict(os.environ, VLLM_POOL_BENCH_RESULTS=str(tmp_path))
     args = ["--tune", "--seed", "1", "--scales", "2048", "--queries", "4", "--latency-queries", "2"]
-    args += ["--nbits", "2"]
+    args += ["--nbits", "2", "--no-corpus"]
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.colbert_scale", *args],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "colbert_scale_tune_seed1.json").read_text())
-    assert result["seed"] == 1 and len(result["rows"]) == 2 * 3 * 3  # ncells x threshold x ndocs
+    assert result["seed"] == 1 and len(result["rows"]) == 3 * 4 * 3  # ncells x threshold x ndocs
     for r in result["rows"]:
         assert 0.0 <= r["recall@10"] <= 1.0 and 0.0 <= r["recall@10_vs_decoded"] <= 1.0
