@@ -11,18 +11,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from attention_masks import block_diagonal_mask
 from vllm_pool.engine import bucket_attention, packing
 
 
 def _reference(q, k, v, bounds, causal, key_mask=None):
     """``[heads, tokens, dim]`` inputs; dense SDPA with a block-diagonal (causal, key) mask."""
-    n = q.shape[1]
-    seg = torch.zeros(n, dtype=torch.long)
-    for i in range(len(bounds) - 1):
-        seg[bounds[i] : bounds[i + 1]] = i
-    mask = seg[:, None] == seg[None, :]
-    if causal:
-        mask &= torch.ones(n, n, dtype=torch.bool).tril()
+    mask = block_diagonal_mask(q.shape[1], bounds, causal)
     if key_mask is not None:
         mask &= key_mask[None, :]
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(0, 1)

@@ -14,6 +14,7 @@ import pytest
 import tiny_models
 import torch
 import torch.nn.functional as F
+from attention_masks import block_diagonal_mask
 from fakes import OOMAbove
 from tiny_models import TEXTS
 from vllm_pool.engine import packing
@@ -114,13 +115,7 @@ def test_architecture_without_attention_interface_runs_padded(tiny_bert, monkeyp
 
 def _block_diagonal_reference(q, k, v, bounds, causal):
     """Dense SDPA over the whole row with a block-diagonal (and causal) boolean mask."""
-    n = q.shape[-2]
-    seg = torch.zeros(n, dtype=torch.long)
-    for i in range(len(bounds) - 1):
-        seg[bounds[i] : bounds[i + 1]] = i
-    mask = seg[:, None] == seg[None, :]
-    if causal:
-        mask &= torch.ones(n, n, dtype=torch.bool).tril()
+    mask = block_diagonal_mask(q.shape[-2], bounds, causal)
     groups = q.shape[1] // k.shape[1]
     k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2)
