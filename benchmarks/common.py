@@ -46,12 +46,27 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cpu": platform.processor() or platform.machine(),
+        **cpu_model(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+def cpu_model() -> dict[str, Any]:
+    """The CPU's model name and the vector-instruction flags that decide fp32 / bf16 speed
+    (Linux ``/proc/cpuinfo``; empty elsewhere): machines lent under one name differ."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
+    flags = set(fields.get("flags", "").split())
+    return {"cpu_model": fields.get("model name", ""), "cpu_flags": [f for f in wanted if f in flags]}
 
 
 def min_cosine(a: Any, b: Any) -> float:

@@ -7,17 +7,22 @@ process on 127.0.0.1; this process is the load generator. For 1, 8 and 64 concur
 clients and short or mixed inputs (one text per request) it measures requests per second
 and p50 / p99 latency, prints a table and writes ``benchmarks/results/serve_load.json``.
 
-Then, with the servers stopped, it runs the same inputs through an offline ``LLM.embed``
-call in this process and reports the ratio of the server's throughput at each client count
-to that offline throughput (``serve_vs_offline``): what serving costs over the engine.
+Each (inputs, clients) run starts with a warm-up at full concurrency (``--warmup``
+requests, not counted), then measures ``--rounds`` rounds. For the vllm-pool server each
+round is followed by an offline ``LLM.embed`` call on the same inputs in this process, while
+the server idles: ``serve_vs_offline`` is the ratio of the best server round to the best
+offline round, measured interleaved so that both see the same machine (a shared 2-core
+machine drifts by 10-20% within minutes). It tells what serving costs over the engine.
 
-    python -m benchmarks.serve_load [--requests 256] [--concurrency 1 8 64]
+    python -m benchmarks.serve_load [--requests 512] [--concurrency 1 8 64] [--rounds 3]
 
 Each row also gives the CPU time spent per request by the server process (all its threads)
 and by this load generator, and the offline run its CPU time per input: where the load
 generator shares the server's cores, what serving costs beyond the model shows there. The
-offline run uses the server's OpenMP policy (``OMP_WAIT_POLICY=PASSIVE``, set for this
-process unless the environment sets one) so that the CPU figures compare.
+load generator is :mod:`benchmarks.http_load` (raw keep-alive HTTP/1.1, a fifth of
+aiohttp's CPU per request; ``--client aiohttp`` for comparison). The offline run uses the
+server's OpenMP policy (``OMP_WAIT_POLICY=PASSIVE``, set for this process unless the
+environment sets one) so that the CPU figures compare.
 
 ``--head-of-line`` adds a row per server: the p99 latency of one-text requests from one
 client while another client keeps sending maximum-size requests (``--hol-inputs`` texts of
@@ -117,10 +122,12 @@ def process_cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def measured_load(pid: int, url: str, texts: list[str], concurrency: int, n: int) -> dict[str, Any]:
+def measured_load(
+    pid: int, url: str, texts: list[str], concurrency: int, n: int, client: str = "light"
+) -> dict[str, Any]:
     """:func:`run_load` plus the CPU milliseconds per request of the server and of this process."""
     server0, own0 = process_cpu_seconds(pid), _own_cpu_seconds()
-    res: dict[str, Any] = asyncio.run(run_load(url, texts, concurrency, n))
+    res: dict[str, Any] = asyncio.run(run_load(url, texts, concurrency, n, client))
     server1, own1 = process_cpu_seconds(pid), _own_cpu_seconds()
     if server0 is not None and server1 is not None:
         res["server_cpu_ms_per_request"] = 1000 * (server1 - server0) / n
@@ -157,17 +164,18 @@ def start_server(
     raise RuntimeError(f"{kind} server did not start")
 
 
-async def run_load(url: str, texts: list[str], concurrency: int, n_requests: int) -> dict[str, float]:
+async def run_load(
+    url: str, texts: list[str], concurrency: int, n_requests: int, client: str = "light"
+) -> dict[str, float]:
     """``n_requests`` one-text requests from ``concurrency`` clients; rps and latency percentiles.
 
-    The clients share one aiohttp session when aiohttp is installed (as vLLM's serving
-    benchmark does: about a quarter of httpx's CPU time per request, which matters when the
-    load generator shares the server's cores), else one httpx client.
+    ``client``: ``light`` (:mod:`benchmarks.http_load`), ``aiohttp`` (one session, as vLLM's
+    serving benchmark uses) or ``httpx``.
     """
     latencies: list[float] = []
     next_index = iter(range(n_requests))
-    async with _poster(url, concurrency) as post:
-        for t in texts[: min(8, len(texts))]:  # warm-up
+    async with _poster(url, concurrency, client) as post:
+        for t in texts[: min(8, len(texts))]:  # opens a connection, warms the server's caches
             await post("/v1/embeddings", request_body(t))
 
         async def worker() -> None:
@@ -189,21 +197,29 @@ async def run_load(url: str, texts: list[str], concurrency: int, n_requests: int
 
 
 @contextlib.asynccontextmanager
-async def _poster(url: str, connections: int) -> AsyncIterator[Callable[[str, Any], Awaitable[None]]]:
-    """``post(path, body)``: POST JSON to ``url`` and check the status (aiohttp, else httpx)."""
-    try:
-        import aiohttp
-    except ImportError:
+async def _poster(
+    url: str, connections: int, client: str = "light"
+) -> AsyncIterator[Callable[[str, Any], Awaitable[Any]]]:
+    """``post(path, body)``: POST JSON to ``url`` and check the status, with ``client``."""
+    if client == "light":
+        from benchmarks.http_load import light_client
+
+        async with light_client(url, connections) as light:
+            yield light.post
+        return
+    if client == "httpx":
         import httpx
 
         limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-        async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
+        async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as hx:
 
             async def post_httpx(path: str, body: Any) -> None:
-                (await client.post(path, json=body)).raise_for_status()
+                (await hx.post(path, json=body)).raise_for_status()
 
             yield post_httpx
         return
+    import aiohttp
+
     timeout = aiohttp.ClientTimeout(total=300)
     connector = aiohttp.TCPConnector(limit=connections)
     async with aiohttp.ClientSession(url, connector=connector, timeout=timeout) as session:
@@ -294,21 +310,67 @@ def input_sets(n: int) -> dict[str, list[str]]:
     return {"short": short, "mixed": mixed}
 
 
-def offline_rps(model: str, texts: list[str], n_requests: int, rounds: int = 3) -> tuple[float, float]:
-    """Inputs per second of one offline ``LLM.embed`` call on the requests' texts (best of
-    ``rounds``), and the CPU milliseconds per input (median over the rounds)."""
-    from vllm_pool import LLM
+class Offline:
+    """Rounds of one offline ``LLM.embed`` call on a run's inputs, in this process.
 
-    llm = LLM(model)
-    inputs = [texts[i % len(texts)] for i in range(n_requests)]
-    llm.embed(inputs[:64], use_tqdm=False, truncate_prompt_tokens=-1)  # warm-up
-    best, cpu = float("inf"), []
-    for _ in range(rounds):
+    Each round embeds the same ``n`` texts the server's round was sent (the input set
+    repeated as the load generator repeats it), cut as the requests ask
+    (``truncate_prompt_tokens=-1``); the first round of each input set is preceded by a
+    warm-up call. :meth:`round` returns the inputs per second and the CPU milliseconds per
+    input.
+    """
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self._llm: Any = None
+        self._warm: set[int] = set()
+
+    def round(self, texts: list[str], n: int) -> tuple[float, float]:
+        if self._llm is None:
+            from vllm_pool import LLM
+
+            self._llm = LLM(self.model)
+        inputs = [texts[i % len(texts)] for i in range(n)]
+        if id(texts) not in self._warm:
+            self._llm.embed(inputs[:64], use_tqdm=False, truncate_prompt_tokens=-1)
+            self._warm.add(id(texts))
         t0, c0 = time.perf_counter(), _own_cpu_seconds()
-        llm.embed(inputs, use_tqdm=False, truncate_prompt_tokens=-1)
-        best = min(best, time.perf_counter() - t0)
-        cpu.append(1000 * (_own_cpu_seconds() - c0) / n_requests)
-    return n_requests / best, statistics.median(cpu)
+        self._llm.embed(inputs, use_tqdm=False, truncate_prompt_tokens=-1)
+        seconds, cpu = time.perf_counter() - t0, _own_cpu_seconds() - c0
+        return n / seconds, 1000 * cpu / n
+
+
+def measure_runs(
+    kind: str,
+    proc: subprocess.Popen[bytes],
+    url: str,
+    sets: dict[str, list[str]],
+    args: argparse.Namespace,
+    offline: Offline | None,
+) -> tuple[list[dict[str, Any]], dict[str, list[tuple[float, float]]]]:
+    """Each (inputs, clients) run: warm-up, then ``args.rounds`` rounds, each followed by an
+    offline round when ``offline`` is given. Returns the result rows (the best round, with
+    every round's rps) and the offline rounds (inputs per second, CPU ms per input) per
+    ``"inputs/clients"`` run."""
+    rows: list[dict[str, Any]] = []
+    offline_rounds: dict[str, list[tuple[float, float]]] = {}
+    for inputs in args.inputs:
+        for conc in args.concurrency:
+            n = max(args.requests, conc)
+            if args.warmup:
+                asyncio.run(run_load(url, sets[inputs], conc, max(args.warmup, conc), args.client))
+            rounds = []
+            for _ in range(args.rounds):
+                rounds.append(measured_load(proc.pid, url, sets[inputs], conc, n, args.client))
+                if offline is not None:
+                    offline_rounds.setdefault(f"{inputs}/{conc}", []).append(offline.round(sets[inputs], n))
+            res = max(rounds, key=lambda r: r["rps"])
+            logger.info("%-10s %-5s %3d clients: %7.1f req/s  p50 %6.1f ms  p99 %6.1f ms  (rounds: %s)",
+                        kind, inputs, conc, res["rps"], res["p50_ms"], res["p99_ms"],
+                        " ".join(f"{r['rps']:.1f}" for r in rounds))  # fmt: skip
+            rows.append({"server": kind, "inputs": inputs, "concurrency": conc, **res,
+                         "rps_rounds": [r["rps"] for r in rounds]})  # fmt: skip
+    return rows, offline_rounds
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
@@ -339,7 +401,10 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="sentence-transformers/all-MiniLM-L6-v2")
-    ap.add_argument("--requests", type=int, default=256, help="requests per (inputs, clients) run")
+    ap.add_argument("--requests", type=int, default=512, help="requests per round of a run")
+    ap.add_argument("--rounds", type=int, default=3, help="measured rounds per run (the best is reported)")
+    ap.add_argument("--warmup", type=int, default=256, help="requests sent before a run's rounds (0: none)")
+    ap.add_argument("--client", default="light", choices=["light", "aiohttp", "httpx"], help="load generator")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64])
     ap.add_argument("--inputs", nargs="+", default=["short", "mixed"], choices=["short", "mixed"])
     ap.add_argument("--servers", nargs="+", default=list(SERVERS), choices=SERVERS)
@@ -369,17 +434,15 @@ def main() -> None:
     sets = input_sets(max(args.requests, 64))
     rows: list[dict[str, Any]] = []
     vectors: dict[str, list[list[float]]] = {}
+    offline_rounds: dict[str, list[tuple[float, float]]] = {}
     for kind in args.servers:
         proc, url = start_server(kind, args.model, args.serve_args, args.st_threads)
+        offline = Offline(args.model) if kind == "vllm-pool" and not args.no_offline else None
         try:
             vectors[kind] = asyncio.run(first_vectors(url, sets["mixed"][:16]))
-            for inputs in args.inputs:
-                for conc in args.concurrency:
-                    n = max(args.requests, conc)
-                    res = measured_load(proc.pid, url, sets[inputs], conc, n)
-                    logger.info("%-10s %-5s %3d clients: %7.1f req/s  p50 %6.1f ms  p99 %6.1f ms",
-                                kind, inputs, conc, res["rps"], res["p50_ms"], res["p99_ms"])  # fmt: skip
-                    rows.append({"server": kind, "inputs": inputs, "concurrency": conc, **res})
+            runs, measured = measure_runs(kind, proc, url, sets, args, offline)
+            rows += runs
+            offline_rounds.update(measured)
             if args.head_of_line:
                 rows += head_of_line_rows(kind, url, sets["short"], args)
         finally:
@@ -391,6 +454,9 @@ def main() -> None:
         "settings": {
             "serve_args": args.serve_args,
             "requests": args.requests,
+            "rounds": args.rounds,
+            "warmup": args.warmup,
+            "client": args.client,
             "concurrency": args.concurrency,
             "texts_per_request": 1,
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
@@ -399,15 +465,15 @@ def main() -> None:
     }
     if len(vectors) == 2:
         result["min_cosine_vs_st"] = min_cosine(*(vectors[k] for k in SERVERS))
-    if not args.no_offline and "vllm-pool" in args.servers:
-        measured = {inputs: offline_rps(args.model, sets[inputs], args.requests) for inputs in args.inputs}
-        offline = {inputs: rps for inputs, (rps, _) in measured.items()}
-        result["offline_inputs_per_s"] = offline
-        result["offline_cpu_ms_per_input"] = {inputs: cpu for inputs, (_, cpu) in measured.items()}
-        ours = [r for r in rows if r["server"] == "vllm-pool" and r["inputs"] in offline]  # not head-of-line
-        result["serve_vs_offline"] = {
-            f"{r['inputs']}/{r['concurrency']}": r["rps"] / offline[r["inputs"]] for r in ours
+    if offline_rounds:
+        ours = {f"{r['inputs']}/{r['concurrency']}": r for r in rows if r["server"] == "vllm-pool"}
+        best = {key: max(rps for rps, _ in rounds) for key, rounds in offline_rounds.items()}
+        result["offline_inputs_per_s"] = best
+        result["offline_rounds"] = {key: [rps for rps, _ in rounds] for key, rounds in offline_rounds.items()}
+        result["offline_cpu_ms_per_input"] = {
+            key: statistics.median(cpu for _, cpu in rounds) for key, rounds in offline_rounds.items()
         }
+        result["serve_vs_offline"] = {key: ours[key]["rps"] / best[key] for key in best}
 
     path = write_result(args.name, result)
     print_table(rows)
@@ -417,9 +483,9 @@ def main() -> None:
         inputs, conc = key.split("/")
         line = f"vllm-pool serve, {inputs} inputs, {conc} clients: {ratio:.2f}x offline LLM.embed"
         r = ours[key]
-        if "server_cpu_ms_per_request" in r and inputs in cpu:
+        if "server_cpu_ms_per_request" in r:
             server, client = r["server_cpu_ms_per_request"], r["client_cpu_ms_per_request"]
-            line += f" (CPU ms per input: offline {cpu[inputs]:.1f}, server {server:.1f} + load {client:.1f})"
+            line += f" (CPU ms per input: offline {cpu[key]:.1f}, server {server:.1f} + load {client:.1f})"
         print(line)
     if "min_cosine_vs_st" in result:
         print(f"min cosine vllm-pool vs ST: {result['min_cosine_vs_st']:.6f}")

@@ -26,11 +26,20 @@ _LAYER = re.compile(r"(^|\.)(layer|layers|h|block|blocks)\.\d+\.")
 
 
 def available(dtype: torch.dtype) -> bool:
-    """Whether this torch has the oneDNN linear ops for ``dtype`` on the CPU."""
+    """Whether this torch has the oneDNN linear ops for ``dtype`` on this CPU (bf16 needs
+    AVX-512 or AVX-NE-CONVERT: on an AVX2-only CPU oneDNN refuses to reorder a bf16 weight)."""
     if dtype not in (torch.float32, torch.bfloat16) or not torch.backends.mkldnn.is_available():
         return False
     ops = torch.ops.mkldnn
-    return hasattr(ops, "_linear_pointwise") and hasattr(ops, "_reorder_linear_weight")
+    if not (hasattr(ops, "_linear_pointwise") and hasattr(ops, "_reorder_linear_weight")):
+        return False
+    return dtype != torch.bfloat16 or _bf16_supported()
+
+
+def _bf16_supported() -> bool:
+    """oneDNN's own test of this CPU for bf16 kernels."""
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(check()) if check is not None else True
 
 
 class PackedLinear(torch.nn.Module):

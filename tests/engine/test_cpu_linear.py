@@ -38,7 +38,8 @@ def test_engine_prepacks_the_layer_linears_and_fuses_gelu(tiny_bert):
 def test_prepacked_model_matches_transformers(tiny_bert, dtype):
     ref = AutoModel.from_pretrained(tiny_bert, dtype=dtype).eval()
     packed = AutoModel.from_pretrained(tiny_bert, dtype=dtype).eval()
-    assert cpu_linear.prepack(packed, batch_hint=64) > 0
+    # a CPU without oneDNN's bf16 kernels (AVX2 only) keeps torch's linears
+    assert (cpu_linear.prepack(packed, batch_hint=64) > 0) == cpu_linear.available(dtype)
     ids = torch.randint(5, 100, (3, 17))
     mask = torch.ones_like(ids)
     mask[1, 9:] = 0
@@ -73,6 +74,20 @@ def test_missing_ops_leave_the_model_alone(tiny_bert, monkeypatch):
     assert _count(model, PackedLinear) == 0
 
 
+def test_cpu_without_bf16_kernels_is_not_asked_to_prepack(tiny_bert, monkeypatch):
+    """oneDNN refuses to reorder a bf16 weight on an AVX2-only CPU: such a CPU is not tried."""
+    monkeypatch.setattr(cpu_linear, "_bf16_supported", lambda: False)
+    assert not cpu_linear.available(torch.bfloat16) and cpu_linear.available(torch.float32)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("PackedLinear built for bf16 on a CPU without bf16 kernels")
+
+    monkeypatch.setattr(cpu_linear, "PackedLinear", refuse)
+    model = AutoModel.from_pretrained(tiny_bert, dtype=torch.bfloat16).eval()
+    assert cpu_linear.prepack(model, batch_hint=64) == 0
+    assert _count(model, torch.nn.Linear) > 0
+
+
 def test_compiled_engine_is_not_prepacked(tiny_bert):
     """torch.compile's freezing prepacks by itself; the eager swap stays out of its way."""
     runner = LLM(str(tiny_bert), compile=True).runner
@@ -95,9 +110,10 @@ def test_fused_block_matches_the_block_it_replaces(tiny_bert, dtype):
     res = torch.randn(2, 7, block.dense.out_features, dtype=dtype)
     with torch.inference_mode():
         want = block(x, res).float()
-        assert cpu_linear.prepack(model, batch_hint=64) > 0
+        swapped = cpu_linear.prepack(model, batch_hint=64) > 0
+        assert swapped == cpu_linear.available(dtype)  # bf16: not on an AVX2-only CPU
         fused = model.encoder.layer[0].output
-        assert isinstance(fused, ResidualLinearNorm)
+        assert isinstance(fused, ResidualLinearNorm) == swapped
         got = fused(x, res).float()
     tol = 1e-5 if dtype == torch.float32 else 5e-2
     torch.testing.assert_close(got, want, rtol=tol, atol=tol)
