@@ -151,7 +151,22 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
         return torch.float32
     if dtype not in DTYPES:
         raise ValueError(f"Unknown dtype {dtype!r}; choose 'auto' or one of {sorted(DTYPES)}")
-    return DTYPES[dtype]
+    resolved = DTYPES[dtype]
+    half = resolved in (torch.bfloat16, torch.float16)
+    if device.type == "cpu" and half and not cpu_half_kernels(resolved):
+        logger.warning(
+            "dtype=%s on a CPU without %s kernels (no AVX-512 / AMX): its matrix products are "
+            "emulated, several times slower than float32 (dtype='auto' picks float32 on the CPU)",
+            dtype, "bf16" if resolved == torch.bfloat16 else "fp16",
+        )  # fmt: skip
+    return resolved
+
+
+def cpu_half_kernels(dtype: torch.dtype) -> bool:
+    """Whether oneDNN has native ``dtype`` (bf16 / fp16) kernels for this CPU."""
+    name = "_is_mkldnn_bf16_supported" if dtype == torch.bfloat16 else "_is_mkldnn_fp16_supported"
+    check = getattr(torch.ops.mkldnn, name, None)
+    return bool(check()) if check is not None else True
 
 
 def resolve_device(device: str | torch.device) -> torch.device:

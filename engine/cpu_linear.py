@@ -38,8 +38,9 @@ def available(dtype: torch.dtype) -> bool:
 
 def _bf16_supported() -> bool:
     """oneDNN's own test of this CPU for bf16 kernels."""
-    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-    return bool(check()) if check is not None else True
+    from vllm_pool.engine.config import cpu_half_kernels
+
+    return cpu_half_kernels(torch.bfloat16)
 
 
 class PackedLinear(torch.nn.Module):
