@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -76,7 +77,15 @@ class PoolerConfig:
         allowed = {f.name for f in fields(cls)}
         kwargs: dict[str, Any] = {}
         for key, val in value.items():
+            if key in cls._ALIASES:
+                warnings.warn(
+                    f"pooler_config[{key!r}] is deprecated; use 'use_activation' instead",
+                    DeprecationWarning,
+                    stacklevel=3,
+                )
             key = cls._ALIASES.get(key, key)
+            if key in kwargs and kwargs[key] != val:  # use_activation and an alias disagree
+                raise ValueError(f"pooler_config sets {key} to both {kwargs[key]!r} and {val!r}")
             if key not in allowed:
                 raise ValueError(
                     f"Unknown pooler_config field {key!r}; allowed: {sorted(allowed | set(cls._ALIASES))}"

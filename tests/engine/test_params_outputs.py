@@ -24,6 +24,34 @@ def test_deprecated_activation_aliases(alias):
         assert PoolingParams(use_activation=True, **{alias: True}).use_activation is True
 
 
+@pytest.fixture(scope="module")
+def tiny_classifier(tiny_dir):
+    import tiny_models
+
+    return tiny_models.bert(tiny_dir / "bert_cls3_aliases", cls="BertForSequenceClassification", num_labels=3)
+
+
+@pytest.mark.parametrize("alias", ["activation", "softmax"])
+def test_deprecated_pooler_config_aliases(alias, tiny_classifier):
+    """The same aliases in ``pooler_config`` warn as PoolingParams' do, and take effect."""
+    from vllm_pool.engine.config import PoolerConfig
+
+    from vllm_pool import LLM
+
+    with pytest.warns(DeprecationWarning, match=f"pooler_config\\['{alias}'\\] is deprecated"):
+        config = PoolerConfig.from_any({alias: False})
+    assert config.use_activation is False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        with pytest.raises(ValueError, match="sets use_activation to both True and False"):
+            PoolerConfig.from_any({"use_activation": True, alias: False})
+        assert PoolerConfig.from_any({"use_activation": True, alias: True}).use_activation is True
+        raw = LLM(str(tiny_classifier), pooler_config={alias: False}).classify(["a text"], use_tqdm=False)
+    probs = LLM(str(tiny_classifier)).classify(["a text"], use_tqdm=False)
+    assert not torch.allclose(raw[0].outputs.data, probs[0].outputs.data)  # logits, not probabilities
+    torch.testing.assert_close(torch.softmax(raw[0].outputs.data, -1), probs[0].outputs.data)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
