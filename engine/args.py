@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, get_args
@@ -169,7 +170,9 @@ class EngineArgs:
         if self.pooler_config is not None:
             from vllm_pool.engine.config import PoolerConfig
 
-            PoolerConfig.from_any(self.pooler_config)  # unknown fields and pooling types fail here
+            with warnings.catch_warnings():  # deprecated aliases warn once, when the engine loads
+                warnings.simplefilter("ignore", DeprecationWarning)
+                PoolerConfig.from_any(self.pooler_config)  # unknown fields and pooling types fail here
 
     # ------------------------------------------------------------------ fronts
     @classmethod

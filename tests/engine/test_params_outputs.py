@@ -41,6 +41,10 @@ def test_deprecated_pooler_config_aliases(alias, tiny_classifier):
     with pytest.warns(DeprecationWarning, match=f"pooler_config\\['{alias}'\\] is deprecated"):
         config = PoolerConfig.from_any({alias: False})
     assert config.use_activation is False
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        LLM(str(tiny_classifier), pooler_config={alias: False})
+    assert sum("is deprecated" in str(w.message) for w in caught) == 1  # once per engine
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         with pytest.raises(ValueError, match="sets use_activation to both True and False"):
