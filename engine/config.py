@@ -164,7 +164,7 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     half = resolved in (torch.bfloat16, torch.float16)
     if device.type == "cpu" and half and not cpu_half_kernels(resolved):
         logger.warning(
-            "dtype=%s on a CPU without %s kernels (no AVX-512 / AMX): its matrix products are "
+            "dtype=%s on a CPU without oneDNN %s kernels: its matrix products are "
             "emulated, several times slower than float32 (dtype='auto' picks float32 on the CPU)",
             dtype, "bf16" if resolved == torch.bfloat16 else "fp16",
         )  # fmt: skip

@@ -74,7 +74,7 @@ def test_half_precision_on_a_cpu_without_its_kernels_warns(monkeypatch, caplog, 
     if has_kernels:
         assert warnings == []
     else:
-        assert len(warnings) == 1 and "dtype=bfloat16 on a CPU without bf16 kernels" in warnings[0]
+        assert len(warnings) == 1 and "dtype=bfloat16 on a CPU without oneDNN bf16 kernels" in warnings[0]
 
 
 def test_cuda_device_without_cuda_is_a_clear_error(tiny_bert):
