@@ -72,7 +72,7 @@ class LightClient:
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"LightClient speaks plain http://host:port only, not {url!r}")
         self.host, self.port = parts.hostname, parts.port or 80
-        self._host_header = parts.netloc.encode()
+        self._netloc = parts.netloc  # the Host header
         self._idle: list[_Connection] = []
         self._slots = asyncio.Semaphore(connections)
 
@@ -80,7 +80,7 @@ class LightClient:
         """The whole request for POSTing ``body`` (JSON-encoded unless already bytes) to ``path``."""
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
         head = (
-            f"POST {path} HTTP/1.1\r\nhost: {self._host_header.decode()}\r\n"
+            f"POST {path} HTTP/1.1\r\nhost: {self._netloc}\r\n"
             f"content-type: application/json\r\ncontent-length: {len(data)}\r\n\r\n"
         )
         return head.encode() + data

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from vllm_pool.engine import cpu_linear
 from vllm_pool.engine.args import DTYPES
 from vllm_pool.engine.colbert_checkpoint import ColbertCheckpoint, read_colbert_checkpoint
 from vllm_pool.engine.st_config import STConfig
@@ -162,20 +163,13 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
         raise ValueError(f"Unknown dtype {dtype!r}; choose 'auto' or one of {sorted(DTYPES)}")
     resolved = DTYPES[dtype]
     half = resolved in (torch.bfloat16, torch.float16)
-    if device.type == "cpu" and half and not cpu_half_kernels(resolved):
+    if device.type == "cpu" and half and not cpu_linear.half_kernels(resolved):
         logger.warning(
             "dtype=%s on a CPU without oneDNN %s kernels: its matrix products are "
             "emulated, several times slower than float32 (dtype='auto' picks float32 on the CPU)",
             dtype, "bf16" if resolved == torch.bfloat16 else "fp16",
         )  # fmt: skip
     return resolved
-
-
-def cpu_half_kernels(dtype: torch.dtype) -> bool:
-    """Whether oneDNN has native ``dtype`` (bf16 / fp16) kernels for this CPU."""
-    name = "_is_mkldnn_bf16_supported" if dtype == torch.bfloat16 else "_is_mkldnn_fp16_supported"
-    check = getattr(torch.ops.mkldnn, name, None)
-    return bool(check()) if check is not None else True
 
 
 def resolve_device(device: str | torch.device) -> torch.device:

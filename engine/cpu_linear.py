@@ -33,14 +33,14 @@ def available(dtype: torch.dtype) -> bool:
     ops = torch.ops.mkldnn
     if not (hasattr(ops, "_linear_pointwise") and hasattr(ops, "_reorder_linear_weight")):
         return False
-    return dtype != torch.bfloat16 or _bf16_supported()
+    return dtype != torch.bfloat16 or half_kernels(dtype)
 
 
-def _bf16_supported() -> bool:
-    """oneDNN's own test of this CPU for bf16 kernels."""
-    from vllm_pool.engine.config import cpu_half_kernels
-
-    return cpu_half_kernels(torch.bfloat16)
+def half_kernels(dtype: torch.dtype) -> bool:
+    """Whether oneDNN has native ``dtype`` (bf16 / fp16) kernels for this CPU (its own test)."""
+    name = "_is_mkldnn_bf16_supported" if dtype == torch.bfloat16 else "_is_mkldnn_fp16_supported"
+    check = getattr(torch.ops.mkldnn, name, None)
+    return bool(check()) if check is not None else True
 
 
 class PackedLinear(torch.nn.Module):

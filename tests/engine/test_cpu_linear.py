@@ -76,7 +76,7 @@ def test_missing_ops_leave_the_model_alone(tiny_bert, monkeypatch):
 
 def test_cpu_without_bf16_kernels_is_not_asked_to_prepack(tiny_bert, monkeypatch):
     """oneDNN refuses to reorder a bf16 weight on an AVX2-only CPU: such a CPU is not tried."""
-    monkeypatch.setattr(cpu_linear, "_bf16_supported", lambda: False)
+    monkeypatch.setattr(cpu_linear, "half_kernels", lambda dtype: dtype != torch.bfloat16)
     assert not cpu_linear.available(torch.bfloat16) and cpu_linear.available(torch.float32)
 
     def refuse(*args, **kwargs):

@@ -63,9 +63,9 @@ def test_dtype_auto_per_device(monkeypatch):
 @pytest.mark.parametrize("has_kernels", [True, False])
 def test_half_precision_on_a_cpu_without_its_kernels_warns(monkeypatch, caplog, has_kernels):
     """bf16 on an AVX2-only CPU runs emulated (measured: 0.25x Sentence Transformers fp32)."""
-    from vllm_pool.engine import config
+    from vllm_pool.engine import config, cpu_linear
 
-    monkeypatch.setattr(config, "cpu_half_kernels", lambda dtype: has_kernels)
+    monkeypatch.setattr(cpu_linear, "half_kernels", lambda dtype: has_kernels)
     with caplog.at_level(logging.WARNING, logger="vllm_pool.engine.config"):
         assert config.resolve_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
         assert config.resolve_dtype("float32", torch.device("cpu")) == torch.float32
