@@ -74,6 +74,8 @@ class FastEncoder:
             side = getattr(self.tokenizer, "truncation_side", "right")
             own.enable_truncation(limit, stride=0, strategy=strategy, direction=side)
             local.truncation = (limit, strategy)
+        if len(inputs) == 1 and isinstance(inputs[0], str):  # no hand-off to the backend's thread pool
+            return [own.encode(inputs[0], add_special_tokens=True)]
         encode = getattr(own, "encode_batch_fast", own.encode_batch)  # tokenizers >= 0.21
         return encode(inputs, add_special_tokens=True)
 
@@ -85,7 +87,8 @@ class FastEncoder:
             self._json = backend.to_str()
             for limit in (8, 512):
                 want = self.tokenizer(texts, truncation=True, max_length=limit, add_special_tokens=True)
-                if self(texts, limit) != [list(ids) for ids in want["input_ids"]]:
+                want_ids = [list(ids) for ids in want["input_ids"]]
+                if self(texts, limit) != want_ids or [self([t], limit)[0] for t in texts] != want_ids:
                     logger.info("The Rust tokenizer backend differs from %s", type(self.tokenizer).__name__)
                     return False
         except Exception as e:  # an unusual backend: keep the tokenizer's own call

@@ -5,14 +5,16 @@ checks, pairing and output shaping are the engine's task IO processors (``engine
 shared with ``LLM``; every job goes to the LLM's engine core (``engine.core``), whose one
 scheduler batches it with every other client's. Tokenization runs on the engine's tokenizer
 thread (a small request's on the event loop) and the model on the core's thread, so the
-event loop never waits on the model. What the endpoints share is :mod:`.state`.
+event loop never waits on the model. What the endpoints share is :mod:`.state`. The pooling
+endpoints are served through FastAPI and, for well-formed JSON, past it (:mod:`.fast_lane`):
+the same functions either way.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -24,6 +26,7 @@ from vllm_pool.engine.params import PoolingParams
 from vllm_pool.engine.server import limits
 from vllm_pool.engine.server import protocol as p
 from vllm_pool.engine.server.errors import APIError, install_error_handlers
+from vllm_pool.engine.server.fast_lane import Endpoint, FastLane
 from vllm_pool.engine.server.metrics import MetricsMiddleware
 from vllm_pool.engine.server.pooling_api import header_id, pooling_task, run_plugin
 from vllm_pool.engine.server.responses import encode_batch, json_response
@@ -38,7 +41,25 @@ ENDPOINTS = {
 }  # fmt: skip
 
 
-def build_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
+class ServerApp(FastAPI):
+    """FastAPI behind the server's own ASGI layers.
+
+    An HTTP request passes the metrics, the guard (API key, body limits) and the fast lane
+    (:mod:`.fast_lane`) first; what the fast lane leaves (other routes, the docs, bodies
+    that fail validation) goes through FastAPI's own middleware and router. Per request,
+    FastAPI's outer layers cost more than these three.
+    """
+
+    front: Any = None  # the server's layers around FastAPI's own stack (set by build_app)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and self.front is not None:
+            await self.front(scope, receive, send)
+        else:  # lifespan, or an app without its layers
+            await super().__call__(scope, receive, send)
+
+
+def build_app(llm: LLM, config: ServerConfig | None = None) -> ServerApp:
     """The ASGI app serving ``llm``.
 
     Args:
@@ -46,7 +67,7 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
         config: serving options (names, API key, request limits).
 
     Returns:
-        A FastAPI app; run it with ``uvicorn.run(app, ...)``.
+        A FastAPI app (:class:`ServerApp`); run it with ``uvicorn.run(app, ...)``.
     """
     state = ServerState(llm, config or ServerConfig())
 
@@ -55,18 +76,22 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
         yield
         state.engine.stop()
 
-    app = FastAPI(title="vllm-pool", lifespan=lifespan)
+    app = ServerApp(title="vllm-pool", lifespan=lifespan)
     app.state.server = state
     install_error_handlers(app)
-    cfg = state.config
-    app.add_middleware(
-        limits.GuardMiddleware,
-        api_key=cfg.api_key,
-        max_body_bytes=cfg.max_body_bytes,
-        body_timeout=cfg.body_timeout,
-    )  # inside the metrics: 401 / 408 / 413 answers are counted
-    app.add_middleware(MetricsMiddleware, metrics=state.metrics, paths=ENDPOINTS)
     m = state.metrics
+    fast_routes: dict[str, Endpoint] = {}
+
+    def post(*paths: str) -> Callable[[Endpoint], Endpoint]:
+        """Serve an endpoint at ``paths`` through FastAPI and the fast lane alike."""
+
+        def register(endpoint: Endpoint) -> Endpoint:
+            for path in paths:
+                app.post(path)(endpoint)
+                fast_routes[path] = endpoint
+            return endpoint
+
+        return register
 
     def count(endpoint: str, n_inputs: int, n_tokens: int) -> None:
         m.inputs.inc(n_inputs, endpoint=endpoint)
@@ -94,7 +119,7 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
         ]  # fmt: skip
         return json_response({"object": "list", "data": data})
 
-    @app.post("/v1/embeddings")
+    @post("/v1/embeddings")
     async def embeddings(body: p.EmbeddingRequest, http: HTTPRequest) -> JSONResponse:
         state.check_model(body.model)
         prompts = to_prompts(body.input)
@@ -111,7 +136,7 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
         ]
         return json_response(p.envelope("embd", state.model_name, data, n_tokens, header_id(http)))
 
-    @app.post("/pooling")
+    @post("/pooling")
     async def pooling(body: p.PoolingRequest, http: HTTPRequest) -> JSONResponse:
         state.check_model(body.model)
         is_plugin = body.input is None and body.data is not None
@@ -138,7 +163,7 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
         ]
         return json_response(p.envelope("pool", state.model_name, data, n_tokens, header_id(http)))
 
-    @app.post("/classify")
+    @post("/classify")
     async def classify(body: p.ClassificationRequest, http: HTTPRequest) -> JSONResponse:
         state.check_model(body.model)
         prompts = to_prompts(body.input)
@@ -156,6 +181,7 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
             data.append({"index": i, "label": label, "probs": o.outputs.probs, "num_classes": probs.numel()})
         return json_response(p.envelope("classify", state.model_name, data, n_tokens, header_id(http)))
 
+    @post("/score", "/v1/score")
     async def score(body: p.ScoreRequest, http: HTTPRequest) -> JSONResponse:
         state.check_model(body.model)
         try:
@@ -179,6 +205,7 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
         data = [{"index": i, "object": "score", "score": s} for i, s in enumerate(scores)]
         return json_response(p.envelope("score", state.model_name, data, n_tokens, header_id(http)))
 
+    @post("/rerank", "/v1/rerank")
     async def rerank(body: p.RerankRequest, http: HTTPRequest) -> JSONResponse:
         state.check_model(body.model)
         state.check_inputs(len(body.documents), "documents")
@@ -199,11 +226,6 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
                 result["document"] = {"text": body.documents[i]}
             results.append(result)
         return json_response(p.rerank_response(state.model_name, results, n_tokens, header_id(http)))
-
-    app.post("/score")(score)
-    app.post("/v1/score")(score)
-    app.post("/rerank")(rerank)
-    app.post("/v1/rerank")(rerank)
 
     @app.post("/tokenize")
     async def tokenize(body: p.TokenizeRequest) -> JSONResponse:
@@ -235,4 +257,12 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
         text = await state.in_tokenizer_thread(lambda: tok.decode(body.tokens))
         return json_response({"prompt": text})
 
+    cfg = state.config
+    guarded = limits.GuardMiddleware(
+        FastLane(super(ServerApp, app).__call__, fast_routes),  # FastAPI's own stack behind it
+        api_key=cfg.api_key,
+        max_body_bytes=cfg.max_body_bytes,
+        body_timeout=cfg.body_timeout,
+    )
+    app.front = MetricsMiddleware(guarded, metrics=state.metrics, paths=ENDPOINTS)  # 401/408/413 counted
     return app

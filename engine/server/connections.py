@@ -8,7 +8,8 @@ complete in one read. :func:`guarded_protocol` returns uvicorn's HTTP/1.1 protoc
 three fixed: its ``httptools`` one where that parser is installed (the server extra has it:
 a quarter less of the server's CPU per short request than the pure Python ``h11``, which is
 the fallback). :func:`uvicorn_options` gives the keyword arguments of ``uvicorn.run`` /
-``uvicorn.Config`` for a :class:`~.app.ServerConfig`.
+``uvicorn.Config`` for a :class:`~.app.ServerConfig`. uvicorn runs its event loop on
+``uvloop`` where that is installed (the server extra has it outside Windows).
 """
 
 from __future__ import annotations

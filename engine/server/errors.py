@@ -90,22 +90,26 @@ def _got(err: dict) -> str:
     return f" [type=literal_error, input_value={value!r}]"
 
 
+def exception_response(exc: Exception, path: str) -> JSONResponse:
+    """The answer to an exception an endpoint raised: an :class:`APIError` as it says, any
+    other exception a logged 500 that names only its type."""
+    if isinstance(exc, APIError):
+        return error_response(exc.message, exc.code, exc.param)
+    if isinstance(exc, StarletteHTTPException):
+        return error_response(str(exc.detail), exc.status_code)
+    logger.error("Internal error on %s", path, exc_info=exc)
+    return error_response(f"Internal server error: {type(exc).__name__}", 500)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Answer every error of ``app`` in the spec's JSON shape."""
 
     @app.exception_handler(APIError)
-    async def _api_error(request: Request, exc: APIError) -> JSONResponse:
-        return error_response(exc.message, exc.code, exc.param)
+    @app.exception_handler(StarletteHTTPException)
+    @app.exception_handler(Exception)
+    async def _raised(request: Request, exc: Exception) -> JSONResponse:
+        return exception_response(exc, request.url.path)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         return error_response(_validation_message(exc), 400)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(str(exc.detail), exc.status_code)
-
-    @app.exception_handler(Exception)
-    async def _internal(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("Internal error on %s", request.url.path)
-        return error_response(f"Internal server error: {type(exc).__name__}", 500)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
 import time
-import uuid
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
@@ -110,20 +110,20 @@ class DetokenizeRequest(_Request):
 
 
 # ---------------------------------------------------------------------- responses
-class Usage(BaseModel):
-    prompt_tokens: int
-    total_tokens: int
-    completion_tokens: int = 0
-    prompt_tokens_details: None = None
-
-
 def usage(prompt_tokens: int) -> dict[str, Any]:
-    return Usage(prompt_tokens=prompt_tokens, total_tokens=prompt_tokens).model_dump()
+    """vLLM's ``UsageInfo`` of a pooling request (no completion tokens)."""
+    return {
+        "prompt_tokens": prompt_tokens,
+        "total_tokens": prompt_tokens,
+        "completion_tokens": 0,
+        "prompt_tokens_details": None,
+    }
 
 
 def request_id(kind: str, header: str | None = None) -> str:
-    """vLLM's response id: ``<kind>-<X-Request-Id header, else a random hex uuid>``."""
-    return f"{kind}-{header or uuid.uuid4().hex}"
+    """vLLM's response id: ``<kind>-<X-Request-Id header, else 32 random hex digits>`` (the
+    digits of vLLM's ``uuid4().hex``, drawn without building a ``UUID``)."""
+    return f"{kind}-{header or secrets.token_hex(16)}"
 
 
 def envelope(

@@ -31,7 +31,8 @@ def encode_batch(outs: list[Any], fmt: str) -> list[Any]:
     """
     datas = [o.outputs.data for o in outs]
     if fmt == "float" and datas and all(d.shape == datas[0].shape for d in datas):
-        rows = torch.stack(datas).float()
+        rows = datas[0][None] if len(datas) == 1 else torch.stack(datas)  # one: no copy
+        rows = rows.float()
         return list(rows.numpy()) if _orjson is not None else rows.tolist()
     return [encode_data(d, fmt) for d in datas]
 
