@@ -82,8 +82,7 @@ class EngineClient:
         try:
             if disconnected is None:
                 return await future
-            gone = asyncio.ensure_future(disconnected)
-            await asyncio.wait({future, gone}, return_when=asyncio.FIRST_COMPLETED)
+            await _first_done(future, asyncio.ensure_future(disconnected))
             if future.done():
                 return future.result()
             self._cancel(job)
@@ -127,3 +126,23 @@ class EngineClient:
     def _record_drop(self, job: Job, n: int) -> None:
         assert self.metrics is not None
         self.metrics.dropped.inc(n, task="+".join(job.key))
+
+
+async def _first_done(*futures: asyncio.Future[Any]) -> None:
+    """Wait until one of ``futures`` is done: ``asyncio.wait(..., FIRST_COMPLETED)`` without
+    its sets and timeout handling (this runs once per server request)."""
+    if any(f.done() for f in futures):
+        return
+    waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def wake(_: Any) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    for f in futures:
+        f.add_done_callback(wake)
+    try:
+        await waiter
+    finally:
+        for f in futures:
+            f.remove_done_callback(wake)

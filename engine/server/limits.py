@@ -18,10 +18,9 @@ Errors use the documented shape of :mod:`.errors`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 from vllm_pool.engine.server.errors import APIError, error_response
@@ -152,31 +151,30 @@ class GuardMiddleware:
         return None
 
 
-@contextlib.asynccontextmanager
-async def deadline(seconds: float) -> AsyncIterator[None]:
-    """Raise ``TimeoutError`` in the block when it runs longer than ``seconds``: one timer
-    that cancels the task (``asyncio.timeout`` of Python 3.11, also on 3.10), instead of a
-    ``wait_for`` and its task around every ``await``."""
-    task = asyncio.current_task()
-    assert task is not None
-    expired = False
+class deadline:  # noqa: N801 - used as a function, like asyncio.timeout
+    """``async with deadline(seconds):`` raises ``TimeoutError`` when the block runs longer
+    than ``seconds``: one timer that cancels the task (``asyncio.timeout`` of Python 3.11,
+    also on 3.10), instead of a ``wait_for`` and its task around every ``await``."""
 
-    def expire() -> None:
-        nonlocal expired
-        expired = True
-        task.cancel()
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.expired = False
 
-    timer = asyncio.get_running_loop().call_later(seconds, expire)
-    try:
-        yield
-    except asyncio.CancelledError:
-        if not expired:
-            raise
-        if hasattr(task, "uncancel"):  # Python 3.11+: this cancellation is handled here
-            task.uncancel()
-        raise TimeoutError from None
-    finally:
-        timer.cancel()
+    async def __aenter__(self) -> None:
+        self.task = asyncio.current_task()
+        self.timer = asyncio.get_running_loop().call_later(self.seconds, self._expire)
+
+    def _expire(self) -> None:
+        self.expired = True
+        self.task.cancel()
+
+    async def __aexit__(self, exc_type: type | None, exc: BaseException | None, tb: Any) -> bool:
+        self.timer.cancel()
+        if exc_type is asyncio.CancelledError and self.expired:
+            if hasattr(self.task, "uncancel"):  # Python 3.11+: this cancellation is handled here
+                self.task.uncancel()
+            raise TimeoutError from None
+        return False
 
 
 def _headers(scope: dict[str, Any]) -> dict[str, str]:
