@@ -12,7 +12,10 @@ requests, not counted), then measures ``--rounds`` rounds. For the vllm-pool ser
 round is followed by an offline ``LLM.embed`` call on the same inputs in this process, while
 the server idles: ``serve_vs_offline`` is the ratio of the best server round to the best
 offline round, measured interleaved so that both see the same machine (a shared 2-core
-machine drifts by 10-20% within minutes). It tells what serving costs over the engine.
+machine drifts by 10-20% within minutes, and by up to half within an hour), and
+``serve_vs_offline_paired`` the median over rounds of each server round's rate over the
+offline round run right after it (the same minute of the machine). They tell what serving
+costs over the engine.
 
     python -m benchmarks.serve_load [--requests 512] [--concurrency 1 8 64] [--rounds 3]
 
@@ -474,6 +477,12 @@ def main() -> None:
             key: statistics.median(cpu for _, cpu in rounds) for key, rounds in offline_rounds.items()
         }
         result["serve_vs_offline"] = {key: ours[key]["rps"] / best[key] for key in best}
+        result["serve_vs_offline_paired"] = {  # each server round over the offline round after it
+            key: statistics.median(
+                srv / off for srv, (off, _) in zip(ours[key]["rps_rounds"], offline_rounds[key])
+            )
+            for key in best
+        }
 
     path = write_result(args.name, result)
     print_table(rows)
@@ -481,7 +490,9 @@ def main() -> None:
     ours = {f"{r['inputs']}/{r['concurrency']}": r for r in rows if r["server"] == "vllm-pool"}
     for key, ratio in result.get("serve_vs_offline", {}).items():
         inputs, conc = key.split("/")
+        paired = result["serve_vs_offline_paired"][key]
         line = f"vllm-pool serve, {inputs} inputs, {conc} clients: {ratio:.2f}x offline LLM.embed"
+        line += f" (paired rounds: median {paired:.2f}x)"
         r = ours[key]
         if "server_cpu_ms_per_request" in r:
             server, client = r["server_cpu_ms_per_request"], r["client_cpu_ms_per_request"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -33,5 +34,7 @@ def test_serve_load_dry_run(tmp_path):
     offline = result["offline_rounds"]["short/4"]
     assert len(offline) == 2 and result["offline_inputs_per_s"]["short/4"] == max(offline)
     assert result["serve_vs_offline"]["short/4"] == pytest.approx(row["rps"] / max(offline))
+    paired = [srv / off for srv, off in zip(row["rps_rounds"], offline)]
+    assert result["serve_vs_offline_paired"]["short/4"] == pytest.approx(statistics.median(paired))
     assert result["settings"]["client"] == "light" and result["settings"]["rounds"] == 2
     assert "vllm-pool serve, short inputs, 4 clients:" in proc.stdout
