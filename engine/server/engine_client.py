@@ -15,8 +15,11 @@ slice about 40 ms.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
+import weakref
 from collections.abc import Awaitable
+from concurrent.futures import Future
 from typing import Any
 
 from vllm_pool.engine.core import BatchStats, EngineCore
@@ -42,6 +45,9 @@ class EngineClient:
     def __init__(self, core: EngineCore, metrics: ServerMetrics | None = None) -> None:
         self.core = core
         self.metrics = metrics
+        self._inboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Inbox] = (
+            weakref.WeakKeyDictionary()
+        )
         if metrics is not None:
             core.on_batch = self._record_batch
             core.on_drop = self._record_drop
@@ -78,7 +84,7 @@ class EngineClient:
         if sum(r.num_tokens for r in requests) <= slice_tokens:
             slice_tokens = None  # a small job: it fits one short batch as it is
         job = self.core.submit(requests, tasks, slice_tokens=slice_tokens)
-        future = asyncio.wrap_future(job.future)
+        future = self._awaitable(job.future)
         try:
             if disconnected is None:
                 return await future
@@ -90,6 +96,18 @@ class EngineClient:
         except asyncio.CancelledError:
             self._cancel(job)
             raise
+
+    def _awaitable(self, done: Future[Any]) -> asyncio.Future[Any]:
+        """An asyncio future that follows ``done`` (a job's future, resolved on the engine's
+        thread). Unlike ``asyncio.wrap_future``, the jobs a batch resolves together wake the
+        event loop once, not once each (:class:`_Inbox`)."""
+        loop = asyncio.get_running_loop()
+        inbox = self._inboxes.get(loop)
+        if inbox is None:
+            inbox = self._inboxes[loop] = _Inbox(loop)
+        future: asyncio.Future[Any] = loop.create_future()
+        done.add_done_callback(lambda _: inbox.post(future, done))
+        return future
 
     @staticmethod
     def watch_disconnect(receive: Any) -> asyncio.Task[None]:
@@ -146,3 +164,33 @@ async def _first_done(*futures: asyncio.Future[Any]) -> None:
     finally:
         for f in futures:
             f.remove_done_callback(wake)
+
+
+class _Inbox:
+    """Resolved jobs on their way to one event loop: the first posted after a flush schedules
+    the next flush (one ``call_soon_threadsafe`` per batch of jobs); a flush passes each job's
+    result or error to the future its request awaits."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.items: collections.deque[tuple[asyncio.Future[Any], Future[Any]]] = collections.deque()
+        self.scheduled = False
+
+    def post(self, future: asyncio.Future[Any], done: Future[Any]) -> None:
+        """From any thread: ``done`` is resolved; pass it on to ``future``."""
+        self.items.append((future, done))
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon_threadsafe(self.flush)
+
+    def flush(self) -> None:
+        self.scheduled = False  # first: a job posted from here on schedules another flush
+        while self.items:
+            future, done = self.items.popleft()
+            if future.done():  # its request was cancelled
+                continue
+            exc = done.exception()
+            if exc is not None:
+                future.set_exception(exc)
+            else:
+                future.set_result(done.result())

@@ -179,3 +179,40 @@ async def test_a_small_request_joins_the_next_short_batch_of_a_large_one():
     assert batches[:2] == [[0], [7]]  # the small one goes alone, ahead of the slices (one prompt each)
     assert batches[2:] == [[i] for i in range(100, 116)]
     client.stop()
+
+
+async def test_jobs_resolved_together_wake_the_event_loop_once(monkeypatch):
+    """Jobs the engine's thread resolves together reach their requests through one
+    ``call_soon_threadsafe`` (``asyncio.wrap_future`` makes one per job), errors included,
+    and a cancelled request is skipped."""
+    from concurrent.futures import Future
+
+    loop = asyncio.get_running_loop()
+    wakeups = []
+    real = loop.call_soon_threadsafe
+
+    def counting(callback, *args, **kwargs):
+        wakeups.append(getattr(callback, "__qualname__", repr(callback)))
+        return real(callback, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "call_soon_threadsafe", counting)
+    client, _ = make_client()
+    jobs = [Future() for _ in range(8)]
+    awaited = [client._awaitable(job) for job in jobs]
+    awaited[3].cancel()  # its client went away
+
+    def engine_thread() -> None:  # one batch answers all eight, one of them with an error
+        for i, job in enumerate(jobs):
+            job.set_exception(RuntimeError("boom")) if i == 5 else job.set_result(i)
+
+    worker = threading.Thread(target=engine_thread)
+    worker.start()
+    worker.join()  # the event loop is held here: nothing is flushed yet
+    assert wakeups == ["_Inbox.flush"]
+    results = await asyncio.gather(*awaited, return_exceptions=True)
+    assert results[:3] == [0, 1, 2] and results[4] == 4 and results[6:] == [6, 7]
+    assert isinstance(results[3], asyncio.CancelledError) and str(results[5]) == "boom"
+    assert wakeups == ["_Inbox.flush"]
+    done = Future()
+    done.set_result("later")  # a later batch schedules its own flush
+    assert await client._awaitable(done) == "later" and wakeups == ["_Inbox.flush"] * 2
