@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from . import quantization
+from . import quantization, quantized_search
 from .arrays import as_float32_matrix, l2_normalize
 from .encoders import TextEmbedder, encode_in_batches
 from .index_base import DocumentIndex
@@ -85,14 +85,7 @@ class DenseIndex(DocumentIndex):
         calibration_embeddings: Any = None,
         rescore: str = "codes",
     ) -> None:
-        storage = quantization.check_storage(storage)
-        if storage != "fp32" and str(index_type).lower() != "flat":
-            raise ValueError(f"storage={storage!r} searches its codes exhaustively: use index_type='flat'")
-        multiplier = rescore_multiplier
-        if isinstance(multiplier, bool) or not isinstance(multiplier, int) or multiplier < 1:
-            raise ValueError(f"rescore_multiplier must be an int >= 1, got {rescore_multiplier!r}")
-        if rescore not in ("codes", "float"):
-            raise ValueError(f"rescore must be 'codes' or 'float', got {rescore!r}")
+        storage = quantized_search.check_settings(storage, index_type, rescore_multiplier, rescore)
         config = {
             "index_type": index_type,
             "normalize": normalize,
@@ -307,29 +300,13 @@ class DenseIndex(DocumentIndex):
         return results
 
     def _search_quantized(self, q: np.ndarray, k: int, allowed: set[int] | None) -> list[list[Hit]]:
-        """Candidates on the codes, then exact scores of the float query (:mod:`.quantization`)."""
-        storage, ranges = self.config["storage"], self._ranges
-        if allowed is None and len(self._row_of) == self._n_rows:  # no garbage rows: no copy
-            slots = np.fromiter(self._row_of.keys(), np.int64, len(self._row_of))  # in row order
-            row_ids = np.arange(self._n_rows)
-            codes = self._vectors[: self._n_rows]
-        else:
-            slots = self._pool(allowed)
-            row_ids = np.asarray([self._row_of[int(s)] for s in slots], dtype=np.int64)
-            codes = self._vectors[row_ids]
-        if len(slots) == 0:
-            return [[] for _ in range(len(q))]
-        rows = quantization.candidates(q, codes, storage, ranges, k * self.config["rescore_multiplier"])
-        results = []
-        for qi in range(len(q)):
-            cand = rows[qi][rows[qi] >= 0]
-            if self._floats is not None:  # exact: the float rows of the candidates, from disk
-                scores = self._floats.take(row_ids[cand]) @ q[qi]
-            else:
-                scores = quantization.rescore(q[qi], codes[cand], storage, ranges, self.dim)
-            order = np.argsort(-scores, kind="stable")[:k]
-            results.append([self._hit(int(slots[cand[j]]), float(scores[j])) for j in order])
-        return results
+        """Candidates on the codes, then exact scores of the float query (:mod:`.quantized_search`)."""
+        no_garbage = allowed is None and len(self._row_of) == self._n_rows  # codes searched in place
+        pool = None if no_garbage else self._pool(allowed)
+        found = quantized_search.search_codes(
+            q, k, self._vectors, self._row_of, self._n_rows, pool, self._floats, self.config, self._ranges
+        )
+        return [[self._hit(slot, score) for slot, score in hits] for hits in found]
 
     def _search_faiss(self, q: np.ndarray, k: int, allowed: set[int] | None) -> list[list[Hit]]:
         ntotal = self._index.ntotal

@@ -2,15 +2,9 @@
 
 The token vectors of every document sit in a contiguous :class:`~.token_store.TokenStore`
 (fp32, fp16, int8 or PQ codes), or in a :class:`~.plaid.PlaidStore` (centroid id + residual
-bits) for ``index_type="plaid"``. A search, by index type:
-
-- ``"flat"`` (default): every document is scored exactly, the store read in fixed-size
-  blocks (:func:`~.candidates.scan_store`), on a device copy when there is a GPU;
-- ``"plaid"``: centroid interaction, pruning, exact MaxSim on decompressed vectors;
-- FAISS candidate indexes (``"ivf"``, ``"hnsw"``...): the ``candidates_per_token`` nearest
-  document tokens of every query token, the union of their documents scored exactly.
-
-All MaxSim goes through :func:`vllm_pool.maxsim_kernel.segment_maxsim`.
+bits) for ``index_type="plaid"``. A search goes as the index type does (flat scan, PLAID,
+FAISS candidates: :mod:`.multivector_search`); all MaxSim goes through
+:func:`vllm_pool.maxsim_kernel.segment_maxsim`.
 """
 
 from __future__ import annotations
@@ -23,10 +17,11 @@ from typing import Any
 import numpy as np
 
 from .arrays import is_single_matrix, l2_normalize, token_matrices
-from .candidates import candidate_slots, maxsim_slots, scan_device, scan_store, top_k
+from .candidates import maxsim_slots, scan_device, scan_store, top_k
 from .colbert import check_texts
 from .encoders import encode_in_batches
 from .index_base import DocumentIndex
+from .multivector_search import check_search_settings, search_by_type
 from .persistence import check_labels, files_of, load_index_files, open_index, placed_faiss, save_index_files
 from .plaid import PlaidStore
 from .registry import check_ids_and_metadatas
@@ -129,14 +124,7 @@ class MultiVectorIndex(DocumentIndex):
             "device": device,
         }
         super().__init__(dim, config, use_gpu, model_name)  # checks dim
-        check_k(candidates_per_token)
-        for name in ("ncells", "ndocs"):
-            value = config[name]
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be None or an int >= 1, got {value!r}")
-        threshold = config["centroid_score_threshold"]
-        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))):
-            raise ValueError(f"centroid_score_threshold must be None or a number, got {threshold!r}")
+        check_search_settings(config)
         if str(index_type).lower() == "plaid":
             if storage != "fp32":
                 raise ValueError(
@@ -316,37 +304,13 @@ class MultiVectorIndex(DocumentIndex):
             allowed_arr = None if allowed is None else np.fromiter(allowed, np.int64, len(allowed))
             if exhaustive or self._index is None and self._uses_faiss():  # IVF not trained yet
                 found = scan_store(self._store, qs, k, allowed_arr, self._device)
-                return [self._hits(*f, k) for f in found]
-            return self._search_candidates(qs, k, k_tok, allowed, allowed_arr)
-
-    def _search_candidates(
-        self,
-        qs: list[np.ndarray],
-        k: int,
-        k_tok: int,
-        allowed: set[int] | None,
-        allowed_arr: np.ndarray | None,
-    ) -> list[list[Hit]]:
-        index_type = str(self.config["index_type"]).lower()
-        if index_type == "flat":  # exact: every document, scanned in blocks
-            found = scan_store(self._store, qs, k, allowed_arr, self._device)
+            else:  # by index type (:mod:`.multivector_search`)
+                want = min(k, len(self._registry) if allowed is None else len(allowed))
+                found = search_by_type(
+                    self._store, self._index, self.config, self._device, qs, k, k_tok, allowed_arr, want,
+                    self._keep(allowed), self._tombstones,
+                )  # fmt: skip
             return [self._hits(*f, k) for f in found]
-        if index_type == "plaid":
-            found = self._store.search(
-                qs, k, allowed_arr, self.config["ncells"], self.config["ndocs"],
-                self.config["centroid_score_threshold"],
-            )  # fmt: skip
-            return [self._hits(*f, k) for f in found]
-        want = min(k, len(self._registry) if allowed is None else len(allowed))
-        keep = self._keep(allowed)
-        pools = candidate_slots(self._index, qs, want, k_tok, keep, self._tombstones, allowed is not None)
-        out = []
-        for q, pool in zip(qs, pools, strict=True):
-            if pool is None:  # the candidate index cannot give k documents: score all of them
-                out.append(self._hits(*scan_store(self._store, [q], k, allowed_arr, self._device)[0], k))
-            else:
-                out.append(self._score(q, pool, k))
-        return out
 
     def _keep(self, allowed: set[int] | None) -> Callable[[int], bool]:
         is_live = self._registry.is_live

@@ -13,7 +13,7 @@ import gc
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from vllm_pool.engine.args import EngineArgs, positive_int
@@ -23,18 +23,19 @@ logger = logging.getLogger("vllm_pool.cli")
 API_KEY_ENV = "VLLM_POOL_API_KEY"
 
 
-def _seconds(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
-    return value
+def _seconds(allow_zero: bool) -> Callable[[str], float]:
+    """The argparse type of a positive number of seconds, or also ``0`` with ``allow_zero``."""
 
+    def seconds(text: str) -> float:
+        value = float(text)
+        if not (value >= 0 if allow_zero else value > 0):
+            zero = "0 or " if allow_zero else ""
+            raise argparse.ArgumentTypeError(f"must be {zero}a positive number of seconds, got {text}")
+        return value
 
-def _seconds_or_zero(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or a positive number of seconds, got {text}")
-    return value
+    # argparse names the type in "invalid <name> value: 'x'": the names of the two former functions
+    seconds.__name__ = "_seconds_or_zero" if allow_zero else "_seconds"
+    return seconds
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -100,17 +101,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="characters per text (413; default: 100,000)"
     )
     h.add_argument(
-        "--body-timeout", type=_seconds, default=None,
+        "--body-timeout", type=_seconds(allow_zero=False), default=None,
         help="seconds to receive a body (then 408; default: 30)"
     )
     h.add_argument(
         "--header-timeout",
-        type=_seconds,
+        type=_seconds(allow_zero=False),
         default=None,
         help="seconds a connection may take to send a complete request head (closed after; default: 10)",
     )
     h.add_argument(
-        "--batch-wait", type=_seconds_or_zero, default=None,
+        "--batch-wait", type=_seconds(allow_zero=True), default=None,
         help="after a batch that answered several clients, seconds the engine may wait (at most "
         "half that batch's time) for their next requests, to run fuller batches; 0: never "
         "(default: 0.1)",
