@@ -163,10 +163,10 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
         raise ValueError(f"Unknown dtype {dtype!r}; choose 'auto' or one of {sorted(DTYPES)}")
     resolved = DTYPES[dtype]
     half = resolved in (torch.bfloat16, torch.float16)
-    if device.type == "cpu" and half and not cpu_linear.half_kernels(resolved):
+    if device.type == "cpu" and half and not cpu_linear.fast_half(resolved):
         logger.warning(
-            "dtype=%s on a CPU without oneDNN %s kernels: its matrix products are "
-            "emulated, several times slower than float32 (dtype='auto' picks float32 on the CPU)",
+            "dtype=%s on a CPU without native %s matrix products: oneDNN emulates them, "
+            "several times slower than float32 (dtype='auto' picks float32 on the CPU)",
             dtype, "bf16" if resolved == torch.bfloat16 else "fp16",
         )  # fmt: skip
     return resolved

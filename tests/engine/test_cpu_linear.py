@@ -132,3 +132,20 @@ def test_block_with_another_forward_keeps_its_module(tiny_bert):
     cpu_linear.prepack(model, batch_hint=64)
     assert isinstance(model.encoder.layer[0].output, NoResidual)
     assert isinstance(model.encoder.layer[1].output, ResidualLinearNorm)
+
+
+@pytest.mark.parametrize(
+    "onednn, avx512_bf16, amx, fast",
+    [
+        (True, False, False, False),  # plain AVX-512: oneDNN emulates bf16 arithmetic
+        (True, True, False, True),  # AVX512-BF16
+        (True, False, True, True),  # AMX
+        (False, True, True, False),  # no oneDNN bf16 kernels at all (AVX2)
+    ],
+)
+def test_fast_bf16_needs_native_bf16_arithmetic(monkeypatch, onednn, avx512_bf16, amx, fast):
+    monkeypatch.setattr(cpu_linear, "half_kernels", lambda dtype: onednn)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    assert cpu_linear.fast_half(torch.bfloat16) is fast
+    assert cpu_linear.fast_half(torch.float16) is onednn  # fp16: oneDNN's own test decides

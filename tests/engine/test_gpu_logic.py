@@ -65,7 +65,7 @@ def test_half_precision_on_a_cpu_without_its_kernels_warns(monkeypatch, caplog, 
     """bf16 on an AVX2-only CPU runs emulated (measured: 0.25x Sentence Transformers fp32)."""
     from vllm_pool.engine import config, cpu_linear
 
-    monkeypatch.setattr(cpu_linear, "half_kernels", lambda dtype: has_kernels)
+    monkeypatch.setattr(cpu_linear, "fast_half", lambda dtype: has_kernels)
     with caplog.at_level(logging.WARNING, logger="vllm_pool.engine.config"):
         assert config.resolve_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
         assert config.resolve_dtype("float32", torch.device("cpu")) == torch.float32
@@ -74,7 +74,7 @@ def test_half_precision_on_a_cpu_without_its_kernels_warns(monkeypatch, caplog, 
     if has_kernels:
         assert warnings == []
     else:
-        assert len(warnings) == 1 and "dtype=bfloat16 on a CPU without oneDNN bf16 kernels" in warnings[0]
+        assert len(warnings) == 1 and "dtype=bfloat16 on a CPU without native bf16" in warnings[0]
 
 
 def test_cuda_device_without_cuda_is_a_clear_error(tiny_bert):
