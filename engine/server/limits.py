@@ -114,17 +114,16 @@ class GuardMiddleware:
         """Read and drop the rest of the body (at most 4x the limit, for at most 10 s), so that
         a client which sends its whole body before reading the answer gets the 413 rather
         than a reset connection; nothing is kept."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + min(self.body_timeout, 10.0)
         budget = 4 * self.max_body_bytes
-        while budget > 0:
-            try:
-                message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0.0))
-            except asyncio.TimeoutError:
-                return
-            if message["type"] != "http.request" or not message.get("more_body", False):
-                return
-            budget -= len(message.get("body", b""))
+        try:
+            async with deadline(min(self.body_timeout, 10.0)):
+                while budget > 0:
+                    message = await receive()
+                    if message["type"] != "http.request" or not message.get("more_body", False):
+                        return
+                    budget -= len(message.get("body", b""))
+        except TimeoutError:
+            return
 
     async def _read_body(self, scope: dict[str, Any], receive: Any, send: Any) -> bytes | None:
         chunks: list[bytes] = []
