@@ -53,8 +53,13 @@ class PromptTooLongError(ValueError):
             f"tokens. ({self.where}; set truncate_prompt_tokens to cut it)"
         )
 
-    def online_message(self) -> str:
-        """vLLM's server text (HTTP 400), with the input's position."""
+    def online_message(self, operation: str | None = None) -> str:
+        """vLLM's server text (HTTP 400), with the input's position.
+
+        ``operation``: what the message says the input was for; vLLM's server names it by
+        endpoint (``"score"`` for ``/score``, ``"classification"`` for ``/classify``, else
+        ``"embedding generation"``); by default it follows the task.
+        """
         if self.num_tokens is None:
             return str(self)
         if self.kind == "embed":
@@ -63,7 +68,7 @@ class PromptTooLongError(ValueError):
                 f"requested {self.num_tokens} tokens in the input for embedding generation. Please "
                 f"reduce the length of the input. ({self.where})"
             )
-        operation = OPERATIONS.get(self.task, "embedding generation")
+        operation = operation or OPERATIONS.get(self.task, "embedding generation")
         return (
             f"This model's maximum context length is {self.limit} tokens. However, you requested "
             f"{self.num_tokens} tokens in the input for {operation}. Please reduce the length of the "
@@ -95,8 +100,11 @@ class TruncationTooLargeError(ValueError):
         )
 
 
-def online_message(exc: Exception) -> str:
-    """The server's text for an engine input error."""
-    if isinstance(exc, (PromptTooLongError, TruncationTooLargeError)):
+def online_message(exc: Exception, operation: str | None = None) -> str:
+    """The server's text for an engine input error (``operation``: see
+    :meth:`PromptTooLongError.online_message`)."""
+    if isinstance(exc, PromptTooLongError):
+        return exc.online_message(operation)
+    if isinstance(exc, TruncationTooLargeError):
         return exc.online_message()
     return str(exc)

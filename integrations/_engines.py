@@ -285,6 +285,7 @@ def embed_texts(
     truncate: bool = True,
     batch_size: int = 256,
     show_progress: bool = False,
+    positions: Sequence[int] | None = None,
 ) -> list[list[float]]:
     """Embed ``texts`` (each preceded by ``prefix``) into lists of Python floats.
 
@@ -300,9 +301,14 @@ def embed_texts(
             over-long text is the engine's ``ValueError``).
         batch_size: texts per engine call (the engine batches by tokens inside a call).
         show_progress: show one progress bar over all the texts.
+        positions: the caller's position of each text, when ``texts`` is a part of the
+            caller's list (errors name ``texts[positions[i]]``; default: ``texts[i]``).
 
     Returns:
         One embedding per text, in order.
+
+    Raises:
+        TypeError: a text that is not a string (named by its position).
     """
     from vllm_pool.retrievers.positions import caller_positions
 
@@ -310,6 +316,10 @@ def embed_texts(
 
     if isinstance(texts, str):
         raise TypeError("expected a list of strings, not a single string")
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            where = i if positions is None else positions[i]
+            raise TypeError(f"texts[{where}] must be a string, got {type(t).__name__}")
     # the prefix goes in as an instruction: the text run is prefix + text, and models whose ST
     # Pooling says include_prompt=false leave the prefix tokens out of pooling, as ST does
     texts = [{"prompt": t, "instruction": prefix} if prefix and t else prefix + t for t in texts]
@@ -321,7 +331,7 @@ def embed_texts(
     out: list[list[float]] = []
     with CallProgress(len(texts), "Embedding", show_progress) as progress:  # one bar per call
         for start in range(0, len(texts), batch_size):
-            with caller_positions(start, "texts"):  # texts[280], not prompts[24] of the batch
+            with caller_positions(start, "texts", positions=positions):  # texts[280], not prompts[24]
                 outs = llm.embed(
                     texts[start : start + batch_size],
                     params,

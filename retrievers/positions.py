@@ -8,7 +8,7 @@ rewrites them to the caller's (``texts[280]``) and can add that nothing was chan
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 _POSITION = re.compile(r"\bprompts\[(\d+)\]")
@@ -17,13 +17,20 @@ UNCHANGED = "nothing was added: the index is unchanged"
 
 
 @contextmanager
-def caller_positions(start: int, name: str = "texts", unchanged: str | None = None) -> Iterator[None]:
+def caller_positions(
+    start: int,
+    name: str = "texts",
+    unchanged: str | None = None,
+    positions: Sequence[int] | None = None,
+) -> Iterator[None]:
     """Re-raise ``ValueError`` / ``TypeError`` with ``prompts[i]`` read as ``name[start + i]``.
 
     Args:
         start: position of the batch's first item in the caller's list.
         name: the caller's name for the list.
         unchanged: a sentence appended to the message (e.g. :data:`UNCHANGED`).
+        positions: where the items of that list sit in the caller's own caller's list, when
+            it is a part of it (``name[positions[start + i]]``).
 
     Example:
         >>> with caller_positions(256, "texts"):  # doctest: +IGNORE_EXCEPTION_DETAIL
@@ -34,7 +41,8 @@ def caller_positions(start: int, name: str = "texts", unchanged: str | None = No
     try:
         yield
     except (ValueError, TypeError) as exc:
-        message = _POSITION.sub(lambda m: f"{name}[{start + int(m.group(1))}]", str(exc))
+        where = (lambda i: start + i) if positions is None else (lambda i: positions[start + i])
+        message = _POSITION.sub(lambda m: f"{name}[{where(int(m.group(1)))}]", str(exc))
         if unchanged:
             message = f"{message} ({unchanged})"
         if message == str(exc):

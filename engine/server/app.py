@@ -171,7 +171,9 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> ServerApp:
         state.check_texts(body.input, "input", allow_empty=True)
         params = PoolingParams(use_activation=body.use_activation)
         io = llm.task_io["classify"]
-        prepared, n_tokens = await state.prepare_prompts(io, prompts, params, body.truncate_prompt_tokens)
+        prepared, n_tokens = await state.prepare_prompts(
+            io, prompts, params, body.truncate_prompt_tokens, "classification"
+        )
         outs = await state.run(prepared, http)
         count("/classify", len(outs), n_tokens)
         data = []
@@ -199,7 +201,7 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> ServerApp:
         n_pairs = max(len(x) if isinstance(x, list) else 1 for x in (first, second))
         state.check_inputs(n_pairs, name_2)
         scores, n_tokens = await state.scores(
-            first, second, body.truncate_prompt_tokens, body.use_activation, http, (name_1, name_2)
+            first, second, body.truncate_prompt_tokens, body.use_activation, http, (name_1, name_2), "score"
         )
         count(http.url.path, len(scores), n_tokens)
         data = [{"index": i, "object": "score", "score": s} for i, s in enumerate(scores)]

@@ -26,6 +26,8 @@ from vllm_pool.engine.types import Request
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+EMBEDDING = "embedding generation"
+"""What vLLM's over-length message says an input was for, but on ``/score`` and ``/classify``."""
 
 
 @dataclass
@@ -114,31 +116,40 @@ class ServerState:
         limits.check_texts(texts, param, self.config.max_input_chars, allow_empty)
 
     # ------------------------------------------------------------------ work off the event loop
-    async def in_tokenizer_thread(self, fn: Callable[[], T], offset: int = 0, inline: bool = False) -> T:
+    async def in_tokenizer_thread(
+        self, fn: Callable[[], T], offset: int = 0, inline: bool = False, operation: str = EMBEDDING
+    ) -> T:
         """Run ``fn`` on the engine's tokenizer thread (``inline``: here, on the event loop);
         the engine's input errors become 400s.
 
         ``offset``: where the slice ``fn`` works on starts in the caller's list (the message
-        then names the caller's index).
+        then names the caller's index). ``operation``: what an over-long input was for, in
+        vLLM's message (it names it by endpoint: ``"score"``, ``"classification"``, else
+        ``"embedding generation"``).
         """
         try:
             if inline:
                 return fn()
             return await asyncio.get_running_loop().run_in_executor(self.llm.tokenizer_pool, fn)
         except (ValueError, TypeError) as exc:  # the engine's checks: a bad request
-            message = online_message(exc)  # vLLM's server texts for over-long prompts
+            message = online_message(exc, operation)  # vLLM's server texts for over-long prompts
             if offset:  # a slice of a large request: name the caller's index
                 shift = lambda m: f"prompts[{int(m.group(1)) + offset}]"  # noqa: E731
                 message = re.sub(r"prompts\[(\d+)\]", shift, message)
             raise APIError(message, 400) from exc
 
-    async def prepare(self, fn: Callable[[], Prepared]) -> tuple[Prepared, int]:
+    async def prepare(self, fn: Callable[[], Prepared], operation: str = EMBEDDING) -> tuple[Prepared, int]:
         """Check and tokenize with a task IO processor; returns the job and its token count."""
-        prepared = await self.in_tokenizer_thread(fn)
+        prepared = await self.in_tokenizer_thread(fn, operation=operation)
         return prepared, self.check_tokens(prepared)
 
     async def prepare_prompts(
-        self, io: PromptIO, prompts: list[Any], params: PoolingParams | None, truncate: int | None
+        self,
+        io: PromptIO,
+        prompts: list[Any],
+        params: PoolingParams | None,
+        truncate: int | None,
+        operation: str = EMBEDDING,
     ) -> tuple[Prepared, int]:
         """Check and tokenize ``prompts`` for ``io``'s task; returns the job and its token count.
 
@@ -155,6 +166,7 @@ class ServerState:
                 lambda chunk=chunk: self.llm.make_requests(chunk, io.task, params, truncate),
                 part.start,
                 inline,
+                operation,
             )
             for r in done:
                 r.index += part.start
@@ -196,6 +208,7 @@ class ServerState:
         use_activation: bool | None,
         http: HTTPRequest,
         names: tuple[str, str] = ("text_1", "text_2"),
+        operation: str = EMBEDDING,
     ) -> tuple[list[float], int]:
         """Scores of 1:1, 1:N or N:N pairs (the engine's score processor: a cross-encoder's
         ``score`` task, else the cosine of embeddings). A cross-encoder's pairs are tokenized
@@ -203,12 +216,14 @@ class ServerState:
         io = self.llm.task_io["score"]
         if io.cross_encoder:
             params = PoolingParams(use_activation=use_activation)
-            texts_1, texts_2 = await self.in_tokenizer_thread(lambda: pair_up(first, second, names))
+            texts_1, texts_2 = await self.in_tokenizer_thread(
+                lambda: pair_up(first, second, names), operation=operation
+            )
             requests: list[Request] = []
             for part in limits.slices(texts_2):
                 a, b = texts_1[part.start : part.stop], texts_2[part.start : part.stop]
                 done = await self.in_tokenizer_thread(
-                    lambda a=a, b=b: self.llm.make_pair_requests(a, b, params, truncate)
+                    lambda a=a, b=b: self.llm.make_pair_requests(a, b, params, truncate), operation=operation
                 )
                 for r in done:
                     r.index += part.start
@@ -218,7 +233,7 @@ class ServerState:
         else:
             bi_params = PoolingParams(use_activation=use_activation) if use_activation is not None else None
             prepared, n_tokens = await self.prepare(
-                lambda: io.prepare(first, second, bi_params, truncate, names)
+                lambda: io.prepare(first, second, bi_params, truncate, names), operation
             )
         outs = await self.run(prepared, http)
         return [o.outputs.score for o in outs], n_tokens

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from llama_index.core.base.embeddings.base import BaseEmbedding
@@ -10,6 +13,33 @@ from llama_index.core.bridge.pydantic import ConfigDict, Field
 
 from .._engines import embed_texts, resolve_prefix
 from ._base import EngineFields
+
+_CALLER_TEXTS: ContextVar[list[str] | None] = ContextVar("vllm_pool_llamaindex_texts", default=None)
+"""The list given to ``(a)get_text_embedding_batch``, while LlamaIndex embeds it in batches."""
+
+
+@contextmanager
+def _caller_texts(texts: list[str]) -> Iterator[None]:
+    token = _CALLER_TEXTS.set(texts)
+    try:
+        yield
+    finally:
+        _CALLER_TEXTS.reset(token)
+
+
+def _caller_positions(batch: list[str]) -> list[int] | None:
+    """Where each text of a batch sits in the caller's list (found by identity: LlamaIndex
+    passes the caller's objects), or None outside a batch call. LlamaIndex cuts the list
+    into ``embed_batch_size`` batches and leaves cached texts out: with these positions an
+    error names the caller's ``texts[i]``, not the batch's."""
+    caller = _CALLER_TEXTS.get()
+    if caller is None:
+        return None
+    first: dict[int, int] = {}
+    for i, t in enumerate(caller):
+        first.setdefault(id(t), i)
+    positions = [first.get(id(t), -1) for t in batch]
+    return None if -1 in positions else positions
 
 
 class VllmPoolEmbedding(EngineFields, BaseEmbedding):
@@ -67,15 +97,19 @@ class VllmPoolEmbedding(EngineFields, BaseEmbedding):
     ) -> list[list[float]]:
         """LlamaIndex's batched embedding, with its one progress bar also when ``show_progress``
         is set on this instance (the engine calls inside show none of their own)."""
-        return super().get_text_embedding_batch(texts, show_progress or self.show_progress, **kwargs)
+        with _caller_texts(texts):  # errors name texts[i] of this list
+            return super().get_text_embedding_batch(texts, show_progress or self.show_progress, **kwargs)
 
     async def aget_text_embedding_batch(
         self, texts: list[str], show_progress: bool = False, **kwargs: Any
     ) -> list[list[float]]:
         """Async :meth:`get_text_embedding_batch` (one progress bar over the call)."""
-        return await super().aget_text_embedding_batch(texts, show_progress or self.show_progress, **kwargs)
+        with _caller_texts(texts):
+            return await super().aget_text_embedding_batch(
+                texts, show_progress or self.show_progress, **kwargs
+            )
 
-    def _embed(self, texts: list[str], kind: str) -> list[list[float]]:
+    def _embed(self, texts: list[str], kind: str, positions: list[int] | None = None) -> list[list[float]]:
         if kind == "query":
             prefix = resolve_prefix(self.llm, self.query_instruction, self.query_prompt_name, "query")
         else:
@@ -89,6 +123,7 @@ class VllmPoolEmbedding(EngineFields, BaseEmbedding):
             truncate_prompt_tokens=self.truncate_prompt_tokens,
             truncate=self.truncate,
             batch_size=self.embed_batch_size,
+            positions=positions,
         )
 
     def _get_query_embedding(self, query: str) -> list[float]:
@@ -98,7 +133,8 @@ class VllmPoolEmbedding(EngineFields, BaseEmbedding):
         return self._embed([text], "text")[0]
 
     def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
-        return self._embed(list(texts), "text")
+        texts = list(texts)
+        return self._embed(texts, "text", _caller_positions(texts))
 
     async def _aget_query_embedding(self, query: str) -> list[float]:
         return await asyncio.to_thread(self._get_query_embedding, query)

@@ -77,6 +77,29 @@ def test_embedding_batches_through_get_text_embeddings(embed_model: VllmPoolEmbe
     assert calls == [20]  # one engine call for the whole batch
 
 
+def test_batch_errors_name_the_callers_position() -> None:
+    """LlamaIndex cuts the list into ``embed_batch_size`` batches and leaves cached texts out;
+    an error still names the position in the caller's list, and the model stays usable."""
+    from llama_index.core.storage.kvstore import SimpleKVStore
+
+    model = VllmPoolEmbedding(embed_batch_size=4, truncate=False)
+    texts = [f"text {i}" for i in range(12)]
+    over_long = texts[:9] + ["word " * 2000] + texts[10:]
+    with pytest.raises(ValueError, match=r"texts\[9\]"):
+        model.get_text_embedding_batch(over_long)
+    with pytest.raises(ValueError, match=r"texts\[9\]"):
+        asyncio.run(model.aget_text_embedding_batch(over_long))
+    with pytest.raises(TypeError, match=r"texts\[6\] must be a string, got NoneType"):
+        model.get_text_embedding_batch(texts[:6] + [None] + texts[7:])
+    cached = VllmPoolEmbedding(embed_batch_size=4, truncate=False, embeddings_cache=SimpleKVStore())
+    cached.get_text_embedding_batch(texts[:5])  # texts 0-4 cached: the batches hold 5-8, 9-11
+    with pytest.raises(ValueError, match=r"texts\[9\]"):
+        cached.get_text_embedding_batch(over_long)
+    np.testing.assert_allclose(
+        model.get_text_embedding_batch(texts), cached.get_text_embedding_batch(texts), atol=1e-6
+    )
+
+
 def test_instructions(embed_model: VllmPoolEmbedding) -> None:
     e = VllmPoolEmbedding(query_instruction="query: ", text_instruction="passage: ")
     assert e.llm is embed_model.llm

@@ -256,3 +256,18 @@ async def test_online_rerank_max_model_len(cross_encoder):
     assert response.status_code == 400
     # Assert just a small fragments of the response
     assert "Please reduce the length of the input." in response.text
+    # vLLM names the operation by request type: a RerankRequest is "embedding generation"
+    assert "tokens in the input for embedding generation." in response.text
+
+
+async def test_online_bi_encoder_score_over_long_says_score(llm128):
+    """vLLM names the operation by endpoint: an embedding model's ``/score`` says "score",
+    its ``/rerank`` "embedding generation" (the engine embeds both sides alike)."""
+    async with served_client(llm128) as client:
+        for path in ("/score", "/v1/score"):
+            response = await client.post(path, json={"model": "m", "text_1": "query", "text_2": ["ok", INPUT]})
+            assert response.status_code == 400
+            assert "tokens in the input for score. Please reduce the length of the input." in response.text
+        response = await client.post("/rerank", json={"model": "m", "query": "query", "documents": ["ok", INPUT]})
+        assert response.status_code == 400
+        assert "tokens in the input for embedding generation." in response.text
