@@ -216,3 +216,27 @@ async def test_jobs_resolved_together_wake_the_event_loop_once(monkeypatch):
     done = Future()
     done.set_result("later")  # a later batch schedules its own flush
     assert await client._awaitable(done) == "later" and wakeups == ["_Inbox.flush"] * 2
+
+
+async def test_a_request_leaves_no_reference_cycle():
+    """A served job's future (and through it its outputs) is freed by reference counting,
+    not left to the cyclic collector, whose full collections stall a loaded event loop."""
+    import concurrent.futures
+    import gc
+
+    client, _ = make_client()
+    assert await client.submit(reqs([1]), {"embed": None}) == {"embed": [("embed", 1)]}  # warm
+    gc.collect()
+    gc.disable()
+    try:
+        for k in range(5):
+            await client.submit(reqs([k]), {"embed": None})
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        kept = [o for o in gc.garbage if isinstance(o, concurrent.futures.Future)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+        client.stop()
+    assert kept == []
