@@ -106,8 +106,13 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=5, help="questions whose context is printed")
     ap.add_argument("--candidates", type=int, default=10, help="passages per retriever before fusion")
     ap.add_argument("--top-k", type=int, default=3, help="passages given to the generator")
-    ap.add_argument("--ray", type=int, default=0, metavar="ACTORS",
-                    help="build the indexes on Ray Data, ACTORS CPU actors per task (needs vllm-pool[ray])")
+    ap.add_argument(
+        "--ray",
+        type=int,
+        default=0,
+        metavar="ACTORS",
+        help="build the indexes on Ray Data, ACTORS CPU actors per task (needs vllm-pool[ray])",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 

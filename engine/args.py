@@ -77,11 +77,13 @@ class EngineArgs:
     runner: str = _option("auto", "'auto' or 'pooling': this engine runs pooling models only",
                           choices=get_args(Runner))  # fmt: skip
     convert: str = _option(
-        "auto", "how to adapt the architecture: 'auto' (from its name), 'embed' or 'classify'",
+        "auto",
+        "how to adapt the architecture: 'auto' (from its name), 'embed' or 'classify'",
         choices=get_args(Convert),
     )
     dtype: str | torch.dtype = _option(
-        "auto", "weights dtype: 'auto' (fp32 on CPU, bf16/fp16 on GPU), 'float32', 'bfloat16', 'float16'...",
+        "auto",
+        "weights dtype: 'auto' (fp32 on CPU, bf16/fp16 on GPU), 'float32', 'bfloat16', 'float16'...",
         metavar="DTYPE",
     )
     device: str | torch.device = _option("auto", "'auto' (GPU when there is one), 'cpu', 'cuda', 'cuda:1'...")
@@ -90,22 +92,28 @@ class EngineArgs:
         "overrides of the pooler defaults (a dict or PoolerConfig; on the command line a JSON object): "
         "pooling_type, normalize, dimensions, use_activation, step_tag_id, returned_token_ids, "
         "enable_chunked_processing, max_embed_len",
-        type=_json_object("--pooler-config"), metavar="JSON",
+        type=_json_object("--pooler-config"),
+        metavar="JSON",
     )
     hf_overrides: dict[str, Any] | Callable[[Any], Any] | None = _option(
         None,
         "fields to change in the model's config.json (a dict or a callable; on the command line a "
         "JSON object)",
-        type=_json_object("--hf-overrides"), metavar="JSON",
+        type=_json_object("--hf-overrides"),
+        metavar="JSON",
     )
     trust_remote_code: bool = _option(False, "allow custom model code declared in the folder's auto_map")
     max_model_len: int | None = _option(
-        None, "token limit of the model; None: Sentence Transformers' max_seq_length, else the "
-        "model's position limit", type=positive_int,
+        None,
+        "token limit of the model; None: Sentence Transformers' max_seq_length, else the "
+        "model's position limit",
+        type=positive_int,
     )
     max_num_batched_tokens: int | None = _option(
-        None, "token budget of one forward pass, padding included; None: 2048 or max_model_len on "
-        "a CPU, sized from free memory on a GPU", type=positive_int,
+        None,
+        "token budget of one forward pass, padding included; None: 2048 or max_model_len on "
+        "a CPU, sized from free memory on a GPU",
+        type=positive_int,
     )
     max_num_seqs: int | None = _option(
         None, "cap on prompts per forward pass; None: 64 on a CPU, 1024 on a GPU", type=positive_int

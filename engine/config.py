@@ -36,7 +36,6 @@ ENCODER_MODEL_TYPES = frozenset(
 )  # fmt: skip
 
 
-
 @dataclass
 class PoolerConfig:
     """Overrides of the pooler's defaults (``LLM(pooler_config=...)``).
@@ -103,7 +102,6 @@ class PoolerConfig:
                     f"{[p.value for p in PoolingType]}"
                 ) from None
         return cfg
-
 
     def check_long_inputs(self) -> None:
         """Type-check ``enable_chunked_processing`` and ``max_embed_len``."""

@@ -144,9 +144,11 @@ class EngineCore:
         """
         try:
             self._drive_until(
-                lambda: (more is None or not more())
-                and all(not j.pending or j.done for j in jobs)
-                or any(j.future.done() and j.future.exception() is not None for j in jobs)
+                lambda: (
+                    (more is None or not more())
+                    and all(not j.pending or j.done for j in jobs)
+                    or any(j.future.done() and j.future.exception() is not None for j in jobs)
+                )
             )
             return [j.future.result() for j in list(jobs)]
         except BaseException:

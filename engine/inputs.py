@@ -86,8 +86,10 @@ def _check_dict_prompt(item: dict[str, Any], i: int) -> None:
 
 
 def _check_attention_mask(mask: object, n: int, i: int) -> None:
-    if not isinstance(mask, Sequence) or isinstance(mask, (str, bytes)) or any(
-        m not in (0, 1) or isinstance(m, float) for m in mask
+    if (
+        not isinstance(mask, Sequence)
+        or isinstance(mask, (str, bytes))
+        or any(m not in (0, 1) or isinstance(m, float) for m in mask)
     ):
         raise TypeError(f"prompts[{i}]['attention_mask'] must be a list of 0 / 1 integers")
     if len(mask) != n:

@@ -30,6 +30,7 @@ from .token_store import TokenStore
 
 logger = logging.getLogger(__name__)
 
+
 def id_bytes(n_centroids: int) -> int:
     """Bytes of the centroid id at the start of each row: 2 (uint16) up to 65,536 centroids, else 4."""
     return 2 if n_centroids <= 1 << 16 else 4

@@ -93,16 +93,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     # Defaults of the limits: those of ServerConfig (16 MiB, 100,000 characters, 30 s, 10 s).
     h.add_argument(
-        "--max-body-bytes", type=positive_int, default=None,
-        help="request body bytes (413 above; default: 16 MiB)"
+        "--max-body-bytes",
+        type=positive_int,
+        default=None,
+        help="request body bytes (413 above; default: 16 MiB)",
     )
     h.add_argument(
-        "--max-input-chars", type=positive_int, default=None,
-        help="characters per text (413; default: 100,000)"
+        "--max-input-chars",
+        type=positive_int,
+        default=None,
+        help="characters per text (413; default: 100,000)",
     )
     h.add_argument(
-        "--body-timeout", type=_seconds(allow_zero=False), default=None,
-        help="seconds to receive a body (then 408; default: 30)"
+        "--body-timeout",
+        type=_seconds(allow_zero=False),
+        default=None,
+        help="seconds to receive a body (then 408; default: 30)",
     )
     h.add_argument(
         "--header-timeout",

@@ -234,6 +234,7 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> ServerApp:
         state.check_model(body.model)
         state.check_texts(body.prompt, "prompt")
         tok = llm.get_tokenizer()
+
         def encode() -> list[int]:
             with llm.input_processor.lock:  # the tokenizer's settings: one caller at a time
                 return list(tok(body.prompt, add_special_tokens=body.add_special_tokens)["input_ids"])

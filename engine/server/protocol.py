@@ -80,6 +80,7 @@ class ScoreRequest(_Request):
         if len(given) > 1:
             raise ValueError(f"Give only one of {[n for n, _ in given]}")
         return given[0] if given else (names[0], None)
+
     use_activation: StrictBool | None = None
     truncate_prompt_tokens: StrictInt | None = None
 

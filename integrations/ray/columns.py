@@ -105,4 +105,3 @@ def column_of(batch: Any, name: str) -> Any:
         raise KeyError(f"the batch has no column {name!r} (it has {sorted(names)})")
     column = batch[name]
     return column.to_numpy() if hasattr(column, "iloc") else column  # a pandas Series
-

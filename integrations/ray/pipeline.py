@@ -93,7 +93,13 @@ def map_pooling(
         raise TypeError(f"predictor_class must be PoolingPredictor or a subclass, got {predictor_class!r}")
     return ds.map_batches(
         predictor_class,
-        fn_constructor_kwargs={"model": model, "task": task, **predictor, **kwargs, **(predictor_kwargs or {})},  # noqa: E501
+        fn_constructor_kwargs={
+            "model": model,
+            "task": task,
+            **predictor,
+            **kwargs,
+            **(predictor_kwargs or {}),
+        },  # noqa: E501
         compute=ray.data.ActorPoolStrategy(min_size=size[0], max_size=size[1]),
         batch_size=batch_size,
         batch_format="pyarrow",

@@ -37,9 +37,7 @@ def _metadata_columns(batch: pa.Table, given: list[str] | None, skip: set[str]) 
             raise KeyError(f"metadata columns {missing} are not in the dataset (it has {batch.column_names})")
         return list(given)
     vector_types = (pa.ListType, pa.LargeListType, pa.FixedSizeListType, pa.ExtensionType)
-    return [
-        f.name for f in batch.schema if f.name not in skip and not isinstance(f.type, vector_types)
-    ]
+    return [f.name for f in batch.schema if f.name not in skip and not isinstance(f.type, vector_types)]
 
 
 def batch_rows(

@@ -14,4 +14,3 @@ def fork_ctx():
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["vllm_pool.retrievers.dense", "vllm_pool.retrievers.multivector"])
     return ctx
-

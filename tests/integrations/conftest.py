@@ -36,4 +36,3 @@ def queries(passages: list[dict]) -> list[dict]:
     if not path.is_file():
         pytest.skip(f"{path} is missing")
     return [q for q in _jsonl(path) if q["module"] in MODULES]
-

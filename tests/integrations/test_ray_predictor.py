@@ -208,8 +208,13 @@ def test_token_embed_takes_the_checkpoints_colbert_settings(tiny_dir, tmp_path):
 
     from vllm_pool import LLM
 
-    meta = {"query_maxlen": 16, "doc_maxlen": 40, "query_token_id": "[unused0]", "doc_token_id": "[unused1]",
-            "mask_punctuation": True}
+    meta = {
+        "query_maxlen": 16,
+        "doc_maxlen": 40,
+        "query_token_id": "[unused0]",
+        "doc_token_id": "[unused1]",
+        "mask_punctuation": True,
+    }
     folder = ck.save_hf_colbert(tmp_path / "hf", tiny_models.bert(tiny_dir / "ray_colbert_base"), 12, meta)
     docs = ["paris is the capital city of france.", "python code with a class; and a dict!"]
     pred = PoolingPredictor(model=str(folder), task="token_embed", colbert={"doc_maxlen": 24})

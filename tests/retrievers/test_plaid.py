@@ -195,6 +195,7 @@ def test_persistence_round_trip_and_corruption(tmp_path, data):
     loaded = MultiVectorIndex.load(tmp_path / "p")
     assert loaded.config["index_type"] == "plaid" and loaded.config["nbits"] == 1
     a, b = index.search(queries, k=10), loaded.search(queries, k=10)
+
     def rounded(results):
         return [[(h.id, round(h.score, 5)) for h in r] for r in results]
 

@@ -22,8 +22,7 @@ MAX_MODEL_LEN = 128
 
 sentences_1 = ["What is BGE M3?", "Definition of BM25"]
 sentences_2 = [
-    "BGE M3 is an embedding model supporting dense retrieval, "
-    "lexical matching and multi-vector interaction.",
+    "BGE M3 is an embedding model supporting dense retrieval, lexical matching and multi-vector interaction.",
     "BM25 is a bag-of-words retrieval function that ranks a set "
     "of documents based on the query terms appearing in each document",
 ]

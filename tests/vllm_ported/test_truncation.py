@@ -211,8 +211,9 @@ async def test_online_classify_truncate_prompt_tokens(classifier):
         # without truncation the same input is vLLM's 400 for classification
         response = await client.post("/classify", json={"model": "m", "input": long_text})
         assert response.status_code == 400
-        assert "tokens in the input for classification. Please reduce the length of the input." in (
-            error_object(response)["message"]
+        assert (
+            "tokens in the input for classification. Please reduce the length of the input."
+            in (error_object(response)["message"])
         )
 
 
@@ -265,9 +266,13 @@ async def test_online_bi_encoder_score_over_long_says_score(llm128):
     its ``/rerank`` "embedding generation" (the engine embeds both sides alike)."""
     async with served_client(llm128) as client:
         for path in ("/score", "/v1/score"):
-            response = await client.post(path, json={"model": "m", "text_1": "query", "text_2": ["ok", INPUT]})
+            response = await client.post(
+                path, json={"model": "m", "text_1": "query", "text_2": ["ok", INPUT]}
+            )
             assert response.status_code == 400
             assert "tokens in the input for score. Please reduce the length of the input." in response.text
-        response = await client.post("/rerank", json={"model": "m", "query": "query", "documents": ["ok", INPUT]})
+        response = await client.post(
+            "/rerank", json={"model": "m", "query": "query", "documents": ["ok", INPUT]}
+        )
         assert response.status_code == 400
         assert "tokens in the input for embedding generation." in response.text
