@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from vllm_pool.engine.encoder import FastEncoder
 from vllm_pool.engine.lengths import PromptTooLongError, TruncationTooLargeError
 from vllm_pool.engine.params import PoolingParams
 from vllm_pool.engine.types import Request
+
+if TYPE_CHECKING:
+    from vllm_pool.engine.pooler import Pooler
 
 PromptType = str | dict[str, Any]
 
@@ -132,11 +135,9 @@ def normalize_params(params: PoolingParams | Sequence[PoolingParams] | None, n: 
 
 
 def resolve_params(
-    resolve: Callable[[PoolingParams], PoolingParams],
-    params: list[PoolingParams],
-    truncate_prompt_tokens: int | None = None,
+    pooler: Pooler, params: list[PoolingParams], truncate_prompt_tokens: int | None = None
 ) -> list[PoolingParams]:
-    """``resolve`` (a pooler's check and defaults) applied once per distinct params object.
+    """``pooler.resolve`` (the task's check and defaults) applied once per distinct params object.
 
     Callers usually pass one object for every prompt; resolving it once per prompt costs
     more than a GPU's forward pass on short texts.
@@ -146,12 +147,7 @@ def resolve_params(
     for p in params:
         r = done.get(id(p))
         if r is None:
-            given = (
-                p
-                if truncate_prompt_tokens is None
-                else p.clone(truncate_prompt_tokens=truncate_prompt_tokens)
-            )
-            r = done[id(p)] = resolve(given)
+            r = done[id(p)] = pooler.resolve(p, truncate_prompt_tokens)
         out.append(r)
     return out
 

@@ -240,7 +240,7 @@ class LLM(TaskMethods):
         """Check and tokenize equal-length lists of text pairs for the ``score`` task."""
         pooler = self.poolers.get("score")
         params = normalize_params(pooling_params, len(texts_1))
-        params = resolve_params(pooler.resolve, params, truncate_prompt_tokens)
+        params = resolve_params(pooler, params, truncate_prompt_tokens)
         return self.input_processor.pairs(list(texts_1), list(texts_2), params)
 
     def run_requests(

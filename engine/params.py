@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 _TOKEN_FIELDS = ("step_tag_id", "returned_token_ids")
@@ -110,12 +110,19 @@ class PoolingParams:
     def clone(self, **changes: object) -> PoolingParams:
         return replace(self, **changes)  # type: ignore[arg-type]
 
+    def key(self) -> tuple[Any, ...]:
+        """Every field's value in a hashable tuple (lists as tuples): equal params, equal keys."""
+        return tuple(tuple(v) if isinstance(v, list) else v for v in (getattr(self, n) for n in _FIELD_NAMES))
+
     def check(self) -> None:
         """Validate values that do not depend on the model."""
         t = self.truncate_prompt_tokens
         if t is not None and (not isinstance(t, int) or isinstance(t, bool) or (t < 1 and t != -1)):
             raise ValueError(f"truncate_prompt_tokens must be a positive integer or -1, got {t!r}")
         _check_int("dimensions", self.dimensions)
+
+
+_FIELD_NAMES = tuple(f.name for f in fields(PoolingParams))
 
 
 def check_dimensions(

@@ -6,8 +6,8 @@ construction; ``supported_tasks`` is what the model can do.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import torch
 from vllm_pool.engine.activations import classification_activation, sigmoid, softmax
@@ -23,6 +23,9 @@ from vllm_pool.engine.types import (
     Request,
     UnsupportedTaskError,
 )
+
+RESOLVED_CACHE = 256
+"""Resolved params a pooler keeps (distinct field values; beyond it, resolved each time)."""
 
 
 class Head(Protocol):
@@ -49,11 +52,28 @@ class Pooler:
     """Token methods: drop a request's first row when its token is this id (vLLM's BOSEOSFilter)."""
     strip_eos: int | None = None
     """Token methods: drop a request's last row when its token is this id."""
+    _resolved: dict[tuple[Any, ...], PoolingParams] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
-    def resolve(self, params: PoolingParams) -> PoolingParams:
-        """Check the request's params for this task and fill in the model defaults."""
-        params.verify(self.task, pooling_type=self.method.value)
-        return self.head.resolve(params)
+    def resolve(self, params: PoolingParams, truncate_prompt_tokens: int | None = None) -> PoolingParams:
+        """Check the request's params for this task and fill in the model defaults
+        (``truncate_prompt_tokens``: the call's own, over the params').
+
+        Resolved params are kept by value (up to :data:`RESOLVED_CACHE` of them) and shared:
+        a server resolves the same few params for every request, and nothing changes a
+        resolved object.
+        """
+        key = (params.key(), truncate_prompt_tokens)
+        resolved = self._resolved.get(key)
+        if resolved is None:
+            if truncate_prompt_tokens is not None:
+                params = params.clone(truncate_prompt_tokens=truncate_prompt_tokens)
+            params.verify(self.task, pooling_type=self.method.value)
+            resolved = self.head.resolve(params)
+            if len(self._resolved) < RESOLVED_CACHE:
+                self._resolved[key] = resolved
+        return resolved
 
     def __call__(
         self, hidden: HiddenStates, requests: list[Request], params: list[PoolingParams] | None = None

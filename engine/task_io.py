@@ -82,7 +82,7 @@ class PromptIO:
         items = normalize_prompts(prompts)
         check_attention_masks(items, self.task)
         params = normalize_params(pooling_params, len(items))
-        return items, resolve_params(pooler.resolve, params, truncate_prompt_tokens)
+        return items, resolve_params(pooler, params, truncate_prompt_tokens)
 
     @property
     def lengths(self) -> chunked.LengthPolicy:
@@ -157,7 +157,7 @@ class ScoreIO:
         if self.cross_encoder:
             pooler = llm.poolers.get("score")
             params = normalize_params(pooling_params, len(texts_1))
-            params = resolve_params(pooler.resolve, params, truncate_prompt_tokens)
+            params = resolve_params(pooler, params, truncate_prompt_tokens)
             return self.cross_prepared(llm.input_processor.pairs(texts_1, texts_2, params))
         if "embed" not in llm.get_supported_tasks():
             llm.poolers.get("score")  # raises, naming what the model supports

@@ -148,9 +148,7 @@ class TaskMethods:
             check_attention_masks(items, task)
             pooler = self.poolers.get(task)
             p = given.get(task) or PoolingParams()
-            if truncate_prompt_tokens is not None:
-                p = p.clone(truncate_prompt_tokens=truncate_prompt_tokens)
-            per_task[task] = [pooler.resolve(p)] * len(items)
+            per_task[task] = [pooler.resolve(p, truncate_prompt_tokens)] * len(items)
         requests = self.input_processor(items, per_task[tasks[0]])
         return self._execute(requests, per_task, use_tqdm)
 

@@ -103,16 +103,17 @@ def test_engine_requests_match_the_tokenizer(default_llm):
 def test_params_are_resolved_once_per_object():
     calls = []
 
-    def resolve(p: PoolingParams) -> PoolingParams:
-        calls.append(p)
-        return p.clone(normalize=True)
+    class Pooler:  # counts its calls (a real pooler also keeps its results by value)
+        def resolve(self, p: PoolingParams, truncate: int | None = None) -> PoolingParams:
+            calls.append((p, truncate))
+            return p.clone(normalize=True, truncate_prompt_tokens=truncate)
 
     shared = normalize_params(None, 1000)
-    out = resolve_params(resolve, shared, truncate_prompt_tokens=7)
-    assert len(calls) == 1 and calls[0].truncate_prompt_tokens == 7
+    out = resolve_params(Pooler(), shared, truncate_prompt_tokens=7)
+    assert len(calls) == 1 and calls[0][1] == 7 and out[0].truncate_prompt_tokens == 7
     assert all(p is out[0] for p in out) and out[0].normalize is True
     a, b = PoolingParams(dimensions=4), PoolingParams(dimensions=8)
-    out = resolve_params(resolve, [a, b, a, b])
+    out = resolve_params(Pooler(), [a, b, a, b])
     assert [p.dimensions for p in out] == [4, 8, 4, 8] and len(calls) == 3
 
 

@@ -91,6 +91,35 @@ def test_step_fields_need_step_pooling(tiny_qwen2):
     assert embedder.encode("a b c", pooling_task="token_embed", use_tqdm=False)  # still usable
 
 
+def test_resolved_params_are_kept_by_value(default_llm):
+    """A pooler resolves equal params once and shares the result (a server sends the same
+    few params with every request); different values, or the call's truncation, resolve
+    anew, and bad params are refused every time (never kept)."""
+    import dataclasses
+
+    from vllm_pool import PoolingParams
+
+    pooler = default_llm.poolers.get("embed")
+    first = pooler.resolve(PoolingParams(normalize=False))
+    assert pooler.resolve(PoolingParams(normalize=False)) is first and first.normalize is False
+    assert pooler.resolve(PoolingParams()).normalize is True  # the model's Normalize module
+    cut = pooler.resolve(PoolingParams(normalize=False), 8)
+    assert cut is not first and cut.truncate_prompt_tokens == 8 and cut.normalize is False
+    assert pooler.resolve(PoolingParams(normalize=False, truncate_prompt_tokens=8)) == cut
+    for _ in range(2):
+        with pytest.raises(ValueError, match="Task embed only supports"):
+            pooler.resolve(PoolingParams(use_activation=True))
+    # every field takes part in the key: params that differ in any field never share a result
+    base = PoolingParams().key()
+    changed = {"truncate_prompt_tokens": 4, "dimensions": 8, "normalize": True, "use_activation": True,
+               "step_tag_id": 3, "returned_token_ids": [1], "activation": True, "softmax": True}  # fmt: skip
+    assert set(changed) == {f.name for f in dataclasses.fields(PoolingParams)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for name, value in changed.items():
+            assert PoolingParams(**{name: value}).key() != base, name
+
+
 def test_output_classes(default_llm):
     import vllm_pool
     from vllm_pool import (
