@@ -75,7 +75,7 @@ class EngineClient:
             requests: the tokenized inputs.
             tasks: ``{task: per-request params or None}``.
             disconnected: a future (or task) that completes when the client goes away
-                (:func:`watch_disconnect`); it is not cancelled here.
+                (a :class:`DisconnectWatch`'s ``future``); it is not cancelled here.
 
         Raises:
             ClientDisconnected: ``disconnected`` completed first; pending inputs were dropped.
@@ -114,18 +114,9 @@ class EngineClient:
         return future
 
     @staticmethod
-    def watch_disconnect(receive: Any) -> asyncio.Task[None]:
-        """A task that ends when the ASGI ``receive`` channel says the client disconnected.
-
-        Call it after the request body was read (the next message is ``http.disconnect``,
-        sent when the connection closes); cancel the task when the request is answered.
-        """
-
-        async def listen() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-
-        return asyncio.ensure_future(listen())
+    def watch_disconnect(receive: Any, after: float = 0.0) -> DisconnectWatch:
+        """A :class:`DisconnectWatch` on the ASGI ``receive`` channel (see there)."""
+        return DisconnectWatch(receive, after)
 
     def _cancel(self, job: Job) -> None:
         self.core.cancel(job)
@@ -148,6 +139,46 @@ class EngineClient:
     def _record_drop(self, job: Job, n: int) -> None:
         assert self.metrics is not None
         self.metrics.dropped.inc(n, task="+".join(job.key))
+
+
+class DisconnectWatch:
+    """Its ``future`` completes when the ASGI ``receive`` channel says the client disconnected.
+
+    Create it after the request body was read (the next message is ``http.disconnect``, sent
+    when the connection closes) and :meth:`cancel` it when the request is answered. It
+    starts listening ``after`` seconds (0: at once): a request answered sooner, as most are,
+    costs a timer instead of a listening task, and a client that left meanwhile is still
+    seen as soon as it starts.
+    """
+
+    def __init__(self, receive: Any, after: float = 0.0) -> None:
+        loop = asyncio.get_running_loop()
+        self.future: asyncio.Future[None] = loop.create_future()
+        self._receive = receive
+        self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        if after > 0:
+            self._timer = loop.call_later(after, self._start)
+        else:
+            self._start()
+
+    def _start(self) -> None:
+        self._timer = None
+        self._task = asyncio.ensure_future(self._listen())
+
+    async def _listen(self) -> None:
+        while (await self._receive())["type"] != "http.disconnect":
+            pass
+        if not self.future.done():
+            self.future.set_result(None)
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._task is not None:
+            self._task.cancel()
+        self.future.cancel()
 
 
 async def _first_done(*futures: asyncio.Future[Any]) -> None:

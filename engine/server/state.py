@@ -26,6 +26,9 @@ from vllm_pool.engine.types import Request
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+DISCONNECT_WATCH_AFTER = 0.25
+"""Seconds a request waits before the server listens for its client's disconnect (most are
+answered sooner, and a listening task per request costs the event loop several percent)."""
 EMBEDDING = "embedding generation"
 """What vLLM's over-length message says an input was for, but on ``/score`` and ``/classify``."""
 
@@ -185,10 +188,10 @@ class ServerState:
         sliceable = all(v is None for v in prepared.tasks.values())  # per-request params: one job
         budget = 2 * self.llm.max_num_batched_tokens if sliceable else max(prepared.num_tokens, 1)
 
-        gone = self.engine.watch_disconnect(http.receive)
+        gone = self.engine.watch_disconnect(http.receive, DISCONNECT_WATCH_AFTER)
 
         async def submit(chunk: list[Request]) -> list[tuple[Any, ...]]:
-            res = await self.engine.submit(chunk, prepared.tasks, gone)
+            res = await self.engine.submit(chunk, prepared.tasks, gone.future)
             return list(zip(*(res[t] for t in tasks)))  # one row per request: its output per task
 
         try:

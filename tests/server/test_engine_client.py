@@ -240,3 +240,32 @@ async def test_a_request_leaves_no_reference_cycle():
         gc.enable()
         client.stop()
     assert kept == []
+
+
+async def test_disconnect_watch_listens_only_after_its_delay():
+    """A request answered within the delay never reads the channel (a timer, no task); a
+    client gone meanwhile is seen as soon as the watch starts; ``after=0`` starts at once."""
+    from vllm_pool.engine.server.engine_client import DisconnectWatch
+
+    reads = []
+
+    async def gone():
+        reads.append(1)
+        return {"type": "http.disconnect"}
+
+    quick = DisconnectWatch(gone, after=0.05)
+    await asyncio.sleep(0)
+    quick.cancel()
+    await asyncio.sleep(0.1)
+    assert reads == [] and quick.future.cancelled()
+
+    slow = DisconnectWatch(gone, after=0.05)
+    await asyncio.sleep(0.01)
+    assert not slow.future.done() and reads == []
+    await asyncio.wait_for(slow.future, 2)
+    assert reads == [1]
+    slow.cancel()
+
+    at_once = DisconnectWatch(gone)
+    await asyncio.wait_for(at_once.future, 2)
+    assert reads == [1, 1]
