@@ -32,6 +32,7 @@ def _copy_folder(src: Path, dst: Path, dtype: torch.dtype) -> None:
     shutil.copytree(src, dst, ignore=skip)
     tensors = {k: v.to(dtype).contiguous() for k, v in load_file(src / WEIGHTS).items()}
     save_file(tensors, dst / WEIGHTS, metadata={"format": "pt"})
+    (dst / WEIGHTS).chmod(0o644)  # safetensors writes 0600: readable by another user of the device
 
 
 def pack(dst: Path) -> None:
