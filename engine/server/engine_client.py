@@ -103,8 +103,7 @@ class EngineClient:
         thread). Unlike ``asyncio.wrap_future``, the jobs a batch resolves together wake the
         event loop once, not once each (:class:`_Inbox`). The callback holds ``future``, not
         ``done``: a reference cycle through ``done``'s callbacks would keep each request's
-        job and outputs for the cyclic collector, whose full collections then stall the
-        event loop (tens of milliseconds each under load)."""
+        job and outputs alive until the cyclic collector runs on the event loop."""
         loop = asyncio.get_running_loop()
         inbox = self._inboxes.get(loop)
         if inbox is None:
