@@ -105,3 +105,21 @@ def test_large_inputs_are_tokenized_in_chunks_that_join_the_queue(tiny_bert):
     with pytest.raises(ValueError, match="outside the vocabulary"):  # checked before any chunk runs
         llm.embed(prompts + [{"prompt_token_ids": [10**9]}], use_tqdm=False)
     assert llm.core.num_pending == 0
+    # a GPU's schedule (first_tokenize_chunk): a small first chunk, then doubling chunks
+    submitted.clear()
+    llm.first_tokenize_chunk, llm.tokenize_chunk = 2, 8
+    outs = llm.embed(prompts, use_tqdm=False)
+    assert submitted[:4] == [2, 4, 8, 8] and sum(submitted) == len(prompts)
+    torch.testing.assert_close(stack_outputs(outs), stack_outputs(ref), atol=1e-5, rtol=1e-5)
+
+
+def test_chunk_bounds_cover_the_input_once():
+    from vllm_pool.engine.llm import chunk_bounds
+
+    for n, size, first in [(0, 4096, None), (1, 4096, 256), (2000, 4096, 256), (13, 5, None), (9, 4, 8)]:
+        bounds = chunk_bounds(n, size, first)
+        assert bounds[0][0] == 0 and bounds[-1][1] == n
+        assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+        assert all(0 < stop - start <= size for start, stop in bounds if n)
+    assert [b - a for a, b in chunk_bounds(2000, 4096, 256)] == [256, 512, 1024, 208]
+    assert [b - a for a, b in chunk_bounds(12, 5)] == [5, 5, 2]

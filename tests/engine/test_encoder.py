@@ -129,6 +129,10 @@ def test_default_prompts_per_batch_follow_the_device(default_llm):
     assert default_max_num_seqs(torch.device("cpu")) == 64
     assert default_max_num_seqs(torch.device("cuda", 0)) == 1024
     assert default_llm.max_num_seqs == 64
+    from vllm_pool.engine.llm import first_tokenize_chunk
+
+    assert first_tokenize_chunk(torch.device("cuda", 0)) == 256  # the device starts early
+    assert first_tokenize_chunk(torch.device("cpu")) is None and default_llm.first_tokenize_chunk is None
 
 
 def test_max_num_seqs_must_still_be_positive(tiny_bert):
