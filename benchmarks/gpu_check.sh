@@ -64,7 +64,8 @@ for corpus in ("mixed", "short"):
 parity = json.loads((results / "gpu_parity.json").read_text())
 res["parity"] = {k: v for k, v in parity.items() if k != "machine"}
 shapes = json.loads((results / "gpu_shapes.json").read_text())
-keep = ("shape", "engine_dtype", "engine_packed", "tokens", "engine_tokens_per_s", "st_dtype",
+keep = ("shape", "engine_dtype", "engine_packed", "tokens", "engine_tokens_per_s", "first_tokenize_chunk",
+        "engine_tokens_per_s_one_chunk", "st_dtype",
         "st_tokens_per_s_by_batch", "st_best_batch", "st_best_tokens_per_s", "speedup_vs_st_best",
         "gemm_tflops", "share_of_gemm_rate", "min_cosine_vs_fp32")
 res["shapes"] = {k: {f: v[f] for f in keep} for k, v in shapes.items() if isinstance(v, dict) and "model" in v}

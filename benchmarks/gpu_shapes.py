@@ -11,9 +11,12 @@ same passages through both sides:
 
 Both shapes use the default model's WordPiece tokenizer, so passages have realistic
 lengths. Per model it reports: end-to-end ``LLM.embed`` tokens/s (dtype auto: bf16 on a
-GPU, packed), the share of the measured bf16 GEMM rate that represents (forward FLOPs per
-token x tokens/s / GEMM FLOP/s), Sentence Transformers fp16 at each batch size tried and
-at its best, and the minimum cosine against fp32 Sentence Transformers on the same weights.
+GPU, packed), the same with the whole input tokenized before the first batch (rounds
+interleaved; ``engine_tokens_per_s_one_chunk``: what starting the device on a first chunk
+of ``LLM.first_tokenize_chunk`` prompts gains), the share of the measured bf16 GEMM rate
+that represents (forward FLOPs per token x tokens/s / GEMM FLOP/s), Sentence Transformers
+fp16 at each batch size tried and at its best, and the minimum cosine against fp32
+Sentence Transformers on the same weights.
 Writes ``benchmarks/results/gpu_shapes.json`` and prints one JSON line.
 
     python -m benchmarks.gpu_shapes --model PATH [--device cuda] [--limit 2000] [--rounds 3]
@@ -155,14 +158,19 @@ def run_model(
     lengths = [len(ids) for ids in tok(texts, truncation=True, max_length=limit)["input_ids"]]
     n_tokens = sum(lengths)
     llm.embed(texts[:256], use_tqdm=False, truncate_prompt_tokens=-1)  # warm-up (kernels, allocator)
-    times, ours = [], None
-    for _ in range(rounds):
-        sync()
-        t0 = time.perf_counter()
-        outs = llm.embed(texts, use_tqdm=False, truncate_prompt_tokens=-1)
-        sync()
-        times.append(time.perf_counter() - t0)
-        ours = stack_outputs(outs).numpy()
+    first_chunk = llm.first_tokenize_chunk
+    times, one_chunk, ours = [], [], None
+    for _ in range(rounds):  # the default, then the whole input tokenized before the first batch
+        for schedule, runs in ((first_chunk, times), (None, one_chunk)):
+            llm.first_tokenize_chunk = schedule
+            sync()
+            t0 = time.perf_counter()
+            outs = llm.embed(texts, use_tqdm=False, truncate_prompt_tokens=-1)
+            sync()
+            runs.append(time.perf_counter() - t0)
+            if runs is times:
+                ours = stack_outputs(outs).numpy()
+    llm.first_tokenize_chunk = first_chunk
     eng_s = statistics.median(times)
     hc = llm.model_config.hf_config
     gemm_dtype = torch.bfloat16 if cuda else torch.float32
@@ -179,6 +187,8 @@ def run_model(
         "tokens": n_tokens,
         "engine_tokens_per_s": round(tok_s),
         "engine_runs_s": times,
+        "first_tokenize_chunk": first_chunk,
+        "engine_tokens_per_s_one_chunk": round(n_tokens / statistics.median(one_chunk)),
         "st_dtype": "float16" if cuda else "float32",
         "st_tokens_per_s_by_batch": {str(bs): round(n_tokens / s) for bs, s in st_runs.items()},
         "st_best_batch": best_bs,

@@ -60,6 +60,7 @@ def test_gpu_check_dry_run_on_cpu(tmp_path):
         assert row["min_cosine_vs_fp32"] >= 0.99999  # fp32 engine vs fp32 Sentence Transformers
         assert set(row["st_tokens_per_s_by_batch"]) == {"8", "16"} and row["st_best_batch"] in (8, 16)
         assert row["engine_tokens_per_s"] > 0 and 0 < row["share_of_gemm_rate"]
+        assert row["first_tokenize_chunk"] is None and row["engine_tokens_per_s_one_chunk"] > 0  # CPU
     assert report["seconds"] >= 0
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "gpu_check_mixed.json",
