@@ -56,10 +56,11 @@ def default_max_num_seqs(device: torch.device) -> int:
 def first_tokenize_chunk(device: torch.device) -> int | None:
     """Prompts in the first tokenized chunk of a large input (``None``: ``tokenize_chunk``).
 
-    On a GPU the device would idle while a whole input is tokenized (2,000 passages take tens
-    of milliseconds, a tenth of a compute-bound model's run on an H100): the first chunk is
-    256 prompts, so the first forward pass starts within milliseconds, and the chunks double
-    up to ``tokenize_chunk`` while the model runs. On a CPU the tokenizer and the model share
+    On a GPU the device would idle while a whole input is tokenized (for 2,000 passages an
+    estimated few tens of milliseconds, against a quarter of a second for a BERT-large shape
+    at the GPU target; ``benchmarks/gpu_shapes.py`` measures both schedules): the first chunk
+    is 256 prompts, so the first forward pass starts within milliseconds, and the chunks
+    double up to ``tokenize_chunk`` while the model runs. On a CPU the tokenizer and the model share
     the cores, and one sorted chunk keeps attention buckets tight: no early chunk.
     """
     return 256 if device.type == "cuda" else None

@@ -99,7 +99,7 @@ def map_pooling(
             **predictor,
             **kwargs,
             **(predictor_kwargs or {}),
-        },  # noqa: E501
+        },
         compute=ray.data.ActorPoolStrategy(min_size=size[0], max_size=size[1]),
         batch_size=batch_size,
         batch_format="pyarrow",
