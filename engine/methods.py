@@ -26,17 +26,20 @@ def last_pool(hidden: HiddenStates) -> torch.Tensor:
 def mean_pool(hidden: HiddenStates) -> torch.Tensor:
     """Mean over each request's tokens, accumulated in fp32. Returns ``[batch, hidden]``.
 
-    The sums are one GEMM with a ``[batch, total_tokens]`` 0/1 segment matrix, much faster
-    on CPU than a scatter-add over the token rows.
+    The sums are one ``index_add_`` of the token rows into their request's row: linear in
+    the tokens. A GEMM with a ``[batch, total_tokens]`` 0/1 segment matrix (the earlier way)
+    grows with batch x tokens: on a 2-core CPU 0.93 against 0.12 ms for 64 prompts of 2,112
+    tokens, and on a GPU's batches of 1,024 prompts and about 90,000 tokens a 370 MB matrix
+    and a 190 GFLOP fp32 product per batch.
     """
     lens = hidden.seq_lens
     data = hidden.data.float()
     total = data.shape[0]
     # output_size: no device-to-host sync to learn it (the loop stays ahead of the GPU)
     segment = torch.repeat_interleave(torch.arange(len(lens), device=lens.device), lens, output_size=total)
-    ones = torch.zeros((len(lens), total), dtype=data.dtype, device=data.device)
-    ones[segment, torch.arange(total, device=lens.device)] = 1.0
-    return (ones @ data) / lens.clamp(min=1).unsqueeze(-1).to(data.dtype)
+    sums = torch.zeros((len(lens), data.shape[1]), dtype=data.dtype, device=data.device)
+    sums.index_add_(0, segment, data)
+    return sums / lens.clamp(min=1).unsqueeze(-1).to(data.dtype)
 
 
 def skip_instructions(hidden: HiddenStates, starts: list[int]) -> HiddenStates:

@@ -78,3 +78,19 @@ def test_skip_instructions_keeps_the_last_token():
     assert cut.cu_seqlens.tolist() == [0, 1, 4] and cut.token_ids.tolist() == [1, 3, 4, 5]
     torch.testing.assert_close(mean_pool(cut), torch.stack([data[1], data[3:6].mean(0)]))
     assert skip_instructions(hidden, [0, 0]) is hidden
+
+
+def test_mean_pool_is_each_requests_mean_in_fp32():
+    import torch
+    from vllm_pool.engine.methods import mean_pool
+    from vllm_pool.engine.types import HiddenStates
+
+    torch.manual_seed(0)
+    lens = [1, 7, 1, 130, 3, 64]
+    data = torch.randn(sum(lens), 48).to(torch.bfloat16)
+    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()])
+    hidden = HiddenStates(data=data, cu_seqlens=cu, token_ids=torch.zeros(sum(lens), dtype=torch.long))
+    pooled = mean_pool(hidden)
+    assert pooled.dtype == torch.float32 and pooled.shape == (len(lens), 48)
+    expected = torch.stack([rows.float().mean(0) for rows in data.split(lens)])
+    torch.testing.assert_close(pooled, expected, atol=1e-6, rtol=1e-5)
