@@ -9,8 +9,9 @@ input (our rule: an error names the input), so vLLM's regexes still match.
 
 from __future__ import annotations
 
-OPERATIONS = {"score": "score", "classify": "classification"}
-"""The operation the server's over-length message names, by task (else "embedding generation")."""
+EMBEDDING = "embedding generation"
+"""What the server's over-length message says an input was for, but on ``/score`` ("score")
+and ``/classify`` ("classification"): vLLM names it by endpoint."""
 
 
 class PromptTooLongError(ValueError):
@@ -22,7 +23,7 @@ class PromptTooLongError(ValueError):
         where: the input, e.g. ``"prompts[3]"`` or ``"pair 2"``.
         num_tokens: the prompt's token count (special tokens included).
         limit: the limit it is over.
-        task: the pooling task (names the operation in the server's message).
+        task: the pooling task.
         kind: ``"context"`` (``max_model_len``) or ``"embed"`` (``pooler_config.max_embed_len``).
 
     ``PromptTooLongError(message)`` alone is the same error with a finished message (how
@@ -53,13 +54,9 @@ class PromptTooLongError(ValueError):
             f"tokens. ({self.where}; set truncate_prompt_tokens to cut it)"
         )
 
-    def online_message(self, operation: str | None = None) -> str:
-        """vLLM's server text (HTTP 400), with the input's position.
-
-        ``operation``: what the message says the input was for; vLLM's server names it by
-        endpoint (``"score"`` for ``/score``, ``"classification"`` for ``/classify``, else
-        ``"embedding generation"``); by default it follows the task.
-        """
+    def online_message(self, operation: str = EMBEDDING) -> str:
+        """vLLM's server text (HTTP 400), with the input's position; ``operation``: what the
+        input was for (see :data:`EMBEDDING`)."""
         if self.num_tokens is None:
             return str(self)
         if self.kind == "embed":
@@ -68,7 +65,6 @@ class PromptTooLongError(ValueError):
                 f"requested {self.num_tokens} tokens in the input for embedding generation. Please "
                 f"reduce the length of the input. ({self.where})"
             )
-        operation = operation or OPERATIONS.get(self.task, "embedding generation")
         return (
             f"This model's maximum context length is {self.limit} tokens. However, you requested "
             f"{self.num_tokens} tokens in the input for {operation}. Please reduce the length of the "
@@ -100,7 +96,7 @@ class TruncationTooLargeError(ValueError):
         )
 
 
-def online_message(exc: Exception, operation: str | None = None) -> str:
+def online_message(exc: Exception, operation: str = EMBEDDING) -> str:
     """The server's text for an engine input error (``operation``: see
     :meth:`PromptTooLongError.online_message`)."""
     if isinstance(exc, PromptTooLongError):

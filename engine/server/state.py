@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from fastapi import Request as HTTPRequest
-from vllm_pool.engine.lengths import online_message
+from vllm_pool.engine.lengths import EMBEDDING, online_message
 from vllm_pool.engine.llm import LLM
 from vllm_pool.engine.params import PoolingParams
 from vllm_pool.engine.scoring import pair_up
@@ -29,8 +29,6 @@ T = TypeVar("T")
 DISCONNECT_WATCH_AFTER = 0.25
 """Seconds a request waits before the server listens for its client's disconnect (most are
 answered sooner, and a listening task per request costs the event loop several percent)."""
-EMBEDDING = "embedding generation"
-"""What vLLM's over-length message says an input was for, but on ``/score`` and ``/classify``."""
 
 
 @dataclass
