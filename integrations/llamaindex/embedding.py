@@ -14,13 +14,19 @@ from llama_index.core.bridge.pydantic import ConfigDict, Field
 from .._engines import embed_texts, resolve_prefix
 from ._base import EngineFields
 
-_CALLER_TEXTS: ContextVar[list[str] | None] = ContextVar("vllm_pool_llamaindex_texts", default=None)
-"""The list given to ``(a)get_text_embedding_batch``, while LlamaIndex embeds it in batches."""
+_CALLER_TEXTS: ContextVar[tuple[list[str], dict[int, int]] | None] = ContextVar(
+    "vllm_pool_llamaindex_texts", default=None
+)
+"""The list given to ``(a)get_text_embedding_batch`` and the first position of each of its
+objects (by ``id``), while LlamaIndex embeds it in batches."""
 
 
 @contextmanager
 def _caller_texts(texts: list[str]) -> Iterator[None]:
-    token = _CALLER_TEXTS.set(texts)
+    first: dict[int, int] = {}
+    for i, t in enumerate(texts):
+        first.setdefault(id(t), i)
+    token = _CALLER_TEXTS.set((texts, first))  # the list too: its objects keep their ids
     try:
         yield
     finally:
@@ -35,9 +41,7 @@ def _caller_positions(batch: list[str]) -> list[int] | None:
     caller = _CALLER_TEXTS.get()
     if caller is None:
         return None
-    first: dict[int, int] = {}
-    for i, t in enumerate(caller):
-        first.setdefault(id(t), i)
+    first = caller[1]
     positions = [first.get(id(t), -1) for t in batch]
     return None if -1 in positions else positions
 
