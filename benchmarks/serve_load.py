@@ -24,8 +24,8 @@ and by this load generator, and the offline run its CPU time per input: where th
 generator shares the server's cores, what serving costs beyond the model shows there. The
 load generator is :mod:`benchmarks.http_load` (raw keep-alive HTTP/1.1, a fifth of
 aiohttp's CPU per request; ``--client aiohttp`` for comparison). The offline run uses the
-server's OpenMP policy (``OMP_WAIT_POLICY=PASSIVE``, set for this process unless the
-environment sets one) so that the CPU figures compare.
+server's OpenMP settings (``vllm_pool.cli.SERVING_OPENMP``, set for this process unless the
+environment sets a policy) so that the CPU figures compare.
 
 ``--head-of-line`` adds a row per server: the p99 latency of one-text requests from one
 client while another client keeps sending maximum-size requests (``--hol-inputs`` texts of
@@ -52,7 +52,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `vllm-pool serve` runs (before torch loads)
+# `vllm_pool.cli.SERVING_OPENMP` (importing that loads torch), set before torch loads; the server inherits it
+SERVING_OPENMP = {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "20000"}
+if not os.environ.get("OMP_WAIT_POLICY"):
+    os.environ.update(SERVING_OPENMP)
 
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -463,6 +466,7 @@ def main() -> None:
             "concurrency": args.concurrency,
             "texts_per_request": 1,
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
         },
         "results": rows,
     }

@@ -13,14 +13,16 @@ import gc
 import logging
 import os
 import sys
+import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from vllm_pool.engine.args import EngineArgs, positive_int
 
 logger = logging.getLogger("vllm_pool.cli")
 
 API_KEY_ENV = "VLLM_POOL_API_KEY"
+T = TypeVar("T")
 
 
 def _seconds(allow_zero: bool) -> Callable[[str], float]:
@@ -216,18 +218,56 @@ def cpu_threads(requested: int | None, device_type: str) -> int | None:
     return max(1, cores - 1)
 
 
-def passive_openmp(argv: Sequence[str]) -> None:
-    """Re-run this command with ``OMP_WAIT_POLICY=PASSIVE`` unless a policy is set.
+SERVING_OPENMP = {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "20000"}
+"""OpenMP settings of ``vllm-pool serve`` (read by OpenMP once, when torch loads it).
 
-    OpenMP reads the policy once, when torch loads it, so it cannot change in a running
-    process: the command replaces itself (``os.execv``) with the variable set.
+Passive threads sleep when idle, so they never starve the event loop that parses HTTP. Left
+at that, each of a forward pass's few hundred parallel regions wakes them from sleep (a
+futex wake: 50-80 us, as long as a small GEMM; a one-text request took 12 ms instead of 5).
+``GOMP_SPINCOUNT`` (GNU OpenMP, which torch's Linux wheels use) lets them spin that many
+rounds first (about 0.2 ms), which bridges the gaps between one op and the next but not the
+idle time between requests."""
+
+
+def passive_openmp(argv: Sequence[str]) -> None:
+    """Re-run this command with :data:`SERVING_OPENMP` unless a wait policy is set.
+
+    OpenMP reads its settings once, when torch loads it, so they cannot change in a running
+    process: the command replaces itself (``os.execv``) with the variables set.
     """
     if os.environ.get("OMP_WAIT_POLICY"):
         return
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    for name, value in SERVING_OPENMP.items():
+        os.environ.setdefault(name, value)
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, [sys.executable, "-m", "vllm_pool.cli", *argv])
+
+
+def in_passing_thread(fn: Callable[[], T]) -> T:
+    """``fn()`` run in a thread that ends with it: its result, or its exception re-raised.
+
+    GNU OpenMP keeps a team of worker threads for each thread that ran a parallel region,
+    until that thread exits, and once it manages more threads than there are cores it lets
+    no waiting thread spin (``GOMP_SPINCOUNT`` is ignored). Loading the model (weight copies,
+    the prepacking checks) on the main thread would leave it such a team next to the engine
+    thread's: the server loads in a passing thread, so the engine thread's team is the only
+    one (measured: 7 against 13 ms for one client's short text, +12% at 64 clients).
+    """
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["result"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name="vllm-pool-load", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
 
 
 def freeze_startup_heap() -> None:
@@ -268,7 +308,7 @@ def serve(args: argparse.Namespace) -> int:
         print(f"vllm-pool serve: {exc}", file=sys.stderr)
         return 1
     try:
-        llm = LLM.from_engine_args(serving_engine_args(args))
+        llm = in_passing_thread(lambda: LLM.from_engine_args(serving_engine_args(args)))
     except (ValueError, TypeError, OSError) as exc:
         print(f"vllm-pool serve: cannot load {args.model!r}: {exc}", file=sys.stderr)
         return 1

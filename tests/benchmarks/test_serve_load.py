@@ -38,3 +38,12 @@ def test_serve_load_dry_run(tmp_path):
     assert result["serve_vs_offline_paired"]["short/4"] == pytest.approx(statistics.median(paired))
     assert result["settings"]["client"] == "light" and result["settings"]["rounds"] == 2
     assert "vllm-pool serve, short inputs, 4 clients:" in proc.stdout
+
+
+def test_serve_load_runs_under_the_servers_openmp_settings(monkeypatch):
+    """The benchmark's offline rounds run under the settings `vllm-pool serve` gives itself."""
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")  # importing it leaves this process's env alone
+    from benchmarks import serve_load
+    from vllm_pool.cli import SERVING_OPENMP
+
+    assert serve_load.SERVING_OPENMP == SERVING_OPENMP
