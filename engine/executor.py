@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from vllm_pool.engine.model_thread import ModelThread, on_thread
 from vllm_pool.engine.scheduler import ScheduledBatch
 from vllm_pool.engine.types import Batch
 
@@ -22,18 +23,24 @@ class ModelExecutor:
     Args:
         runner: stages and runs batches (out-of-memory batches are split and retried there).
         poolers: the model's :class:`~vllm_pool.engine.pooler.TaskPoolers`.
+        thread: where staging and forward passes run (the CPU's
+            :class:`~vllm_pool.engine.model_thread.ModelThread`); None: the calling thread.
     """
 
-    def __init__(self, runner: Any, poolers: Any) -> None:
+    def __init__(self, runner: Any, poolers: Any, thread: ModelThread | None = None) -> None:
         self.runner = runner
         self.poolers = poolers
         self.device = runner.device
+        self.thread = thread
 
     def stage(self, batch: Batch) -> Any:
-        return self.runner.stage(batch)
+        return on_thread(self.thread, self.runner.stage, batch)
+
+    def execute(self, staged: Any, batch: ScheduledBatch) -> dict[str, list[Any]]:
+        return on_thread(self.thread, self._execute, staged, batch)
 
     @torch.inference_mode()
-    def execute(self, staged: Any, batch: ScheduledBatch) -> dict[str, list[Any]]:
+    def _execute(self, staged: Any, batch: ScheduledBatch) -> dict[str, list[Any]]:
         poolers = {task: self.poolers.get(task) for task in batch.key}
         params = {task: batch.params(task) for task in batch.key}
         outputs: dict[str, list[Any]] = {task: [] for task in batch.key}

@@ -21,11 +21,12 @@ import torch
 from tqdm.auto import tqdm
 from vllm_pool.engine.architectures import build_poolers
 from vllm_pool.engine.args import EngineArgs
-from vllm_pool.engine.config import PoolerConfig
+from vllm_pool.engine.config import PoolerConfig, resolve_device
 from vllm_pool.engine.core import EngineCore
 from vllm_pool.engine.executor import ModelExecutor
 from vllm_pool.engine.inputs import InputProcessor, normalize_params, resolve_params
-from vllm_pool.engine.loader import load_model
+from vllm_pool.engine.loader import LoadedModel, load_model
+from vllm_pool.engine.model_thread import ModelThread, on_thread
 from vllm_pool.engine.outputs import (
     PoolingOutput,
     PoolingRequestOutput,
@@ -64,6 +65,14 @@ def first_tokenize_chunk(device: torch.device) -> int | None:
     the cores, and one sorted chunk keeps attention buckets tight: no early chunk.
     """
     return 256 if device.type == "cuda" else None
+
+
+def _load(args: EngineArgs) -> tuple[LoadedModel, ModelRunner, TaskPoolers]:
+    """Config, tokenizer and weights (``load_model``), the runner and the architecture's poolers."""
+    loaded = load_model(args)
+    cfg = loaded.config
+    runner = ModelRunner(cfg, loaded.backbone, compile=args.compile, packed=args.packed, prepack=True)
+    return loaded, runner, build_poolers(cfg, loaded.architecture, loaded.model, loaded.tokenizer)
 
 
 class LLM(TaskMethods):
@@ -136,12 +145,17 @@ class LLM(TaskMethods):
             packed=packed,
         )
         self.engine_args = args
-        # load (config, tokenizer, weights), build the poolers from the architecture entry, run
-        loaded = load_model(args)
+        # on the CPU one thread loads and runs the model, whoever calls (engine.model_thread)
+        cpu = resolve_device(args.device).type == "cpu"
+        self.model_thread = ModelThread() if cpu else None
+        try:
+            loaded, self.runner, self.poolers = on_thread(self.model_thread, _load, args)
+        except BaseException:
+            if self.model_thread is not None:
+                self.model_thread.close()
+            raise
         cfg = self.model_config = loaded.config
         self.tokenizer = loaded.tokenizer
-        self.runner = ModelRunner(cfg, loaded.backbone, compile=compile, packed=packed, prepack=True)
-        self.poolers: TaskPoolers = build_poolers(cfg, loaded.architecture, loaded.model, self.tokenizer)
         self.input_processor = InputProcessor(
             self.tokenizer,
             max_model_len=cfg.max_model_len,
@@ -226,7 +240,8 @@ class LLM(TaskMethods):
         tokenizer thread, and the per-task IO processors."""
         scheduler = Scheduler(max_num_batched_tokens, max_num_seqs, packed=self.runner.packed)
         on_cuda = self.model_config.device.type == "cuda"
-        self.core = EngineCore(ModelExecutor(self.runner, self.poolers), scheduler, output_thread=on_cuda)
+        executor = ModelExecutor(self.runner, self.poolers, self.model_thread)
+        self.core = EngineCore(executor, scheduler, output_thread=on_cuda)
         self.tokenizer_pool = ThreadPoolExecutor(1, thread_name_prefix="vllm-pool-tokenize")
         self.task_io = task_processors(self)
 

@@ -13,16 +13,14 @@ import gc
 import logging
 import os
 import sys
-import threading
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 from vllm_pool.engine.args import EngineArgs, positive_int
 
 logger = logging.getLogger("vllm_pool.cli")
 
 API_KEY_ENV = "VLLM_POOL_API_KEY"
-T = TypeVar("T")
 
 
 def _seconds(allow_zero: bool) -> Callable[[str], float]:
@@ -226,7 +224,8 @@ at that, each of a forward pass's few hundred parallel regions wakes them from s
 futex wake: 50-80 us, as long as a small GEMM; a one-text request took 12 ms instead of 5).
 ``GOMP_SPINCOUNT`` (GNU OpenMP, which torch's Linux wheels use) lets them spin that many
 rounds first (about 0.2 ms), which bridges the gaps between one op and the next but not the
-idle time between requests."""
+idle time between requests. GNU OpenMP spins only while its teams hold no more threads than
+there are cores: the engine runs its model on one thread (``engine.model_thread``)."""
 
 
 def passive_openmp(argv: Sequence[str]) -> None:
@@ -242,32 +241,6 @@ def passive_openmp(argv: Sequence[str]) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, [sys.executable, "-m", "vllm_pool.cli", *argv])
-
-
-def in_passing_thread(fn: Callable[[], T]) -> T:
-    """``fn()`` run in a thread that ends with it: its result, or its exception re-raised.
-
-    GNU OpenMP keeps a team of worker threads for each thread that ran a parallel region,
-    until that thread exits, and once it manages more threads than there are cores it lets
-    no waiting thread spin (``GOMP_SPINCOUNT`` is ignored). Loading the model (weight copies,
-    the prepacking checks) on the main thread would leave it such a team next to the engine
-    thread's: the server loads in a passing thread, so the engine thread's team is the only
-    one (measured: 7 against 13 ms for one client's short text, +12% at 64 clients).
-    """
-    box: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            box["result"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller
-            box["error"] = exc
-
-    thread = threading.Thread(target=run, name="vllm-pool-load", daemon=True)
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box["result"]
 
 
 def freeze_startup_heap() -> None:
@@ -308,7 +281,7 @@ def serve(args: argparse.Namespace) -> int:
         print(f"vllm-pool serve: {exc}", file=sys.stderr)
         return 1
     try:
-        llm = in_passing_thread(lambda: LLM.from_engine_args(serving_engine_args(args)))
+        llm = LLM.from_engine_args(serving_engine_args(args))
     except (ValueError, TypeError, OSError) as exc:
         print(f"vllm-pool serve: cannot load {args.model!r}: {exc}", file=sys.stderr)
         return 1

@@ -6,7 +6,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import httpx
@@ -138,24 +137,15 @@ def test_batch_wait_reaches_the_engine_core(default_llm):
     assert default_llm.core.max_gather_s == ServerConfig().batch_wait > 0
 
 
-def test_serve_loads_in_a_passing_thread_and_freezes_the_startup_heap(monkeypatch):
-    """The model loads in a thread that has ended before serving starts (its OpenMP team
-    with it), and the startup heap is frozen before the first request."""
+def test_serve_freezes_the_startup_heap_before_serving(monkeypatch):
     import gc
 
     import torch
     import uvicorn
 
-    from vllm_pool import LLM, cli
+    from vllm_pool import cli
 
-    loaders, seen = [], []
-    load = LLM.from_engine_args.__func__
-
-    def recording_load(cls, engine_args):
-        loaders.append(threading.current_thread())
-        return load(cls, engine_args)
-
-    monkeypatch.setattr(LLM, "from_engine_args", classmethod(recording_load))
+    seen = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.append(gc.get_freeze_count()))
     gc.unfreeze()
     try:
@@ -165,36 +155,6 @@ def test_serve_loads_in_a_passing_thread_and_freezes_the_startup_heap(monkeypatc
     finally:
         gc.unfreeze()  # give the objects back to the collector for the other tests
     assert len(seen) == 1 and seen[0] > 10_000
-    assert len(loaders) == 1 and loaders[0] is not threading.main_thread() and not loaders[0].is_alive()
-
-
-def _thread_count() -> int:
-    return len(os.listdir("/proc/self/task"))
-
-
-@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads through Linux's /proc")
-def test_in_passing_thread_takes_its_openmp_team_with_it():
-    """The result or the exception comes back, and the worker threads a parallel region
-    started in the passing thread end with it (GNU OpenMP keeps them until then)."""
-    import torch
-
-    from vllm_pool.cli import in_passing_thread
-
-    before = _thread_count()
-    total = in_passing_thread(lambda: float(torch.ones(1 << 22).sum()))  # a parallel reduction
-    assert total == 1 << 22
-    deadline = time.monotonic() + 5
-    while _thread_count() != before and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert _thread_count() == before
-    error = ValueError("bad model")
-
-    def fail():
-        raise error
-
-    with pytest.raises(ValueError) as info:
-        in_passing_thread(fail)
-    assert info.value is error
 
 
 def test_cpu_threads_every_core_with_passive_openmp(monkeypatch):
