@@ -94,7 +94,8 @@ def test_a_failed_load_ends_its_model_thread(tmp_path):
     before = {t.ident for t in threading.enumerate()}
 
     def new_model_threads() -> list[threading.Thread]:
-        return [t for t in threading.enumerate() if t.ident not in before and t.name.startswith("vllm-pool-model")]
+        fresh = [t for t in threading.enumerate() if t.ident not in before]
+        return [t for t in fresh if t.name.startswith("vllm-pool-model")]
 
     with pytest.raises((OSError, ValueError)):
         LLM(str(tmp_path / "missing"), device="cpu")
