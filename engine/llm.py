@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from tqdm.auto import tqdm
+from vllm_pool.engine import model_thread
 from vllm_pool.engine.architectures import build_poolers
 from vllm_pool.engine.args import EngineArgs
 from vllm_pool.engine.config import PoolerConfig, resolve_device
@@ -26,7 +27,6 @@ from vllm_pool.engine.core import EngineCore
 from vllm_pool.engine.executor import ModelExecutor
 from vllm_pool.engine.inputs import InputProcessor, normalize_params, resolve_params
 from vllm_pool.engine.loader import LoadedModel, load_model
-from vllm_pool.engine.model_thread import ModelThread, on_thread
 from vllm_pool.engine.outputs import (
     PoolingOutput,
     PoolingRequestOutput,
@@ -147,13 +147,8 @@ class LLM(TaskMethods):
         self.engine_args = args
         # on the CPU one thread loads and runs the model, whoever calls (engine.model_thread)
         cpu = resolve_device(args.device).type == "cpu"
-        self.model_thread = ModelThread() if cpu else None
-        try:
-            loaded, self.runner, self.poolers = on_thread(self.model_thread, _load, args)
-        except BaseException:
-            if self.model_thread is not None:
-                self.model_thread.close()
-            raise
+        self.model_thread = model_thread.shared() if cpu else None
+        loaded, self.runner, self.poolers = model_thread.on_thread(self.model_thread, _load, args)
         cfg = self.model_config = loaded.config
         self.tokenizer = loaded.tokenizer
         self.input_processor = InputProcessor(

@@ -9,15 +9,22 @@ executor threads of LangChain's and LlamaIndex's async methods, a model loaded o
 thread and run elsewhere) paid that: one short query took 11.6 ms through ``aembed_query``
 against 5.2 ms through ``embed_query`` (MiniLM, 2 cores).
 
-On the CPU, ``LLM`` therefore loads and runs its model on one :class:`ModelThread`, whoever
-calls it: the process has a single OpenMP team for the engine, whose workers spin between
-one op and the next. The hop costs a thread hand-off per batch (tens of microseconds). The
-thread runs each call with the caller's torch thread count (``torch.set_num_threads`` is
-per thread under OpenMP). On CUDA the engine keeps running in the calling threads.
+On the CPU, every ``LLM`` therefore loads and runs its model on the process's one
+:func:`shared` :class:`ModelThread`, whoever calls it: a single OpenMP team for all engines,
+whose workers spin between one op and the next, and batches of two engines (an embedder and
+a reranker) run one after the other instead of fighting over the cores. The hop costs a
+thread hand-off per batch (tens of microseconds). The thread runs each call with the
+caller's torch thread count (``torch.set_num_threads`` is per thread under OpenMP). On CUDA
+the engine keeps running in the calling threads.
+
+Other torch work on the CPU in the same process (a Sentence Transformers model on the main
+thread) makes a second team, and both then wait without spinning; :func:`shared`'s
+``run`` takes such work onto the same thread (the benchmarks run their references so).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -60,3 +67,26 @@ class ModelThread:
 def on_thread(thread: ModelThread | None, fn: Callable[..., T], *args: Any) -> T:
     """``fn(*args)`` on ``thread``, or in the calling thread when there is none (CUDA)."""
     return fn(*args) if thread is None else thread.run(fn, *args)
+
+
+_shared: ModelThread | None = None
+_shared_lock = threading.Lock()
+
+
+def shared() -> ModelThread:
+    """The process's model thread (every CPU engine's), started on first use."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = ModelThread()
+        return _shared
+
+
+def _forget_shared() -> None:
+    """In a forked child the parent's thread does not exist: start a new one when needed."""
+    global _shared, _shared_lock
+    _shared, _shared_lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_shared)

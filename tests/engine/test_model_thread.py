@@ -4,11 +4,13 @@ OpenMP team for the engine instead of one per calling thread."""
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 
 import pytest
 import torch
+from vllm_pool.engine import model_thread
 from vllm_pool.engine.model_thread import ModelThread, on_thread
 
 from vllm_pool import LLM
@@ -90,19 +92,20 @@ def test_cpu_llm_loads_and_runs_on_its_model_thread(tiny_bert, monkeypatch):
     assert [o.outputs.embedding for o in again] == [o.outputs.embedding for o in expected]
 
 
-def test_a_failed_load_ends_its_model_thread(tmp_path):
-    before = {t.ident for t in threading.enumerate()}
+def test_cpu_engines_share_the_process_model_thread(tiny_bert, tiny_xlmr):
+    first, second = LLM(str(tiny_bert), device="cpu"), LLM(str(tiny_xlmr), device="cpu")
+    assert first.model_thread is second.model_thread is model_thread.shared()
 
-    def new_model_threads() -> list[threading.Thread]:
-        fresh = [t for t in threading.enumerate() if t.ident not in before]
-        return [t for t in fresh if t.name.startswith("vllm-pool-model")]
 
-    with pytest.raises((OSError, ValueError)):
-        LLM(str(tmp_path / "missing"), device="cpu")
-    deadline = time.monotonic() + 5
-    while new_model_threads() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not new_model_threads()
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_starts_its_own_model_thread():
+    model_thread.shared().run(int)  # the parent's thread is running
+    pid = os.fork()
+    if pid == 0:  # the child: the parent's thread does not exist here
+        signal.alarm(20)  # a hang fails the test instead of blocking it
+        os._exit(0 if model_thread.shared().run(lambda: 41) + 1 == 42 else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads through Linux's /proc")
