@@ -17,20 +17,6 @@ RESULTS = Path(os.environ.get("VLLM_POOL_BENCH_RESULTS") or Path(__file__).resol
 """Where result files go (``VLLM_POOL_BENCH_RESULTS`` overrides, e.g. for a dry run)."""
 
 
-def on_model_thread(device: str, fn: Callable[[], Any]) -> Any:
-    """``fn()`` on the process's model thread when ``device`` resolves to the CPU, else here.
-
-    A CPU engine runs its model on that thread (``engine.model_thread``). A reference model
-    (Sentence Transformers) run on the main thread would start a second OpenMP team, and GNU
-    OpenMP then lets the workers of neither team spin between ops, slowing both. Run on the
-    one thread, the comparison measures each as it runs alone in a process.
-    """
-    from vllm_pool.engine import model_thread
-    from vllm_pool.engine.config import resolve_device
-
-    return model_thread.shared().run(fn) if resolve_device(device).type == "cpu" else fn()
-
-
 def load_texts(path: Path = CORPUS, limit: int | None = None) -> list[str]:
     """Texts of a JSONL corpus (one ``{"text": ...}`` object per line)."""
     texts = []

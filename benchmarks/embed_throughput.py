@@ -24,7 +24,6 @@ from benchmarks.common import (
     load_texts,
     machine,
     min_cosine,
-    on_model_thread,
     peak_rss_mb,
     write_result,
 )
@@ -46,10 +45,6 @@ def main() -> None:
     ap.add_argument("--short", action="store_true", help="short texts: first sentences, <= 32 tokens")
     ap.add_argument("--name", default=None, help="result file name (default: embed_throughput[_dtype])")
     args = ap.parse_args()
-    on_model_thread(args.device, lambda: run(args))
-
-
-def run(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.WARNING)
 
     from sentence_transformers import SentenceTransformer

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import CORPUS, ROOT, best_of, load_texts, machine, on_model_thread, write_result
+from benchmarks.common import CORPUS, ROOT, best_of, load_texts, machine, write_result
 
 CUT = {"use_tqdm": False, "truncate_prompt_tokens": -1}  # the references cut to the model's limit
 
@@ -65,10 +65,7 @@ def main() -> None:
     ap.add_argument("--candidates", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
-    on_model_thread("cpu", lambda: run(args))
 
-
-def run(args: argparse.Namespace) -> None:
     from sentence_transformers import CrossEncoder, SentenceTransformer
 
     from vllm_pool import LLM

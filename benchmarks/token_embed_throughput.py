@@ -13,7 +13,7 @@ import statistics
 
 import torch
 
-from benchmarks.common import CORPUS, best_of, load_texts, machine, on_model_thread, peak_rss_mb, write_result
+from benchmarks.common import CORPUS, best_of, load_texts, machine, peak_rss_mb, write_result
 
 
 def main() -> None:
@@ -24,10 +24,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--dtype", default="float32")
     args = ap.parse_args()
-    on_model_thread("auto", lambda: run(args))
 
-
-def run(args: argparse.Namespace) -> None:
     from sentence_transformers import SentenceTransformer
 
     from vllm_pool import LLM, PoolingParams
