@@ -5,8 +5,8 @@ objects here. Whoever needs results drives the loop: an offline caller drives it
 thread until its jobs are done (then another waiting caller takes over); the server starts
 one background thread (:meth:`EngineCore.start`) that drives while work is queued. Either
 way the same :class:`~vllm_pool.engine.scheduler.Scheduler` fills every batch, across jobs.
-On the CPU the executor runs every batch on the model's own thread, whichever thread drives
-(:mod:`vllm_pool.engine.model_thread`).
+On the CPU a batch driven from any thread but the main one runs on the process's model
+thread, so that the model has one OpenMP team (:mod:`vllm_pool.engine.model_thread`).
 
 The loop overlaps host and device work. For batch ``N`` it queues the forward pass and the
 poolers on the device (asynchronous on CUDA), then, while the device runs, takes batch

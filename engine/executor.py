@@ -23,8 +23,9 @@ class ModelExecutor:
     Args:
         runner: stages and runs batches (out-of-memory batches are split and retried there).
         poolers: the model's :class:`~vllm_pool.engine.pooler.TaskPoolers`.
-        thread: where staging and forward passes run (the CPU's
-            :class:`~vllm_pool.engine.model_thread.ModelThread`); None: the calling thread.
+        thread: the CPU's :class:`~vllm_pool.engine.model_thread.ModelThread`, through which
+            staging and forward passes run (the main thread's inline, other threads' on it);
+            None: in the calling thread.
     """
 
     def __init__(self, runner: Any, poolers: Any, thread: ModelThread | None = None) -> None:

@@ -145,10 +145,13 @@ class LLM(TaskMethods):
             packed=packed,
         )
         self.engine_args = args
-        # on the CPU one thread loads and runs the model, whoever calls (engine.model_thread)
+        # on the CPU: one OpenMP team for the model, whoever calls it (engine.model_thread)
         cpu = resolve_device(args.device).type == "cpu"
         self.model_thread = model_thread.shared() if cpu else None
-        loaded, self.runner, self.poolers = model_thread.on_thread(self.model_thread, _load, args)
+        if cpu:
+            loaded, self.runner, self.poolers = model_thread.in_passing_thread(lambda: _load(args))
+        else:
+            loaded, self.runner, self.poolers = _load(args)
         cfg = self.model_config = loaded.config
         self.tokenizer = loaded.tokenizer
         self.input_processor = InputProcessor(

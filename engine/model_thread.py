@@ -1,25 +1,28 @@
-"""One thread for all of a CPU model's torch work: loading, staging and forward passes.
+"""Where a CPU model's torch work runs: one OpenMP team for the engine, whoever calls it.
 
 GNU OpenMP (the runtime of torch's Linux wheels) keeps a team of worker threads for every
 thread that has run a parallel region, until that thread exits. Once the teams hold more
 threads than there are cores, no waiting worker spins any more: each of a forward pass's few
 hundred parallel regions then wakes its workers from sleep (a futex wake, 50-100 us, as long
-as a small GEMM). An engine driven from several threads (the server's engine thread, the
-executor threads of LangChain's and LlamaIndex's async methods, a model loaded on the main
-thread and run elsewhere) paid that: one short query took 11.6 ms through ``aembed_query``
-against 5.2 ms through ``embed_query`` (MiniLM, 2 cores).
+as a small GEMM). An engine loaded on the main thread and driven from others (the server's
+engine thread, the executor threads of LangChain's and LlamaIndex's async methods) paid
+that: one short query took 11.6 ms through ``aembed_query`` against 5.2 ms through
+``embed_query`` (MiniLM, 2 cores).
 
-On the CPU, every ``LLM`` therefore loads and runs its model on the process's one
-:func:`shared` :class:`ModelThread`, whoever calls it: a single OpenMP team for all engines,
-whose workers spin between one op and the next, and batches of two engines (an embedder and
-a reranker) run one after the other instead of fighting over the cores. The hop costs a
-thread hand-off per batch (tens of microseconds). The thread runs each call with the
-caller's torch thread count (``torch.set_num_threads`` is per thread under OpenMP). On CUDA
-the engine keeps running in the calling threads.
+So on the CPU:
 
-Other torch work on the CPU in the same process (a Sentence Transformers model on the main
-thread) makes a second team, and both then wait without spinning; :func:`shared`'s
-``run`` takes such work onto the same thread (the benchmarks run their references so).
+- the model loads in a passing thread (:func:`in_passing_thread`), whose team ends with it;
+- calls made on the main thread run there, as before: a script's or notebook's own torch work
+  (a Sentence Transformers reranker, a MaxSim over token vectors) shares that one team;
+- calls from any other thread go to the process's one :class:`ModelThread`
+  (:func:`shared`), which every CPU engine uses: a server or an async application, whose
+  main thread runs the event loop, has that thread's team only. Batches of two engines (an
+  embedder and a reranker) then run one after the other instead of fighting over the cores.
+
+The hop costs a thread hand-off per batch (tens of microseconds); the model thread runs each
+call with the caller's torch thread count (``torch.set_num_threads`` is per thread under
+OpenMP). A process that mixes both (main-thread calls and calls from other threads) has two
+teams, as before. On CUDA the engine runs in the calling threads.
 """
 
 from __future__ import annotations
@@ -36,10 +39,10 @@ T = TypeVar("T")
 
 
 class ModelThread:
-    """A single long-lived worker thread that runs callables and returns their results.
+    """A long-lived worker thread for the calls of every thread but the main one.
 
     Args:
-        name: the thread's name prefix.
+        name: the worker thread's name prefix.
     """
 
     def __init__(self, name: str = "vllm-pool-model") -> None:
@@ -47,9 +50,9 @@ class ModelThread:
         self._ident: int | None = None
 
     def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` on the model thread (inline when already on it): its result, or its
-        exception re-raised in the caller."""
-        if threading.get_ident() == self._ident:
+        """``fn(*args)``: inline on the main thread and on the model thread itself, else on the
+        model thread (its result, or its exception re-raised in the caller)."""
+        if threading.current_thread() is threading.main_thread() or threading.get_ident() == self._ident:
             return fn(*args)
         return self._pool.submit(self._call, torch.get_num_threads(), fn, args).result()
 
@@ -60,13 +63,36 @@ class ModelThread:
         return fn(*args)
 
     def close(self) -> None:
-        """Let the thread end once idle (its OpenMP team ends with it)."""
+        """Let the worker thread end once idle (its OpenMP team ends with it)."""
         self._pool.shutdown(wait=False)
 
 
 def on_thread(thread: ModelThread | None, fn: Callable[..., T], *args: Any) -> T:
-    """``fn(*args)`` on ``thread``, or in the calling thread when there is none (CUDA)."""
+    """``fn(*args)`` through ``thread``, or in the calling thread when there is none (CUDA)."""
     return fn(*args) if thread is None else thread.run(fn, *args)
+
+
+def in_passing_thread(fn: Callable[[], T]) -> T:
+    """``fn()`` run in a thread that ends with it: its result, or its exception re-raised.
+
+    Loading a model runs parallel regions (weight copies, the prepacking checks); in a
+    passing thread the OpenMP team they start ends with the thread instead of staying with
+    the caller next to the team of the thread that will run the model.
+    """
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["result"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name="vllm-pool-load", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
 
 
 _shared: ModelThread | None = None

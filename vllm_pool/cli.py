@@ -225,7 +225,7 @@ futex wake: 50-80 us, as long as a small GEMM; a one-text request took 12 ms ins
 ``GOMP_SPINCOUNT`` (GNU OpenMP, which torch's Linux wheels use) lets them spin that many
 rounds first (about 0.2 ms), which bridges the gaps between one op and the next but not the
 idle time between requests. GNU OpenMP spins only while its teams hold no more threads than
-there are cores: the engine runs its model on one thread (``engine.model_thread``)."""
+there are cores: the engine keeps its model's work in one team (``engine.model_thread``)."""
 
 
 def passive_openmp(argv: Sequence[str]) -> None:

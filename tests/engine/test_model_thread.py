@@ -1,5 +1,6 @@
-"""On the CPU one thread loads and runs the model, whoever calls (`engine.model_thread`): one
-OpenMP team for the engine instead of one per calling thread."""
+"""Where a CPU model's torch work runs (`engine.model_thread`): it loads in a passing thread,
+the main thread's calls run there, every other thread's calls on the one model thread; so
+the model has one OpenMP team whoever calls it."""
 
 from __future__ import annotations
 
@@ -11,22 +12,28 @@ import time
 import pytest
 import torch
 from vllm_pool.engine import model_thread
-from vllm_pool.engine.model_thread import ModelThread, on_thread
+from vllm_pool.engine.model_thread import ModelThread, in_passing_thread, on_thread
 
 from vllm_pool import LLM
 
+MAIN = threading.main_thread
 
-def test_model_thread_runs_every_call_on_one_thread():
+
+def from_other_thread(fn):
+    """``fn()`` called from a thread that is not the main one (pytest runs tests on the main)."""
+    return in_passing_thread(fn)
+
+
+def test_other_threads_calls_run_on_one_thread_and_the_main_threads_inline():
     worker = ModelThread()
     try:
-        seen = [worker.run(threading.get_ident)]
-        other = threading.Thread(target=lambda: seen.append(worker.run(threading.get_ident)))
-        other.start()
-        other.join()
-        assert seen[0] == seen[1] != threading.get_ident()
-        assert worker.run(lambda x, y: x + y, 2, 3) == 5
+        first = from_other_thread(lambda: worker.run(threading.get_ident))
+        second = from_other_thread(lambda: worker.run(threading.get_ident))
+        assert first == second != threading.get_ident()
+        assert worker.run(threading.get_ident) == threading.get_ident()  # the main thread: inline
+        assert from_other_thread(lambda: worker.run(lambda x, y: x + y, 2, 3)) == 5
         # a call made on the model thread runs inline (no wait on itself)
-        assert worker.run(lambda: worker.run(threading.get_ident)) == seen[0]
+        assert from_other_thread(lambda: worker.run(lambda: worker.run(threading.get_ident))) == first
         assert on_thread(None, threading.get_ident) == threading.get_ident()
     finally:
         worker.close()
@@ -41,9 +48,9 @@ def test_model_thread_reraises_and_stays_usable():
 
     try:
         with pytest.raises(ValueError) as info:
-            worker.run(fail)
+            from_other_thread(lambda: worker.run(fail))
         assert info.value is error
-        assert worker.run(lambda: 7) == 7
+        assert from_other_thread(lambda: worker.run(lambda: 7)) == 7
     finally:
         worker.close()
 
@@ -52,44 +59,62 @@ def test_model_thread_uses_the_callers_torch_thread_count():
     before = torch.get_num_threads()
     worker = ModelThread()
     try:
-        torch.set_num_threads(1)
-        assert worker.run(torch.get_num_threads) == 1
-        torch.set_num_threads(2)
-        assert worker.run(torch.get_num_threads) == 2
+        for n in (1, 2):
+
+            def call(n=n):
+                torch.set_num_threads(n)
+                return worker.run(torch.get_num_threads)
+
+            assert from_other_thread(call) == n
     finally:
         torch.set_num_threads(before)
         worker.close()
 
 
-def test_cpu_llm_loads_and_runs_on_its_model_thread(tiny_bert, monkeypatch):
+def test_in_passing_thread_returns_reraises_and_ends_its_thread():
+    seen = []
+    assert in_passing_thread(lambda: seen.append(threading.current_thread()) or 3) == 3
+    assert seen[0] is not MAIN() and not seen[0].is_alive()
+    error = OSError("no such model")
+
+    def fail():
+        raise error
+
+    with pytest.raises(OSError) as info:
+        in_passing_thread(fail)
+    assert info.value is error
+
+
+def test_cpu_llm_loads_in_a_passing_thread_and_runs_where_called(tiny_bert, monkeypatch):
     from vllm_pool.engine import llm as llm_module
 
-    where: dict[str, set[int]] = {"load": set(), "forward": set()}
+    where: dict[str, list[threading.Thread]] = {"load": [], "forward": []}
     load = llm_module.load_model
 
     def recording_load(args):
-        where["load"].add(threading.get_ident())
+        where["load"].append(threading.current_thread())
         return load(args)
 
     monkeypatch.setattr(llm_module, "load_model", recording_load)
     llm = LLM(str(tiny_bert), device="cpu")
-    assert llm.model_thread is not None
+    assert llm.model_thread is model_thread.shared()
+    assert where["load"][0] is not MAIN() and not where["load"][0].is_alive()
     forward = llm.runner.forward_split
 
     def recording_forward(staged):
-        where["forward"].add(threading.get_ident())
+        where["forward"].append(threading.current_thread())
         yield from forward(staged)
 
     monkeypatch.setattr(llm.runner, "forward_split", recording_forward)
-    expected = llm.embed(["a short text", "another one"], use_tqdm=False)
-    caller = threading.Thread(target=lambda: llm.embed(["from a thread"], use_tqdm=False))
-    caller.start()
-    caller.join()
-    model_ident = llm.model_thread.run(threading.get_ident)
-    assert where["load"] == where["forward"] == {model_ident}
-    assert model_ident not in (threading.get_ident(), caller.ident)
-    again = llm.embed(["a short text", "another one"], use_tqdm=False)
-    assert [o.outputs.embedding for o in again] == [o.outputs.embedding for o in expected]
+    texts = ["a short text", "another one"]
+    expected = llm.embed(texts, use_tqdm=False)
+    assert where["forward"] == [MAIN()]
+    got = from_other_thread(lambda: llm.embed(texts, use_tqdm=False))
+    got_too = from_other_thread(lambda: llm.embed(["from a thread"], use_tqdm=False))
+    model = from_other_thread(lambda: llm.model_thread.run(threading.current_thread))
+    assert where["forward"][1:] == [model, model] and model is not MAIN()
+    assert [o.outputs.embedding for o in got] == [o.outputs.embedding for o in expected]
+    assert len(got_too) == 1
 
 
 def test_cpu_engines_share_the_process_model_thread(tiny_bert, tiny_xlmr):
@@ -99,25 +124,36 @@ def test_cpu_engines_share_the_process_model_thread(tiny_bert, tiny_xlmr):
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_a_forked_child_starts_its_own_model_thread():
-    model_thread.shared().run(int)  # the parent's thread is running
+    from_other_thread(lambda: model_thread.shared().run(int))  # the parent's thread is running
     pid = os.fork()
     if pid == 0:  # the child: the parent's thread does not exist here
         signal.alarm(20)  # a hang fails the test instead of blocking it
-        os._exit(0 if model_thread.shared().run(lambda: 41) + 1 == 42 else 1)
+        ok = from_other_thread(lambda: model_thread.shared().run(lambda: 41)) + 1 == 42
+        os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def settled_thread_count() -> int:
+    """This process's threads, once the count has held for 0.3 s (at most 10 s)."""
+    last, stable, deadline = -1, 0, time.monotonic() + 10
+    while stable < 3 and time.monotonic() < deadline:
+        count = len(os.listdir("/proc/self/task"))
+        stable, last = (stable + 1, count) if count == last else (0, count)
+        time.sleep(0.1)
+    return last
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads through Linux's /proc")
 def test_calling_threads_start_no_openmp_team_of_their_own(tiny_bert):
     """With two torch threads a thread that ran a forward pass itself would keep one OpenMP
-    worker for as long as it lives; callers of a CPU ``LLM`` keep none."""
+    worker for as long as it lives; callers of a CPU ``LLM`` from other threads keep none."""
     before_threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         llm = LLM(str(tiny_bert), device="cpu")
         texts = [f"text number {i} " * 20 for i in range(64)]  # enough work for parallel regions
-        llm.embed(texts, use_tqdm=False)
+        from_other_thread(lambda: llm.embed(texts, use_tqdm=False))  # the model thread's team
         release, ran = threading.Event(), threading.Event()
 
         def caller():
@@ -125,13 +161,12 @@ def test_calling_threads_start_no_openmp_team_of_their_own(tiny_bert):
             ran.set()
             release.wait(10)  # alive: an OpenMP team of its own would still exist
 
-        count = len(os.listdir("/proc/self/task"))
+        count = settled_thread_count()  # threads of earlier tests have ended
         thread = threading.Thread(target=caller)
         thread.start()
         try:
             assert ran.wait(60)
-            time.sleep(0.1)
-            assert len(os.listdir("/proc/self/task")) == count + 1  # the caller itself only
+            assert settled_thread_count() == count + 1  # the caller itself only
         finally:
             release.set()
             thread.join()
