@@ -18,17 +18,29 @@ So on the CPU:
   (:func:`shared`), which every CPU engine uses: a server or an async application, whose
   main thread runs the event loop, has that thread's team only. Batches of two engines (an
   embedder and a reranker) then run one after the other instead of fighting over the cores.
+- a process that calls from both (an application that builds its index on the main thread
+  at start-up, then answers queries through ``aembed_query`` or a thread pool) would keep two
+  teams; so once the model thread has run, or after a main-thread call of at least
+  :data:`RELEASE_AFTER_S`, the main thread releases its team when the call returns
+  (:func:`release_team`, OpenMP's ``omp_pause_resource_all``). Its next parallel region
+  starts a new one (about 2 ms on a 2-core VM), which is why a short call on the main thread
+  of a process that never calls from elsewhere keeps it.
 
 The hop costs a thread hand-off per batch (tens of microseconds); the model thread runs each
 call with the caller's torch thread count (``torch.set_num_threads`` is per thread under
-OpenMP). A process that mixes both (main-thread calls and calls from other threads) has two
-teams, as before. On CUDA the engine runs in the calling threads.
+OpenMP). Torch work of the application's own on a second thread still makes a second team.
+On CUDA the engine runs in the calling threads.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import glob
+import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -36,6 +48,12 @@ from typing import Any, TypeVar
 import torch
 
 T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
+
+RELEASE_AFTER_S = 0.1
+"""A main-thread call at least this long releases the main thread's OpenMP team when it returns
+(a start-up index build), so that a model thread used later is the only team."""
 
 
 class ModelThread:
@@ -47,16 +65,37 @@ class ModelThread:
 
     def __init__(self, name: str = "vllm-pool-model") -> None:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix=name)
-        self._ident: int | None = None
+        self._ident: int | None = None  # the model thread, once it has run a call
+        self._main_depth = 0  # main-thread calls in progress (nested ones run inline)
 
     def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)``: inline on the main thread and on the model thread itself, else on the
-        model thread (its result, or its exception re-raised in the caller)."""
-        if threading.current_thread() is threading.main_thread() or threading.get_ident() == self._ident:
+        """``fn(*args)``: inline on the main thread (as :meth:`call`) and on the model thread
+        itself, else on the model thread (its result, or its exception re-raised in the caller)."""
+        if threading.get_ident() == self._ident:
             return fn(*args)
-        return self._pool.submit(self._call, torch.get_num_threads(), fn, args).result()
+        if threading.current_thread() is not threading.main_thread():
+            return self._pool.submit(self._on_model_thread, torch.get_num_threads(), fn, args).result()
+        return self.call(fn, *args)
 
-    def _call(self, threads: int, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in the calling thread, as one engine call (an ``LLM`` method's whole
+        work: its batches and the shaping of its outputs).
+
+        On the main thread the outermost such call releases the thread's OpenMP team when it
+        returns, if the model thread has run or if the call took :data:`RELEASE_AFTER_S` or more.
+        """
+        if self._main_depth or threading.current_thread() is not threading.main_thread():
+            return fn(*args)
+        self._main_depth += 1
+        start = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            self._main_depth -= 1
+            if self._ident is not None or time.perf_counter() - start >= RELEASE_AFTER_S:
+                release_team()
+
+    def _on_model_thread(self, threads: int, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
         self._ident = threading.get_ident()
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
@@ -67,9 +106,56 @@ class ModelThread:
         self._pool.shutdown(wait=False)
 
 
+def release_team() -> bool:
+    """End the calling thread's OpenMP worker team (``omp_pause_resource_all``), if torch's
+    OpenMP runtime offers it; its next parallel region starts a new one. Returns whether the
+    runtime was found and did it (False inside a parallel region, or without such a runtime)."""
+    pause = _pause_function()
+    return pause is not None and pause(1) == 0  # 1: omp_pause_soft
+
+
+_pause: Any = False  # not looked up yet
+
+
+def _pause_function() -> Any:
+    """``omp_pause_resource_all`` of the OpenMP runtime torch ships (GNU ``libgomp`` in its
+    Linux wheels, LLVM ``libomp`` on macOS), loaded from torch's folders; None without one."""
+    global _pause
+    if _pause is False:
+        _pause = None
+        base = os.path.dirname(torch.__file__)
+        patterns = ("lib/libgomp*.so*", "../torch.libs/libgomp*.so*", "lib/libomp*.dylib", "lib/libiomp5*.so")
+        for path in sorted(p for pattern in patterns for p in glob.glob(os.path.join(base, pattern))):
+            try:
+                found = ctypes.CDLL(path).omp_pause_resource_all
+            except (OSError, AttributeError):
+                continue
+            found.argtypes, found.restype = [ctypes.c_int], ctypes.c_int
+            _pause = found
+            logger.debug("OpenMP teams are released through %s", path)
+            break
+    return _pause
+
+
 def on_thread(thread: ModelThread | None, fn: Callable[..., T], *args: Any) -> T:
     """``fn(*args)`` through ``thread``, or in the calling thread when there is none (CUDA)."""
     return fn(*args) if thread is None else thread.run(fn, *args)
+
+
+def engine_call(thread: ModelThread | None, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in the calling thread as one engine call (:meth:`ModelThread.call`)."""
+    return fn(*args) if thread is None else thread.call(fn, *args)
+
+
+def with_the_model(fn: Callable[..., T]) -> Callable[..., T]:
+    """Decorator: ``fn`` runs where the CPU models run (:meth:`ModelThread.run` of the process's
+    model thread), for torch work next to the engine's, such as an index's MaxSim."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        return shared().run(functools.partial(fn, *args, **kwargs))
+
+    return wrapper
 
 
 def in_passing_thread(fn: Callable[[], T]) -> T:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from vllm_pool.engine import model_thread
 
 from .maxsim import maxsim, pad_token_vectors
 from .types import check_k
@@ -66,7 +67,7 @@ def rerank(
         else:
             parents, vectors = list(range(len(batch))), encoder.encode_documents(batch)
         tokens, mask = pad_token_vectors(vectors)
-        window_scores = maxsim(q[None], tokens.numpy(), doc_mask=mask.numpy())[0]  # [windows]
+        window_scores = model_thread.shared().run(maxsim, q[None], tokens.numpy(), None, mask.numpy())[0]
         best = np.full(len(batch), -np.inf, dtype=np.float32)
         np.maximum.at(best, np.asarray(parents), window_scores)
         scores[start : start + len(batch)] = best

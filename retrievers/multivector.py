@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+from vllm_pool.engine.model_thread import with_the_model
 
 from .arrays import is_single_matrix, l2_normalize, token_matrices
 from .candidates import maxsim_slots, scan_device, scan_store, top_k
@@ -185,6 +186,7 @@ class MultiVectorIndex(DocumentIndex):
         return cls.from_vectors(docs, ids, metadatas, **kwargs)
 
     # -- mutation ------------------------------------------------------------------------
+    @with_the_model  # torch work: where the CPU models run (one OpenMP team)
     def add(
         self,
         doc_vectors: TokenMatrices,
@@ -262,6 +264,7 @@ class MultiVectorIndex(DocumentIndex):
         """Decoded ``[L, D]`` token vectors of one document."""
         return self._store.decode([slot])[0]
 
+    @with_the_model  # torch work: where the CPU models run (one OpenMP team)
     def search(
         self,
         queries: TokenMatrices,

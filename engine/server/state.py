@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from fastapi import Request as HTTPRequest
 from vllm_pool.engine.lengths import EMBEDDING, online_message
 from vllm_pool.engine.llm import LLM
+from vllm_pool.engine.model_thread import engine_call
 from vllm_pool.engine.params import PoolingParams
 from vllm_pool.engine.scoring import pair_up
 from vllm_pool.engine.server import limits
@@ -199,7 +200,10 @@ class ServerState:
             raise APIError("Client disconnected", 499) from exc
         finally:
             gone.cancel()
-        return prepared.finish({t: [row[k] for row in rows] for k, t in enumerate(tasks)})
+        outputs = {t: [row[k] for row in rows] for k, t in enumerate(tasks)}
+        # on the event loop, as one engine call: a team its torch work starts (the cosines of a
+        # large /score) is released, not left beside the model thread's (engine.model_thread)
+        return engine_call(self.llm.model_thread, prepared.finish, outputs)
 
     async def scores(
         self,

@@ -1,6 +1,8 @@
 """Where a CPU model's torch work runs (`engine.model_thread`): it loads in a passing thread,
 the main thread's calls run there, every other thread's calls on the one model thread; so
-the model has one OpenMP team whoever calls it."""
+the model has one OpenMP team whoever calls it. A main-thread call releases its thread's
+team once the model thread has run (or after a long call), so a process that calls from both
+keeps one team."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import time
 import pytest
 import torch
 from vllm_pool.engine import model_thread
-from vllm_pool.engine.model_thread import ModelThread, in_passing_thread, on_thread
+from vllm_pool.engine.model_thread import ModelThread, in_passing_thread, on_thread, release_team
 
 from vllm_pool import LLM
 
@@ -170,5 +172,72 @@ def test_calling_threads_start_no_openmp_team_of_their_own(tiny_bert):
         finally:
             release.set()
             thread.join()
+    finally:
+        torch.set_num_threads(before_threads)
+
+
+def test_main_thread_calls_release_the_team_once_the_model_thread_has_run(monkeypatch):
+    released: list[int] = []
+    monkeypatch.setattr(model_thread, "release_team", lambda: released.append(threading.get_ident()))
+    worker = ModelThread()
+    try:
+        assert worker.call(lambda: worker.call(lambda: worker.run(lambda: 5))) == 5  # nested, short
+        assert released == []  # a short call of a process that never called from elsewhere
+        monkeypatch.setattr(model_thread, "RELEASE_AFTER_S", 0.01)
+        assert worker.run(lambda: worker.run(time.sleep, 0.02)) is None
+        assert released == [threading.get_ident()]  # a long call: once, by the outermost
+        monkeypatch.setattr(model_thread, "RELEASE_AFTER_S", 60.0)
+        from_other_thread(lambda: worker.run(int))  # the model thread has run
+        assert worker.call(int) == 0 and len(released) == 2
+        assert from_other_thread(lambda: worker.call(int)) == 0 and len(released) == 2  # not the main
+    finally:
+        worker.close()
+
+
+def team_count_change(release) -> int:
+    """How many threads the calling thread's OpenMP team had: the process's thread count
+    before ``release()`` minus after."""
+    before = settled_thread_count()
+    release()
+    return before - settled_thread_count()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads through Linux's /proc")
+def test_release_team_ends_the_calling_threads_workers():
+    before_threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        x = torch.randn(300, 384)
+        torch.nn.functional.normalize(x, dim=-1)  # a parallel region: this thread's team
+        assert team_count_change(lambda: release_team() or pytest.fail("no omp_pause_resource_all")) == 1
+        assert team_count_change(release_team) == 0  # none left
+        assert torch.allclose(torch.nn.functional.normalize(x, dim=-1).norm(dim=-1), torch.ones(300))
+    finally:
+        torch.set_num_threads(before_threads)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads through Linux's /proc")
+def test_main_thread_keeps_no_team_beside_the_model_threads(tiny_bert):
+    """An application's start-up work on the main thread (an index build, a large score) followed
+    by calls from other threads: the main thread's team is gone once each call returns."""
+    from vllm_pool.retrievers import MultiVectorIndex
+
+    before_threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        llm = LLM(str(tiny_bert), device="cpu")
+        texts = [f"text number {i} " * 20 for i in range(64)]
+        from_other_thread(lambda: llm.embed(texts, use_tqdm=False))  # the model thread has run
+        torch.nn.functional.normalize(torch.randn(300, 384), dim=-1)  # a team on the main thread
+        llm.embed(texts, use_tqdm=False)
+        assert team_count_change(release_team) == 0
+        llm.score(texts[0], texts * 5, use_tqdm=False)  # 320 cosines while shaping the outputs
+        assert team_count_change(release_team) == 0
+        outputs = llm.encode(texts, pooling_task="token_embed", use_tqdm=False)
+        tokens = [o.outputs.data.numpy() for o in outputs]
+        index = MultiVectorIndex.from_vectors(tokens)
+        hits = index.search(tokens[:3], k=2)
+        assert [h[0].id for h in hits] == ["0", "1", "2"]
+        assert team_count_change(release_team) == 0
     finally:
         torch.set_num_threads(before_threads)
