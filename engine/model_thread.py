@@ -119,16 +119,19 @@ _pause: Any = False  # not looked up yet
 
 def _pause_function() -> Any:
     """``omp_pause_resource_all`` of the OpenMP runtime torch ships (GNU ``libgomp`` in its
-    Linux wheels, LLVM ``libomp`` on macOS), loaded from torch's folders; None without one."""
+    Linux wheels, LLVM ``libomp`` on macOS), taken from torch's folders and only if the process
+    has already loaded it (never a second runtime); None without one."""
     global _pause
     if _pause is False:
         _pause = None
+        no_load = getattr(os, "RTLD_NOLOAD", None)
         base = os.path.dirname(torch.__file__)
         patterns = ("lib/libgomp*.so*", "../torch.libs/libgomp*.so*", "lib/libomp*.dylib", "lib/libiomp5*.so")
-        for path in sorted(p for pattern in patterns for p in glob.glob(os.path.join(base, pattern))):
+        paths = [p for pattern in patterns for p in sorted(glob.glob(os.path.join(base, pattern)))]
+        for path in paths if no_load is not None else []:
             try:
-                found = ctypes.CDLL(path).omp_pause_resource_all
-            except (OSError, AttributeError):
+                found = ctypes.CDLL(path, mode=no_load | os.RTLD_LAZY).omp_pause_resource_all
+            except (OSError, AttributeError):  # not loaded in this process, or an older runtime
                 continue
             found.argtypes, found.restype = [ctypes.c_int], ctypes.c_int
             _pause = found
