@@ -4,8 +4,9 @@ On a CPU, ``F.linear`` hands oneDNN / MKL a plain row-major weight and pays for 
 it on every call; a weight reordered once into oneDNN's blocked layout runs the same GEMM
 10-15% faster, and the FFN's GELU can run inside the GEMM's epilogue. :func:`prepack`
 swaps the transformer layers' ``nn.Linear`` modules for :class:`PackedLinear` (and fuses
-exact GELU into the FFN's first linear), after checking on random inputs that the oneDNN
-op gives what ``F.linear`` gives. Heads and poolers outside the layers keep their modules.
+exact GELU into the FFN's first linear where that pays, :func:`gelu_epilogue_pays`), after
+checking on random inputs that the oneDNN op gives what ``F.linear`` gives. Heads and
+poolers outside the layers keep their modules.
 
 BERT-style output blocks (``LayerNorm(dense(x) + residual)``, twice per layer) become
 :class:`ResidualLinearNorm`: the residual add runs in the GEMM's epilogue too, one pass over
@@ -55,6 +56,17 @@ def fast_half(dtype: torch.dtype) -> bool:
     probes = [getattr(torch.cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
     probes = [p for p in probes if p is not None]
     return not probes or any(p() for p in probes)
+
+
+def gelu_epilogue_pays() -> bool:
+    """Whether to fuse exact GELU into the FFN's first GEMM on this CPU.
+
+    Not on an AVX2-only CPU: there oneDNN's GELU epilogue made that GEMM 20-25% slower than the
+    same GEMM followed by ``F.gelu`` at every row count tried (128-2,048 rows of MiniLM's
+    384 x 1,536), and ``LLM.embed`` 8% slower end to end (README, "Benchmarks"). Kept on
+    AVX-512 and AMX CPUs, where the fused model was the one measured.
+    """
+    return torch.backends.cpu.get_cpu_capability() != "AVX2"
 
 
 class PackedLinear(torch.nn.Module):
@@ -189,7 +201,8 @@ def prepack(model: torch.nn.Module, batch_hint: int) -> int:
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name)
         act_fn = getattr(parent, "intermediate_act_fn", None)
-        activation = "gelu" if attr == "dense" and _exact_gelu(act_fn) else "none"
+        fuse_gelu = attr == "dense" and _exact_gelu(act_fn) and gelu_epilogue_pays()
+        activation = "gelu" if fuse_gelu else "none"
         try:
             packed = PackedLinear(linear, batch_hint, activation)
             ok = _agrees(linear, packed, activation)

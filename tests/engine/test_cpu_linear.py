@@ -23,15 +23,33 @@ def _count(model: torch.nn.Module, cls: type) -> int:
     return sum(isinstance(m, cls) for m in model.modules())
 
 
-def test_engine_prepacks_the_layer_linears_and_fuses_gelu(tiny_bert):
-    model = LLM(str(tiny_bert)).runner.model
-    layers = model.config.num_hidden_layers
-    assert _count(model, PackedLinear) == 6 * layers  # q, k, v, attention out, FFN in, FFN out
-    for layer in model.encoder.layer:
-        assert layer.intermediate.dense.activation == "gelu"
-        assert isinstance(layer.intermediate.intermediate_act_fn, torch.nn.Identity)
-        assert layer.output.dense.activation == "none"
-    assert isinstance(model.pooler.dense, torch.nn.Linear)  # outside the layers: kept
+@pytest.mark.parametrize("fuse", [True, False])
+def test_engine_prepacks_the_layer_linears_and_fuses_gelu_where_it_pays(tiny_bert, monkeypatch, fuse):
+    monkeypatch.setattr(cpu_linear, "gelu_epilogue_pays", lambda: fuse)
+    engine_model = LLM(str(tiny_bert)).runner.model
+    ref = AutoModel.from_pretrained(tiny_bert).eval()
+    packed = AutoModel.from_pretrained(tiny_bert).eval()
+    cpu_linear.prepack(packed, batch_hint=64)
+    for model in (engine_model, packed):
+        layers = model.config.num_hidden_layers
+        assert _count(model, PackedLinear) == 6 * layers  # q, k, v, attention out, FFN in, FFN out
+        for layer in model.encoder.layer:
+            assert layer.intermediate.dense.activation == ("gelu" if fuse else "none")
+            act = layer.intermediate.intermediate_act_fn
+            assert isinstance(act, torch.nn.Identity) if fuse else type(act).__name__ == "GELUActivation"
+            assert layer.output.dense.activation == "none"
+        assert isinstance(model.pooler.dense, torch.nn.Linear)  # outside the layers: kept
+    ids = torch.randint(5, 100, (2, 11))
+    with torch.inference_mode():
+        want = ref(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
+        got = packed(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_gelu_fusion_follows_the_cpu(monkeypatch):
+    for capability, pays in (("AVX2", False), ("AVX512", True), ("DEFAULT", True)):
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda c=capability: c)
+        assert cpu_linear.gelu_epilogue_pays() is pays
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
