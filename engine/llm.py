@@ -10,13 +10,12 @@ processor shapes the pooled tensors into outputs in the caller's order. ``embed`
 from __future__ import annotations
 
 import contextlib
-import functools
 import itertools
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -74,21 +73,6 @@ def _load(args: EngineArgs) -> tuple[LoadedModel, ModelRunner, TaskPoolers]:
     cfg = loaded.config
     runner = ModelRunner(cfg, loaded.backbone, compile=args.compile, packed=args.packed, prepack=True)
     return loaded, runner, build_poolers(cfg, loaded.architecture, loaded.model, loaded.tokenizer)
-
-
-T = TypeVar("T")
-
-
-def _one_call(method: Callable[..., T]) -> Callable[..., T]:
-    """An ``LLM`` method run as one engine call (:func:`model_thread.engine_call`): on the
-    CPU's main thread its batches and the shaping of its outputs, then the release of the
-    thread's OpenMP team where one is due."""
-
-    @functools.wraps(method)
-    def wrapper(self: LLM, *args: Any, **kwargs: Any) -> T:
-        return model_thread.engine_call(self.model_thread, functools.partial(method, self, *args, **kwargs))
-
-    return wrapper
 
 
 class LLM(TaskMethods):
@@ -292,7 +276,7 @@ class LLM(TaskMethods):
         """Run tokenized requests (possibly from several callers) as one job, in list order."""
         return self._execute(requests, {task: None}, use_tqdm)[task]
 
-    @_one_call
+    @model_thread.engine_method
     def _execute(
         self,
         requests: list[Request],
@@ -321,7 +305,7 @@ class LLM(TaskMethods):
         io = encode_processor(self, task)
         return self._run_io(io, prompts, pooling_params, use_tqdm, truncate_prompt_tokens)
 
-    @_one_call
+    @model_thread.engine_method
     def _run_io(
         self,
         io: PromptIO,
@@ -370,7 +354,7 @@ class LLM(TaskMethods):
         data = [d for res in results for d in res[io.task]]
         return io.finish(requests, data)
 
-    @_one_call
+    @model_thread.engine_method
     def run_prepared(self, prepared: Prepared, use_tqdm: bool = False) -> list[PoolingRequestOutput[Any]]:
         """Run a job from a task IO processor and shape its outputs."""
         with _progress(len(prepared.requests), use_tqdm) as bar:

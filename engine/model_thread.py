@@ -150,6 +150,18 @@ def engine_call(thread: ModelThread | None, fn: Callable[..., T], *args: Any) ->
     return fn(*args) if thread is None else thread.call(fn, *args)
 
 
+def engine_method(method: Callable[..., T]) -> Callable[..., T]:
+    """Decorator of an engine's methods (``self.model_thread``: a :class:`ModelThread`, or None on
+    CUDA): each call is one engine call (:func:`engine_call`), so on the CPU's main thread its
+    batches and the shaping of its outputs, then the release of the thread's team where due."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> T:
+        return engine_call(self.model_thread, functools.partial(method, self, *args, **kwargs))
+
+    return wrapper
+
+
 def with_the_model(fn: Callable[..., T]) -> Callable[..., T]:
     """Decorator: ``fn`` runs where the CPU models run (:meth:`ModelThread.run` of the process's
     model thread), for torch work next to the engine's, such as an index's MaxSim."""
