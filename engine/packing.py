@@ -247,6 +247,31 @@ def key_mask(masks: list[list[int]]) -> tuple[dict[str, torch.Tensor], int]:
     return tensors, int(counts.max())
 
 
+ROW_STEPS = 16
+"""Packed row lengths per doubling of the token count (:func:`row_length`)."""
+
+
+def row_length(tokens: int) -> int:
+    """The row length a packed batch of ``tokens`` tokens is filled up to, where the device
+    builds a kernel per matrix shape (the CPU in half precision, :func:`fills_rows`): one of
+    :data:`ROW_STEPS` lengths per doubling, multiples of 16 at least (64 lengths up to 2,048
+    tokens), so a row carries at most 1/16 more tokens than its prompts."""
+    step = max(16, 1 << max(0, (tokens - 1).bit_length() - ROW_STEPS.bit_length()))
+    return -(-tokens // step) * step
+
+
+def fills_rows(dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether packed rows are filled up to :func:`row_length` for ``dtype`` on ``device``.
+
+    On the CPU in bf16 / fp16: oneDNN builds (JIT-compiles) its GEMM kernels for each row
+    count it meets, 20-40 ms per linear shape on an AMX Xeon against 3-9 ms for the GEMM
+    itself, so a batch whose token count is new ran at a fraction of the speed of one seen
+    before; rows of a few fixed lengths meet at most 64 row counts up to 2,048 tokens (README,
+    "Benchmarks"). fp32 kernels showed no such cost, and CUDA runs packed rows as they are.
+    """
+    return device.type == "cpu" and dtype in (torch.bfloat16, torch.float16)
+
+
 def pack(
     token_ids: list[list[int]], token_type_ids: list[list[int] | None] | None, offset: int
 ) -> dict[str, torch.Tensor]:

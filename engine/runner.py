@@ -64,6 +64,7 @@ class ModelRunner:
         self._decoder = not cfg.is_encoder
         self._copy_stream: Any = None
         self.packed = False
+        self.fill_rows = False  # see packing.fills_rows
         self.compiled = False
         self._pos_offset = 0
         if prepack and self.device.type == "cpu" and not compile:
@@ -74,6 +75,8 @@ class ModelRunner:
             packed = not compile and packing.default_on(cfg.dtype, self.device)
         if packed:
             self._enable_packing(asked)
+        # packed rows filled up to a few lengths where kernels are built per shape
+        self.fill_rows = self.packed and packing.fills_rows(cfg.dtype, self.device)
         if compile:
             self.compile()
 
@@ -154,16 +157,21 @@ class ModelRunner:
             bounds.append(bounds[-1] + r.num_tokens)
         masked = any(r.attention_mask is not None for r in reqs)  # positions not attended to
         if self.packed:
-            host = packing.pack(
-                [r.prompt_token_ids for r in reqs], [r.token_type_ids for r in reqs], self._pos_offset
-            )
-            extra = packing.attention_kwargs(bounds, batch.max_len)
+            ids, types = [r.prompt_token_ids for r in reqs], [r.token_type_ids for r in reqs]
+            masks = [r.attention_mask or [1] * r.num_tokens for r in reqs] if masked else []
+            segments = bounds
+            filler = packing.row_length(bounds[-1]) - bounds[-1] if self.fill_rows else 0
+            if filler:  # a segment of its own (it attends to itself only), cut off after the model
+                ids, types = ids + [[self.pad_token_id] * filler], types + [None]
+                masks = masks + [[1] * filler]
+                segments = bounds + [bounds[-1] + filler]
+            host = packing.pack(ids, types, self._pos_offset)
+            extra = packing.attention_kwargs(segments, max(batch.max_len, filler))
             if masked:
-                keys, extra["max_length_k"] = packing.key_mask(
-                    [r.attention_mask or [1] * r.num_tokens for r in reqs]
-                )
+                keys, extra["max_length_k"] = packing.key_mask(masks)
                 host.update(keys)
-            rows = None
+            if filler:
+                host["cu_seq_lens_q"] = torch.tensor(segments)
         else:
             max_len = batch.max_len
             pads = [max_len - r.num_tokens for r in reqs]
@@ -187,7 +195,8 @@ class ModelRunner:
         dev, ready = self._to_device(host)
         rows, cu = dev.pop("rows", None), dev.pop("cu_seqlens")
         if self.packed:
-            extra.update(cu_seq_lens_q=cu, cu_seq_lens_k=dev.pop("cu_seq_lens_k", cu))
+            cu_q = dev.pop("cu_seq_lens_q", cu)
+            extra.update(cu_seq_lens_q=cu_q, cu_seq_lens_k=dev.pop("cu_seq_lens_k", cu_q))
             for name in ("packed_key_mask", "packed_key_index"):  # prompts with unattended positions
                 if name in dev:
                     extra[name] = dev.pop(name)
@@ -207,8 +216,9 @@ class ModelRunner:
         hidden = self._call_model(**staged.inputs, **staged.extra)
         ids, cu = staged.inputs["input_ids"], staged.cu_seqlens
         lengths = [r.num_tokens for r in staged.batch.requests]
-        if staged.rows is None:  # packed: already flat
-            return HiddenStates(data=hidden[0], cu_seqlens=cu, token_ids=ids[0], lengths=lengths)
+        if staged.rows is None:  # packed: already flat (a filled row: its prompts' tokens first)
+            n = sum(lengths)
+            return HiddenStates(data=hidden[0, :n], cu_seqlens=cu, token_ids=ids[0, :n], lengths=lengths)
         data = hidden.flatten(0, 1).index_select(0, staged.rows)
         return HiddenStates(data=data, cu_seqlens=cu, token_ids=ids.flatten()[staged.rows], lengths=lengths)
 
