@@ -321,7 +321,7 @@ class EngineCore:
             return
         logger.warning("A batch of %d jobs failed (%s); running them one by one", len(jobs), exc)
         for job in jobs:
-            own = ScheduledBatch(scheduled.key, [(j, p) for j, p in scheduled.entries if j is job])
+            own = scheduled.only(job)
             start = time.perf_counter()
             try:
                 outputs = self.executor.execute(self.executor.stage(own.batch), own)

@@ -260,6 +260,20 @@ def row_length(tokens: int) -> int:
     return -(-tokens // step) * step
 
 
+def fillers(tokens: int, budget: int | None, longest: int) -> list[int]:
+    """Lengths of the filler segments that bring a packed row of ``tokens`` tokens up to its
+    :func:`row_length`, but not past ``budget`` (the token budget it was scheduled under),
+    each at most ``longest`` tokens (the model's position limit): empty when the row is full."""
+    target = row_length(tokens)
+    if budget is not None:
+        target = max(tokens, min(target, budget))
+    rest, pieces = target - tokens, []
+    while rest > 0:
+        pieces.append(min(rest, longest))
+        rest -= pieces[-1]
+    return pieces
+
+
 def fills_rows(dtype: torch.dtype, device: torch.device) -> bool:
     """Whether packed rows are filled up to :func:`row_length` for ``dtype`` on ``device``.
 

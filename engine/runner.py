@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -160,17 +161,19 @@ class ModelRunner:
             ids, types = [r.prompt_token_ids for r in reqs], [r.token_type_ids for r in reqs]
             masks = [r.attention_mask or [1] * r.num_tokens for r in reqs] if masked else []
             segments = bounds
-            filler = packing.row_length(bounds[-1]) - bounds[-1] if self.fill_rows else 0
-            if filler:  # a segment of its own (it attends to itself only), cut off after the model
-                ids, types = ids + [[self.pad_token_id] * filler], types + [None]
-                masks = masks + [[1] * filler]
-                segments = bounds + [bounds[-1] + filler]
+            fillers: list[int] = []
+            if self.fill_rows:
+                fillers = packing.fillers(bounds[-1], batch.budget, self.cfg.max_model_len)
+            if fillers:  # segments of their own (each attends to itself only), cut off after the model
+                ids, types = ids + [[self.pad_token_id] * f for f in fillers], types + [None] * len(fillers)
+                masks = masks + [[1] * f for f in fillers]
+                segments = bounds + list(itertools.accumulate(fillers, initial=bounds[-1]))[1:]
             host = packing.pack(ids, types, self._pos_offset)
-            extra = packing.attention_kwargs(segments, max(batch.max_len, filler))
+            extra = packing.attention_kwargs(segments, max([batch.max_len, *fillers]))
             if masked:
                 keys, extra["max_length_k"] = packing.key_mask(masks)
                 host.update(keys)
-            if filler:
+            if fillers:
                 host["cu_seq_lens_q"] = torch.tensor(segments)
         else:
             max_len = batch.max_len
@@ -241,8 +244,8 @@ class ModelRunner:
                 ) from e
             half = len(plain.requests) // 2
             logger.warning("Out of memory on a batch of %d prompts; splitting it", len(plain.requests))
-            yield from self.forward_split(Batch(plain.requests[:half]))
-            yield from self.forward_split(Batch(plain.requests[half:]))
+            yield from self.forward_split(Batch(plain.requests[:half], plain.budget))
+            yield from self.forward_split(Batch(plain.requests[half:], plain.budget))
             return
         yield plain, hidden
 

@@ -137,10 +137,15 @@ class ScheduledBatch:
 
     key: tuple[str, ...]
     entries: list[tuple[Job, int]]
+    budget: int | None = None  # the token budget it was scheduled under
 
     @property
     def batch(self) -> Batch:
-        return Batch([job.requests[pos] for job, pos in self.entries])
+        return Batch([job.requests[pos] for job, pos in self.entries], self.budget)
+
+    def only(self, job: Job) -> ScheduledBatch:
+        """The part of this batch that came from ``job``."""
+        return ScheduledBatch(self.key, [(j, p) for j, p in self.entries if j is job], self.budget)
 
     @property
     def jobs(self) -> list[Job]:
@@ -291,7 +296,7 @@ class Scheduler:
             start = 0 if self.packed else job.first_at_most(state[0] + slack)
             self._fill(job, start, entries, state, None, sliced_room)
         self._prune()
-        return ScheduledBatch(lead.key, entries)
+        return ScheduledBatch(lead.key, entries, self.max_num_batched_tokens)
 
     def _small_behind(self, job: Job) -> Job | None:
         """The first waiting job after ``job`` that runs its tasks and is not sliced (small)."""

@@ -67,10 +67,12 @@ class Batch:
     """Requests run together in one forward pass.
 
     ``padded_tokens`` is what the batch costs on a padded model (``max_len x n``); the
-    scheduler keeps it under the token budget.
+    scheduler keeps it under the token budget, ``budget`` (``None``: none given), which a
+    filled packed row (``packing.fillers``) does not pass either.
     """
 
     requests: list[Request] = field(default_factory=list)
+    budget: int | None = None
 
     @property
     def max_len(self) -> int:

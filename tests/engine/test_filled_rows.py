@@ -106,3 +106,59 @@ def test_bf16_default_fills_rows_and_agrees_with_unfilled(tiny_bert):
     plain = np.array([o.outputs.embedding for o in llm.embed(TEXTS, **KW)])
     cosine = (filled * plain).sum(1) / np.linalg.norm(filled, axis=1) / np.linalg.norm(plain, axis=1)
     assert cosine.min() > 0.999
+
+
+def test_fillers_stay_within_the_budget_and_the_position_limit():
+    for tokens in range(1, 20_000, 37):
+        for budget in (None, tokens, tokens + 5, 2048, 8192, 32_768):
+            for longest in (32, 128, 512):
+                pieces = packing.fillers(tokens, budget, longest)
+                target = packing.row_length(tokens)
+                if budget is not None:
+                    target = max(tokens, min(target, budget))
+                assert tokens + sum(pieces) == target, (tokens, budget, longest)
+                assert all(0 < p <= longest for p in pieces)
+    assert packing.fillers(97, 100, 512) == [3]  # capped at a budget that is not a row length
+    assert packing.fillers(6000, None, 128) == [128, 16]  # 6,144: split at the position limit
+    assert packing.fillers(2048, 2048, 512) == []
+
+
+LONG = [" ".join(f"word{i + j}" for j in range(70 + (i * 7) % 50)) for i in range(160)]
+
+
+@pytest.mark.parametrize("name", ["tiny_bert", "tiny_xlmr"])
+def test_large_budgets_fill_rows_within_the_model_positions(name, request):
+    # a row of ~6,000 tokens is filled by up to 255 tokens, more than the 128 positions
+    llm = LLM(str(request.getfixturevalue(name)), max_num_batched_tokens=8192)
+    rows, stage = [], llm.runner.stage
+    llm.runner.stage = lambda batch: rows.append(stage(batch)) or rows[-1]
+    plain = np.array([o.outputs.embedding for o in llm.embed(LONG, use_tqdm=False)])
+    llm.runner.fill_rows, rows[:] = True, []
+    filled = np.array([o.outputs.embedding for o in llm.embed(LONG, use_tqdm=False)])
+    np.testing.assert_allclose(filled, plain, rtol=1e-5, atol=1e-6)
+    limit = llm.runner.cfg.max_model_len
+    assert any(s.extra["packed_bounds"][-1] > s.cu_seqlens[-1].item() for s in rows), "no row was filled"
+    for staged in rows:
+        bounds, n = staged.extra["packed_bounds"], staged.cu_seqlens[-1].item()
+        assert bounds[-1] == packing.row_length(n) <= 8192
+        assert max(b - a for a, b in zip(bounds, bounds[1:])) <= limit
+    # 4,100 tokens: filled up to 4,352 by 252 tokens, in two segments within the positions
+    ids = [[5 + i % 50] * 100 for i in range(41)]
+    batch = Batch([Request(index=i, prompt_token_ids=t, params=None) for i, t in enumerate(ids)])
+    staged = llm.runner.stage(batch)
+    bounds = staged.extra["packed_bounds"]
+    assert bounds[-3:] == [4100, 4100 + limit, 4352] and staged.inputs["position_ids"].max() < limit + 2
+    assert llm.runner.forward(staged).data.shape[0] == 4100
+
+
+def test_a_filled_row_stays_within_a_budget_that_is_not_a_row_length(tiny_bert):
+    llm = LLM(str(tiny_bert), max_num_batched_tokens=100)
+    llm.runner.fill_rows = True
+    rows, stage = [], llm.runner.stage
+    llm.runner.stage = lambda batch: rows.append(stage(batch)) or rows[-1]
+    plain = LLM(str(tiny_bert), max_num_batched_tokens=100).embed(TEXTS, **KW)
+    filled = llm.embed(TEXTS, **KW)
+    vectors = [[o.outputs.embedding for o in outs] for outs in (filled, plain)]
+    np.testing.assert_allclose(*vectors, rtol=1e-5, atol=1e-6)
+    assert max(s.inputs["input_ids"].shape[1] for s in rows) <= 100
+    assert any(s.inputs["input_ids"].shape[1] > s.cu_seqlens[-1].item() for s in rows)  # some were filled
