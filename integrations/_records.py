@@ -12,8 +12,9 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from vllm_pool.retrievers import long_documents
 from vllm_pool.retrievers.filters import compile_filter
-from vllm_pool.retrievers.registry import check_json_value
+from vllm_pool.retrievers.registry import check_json_value, check_unique
 
 TEXT_KEY = "__vllm_pool_text__"
 """Metadata key holding the document text inside an index."""
@@ -43,7 +44,8 @@ def unpack(metadata: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
 
 
 def user_filter(flt: Any) -> Any:
-    """Adapt a user's filter to packed metadata (a callable must not see the text key).
+    """Adapt a user's filter to packed metadata: a callable sees the user's metadata only
+    (neither the text key nor a long document's window keys).
 
     Raises:
         ValueError: an unknown operator in a filter dict (``vllm_pool.retrievers.filters``).
@@ -55,7 +57,7 @@ def user_filter(flt: Any) -> Any:
         predicate: Callable[[dict[str, Any]], bool] = flt
 
         def wrapped(metadata: dict[str, Any]) -> bool:
-            return bool(predicate(unpack(metadata)[1]))
+            return bool(predicate(long_documents.public(unpack(metadata)[1])))
 
         return wrapped
     raise TypeError(f"filter must be a dict (LangChain FAISS-style) or a callable, got {type(flt).__name__}")
@@ -72,7 +74,8 @@ def new_records(
 
     Raises:
         TypeError: ``texts`` is a single string (it would be added letter by letter).
-        ValueError: ``metadatas`` or ``ids`` do not have one entry per text.
+        ValueError: ``metadatas`` or ``ids`` do not have one entry per text, or an id is
+            given twice.
     """
     if isinstance(texts, str):
         raise TypeError("texts must be a list of strings, not a single string")
@@ -85,6 +88,7 @@ def new_records(
         if not isinstance(text, str):
             raise TypeError(f"texts[{i}] must be a string, got {type(text).__name__} (nothing was added)")
     new_ids = [i if i is not None else uuid.uuid4().hex for i in (ids or [None] * len(texts))]
+    check_unique(new_ids)
     metas = [pack(t, m) for t, m in zip(texts, metadatas or [None] * len(texts), strict=True)]
     for i, meta in enumerate(metas):  # refused now, before any embedding, not at save time
         check_json_value({k: v for k, v in meta.items() if k != TEXT_KEY}, f"metadatas[{i}]")

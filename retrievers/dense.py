@@ -170,7 +170,7 @@ class DenseIndex(DocumentIndex):
         if self.config["normalize"]:
             arr = l2_normalize(arr)
         with self._lock:
-            ids, metadatas = check_ids_and_metadatas(len(arr), ids, metadatas, self._registry.next_slot)
+            ids, metadatas = check_ids_and_metadatas(len(arr), ids, metadatas, self._registry)
             if len(arr) == 0:
                 return []
             storage = self.config["storage"]

@@ -21,7 +21,25 @@ from .types import Record
 logger = logging.getLogger(__name__)
 
 
-class DocumentIndex:
+class NotCopyable:
+    """An object that holds an index (FAISS indexes, memory-mapped rows and a lock do not
+    copy): pickle and ``copy.deepcopy`` raise a ``TypeError`` that names the object and how
+    to save and load it (:attr:`save_hint`) instead of failing on a lock deep inside."""
+
+    save_hint = ("save(folder)", "load(folder)")
+
+    def __reduce__(self) -> Any:
+        save, load = self.save_hint
+        raise TypeError(
+            f"a {type(self).__name__} cannot be pickled or deep-copied (FAISS indexes, mapped files "
+            f"and locks do not copy): write it with {save} and read it back with {load}"
+        )
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+        return self.__reduce__()
+
+
+class DocumentIndex(NotCopyable):
     """Base of :class:`~.dense.DenseIndex` and :class:`~.multivector.MultiVectorIndex`."""
 
     kind = "base"

@@ -22,6 +22,7 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from .registry import check_unique
 from .types import Filter, Hit, check_k
 
 logger = logging.getLogger(__name__)
@@ -121,7 +122,10 @@ def add_documents(
 def replace(
     index: Any, ids: Sequence[str], vectors: list[Any], win_ids: list[str], win_metas: list[dict[str, Any]]
 ) -> None:
-    """Remove documents ``ids`` (every window) and add the given windows."""
+    """Remove documents ``ids`` (every window) and add the given windows; ids given twice
+    (a window's id among them) are refused before anything is removed."""
+    check_unique(ids)
+    check_unique(win_ids, "ids (of documents and of long documents' windows)")
     remove(index, ids)
     index.add(vectors, win_ids, win_metas)
 
@@ -133,11 +137,12 @@ def get(index: Any, ids: Sequence[str]) -> list[Any]:
         found = index.get([doc_id]) or index.get([window_id(doc_id, 0)])
         if found and found[0].metadata.get(PARENT_KEY, doc_id) == doc_id:
             rec = found[0]
-            out.append(type(rec)(doc_id, _public(rec.metadata), rec.vectors))
+            out.append(type(rec)(doc_id, public(rec.metadata), rec.vectors))
     return out
 
 
-def _public(metadata: Mapping[str, Any]) -> dict[str, Any]:
+def public(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """``metadata`` without the window keys (what the user stored)."""
     return {k: v for k, v in metadata.items() if k not in _INTERNAL}
 
 
@@ -181,5 +186,5 @@ def _with_parent_metadata(index: Any, hits: list[Hit]) -> list[Hit]:
         if PARENT_KEY in meta:  # a window: the document's metadata is on its first window
             first = index.get([window_id(hit.id, 0)])
             meta = first[0].metadata if first else meta
-        out.append(Hit(hit.id, hit.score, _public(meta)))
+        out.append(Hit(hit.id, hit.score, public(meta)))
     return out

@@ -210,7 +210,7 @@ class MultiVectorIndex(DocumentIndex):
         if self.config["normalize"]:
             docs = [l2_normalize(d) for d in docs]
         with self._lock:
-            ids, metadatas = check_ids_and_metadatas(len(docs), ids, metadatas, self._registry.next_slot)
+            ids, metadatas = check_ids_and_metadatas(len(docs), ids, metadatas, self._registry)
             if not docs:
                 return []
             if self._index is None and self._uses_faiss() and not self._trains():  # may fail: before changes

@@ -7,6 +7,7 @@ as their label; the registry maps it back to the caller's string id and metadata
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 from collections.abc import Iterable, Sequence
 
@@ -16,22 +17,36 @@ from .filters import compile_filter
 from .types import Filter, Metadata
 
 
+def check_unique(ids: Sequence[str], what: str = "ids") -> None:
+    """Raise ``ValueError`` naming the first id given twice in one add."""
+    seen: set[str] = set()
+    for i in ids:
+        if i in seen:
+            raise ValueError(f"{what} must be unique within one add() call: {i!r} is given twice")
+        seen.add(i)
+
+
 def check_ids_and_metadatas(
-    n: int, ids: Sequence[str] | None, metadatas: Sequence[Metadata] | None, start: int
+    n: int,
+    ids: Sequence[str] | None,
+    metadatas: Sequence[Metadata] | None,
+    registry: Registry,
 ) -> tuple[list[str], list[Metadata]]:
     """Validate ``ids`` / ``metadatas`` for ``n`` new documents, filling in defaults.
 
     Args:
         n: number of documents being added.
-        ids: string ids, or ``None`` for ``"0", "1", ...`` continuing from ``start``.
+        ids: string ids, or ``None`` for ``"0", "1", ...`` from the registry's next slot,
+            skipping the ids it holds (a generated id never replaces a document).
         metadatas: dicts, or ``None`` for empty dicts.
-        start: first number used for generated ids.
+        registry: the index's documents.
 
     Returns:
         ``(ids, metadatas)``, both of length ``n``; metadata deep-copied.
     """
     if ids is None:
-        ids = [str(start + i) for i in range(n)]
+        fresh = (str(i) for i in itertools.count(registry.next_slot))
+        ids = list(itertools.islice((i for i in fresh if i not in registry), n))
     else:
         if isinstance(ids, str):
             raise TypeError("ids must be a list of strings, not a single string")
@@ -41,8 +56,7 @@ def check_ids_and_metadatas(
         for i in ids:
             if not isinstance(i, str):
                 raise TypeError(f"ids must be strings, got {type(i).__name__} ({i!r})")
-        if len(set(ids)) != len(ids):
-            raise ValueError("ids must be unique within one add() call")
+        check_unique(ids)
     if metadatas is None:
         metadatas = [{} for _ in range(n)]
     else:

@@ -10,13 +10,14 @@ from langchain_core.callbacks import CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict, Field
+from vllm_pool.retrievers.index_base import NotCopyable
 
 from .. import _colbert
 from .._records import user_filter
 from ._colbert_fields import ColBERTFields
 
 
-class VllmPoolColBERTRetriever(ColBERTFields, BaseRetriever):
+class VllmPoolColBERTRetriever(NotCopyable, ColBERTFields, BaseRetriever):
     """Late-interaction (ColBERT, MaxSim) retrieval with the engine's token embeddings.
 
     Build it with :meth:`from_texts`, :meth:`from_documents` or :meth:`load`; an instance

@@ -13,13 +13,17 @@ from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 from langchain_core.vectorstores import VectorStore
 from langchain_core.vectorstores.utils import maximal_marginal_relevance
+from vllm_pool.retrievers.index_base import NotCopyable
 from vllm_pool.retrievers.positions import UNCHANGED, caller_positions
 
 from .._records import new_records, unpack, user_filter
 from .._similarity import relevance_fn, scores
 
+EXACT_DISTANCE_LIMIT = 10_000
+"""Documents up to which euclidean / manhattan stores score every document (about 0.2 s)."""
 
-class VllmPoolVectorStore(VectorStore):
+
+class VllmPoolVectorStore(NotCopyable, VectorStore):
     """Documents in a ``vllm_pool.retrievers.DenseIndex`` (FAISS, exact by default).
 
     Works with any LangChain ``Embeddings`` (``VllmPoolEmbeddings`` runs the model
@@ -27,9 +31,10 @@ class VllmPoolVectorStore(VectorStore):
     it; deleting missing ids does nothing; scores are the model's Sentence Transformers
     similarity (``similarity_fn_name`` of ``VllmPoolEmbeddings``; cosine for other
     embeddings), higher is better: cosine and dot are searched exactly by inner product
-    (of normalized vectors for cosine); euclidean and manhattan rescore exactly the best
-    ``max(4 * k, k + 16)`` candidates by inner product (the same ranking as euclidean for
-    normalized embeddings); ``filter`` is a dict with LangChain FAISS's operators
+    (of normalized vectors for cosine); euclidean and manhattan score every document exactly
+    up to :data:`EXACT_DISTANCE_LIMIT` documents, and in a larger store rescore exactly the
+    best ``max(4 * k, k + 16)`` candidates by inner product (the same ranking as euclidean
+    for normalized embeddings only); ``filter`` is a dict with LangChain FAISS's operators
     (``$eq $ne $gt $gte $lt $lte $in $nin $and $or $not``, a list value meaning ``$in``)
     or a callable on the metadata. Saved with :meth:`save_local` as ``.npy`` / FAISS / JSON
     files (no pickle). Thread-safe.
@@ -47,6 +52,8 @@ class VllmPoolVectorStore(VectorStore):
         >>> store.similarity_search_with_score("kitten", k=1)  # doctest: +SKIP
         [(Document(id='1', metadata={}, page_content='a cat'), 0.62)]
     """
+
+    save_hint = ("save_local(folder)", "VllmPoolVectorStore.load_local(folder, embeddings)")
 
     def __init__(self, embedding: Embeddings, *, index: Any = None, **index_kwargs: Any) -> None:
         if not isinstance(embedding, Embeddings):
@@ -157,15 +164,8 @@ class VllmPoolVectorStore(VectorStore):
         with self._lock:
             if self._index is None:
                 return True
-            if ids is None:
-                from vllm_pool.retrievers import DenseIndex
-
-                old = self._index
-                self._index = DenseIndex(
-                    old.dim, **old.config, use_gpu=old.use_gpu, model_name=old.model_name
-                )
-            else:
-                self._index.remove(list(ids))
+            # everything: the index stays, with its settings, training and int8 ranges
+            self._index.remove(self._index.ids() if ids is None else list(ids))
             return True
 
     def get_by_ids(self, ids: Sequence[str], /) -> list[Document]:
@@ -188,7 +188,9 @@ class VllmPoolVectorStore(VectorStore):
             return []
         name = self.similarity_fn_name
         query = np.asarray(embedding, dtype=np.float32)
-        fetch = k if name in ("cosine", "dot") else max(4 * k, k + 16)
+        fetch, total = k, len(self._index)
+        if name not in ("cosine", "dot"):  # every document up to a limit, else candidates
+            fetch = total if total <= EXACT_DISTANCE_LIMIT else max(4 * k, k + 16)
         hits = self._index.search(query, k=fetch, filter=flt)[0]
         found = [float(hit.score) for hit in hits]
         if name not in ("cosine", "dot") and hits:  # exact ST scores of the candidates

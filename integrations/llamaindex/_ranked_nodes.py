@@ -28,7 +28,8 @@ class RankedNodes:
         if query_bundle is None:
             raise ValueError(f"{type(self).__name__} needs a query: pass query_bundle or query_str")
         nodes = with_scores(nodes)
-        top_n, model = check_top_n(self.top_n), self.model  # type: ignore[attr-defined]
+        model = self.model  # type: ignore[attr-defined]
+        top_n = len(nodes) if check_top_n(self.top_n) is None else self.top_n  # type: ignore[attr-defined]
         dispatcher.event(ReRankStartEvent(query=query_bundle, nodes=nodes, top_n=top_n, model_name=model))
         if not nodes:
             dispatcher.event(ReRankEndEvent(nodes=[]))

@@ -11,6 +11,7 @@ from typing import Any
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.callbacks import CallbackManager
 from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, QueryBundle, TextNode
+from vllm_pool.retrievers.index_base import NotCopyable
 
 from vllm_pool import DEFAULT_MODEL
 
@@ -20,7 +21,7 @@ from .._hf_names import translate
 from ._filters import to_index_filter
 
 
-class VllmPoolColBERTRetriever(_colbert.ColBERTSettings, BaseRetriever):
+class VllmPoolColBERTRetriever(NotCopyable, _colbert.ColBERTSettings, BaseRetriever):
     """Late-interaction (ColBERT, MaxSim) retrieval with the engine's token embeddings.
 
     Build it with :meth:`from_nodes`, :meth:`from_documents` or :meth:`load`. Results are

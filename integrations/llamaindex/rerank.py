@@ -27,7 +27,9 @@ class VllmPoolRerank(EngineFields, RankedNodes, BaseNodePostprocessor):
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), arbitrary_types_allowed=True)
 
-    top_n: int = Field(default=2, gt=0, description="Number of nodes to return, best first.")
+    top_n: int | None = Field(
+        default=2, gt=0, description="Number of nodes to return, best first (None: all, reordered)."
+    )
     keep_retrieval_score: bool = Field(
         default=False, description='Keep the first-stage score in node.metadata["retrieval_score"].'
     )

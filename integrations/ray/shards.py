@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from .columns import column_matrix, column_token_vectors
@@ -90,6 +91,18 @@ def _dedupe(ids: list[str], vectors: Any, metas: list[dict[str, Any]]) -> tuple[
     return [ids[i] for i in keep], picked, [metas[i] for i in keep]
 
 
+def shard_name(ids: list[str], vectors: Any, metas: list[dict[str, Any]]) -> str:
+    """A shard's folder name: a hash of its rows (ids, vectors and metadata, in id order), so
+    a retried task rewrites its own shard and two batches never share a folder unless they
+    hold the same rows."""
+    digest = hashlib.sha256()
+    for i in sorted(range(len(ids)), key=ids.__getitem__):
+        meta = json.dumps(metas[i], sort_keys=True, ensure_ascii=False, default=str)
+        digest.update(f"{ids[i]}\0{meta}\0".encode())
+        digest.update(np.ascontiguousarray(vectors[i], dtype=np.float32).tobytes())
+    return "shard-" + digest.hexdigest()[:16]
+
+
 def write_shard(
     batch: pa.Table,
     *,
@@ -125,6 +138,6 @@ def write_shard(
     dim = vectors.shape[1] if kind == "dense" else vectors[0].shape[1]
     index = index_class(kind)(dim, **shard_kwargs)
     index.add(vectors, ids, metas)
-    name = "shard-" + hashlib.sha256("\n".join(sorted(ids)).encode("utf-8")).hexdigest()[:16]
+    name = shard_name(ids, vectors, metas)
     index.save(Path(folder) / name)
     return pa.table({"shard": [name], "count": [len(ids)], "ids": [ids]}, schema=schema)

@@ -201,3 +201,26 @@ def test_killed_actor_loses_no_rows_and_rerun_gives_the_same_index(ray_cluster, 
     va = np.stack([r.vectors for r in first.get(first.ids())])
     vb = np.stack([r.vectors for r in second.get(second.ids())])
     np.testing.assert_allclose(va, vb, atol=1e-6)
+
+
+def test_two_batches_with_the_same_ids_and_other_contents_get_two_shards(tmp_path):
+    from vllm_pool.integrations.ray.shards import write_shard
+    from vllm_pool.retrievers.sharded import merge_indexes
+
+    rng = np.random.default_rng(0)
+    opts = {"kind": "dense", "vector_column": "embedding", "id_column": "id", "text_column": "text"}
+    opts.update(metadata_columns=None, shard_kwargs={}, folder=str(tmp_path))
+
+    def batch(version: str, order: list[int]) -> pa.Table:
+        vectors = rng.normal(size=(3, 8)).astype(np.float32)[order]
+        column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), 8)
+        return pa.table({"id": [f"r{i}" for i in order], "embedding": column, "version": [version] * 3})
+
+    old, new = batch("old", [0, 1, 2]), batch("new", [2, 1, 0])
+    names = [write_shard(b, **opts)["shard"][0].as_py() for b in (old, new, old)]
+    assert names[0] != names[1] and names[2] == names[0]  # a retried batch rewrites its own shard
+    shuffled = old.take([2, 0, 1])
+    assert write_shard(shuffled, **opts)["shard"][0].as_py() == names[0]
+    shards = [DenseIndex.load(tmp_path / name) for name in names[:2]]
+    with pytest.raises(ValueError, match="in two shards with different contents"):
+        merge_indexes(shards)
