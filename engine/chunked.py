@@ -21,6 +21,7 @@ rejected with vLLM's message. Only the ``embed`` task is chunked (``LLM.embed``,
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -106,3 +107,33 @@ def merge(requests: list[Request], data: list[torch.Tensor]) -> tuple[list[Reque
             merged_data.append(total / sum(weights))
         i = j
     return merged_requests, merged_data
+
+
+def num_prompts(requests: list[Request]) -> int:
+    """Prompts of ``requests``: a prompt's chunks are consecutive requests with its ``index``
+    (the outputs :func:`merge` makes)."""
+    return sum(1 for i, r in enumerate(requests) if i == 0 or requests[i - 1].index != r.index)
+
+
+def prompt_progress(
+    update: Callable[[int], Any] | None, requests: list[Request]
+) -> Callable[[int], None] | None:
+    """A job's ``on_batch`` that advances a progress bar by prompts, not chunk requests.
+
+    The engine reports how many of the job's requests each batch ran, not which: the prompts
+    done are counted in proportion (rounded down), and reach :func:`num_prompts` exactly when
+    every request has run, so a bar of prompts never passes its total.
+    """
+    prompts, total = num_prompts(requests), len(requests)
+    if update is None or prompts == total:
+        return update
+    done = [0, 0]  # requests run, prompts reported
+
+    def on_batch(n: int) -> None:
+        done[0] += n
+        reached = min(done[0], total) * prompts // total
+        if reached > done[1]:
+            update(reached - done[1])
+            done[1] = reached
+
+    return on_batch

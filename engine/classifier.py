@@ -21,11 +21,23 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Classifier:
-    """A classification head: ``fn([N, hidden]) -> [N, num_labels]`` after ``method`` pooling."""
+    """A classification head: ``fn([N, hidden]) -> [N, num_labels]`` after ``method`` pooling.
+
+    ``token_fn`` is the head of the token-level tasks (``token_classify``, ``reward``) when
+    it differs from ``fn``: a BERT model's pooler (dense + tanh) and a ModernBERT model's head
+    (dense + GELU + LayerNorm) belong to the sequence (``classify`` / ``score``) pooling only,
+    so vLLM applies the classifier alone to each token.
+    """
 
     fn: Callable[[torch.Tensor], torch.Tensor]
     method: PoolingType
     num_labels: int
+    token_fn: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    @property
+    def per_token(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The head applied to each token's hidden state."""
+        return self.fn if self.token_fn is None else self.token_fn
 
 
 def _linear(module: Any) -> bool:
@@ -116,12 +128,14 @@ def sequence_classifier(
         method = (
             PoolingType.MEAN if getattr(hf_config, "classifier_pooling", "cls") == "mean" else PoolingType.CLS
         )
-        return Classifier(lambda x: classifier(head(x)), method, n)
+        return Classifier(lambda x: classifier(head(x)), method, n, token_fn=classifier)
     if getattr(model, "pre_classifier", None) is not None:  # DistilBERT
         pre = model.pre_classifier
         return Classifier(lambda x: classifier(torch.relu(pre(x))), PoolingType.CLS, n)
     if _linear(classifier) and pooler is not None:  # BERT-like: pooler (dense + tanh) on CLS
-        return Classifier(lambda x: classifier(pooler(x.unsqueeze(1))), PoolingType.CLS, n)
+        return Classifier(
+            lambda x: classifier(pooler(x.unsqueeze(1))), PoolingType.CLS, n, token_fn=classifier
+        )
     if _linear(classifier):
         return Classifier(classifier, PoolingType.CLS, n)
     # RoBERTa / XLM-R / Electra heads read features[:, 0, :]

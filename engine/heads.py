@@ -8,12 +8,15 @@ then L2 normalization (the order vLLM, Sentence Transformers and TEI agree on).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import torch
 from vllm_pool.engine.activations import Activation, normalize, torch_nn_activation
 from vllm_pool.engine.params import PoolingParams, check_dimensions
 from vllm_pool.engine.st_config import DenseLayer
+
+logger = logging.getLogger(__name__)
 
 
 class Projection(torch.nn.Module):
@@ -73,16 +76,23 @@ class EmbeddingHead:
         self.dimensions_default = dimensions_default
         self.is_matryoshka = is_matryoshka or bool(matryoshka_dimensions)
         self.matryoshka_dimensions = matryoshka_dimensions
+        if dimensions_default is not None and not self.is_matryoshka:
+            logger.warning(
+                "pooler_config dimensions=%d on %s, which does not support matryoshka representation: "
+                "its embedding requests will fail",
+                dimensions_default,
+                model_name,
+            )
 
     def resolve(self, params: PoolingParams) -> PoolingParams:
         """Fill the request's unset fields with the model defaults and check them."""
         params.check()
+        # as vLLM: pooler_config's dimensions is the request's default, checked like its own
         dims = params.dimensions if params.dimensions is not None else self.dimensions_default
-        if params.dimensions is not None:
-            dims_list = self.matryoshka_dimensions
-            check_dimensions(params.dimensions, self.model_name, self.is_matryoshka, dims_list, self.out_dim)
-        elif dims is not None and dims > self.out_dim:
-            raise ValueError(f"dimensions={dims} is larger than the model's embedding size {self.out_dim}")
+        if dims is not None:
+            check_dimensions(
+                dims, self.model_name, self.is_matryoshka, self.matryoshka_dimensions, self.out_dim
+            )
         normalize_ = self.normalize_default if params.normalize is None else bool(params.normalize)
         return params.clone(dimensions=dims, normalize=normalize_)
 
@@ -106,6 +116,11 @@ class ClassifyHead:
         use_activation_default: whether the activation runs when the request does not say.
         step_tag_id: default step tag (STEP pooling), from ``pooler_config``.
         returned_token_ids: default label columns, from ``pooler_config``.
+        num_labels: the classifier's output size (``None``: unknown, ids are not checked).
+
+    Raises:
+        ValueError: a ``returned_token_ids`` id outside ``[0, num_labels)``, from
+            ``pooler_config`` (at construction) or a request (when it is resolved).
     """
 
     def __init__(
@@ -115,15 +130,31 @@ class ClassifyHead:
         use_activation_default: bool = True,
         step_tag_id: int | None = None,
         returned_token_ids: list[int] | None = None,
+        num_labels: int | None = None,
     ) -> None:
         self.classifier = classifier
         self.activation = activation
         self.use_activation_default = use_activation_default
         self.step_tag_id = step_tag_id
+        self.num_labels = num_labels
+        self.check_label_ids(returned_token_ids, "pooler_config.returned_token_ids")
         self.returned_token_ids = returned_token_ids
+
+    def check_label_ids(self, ids: list[int] | None, name: str) -> None:
+        """Raise ``ValueError`` naming ``name``, the id and the label count for an id that is
+        not a label column (negative ids too: they would silently count from the end)."""
+        if ids is None or self.num_labels is None:
+            return
+        for i, label in enumerate(ids):
+            if not 0 <= label < self.num_labels:
+                raise ValueError(
+                    f"{name}[{i}]={label} is not a label of this model: it has {self.num_labels} labels "
+                    f"(ids 0 to {self.num_labels - 1})"
+                )
 
     def resolve(self, params: PoolingParams) -> PoolingParams:
         params.check()
+        self.check_label_ids(params.returned_token_ids, "returned_token_ids")
         use = self.use_activation_default if params.use_activation is None else bool(params.use_activation)
         return params.clone(
             use_activation=use,

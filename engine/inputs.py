@@ -13,15 +13,17 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from vllm_pool.engine.encoder import FastEncoder
-from vllm_pool.engine.lengths import PromptTooLongError, TruncationTooLargeError
+from vllm_pool.engine.lengths import (
+    PromptTooLongError,
+    TruncationTooLargeError,
+    check_cut,
+    num_special_tokens,
+)
 from vllm_pool.engine.params import PoolingParams
 from vllm_pool.engine.types import Request
-
-if TYPE_CHECKING:
-    from vllm_pool.engine.pooler import Pooler
 
 PromptType = str | dict[str, Any]
 
@@ -117,41 +119,6 @@ def check_attention_masks(items: list[PromptType], task: str) -> None:
             )
 
 
-def normalize_params(params: PoolingParams | Sequence[PoolingParams] | None, n: int) -> list[PoolingParams]:
-    """One :class:`PoolingParams` per prompt."""
-    if params is None:
-        return [PoolingParams()] * n  # one shared object: resolved once (see resolve_params)
-    if isinstance(params, PoolingParams):
-        return [params] * n
-    if isinstance(params, Sequence) and not isinstance(params, (str, bytes)):
-        params = list(params)
-        if len(params) != n:
-            raise ValueError(f"pooling_params has {len(params)} entries but there are {n} prompts")
-        for i, p in enumerate(params):
-            if not isinstance(p, PoolingParams):
-                raise TypeError(f"pooling_params[{i}] must be PoolingParams, got {type(p).__name__}")
-        return params
-    raise TypeError(f"pooling_params must be PoolingParams or a list of them, got {type(params).__name__}")
-
-
-def resolve_params(
-    pooler: Pooler, params: list[PoolingParams], truncate_prompt_tokens: int | None = None
-) -> list[PoolingParams]:
-    """``pooler.resolve`` (the task's check and defaults) applied once per distinct params object.
-
-    Callers usually pass one object for every prompt; resolving it once per prompt costs
-    more than a GPU's forward pass on short texts.
-    """
-    done: dict[int, PoolingParams] = {}
-    out = []
-    for p in params:
-        r = done.get(id(p))
-        if r is None:
-            r = done[id(p)] = pooler.resolve(p, truncate_prompt_tokens)
-        out.append(r)
-    return out
-
-
 class InputProcessor:
     """Tokenizes prompts with the model's tokenizer and limits.
 
@@ -179,6 +146,9 @@ class InputProcessor:
         self.vocab_size = vocab_size
         self.do_lower_case = do_lower_case
         self.encoder = FastEncoder(tokenizer)
+        # the fewest tokens a text (a text pair) can be cut to: the special tokens the tokenizer adds
+        self.min_text_tokens = num_special_tokens(tokenizer, pair=False)
+        self.min_pair_tokens = num_special_tokens(tokenizer, pair=True)
         self._instruction_lens: dict[str, int] = {}
         # a Hugging Face tokenizer changes its truncation settings per call: one caller at a
         # time (the fast encoder's per-thread copies need no lock)
@@ -207,6 +177,11 @@ class InputProcessor:
         if t > self.max_model_len:
             raise TruncationTooLargeError(t, self.max_model_len)
         return t
+
+    def check_cut(self, limit: int | None, where: str, pair: bool = False, n: int | None = None) -> None:
+        """:func:`~vllm_pool.engine.lengths.check_cut` with this tokenizer's special tokens."""
+        if limit is not None:
+            check_cut(limit, self.min_pair_tokens if pair else self.min_text_tokens, where, pair, n)
 
     def check_length(
         self, n: int, where: str, task: str, max_embed_len: int | None = None, chunked: bool = False
@@ -259,6 +234,7 @@ class InputProcessor:
                 ids = list(prompt["prompt_token_ids"])
                 requests[i] = self._from_ids(i + offset, ids, p, limit, prompt.get("attention_mask"), policy)
             else:
+                self.check_cut(limit, f"prompts[{i + offset}]")
                 texts.setdefault(limit, []).append(i)
         for limit, indices in texts.items():
             batch = [_text(prompts[i]) for i in indices]
@@ -270,6 +246,8 @@ class InputProcessor:
                     raise ValueError(f"prompts[{i + offset}] is empty: it has no tokens")
                 if limit is None:
                     self.check_length(len(ids), f"prompts[{i + offset}]", *policy)
+                else:
+                    self.check_cut(limit, f"prompts[{i + offset}]", n=len(ids))
                 instruction = _instruction(prompts[i])
                 requests[i] = Request(
                     index=i + offset,
@@ -300,6 +278,8 @@ class InputProcessor:
             limit = self.limit(p, i)
             if isinstance(prompt, dict) and "prompt_token_ids" in prompt:
                 self._from_ids(i, list(prompt["prompt_token_ids"]), p, limit, None, policy)
+            else:
+                self.check_cut(limit, f"prompts[{i}]")
 
     def pairs(self, texts_1: list[str], texts_2: list[str], params: list[PoolingParams]) -> list[Request]:
         """Tokenize ``(texts_1[i], texts_2[i])`` as text pairs (cross-encoders).
@@ -321,7 +301,9 @@ class InputProcessor:
             texts_1, texts_2 = [a.lower() for a in texts_1], [b.lower() for b in texts_2]
         by_limit: dict[int | None, list[int]] = {}
         for i, p in enumerate(params):
-            by_limit.setdefault(self.limit(p, i), []).append(i)
+            limit = self.limit(p, i)
+            self.check_cut(limit, f"pair {i}", pair=True)
+            by_limit.setdefault(limit, []).append(i)
         requests: dict[int, Request] = {}
         for limit, indices in by_limit.items():
             pairs = [(texts_1[i], texts_2[i]) for i in indices]
@@ -331,6 +313,8 @@ class InputProcessor:
                 ids, type_ids = encoded[j] if encoded is not None else self._pair(*pairs[j], cut)
                 if limit is None:
                     self.check_length(len(ids), f"pair {i}", "score")
+                else:
+                    self.check_cut(limit, f"pair {i}", pair=True, n=len(ids))
                 requests[i] = Request(
                     index=i,
                     prompt_token_ids=ids,

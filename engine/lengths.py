@@ -9,6 +9,8 @@ input (our rule: an error names the input), so vLLM's regexes still match.
 
 from __future__ import annotations
 
+from typing import Any
+
 EMBEDDING = "embedding generation"
 """What the server's over-length message says an input was for, but on ``/score`` ("score")
 and ``/classify`` ("classification"): vLLM names it by endpoint."""
@@ -93,6 +95,34 @@ class TruncationTooLargeError(ValueError):
         return (
             "truncate_prompt_tokens value is greater than max_model_len. "
             "Please, select a smaller truncation size."
+        )
+
+
+def num_special_tokens(tokenizer: Any, pair: bool) -> int:
+    """The special tokens ``tokenizer`` adds to a text (``pair``: a text pair); 0 if unknown."""
+    try:
+        return int(tokenizer.num_special_tokens_to_add(pair=pair))
+    except Exception:  # a tokenizer without the method
+        return 0
+
+
+def check_cut(limit: int, minimum: int, where: str, pair: bool = False, n: int | None = None) -> None:
+    """Raise ``ValueError`` when a text (``pair``: a text pair) cannot be cut to ``limit`` tokens.
+
+    A limit below ``minimum`` (the special tokens the tokenizer adds) leaves a text uncut, so
+    it is refused before tokenizing; given the token count ``n`` after cutting, a result still
+    over the limit is refused too (the engine never runs a prompt longer than it was cut to).
+    """
+    what = "a text pair" if pair else "a text"
+    if limit < minimum:
+        raise ValueError(
+            f"truncate_prompt_tokens={limit} ({where}) is smaller than the {minimum} special tokens "
+            f"the tokenizer adds to {what}: the minimum is {minimum}"
+        )
+    if n is not None and n > limit:
+        raise ValueError(
+            f"truncate_prompt_tokens={limit} ({where}): the tokenizer could not cut {what} of {n} "
+            f"tokens to {limit}"
         )
 
 

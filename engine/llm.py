@@ -22,16 +22,17 @@ from tqdm.auto import tqdm
 from vllm_pool.engine import model_thread
 from vllm_pool.engine.architectures import build_poolers
 from vllm_pool.engine.args import EngineArgs
+from vllm_pool.engine.chunked import num_prompts, prompt_progress
 from vllm_pool.engine.config import PoolerConfig, resolve_device
 from vllm_pool.engine.core import EngineCore
 from vllm_pool.engine.executor import ModelExecutor
-from vllm_pool.engine.inputs import InputProcessor, normalize_params, resolve_params
+from vllm_pool.engine.inputs import InputProcessor
 from vllm_pool.engine.loader import LoadedModel, load_model
 from vllm_pool.engine.outputs import (
     PoolingOutput,
     PoolingRequestOutput,
 )
-from vllm_pool.engine.params import PoolingParams
+from vllm_pool.engine.params import PoolingParams, normalize_params, resolve_params
 from vllm_pool.engine.plugins import IOProcessor, load_io_processor
 from vllm_pool.engine.pooler import TaskPoolers
 from vllm_pool.engine.runner import ModelRunner, token_budget_for_memory
@@ -339,7 +340,8 @@ class LLM(TaskMethods):
                         return  # a chunk failed: stop tokenizing
                     requests = io.tokenize(items[start:stop], params[start:stop], start)
                     chunks.append(requests)
-                    jobs.append(self.core.submit(requests, {io.task: None}, on_batch))
+                    count = prompt_progress(on_batch, requests)  # prompts, not chunk requests
+                    jobs.append(self.core.submit(requests, {io.task: None}, count))
 
             feeder = self.tokenizer_pool.submit(tokenize_all)
             try:
@@ -357,8 +359,8 @@ class LLM(TaskMethods):
     @model_thread.engine_method
     def run_prepared(self, prepared: Prepared, use_tqdm: bool = False) -> list[PoolingRequestOutput[Any]]:
         """Run a job from a task IO processor and shape its outputs."""
-        with _progress(len(prepared.requests), use_tqdm) as bar:
-            on_batch = bar.update if bar is not None else None
+        with _progress(num_prompts(prepared.requests), use_tqdm) as bar:
+            on_batch = prompt_progress(bar.update if bar is not None else None, prepared.requests)
             results = self.core.run(prepared.requests, prepared.tasks, on_batch)
         return prepared.finish(results)
 

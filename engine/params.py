@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from vllm_pool.engine.pooler import Pooler
 
 _TOKEN_FIELDS = ("step_tag_id", "returned_token_ids")
 _TASK_FIELDS: dict[str, tuple[str, ...]] = {
@@ -165,3 +169,40 @@ def _check_bool(name: str, value: object) -> None:
 def _check_int(name: str, value: object) -> None:
     if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
         raise ParamTypeError(f"{name} must be an integer or None, got {type(value).__name__} {value!r}")
+
+
+def normalize_params(
+    params: PoolingParams | Sequence[PoolingParams] | None, n: int, what: str = "prompts"
+) -> list[PoolingParams]:
+    """One :class:`PoolingParams` per prompt (``what``: the inputs' name in errors, e.g. ``"pairs"``)."""
+    if params is None:
+        return [PoolingParams()] * n  # one shared object: resolved once (see resolve_params)
+    if isinstance(params, PoolingParams):
+        return [params] * n
+    if isinstance(params, Sequence) and not isinstance(params, (str, bytes)):
+        params = list(params)
+        if len(params) != n:
+            raise ValueError(f"pooling_params has {len(params)} entries but there are {n} {what}")
+        for i, p in enumerate(params):
+            if not isinstance(p, PoolingParams):
+                raise TypeError(f"pooling_params[{i}] must be PoolingParams, got {type(p).__name__}")
+        return params
+    raise TypeError(f"pooling_params must be PoolingParams or a list of them, got {type(params).__name__}")
+
+
+def resolve_params(
+    pooler: Pooler, params: list[PoolingParams], truncate_prompt_tokens: int | None = None
+) -> list[PoolingParams]:
+    """``pooler.resolve`` (the task's check and defaults) applied once per distinct params object.
+
+    Callers usually pass one object for every prompt; resolving it once per prompt costs
+    more than a GPU's forward pass on short texts.
+    """
+    done: dict[int, PoolingParams] = {}
+    out = []
+    for p in params:
+        r = done.get(id(p))
+        if r is None:
+            r = done[id(p)] = pooler.resolve(p, truncate_prompt_tokens)
+        out.append(r)
+    return out

@@ -199,7 +199,9 @@ def classify_poolers(cfg: ModelConfig, clf: Classifier) -> dict[str, Pooler]:
         # heads built from an LM keep their own size; use the activation for that size
         activation = sigmoid if clf.num_labels < 2 else softmax
     use_act = True if cfg.pooler.use_activation is None else bool(cfg.pooler.use_activation)
-    head = ClassifyHead(clf.fn, activation, use_act, cfg.pooler.step_tag_id, cfg.pooler.returned_token_ids)
+    defaults = (activation, use_act, cfg.pooler.step_tag_id, cfg.pooler.returned_token_ids, clf.num_labels)
+    head = ClassifyHead(clf.fn, *defaults)
+    token_head = head if clf.token_fn is None else ClassifyHead(clf.per_token, *defaults)
     poolers: dict[str, Pooler] = {}
     chosen = PoolingType(cfg.pooler.pooling_type) if cfg.pooler.pooling_type else clf.method
     if clf.method is not PoolingType.ALL:
@@ -208,7 +210,7 @@ def classify_poolers(cfg: ModelConfig, clf: Classifier) -> dict[str, Pooler]:
         if clf.num_labels == 1:
             poolers["score"] = Pooler("score", seq_method, head)
     token_method = PoolingType.STEP if chosen is PoolingType.STEP else PoolingType.ALL
-    poolers["token_classify"] = Pooler("token_classify", token_method, head)
+    poolers["token_classify"] = Pooler("token_classify", token_method, token_head)
     return poolers
 
 

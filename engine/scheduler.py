@@ -227,16 +227,34 @@ class Scheduler:
         while self.jobs and (not self.jobs[0].pending or self.jobs[0].done):
             self.jobs.popleft()
 
-    def _fits(self, n: int, max_len: int, total: int, length: int, budget: int | None = None) -> bool:
-        """Whether a prompt of ``length`` tokens may join a batch of ``n`` prompts."""
+    def _fits(
+        self,
+        n: int,
+        max_len: int,
+        total: int,
+        length: int,
+        budget: int | None = None,
+        seats: int | None = None,
+    ) -> bool:
+        """Whether a prompt of ``length`` tokens may join a batch of ``n`` prompts (at most
+        ``seats`` of them, default ``max_num_seqs``)."""
         budget = self.max_num_batched_tokens if budget is None else budget
-        if n >= self.max_num_seqs:
+        if n >= (self.max_num_seqs if seats is None else seats):
             return False
         if self.packed:
             return total + length <= budget
         new_max = max(max_len, length)
         added = new_max * (n + 1) - max_len * n  # padded tokens this prompt adds
         return new_max * (n + 1) <= budget and added <= length + self.batch_overhead_tokens
+
+    def _fits_whole(self, n: int, state: list[int], lengths: list[int]) -> bool:
+        """Whether prompts of ``lengths`` may all join a batch of ``n`` prompts (``state``: its
+        max_len, total tokens) within ``max_num_seqs`` and the token budget."""
+        if n + len(lengths) > self.max_num_seqs:
+            return False
+        if self.packed:
+            return state[1] + sum(lengths) <= self.max_num_batched_tokens
+        return max(state[0], *lengths) * (n + len(lengths)) <= self.max_num_batched_tokens
 
     def _needs_several(self, job: Job) -> bool:
         """Whether ``job``'s pending prompts may need more than one batch (an upper bound)."""
@@ -276,10 +294,13 @@ class Scheduler:
         entries: list[tuple[Job, int]] = []
         state = [0, 0]  # max_len, total tokens
         riders, reserved = self._riders(lead)
-        self._fill(lead, 0, entries, state, self.max_num_batched_tokens - reserved, sliced_room)
-        for job in riders:  # whole, within the room kept for them
-            state[0] = max(state[0], job.length(0))
-            state[1] += sum(job.length(k) for k in range(len(job.pending)))
+        seats = self.max_num_seqs - sum(len(job.pending) for job in riders)  # the riders' seats kept
+        self._fill(lead, 0, entries, state, self.max_num_batched_tokens - reserved, sliced_room, seats)
+        for job in riders:  # whole, within the room kept for them (and the batch's limits)
+            lengths = [job.length(k) for k in range(len(job.pending))]
+            if not self._fits_whole(len(entries), state, lengths):
+                continue
+            state[0], state[1] = max(state[0], max(lengths)), state[1] + sum(lengths)
             entries.extend((job, pos) for pos in job.take(0, len(job.pending)))
             job.started = True
         scanned = 0
@@ -313,9 +334,11 @@ class Scheduler:
         state: list[int],
         budget: int | None = None,
         sliced_room: list[int | None] | None = None,
+        seats: int | None = None,
     ) -> None:
         """Take ``job``'s pending prompts from ``start`` on, in order, while they fit ``budget``
-        (and, for a job with ``slice_tokens``, the batch's ``sliced_room``, which shrinks)."""
+        and ``seats`` (and, for a job with ``slice_tokens``, the batch's ``sliced_room``, which
+        shrinks)."""
         room = None
         if job.slice_tokens is not None and sliced_room is not None:
             if sliced_room[0] is None:
@@ -328,7 +351,7 @@ class Scheduler:
             if entries or stop > start:  # the first prompt of a batch always goes
                 if room is not None and taken + length > room:
                     break
-                if not self._fits(len(entries) + stop - start, max_len, total, length, budget):
+                if not self._fits(len(entries) + stop - start, max_len, total, length, budget, seats):
                     break
             max_len, total, taken = max(max_len, length), total + length, taken + length
             stop += 1

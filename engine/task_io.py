@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from vllm_pool.engine import chunked
-from vllm_pool.engine.inputs import check_attention_masks, normalize_params, normalize_prompts, resolve_params
+from vllm_pool.engine.inputs import check_attention_masks, normalize_prompts
 from vllm_pool.engine.outputs import (
     REQUEST_OUTPUT_CLASSES,
     ClassificationOutput,
@@ -26,7 +26,7 @@ from vllm_pool.engine.outputs import (
     ScoringOutput,
     ScoringRequestOutput,
 )
-from vllm_pool.engine.params import PoolingParams
+from vllm_pool.engine.params import PoolingParams, normalize_params, resolve_params
 from vllm_pool.engine.scheduler import TaskSpec
 from vllm_pool.engine.scoring import pair_up
 from vllm_pool.engine.types import Request
@@ -147,37 +147,44 @@ class ScoreIO:
         self,
         data_1: object,
         data_2: object,
-        pooling_params: PoolingParams | None = None,
+        pooling_params: PoolingParams | Sequence[PoolingParams] | None = None,
         truncate_prompt_tokens: int | None = None,
         names: tuple[str, str] = ("data_1", "data_2"),
     ) -> Prepared:
-        """Pair, check and tokenize (``names``: the inputs' names in error messages)."""
+        """Pair, check and tokenize (``names``: the inputs' names in error messages).
+
+        ``pooling_params``: one for every pair, or a list of one per pair. With the cosine
+        fallback, a text is embedded once per distinct params it is paired with.
+        """
         texts_1, texts_2 = pair_up(data_1, data_2, names)
         llm = self.llm
+        per_pair = normalize_params(pooling_params, len(texts_1), "pairs")
         if self.cross_encoder:
-            pooler = llm.poolers.get("score")
-            params = normalize_params(pooling_params, len(texts_1))
-            params = resolve_params(pooler, params, truncate_prompt_tokens)
+            params = resolve_params(llm.poolers.get("score"), per_pair, truncate_prompt_tokens)
             return self.cross_prepared(llm.input_processor.pairs(texts_1, texts_2, params))
         if "embed" not in llm.get_supported_tasks():
             llm.poolers.get("score")  # raises, naming what the model supports
-        unique = list(dict.fromkeys(texts_1 + texts_2))
+        keys_1 = [(t, p.key()) for t, p in zip(texts_1, per_pair)]
+        keys_2 = [(t, p.key()) for t, p in zip(texts_2, per_pair)]
+        params_of = dict(zip(keys_1 + keys_2, per_pair + per_pair))
+        unique = list(params_of)  # (text, params) embedded once each
         embed = PromptIO(llm, "embed")
-        requests = embed.prepare(unique, pooling_params, truncate_prompt_tokens).requests
+        texts, params = [t for t, _ in unique], [params_of[k] for k in unique]
+        requests = embed.prepare(texts, params, truncate_prompt_tokens).requests
 
         def finish(results: dict[str, list[torch.Tensor]]) -> list[PoolingRequestOutput[Any]]:
-            by_text = dict(zip(unique, zip(*embed.merged(requests, results["embed"]))))
-            e1 = torch.stack([by_text[t][1] for t in texts_1])  # [pairs, dim]
-            e2 = torch.stack([by_text[t][1] for t in texts_2])  # [pairs, dim]
+            by_key = dict(zip(unique, zip(*embed.merged(requests, results["embed"]))))
+            e1 = torch.stack([by_key[k][1] for k in keys_1])  # [pairs, dim]
+            e2 = torch.stack([by_key[k][1] for k in keys_2])  # [pairs, dim]
             scores = torch.nn.functional.cosine_similarity(e1.float(), e2.float(), dim=-1)
             ids = llm.request_ids(len(texts_1))
             return [
                 ScoringRequestOutput(
                     rid,
                     ScoringOutput(s),
-                    prompt_token_ids=by_text[a][0].prompt_token_ids + by_text[b][0].prompt_token_ids,
+                    prompt_token_ids=by_key[a][0].prompt_token_ids + by_key[b][0].prompt_token_ids,
                 )
-                for rid, a, b, s in zip(ids, texts_1, texts_2, scores.unbind(0))
+                for rid, a, b, s in zip(ids, keys_1, keys_2, scores.unbind(0))
             ]
 
         return Prepared(requests, {"embed": None}, finish)

@@ -56,7 +56,7 @@ class TaskMethods:
         ``prompts`` and post-processes the outputs (``.outputs`` is then the plugin's result).
         """
         if pooling_task == "plugin":
-            return self._run_plugin(prompts, pooling_params, use_tqdm)
+            return self._run_plugin(prompts, pooling_params, use_tqdm, truncate_prompt_tokens)
         if pooling_task is None:
             supported = list(self.get_supported_tasks())
             raise ValueError(f"{ENCODE_TASK_REQUIRED} (this model supports {supported})")
@@ -104,11 +104,13 @@ class TaskMethods:
         data_2: str | Sequence[str],
         /,
         *,
-        pooling_params: PoolingParams | None = None,
+        pooling_params: PoolingParams | Sequence[PoolingParams] | None = None,
         use_tqdm: bool = True,
         truncate_prompt_tokens: int | None = None,
     ) -> list[ScoringRequestOutput]:
         """Similarity scores of pairs (1:1, 1:N or N:N): ``.outputs.score``.
+
+        ``pooling_params``: for every pair, or a list of one per pair.
 
         Cross-encoders (one label) score each pair jointly; models with only the ``embed``
         task fall back to the cosine similarity of the two embeddings.
@@ -130,25 +132,33 @@ class TaskMethods:
         Args:
             prompts: as for :meth:`encode`.
             pooling_tasks: tasks to return, e.g. ``["embed", "token_classify", "token_embed"]``.
-            pooling_params: optional params per task.
+            pooling_params: optional params per task, ``{task: PoolingParams}`` (one object
+                per task, for every prompt). The tasks share one forward pass, so their
+                ``truncate_prompt_tokens`` must agree (a task without params has ``None``);
+                ``truncate_prompt_tokens`` the argument sets it for every task.
 
         Returns:
             ``{task: outputs in prompt order}``.
+
+        Raises:
+            TypeError: ``pooling_params`` is not a dict of ``PoolingParams``.
+            ValueError: tasks whose ``truncate_prompt_tokens`` differ.
         """
         tasks = list(dict.fromkeys(pooling_tasks))
         if not tasks:
             raise ValueError("pooling_tasks must name at least one task")
-        given = pooling_params or {}
+        given = _params_per_task(pooling_params)
         unknown = set(given) - set(tasks)
         if unknown:
             raise ValueError(f"pooling_params given for tasks not asked for: {sorted(unknown)}")
         items = normalize_prompts(prompts)
-        per_task = {}
+        resolved = {}
         for task in tasks:
             check_attention_masks(items, task)
             pooler = self.poolers.get(task)
-            p = given.get(task) or PoolingParams()
-            per_task[task] = [pooler.resolve(p, truncate_prompt_tokens)] * len(items)
+            resolved[task] = pooler.resolve(given.get(task) or PoolingParams(), truncate_prompt_tokens)
+        _check_one_truncation({task: p.truncate_prompt_tokens for task, p in resolved.items()})
+        per_task = {task: [p] * len(items) for task, p in resolved.items()}
         requests = self.input_processor(items, per_task[tasks[0]])
         return self._execute(requests, per_task, use_tqdm)
 
@@ -157,14 +167,46 @@ class TaskMethods:
         data: object,
         pooling_params: PoolingParams | Sequence[PoolingParams] | None,
         use_tqdm: bool,
+        truncate_prompt_tokens: int | None = None,
     ) -> list[PoolingRequestOutput[Any]]:
         if self.io_processor is None:
             self.poolers.get("plugin")  # raises: no plugin loaded
         assert self.io_processor is not None
         prompts = self.io_processor.pre_process(data)
-        outs = self._run(prompts, self.io_processor.pooling_task, pooling_params, use_tqdm)
+        task = self.io_processor.pooling_task
+        outs = self._run(prompts, task, pooling_params, use_tqdm, truncate_prompt_tokens)
         results = self.io_processor.post_process(data, outs)
         return [_convert(o, r) for o, r in zip(outs, results)]
+
+
+def _params_per_task(pooling_params: object) -> dict[str, PoolingParams]:
+    """``encode_multi``'s ``pooling_params``, checked: ``{task: PoolingParams}``."""
+    if pooling_params is None:
+        return {}
+    if not isinstance(pooling_params, dict):
+        raise TypeError(
+            "pooling_params of encode_multi must be a dict {task: PoolingParams}, "
+            f"got {type(pooling_params).__name__}"
+        )
+    for task, p in pooling_params.items():
+        if p is not None and not isinstance(p, PoolingParams):
+            raise TypeError(
+                f"pooling_params[{task!r}] must be one PoolingParams (encode_multi applies it to "
+                f"every prompt), got {type(p).__name__}"
+            )
+    return pooling_params
+
+
+def _check_one_truncation(truncations: dict[str, int | None]) -> None:
+    """The tasks of one forward pass cut prompts alike: refuse differing ``truncate_prompt_tokens``."""
+    (first, value), *rest = truncations.items()
+    for task, other in rest:
+        if other != value:
+            raise ValueError(
+                f"encode_multi runs all tasks on one forward pass, but truncate_prompt_tokens differs: "
+                f"{value} for {first!r} and {other} for {task!r}; give every task the same value "
+                "(or pass truncate_prompt_tokens= to encode_multi)"
+            )
 
 
 def _convert(out: PoolingRequestOutput[Any], new: Any) -> PoolingRequestOutput[Any]:

@@ -83,8 +83,10 @@ def read_rows(path: Path, text_field: str = "text", id_field: str = "id") -> Row
         JobError: the file cannot be read, or a line is not a usable row (naming the line).
     """
     try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
+        with open(path, encoding="utf-8") as f:  # universal newlines: "\r\n" and "\r" read as "\n"
+            lines = f.read().split("\n")  # not splitlines(): a text may hold "\f", "\x85", "\u2028"
+        if lines[-1] == "":  # the newline that ends the last line
+            lines.pop()
     except (OSError, UnicodeDecodeError) as exc:
         raise JobError(f"cannot read --input {path}: {exc}") from exc
     rows = Rows()
@@ -141,11 +143,18 @@ def check_paths(args: argparse.Namespace) -> tuple[Path, Path]:
     return src, dst
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_file(path: Path, mode: str) -> Iterator[IO[Any]]:
     """A file that appears at ``path`` only when the block succeeds (temp file + rename)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # as open() would create it (mkstemp makes 0600)
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()

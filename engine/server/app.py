@@ -198,8 +198,8 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> ServerApp:
             )
         state.check_texts(first, name_1)
         state.check_texts(second, name_2)
-        n_pairs = max(len(x) if isinstance(x, list) else 1 for x in (first, second))
-        state.check_inputs(n_pairs, name_2)
+        n_1, n_2 = (len(x) if isinstance(x, list) else 1 for x in (first, second))
+        state.check_inputs(max(n_1, n_2), name_1 if n_1 > n_2 else name_2)  # the side over the limit
         scores, n_tokens = await state.scores(
             first, second, body.truncate_prompt_tokens, body.use_activation, http, (name_1, name_2), "score"
         )

@@ -8,8 +8,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 from vllm_pool.engine.encoder import FastEncoder
-from vllm_pool.engine.inputs import normalize_params, resolve_params
 from vllm_pool.engine.llm import default_max_num_seqs
+from vllm_pool.engine.params import normalize_params, resolve_params
 
 from vllm_pool import LLM, PoolingParams
 

@@ -9,6 +9,7 @@ References: Sentence Transformers on the same folders (what ``HuggingFaceEmbeddi
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import warnings
@@ -409,3 +410,25 @@ def test_embed_job_engine_errors_name_the_input_line(tmp_path):
 
     with pytest.raises(embed_job.JobError, match=r"^input line 3: prompts\[2\] is empty"):
         embed_job.run(_job_args(tmp_path), Failing)
+
+
+def test_cli_rows_split_on_newlines_only_and_outputs_follow_the_umask(tmp_path):
+    from vllm_pool.embed_job import atomic_file, read_rows
+
+    texts = ["first", "form\x0cfeed and line\u2028separator", "next\x85line", "last"]
+    (tmp_path / "in.txt").write_text("\r\n".join(texts) + "\n", encoding="utf-8")
+    rows = read_rows(tmp_path / "in.txt")
+    assert rows.texts == texts and rows.lines == [1, 2, 3, 4]
+    lines = [json.dumps({"text": t}, ensure_ascii=False) for t in texts]
+    (tmp_path / "in.jsonl").write_text("\n".join(lines), encoding="utf-8")  # no final newline
+    assert read_rows(tmp_path / "in.jsonl").texts == texts
+
+    old = os.umask(0o022)
+    try:
+        with atomic_file(tmp_path / "out.jsonl", "w") as f:
+            f.write("{}\n")
+        reference = tmp_path / "plain.txt"
+        reference.write_text("x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out.jsonl").stat().st_mode & 0o777 == reference.stat().st_mode & 0o777 == 0o644

@@ -97,6 +97,11 @@ async def test_too_many_inputs_and_tokens(default_llm, client_for):
         assert "limit is 4 (--max-inputs)" in _error(r, 413, "RequestTooLargeError")
         r = await c.post("/rerank", json={"query": "q", "documents": ["a"] * 5})
         assert "limit is 4" in _error(r, 413, "RequestTooLargeError")
+        for side in ("text_1", "text_2"):  # the field over the limit is named
+            other = "text_2" if side == "text_1" else "text_1"
+            r = await c.post("/score", json={side: ["a"] * 5, other: "b"})
+            _error(r, 413, "RequestTooLargeError")
+            assert r.json()["param"] == side
         r = await c.post("/v1/embeddings", json={"input": ["one two three four five six seven eight"] * 3})
         assert "limit is 20 (--max-request-tokens)" in _error(r, 413, "RequestTooLargeError")
         assert (await c.post("/v1/embeddings", json={"input": ["a"] * 4})).status_code == 200
