@@ -35,14 +35,15 @@ class Projection(torch.nn.Module):
                     lin.bias.copy_(layer.bias)
             self.linears.append(lin)
             self.acts.append(torch_nn_activation(layer.activation))
+        self.residual = [layer.residual for layer in layers]
 
     @property
     def out_features(self) -> int | None:
         return self.linears[-1].out_features if len(self.linears) else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, in] -> [N, out]
-        for lin, act in zip(self.linears, self.acts):
-            x = act(lin(x))
+        for lin, act, residual in zip(self.linears, self.acts, self.residual):
+            x = act(lin(x)) + x if residual else act(lin(x))
         return x
 
 

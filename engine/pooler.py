@@ -194,6 +194,7 @@ def classify_poolers(cfg: ModelConfig, clf: Classifier) -> dict[str, Pooler]:
     head split off the task model (``engine.classifier``), with the model's activation."""
     st_act = cfg.st.activation_fn if cfg.st is not None else None
     st_act = st_act or (getattr(cfg.hf_config, "sentence_transformers", None) or {}).get("activation_fn")
+    st_act = st_act or getattr(cfg.hf_config, "sbert_ce_default_activation_function", None)  # ST < 4
     activation = classification_activation(cfg.hf_config, st_act, cfg.trust_remote_code)
     if clf.num_labels != int(getattr(cfg.hf_config, "num_labels", clf.num_labels)) and not st_act:
         # heads built from an LM keep their own size; use the activation for that size

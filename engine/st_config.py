@@ -1,8 +1,10 @@
 """Sentence Transformers folder configuration: ``modules.json`` mapped to pooling settings.
 
-Only the modules that shape a pooled embedding are read: ``Transformer`` (where the
-Hugging Face model lives, ``max_seq_length``, ``do_lower_case``), ``Pooling`` (the mode),
-``Dense`` (projection layers with their activation) and ``Normalize``.
+The modules that shape a pooled embedding are read: ``Transformer`` (where the Hugging
+Face model lives, ``max_seq_length``, ``do_lower_case``), ``Pooling`` (the mode), ``Dense``
+(projection layers with their activation, ``use_residual``) and ``Normalize``, in that
+order. Any other module, or another order, is refused with an error naming it: the engine
+would otherwise compute an embedding that differs from ``SentenceTransformer.encode``.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class DenseLayer:
     weight: torch.Tensor  # [out, in]
     bias: torch.Tensor | None  # [out]
     activation: str  # a torch.nn class name, e.g. "Tanh" or "Identity"
+    residual: bool = False  # ``use_residual``: ``activation(...) + x``
 
 
 @dataclass
@@ -103,7 +106,36 @@ def _load_dense(folder: Path) -> DenseLayer:
     act = cfg.get("activation_function") or "torch.nn.modules.linear.Identity"
     if not act.startswith("torch.nn."):
         raise ValueError(f"{folder}: activation {act!r} is not a torch.nn module")
-    return DenseLayer(weight=weight.float(), bias=state.get("linear.bias"), activation=act.rsplit(".", 1)[-1])
+    residual = bool(cfg.get("use_residual", False))
+    if residual and weight.shape[0] != weight.shape[1]:
+        raise ValueError(f"{folder}: use_residual needs a square Dense layer, got {list(weight.shape)}")
+    bias = state.get("linear.bias")
+    return DenseLayer(weight.float(), bias, act.rsplit(".", 1)[-1], residual)
+
+
+_SUPPORTED = ("Transformer", "Pooling", "Dense", "Normalize")
+_HINTS = {
+    "LogitScore": " A causal-LM reranker loads as in vLLM: its Transformer folder with convert='classify' "
+    "and hf_overrides {'classifier_from_token': [false token, true token], 'method': "
+    "'from_2_way_softmax'} (README, 'Conversion table').",
+}
+
+
+def _unsupported(folder: Path, kind: str) -> str:
+    return (
+        f"{folder}: the Sentence Transformers module {kind!r} is not supported, so the engine could not "
+        f"compute what Sentence Transformers does (supported modules: {', '.join(_SUPPORTED)}, in that "
+        f"order).{_HINTS.get(kind, '')}"
+    )
+
+
+def _check_order(folder: Path, before: list[str], kind: str) -> None:
+    """Refuse module orders the engine's fixed pipeline (transformer, pooling, projection,
+    normalization) would compute differently, instead of a silently different embedding."""
+    if kind in ("Pooling", "Dense") and "Normalize" in before:
+        raise ValueError(f"{folder}: a {kind} module after Normalize is not supported (it must be last)")
+    if kind == "Pooling" and "Dense" in before:  # a folder without Pooling (PyLate) projects tokens
+        raise ValueError(f"{folder}: a Dense module before Pooling (on token embeddings) is not supported")
 
 
 def load_st_config(folder: Path) -> STConfig | None:
@@ -113,9 +145,12 @@ def load_st_config(folder: Path) -> STConfig | None:
         return None
     modules = json.loads(modules_file.read_text(encoding="utf-8"))
     st = STConfig()
+    kinds: list[str] = []
     for module in sorted(modules, key=lambda m: m.get("idx", 0)):
         kind = module.get("type", "").rsplit(".", 1)[-1]
         path = folder / module.get("path", "")
+        _check_order(folder, kinds, kind)
+        kinds.append(kind)
         if kind == "Transformer":
             st.transformer_path = module.get("path", "")
             for name in ("sentence_bert_config.json", "sentence_xlnet_config.json"):
@@ -131,7 +166,7 @@ def load_st_config(folder: Path) -> STConfig | None:
         elif kind == "Normalize":
             st.normalize = True
         else:
-            logger.warning("Ignoring Sentence Transformers module %s (%s)", module.get("name"), kind)
+            raise ValueError(_unsupported(folder, kind))
     st_cfg_file = folder / "config_sentence_transformers.json"
     if st_cfg_file.is_file():
         cfg = _read_json(st_cfg_file)

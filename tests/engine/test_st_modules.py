@@ -101,3 +101,85 @@ def test_dense_activation_must_be_torch_nn(tmp_path, st_folder):
     cfg_file.write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="not a torch.nn module"):
         LLM(str(bad))
+
+
+def _save_st(folder, modules):
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    torch.manual_seed(1)
+    SentenceTransformer(modules=modules, device="cpu").save(str(folder))
+    return folder
+
+
+def test_dense_with_residual_matches_sentence_transformers(tmp_path, tiny_bert):
+    import torch
+    from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling, Transformer
+
+    from vllm_pool import LLM
+
+    dense = Dense(32, 32, activation_function=torch.nn.Tanh(), use_residual=True)
+    folder = _save_st(
+        tmp_path / "residual", [Transformer(str(tiny_bert)), Pooling(32, "mean"), dense, Normalize()]
+    )
+    llm = LLM(str(folder))
+    assert llm.model_config.st.dense[0].residual
+    np.testing.assert_allclose(_vectors(llm), _st(folder).encode(TEXTS), rtol=1e-4, atol=1e-5)
+
+
+def test_modules_the_engine_cannot_follow_are_refused_by_name(tmp_path, tiny_bert):
+    import torch
+    from sentence_transformers.sentence_transformer.modules import (
+        Dense,
+        LayerNorm,
+        Normalize,
+        Pooling,
+        Transformer,
+    )
+
+    from vllm_pool import LLM
+
+    def base():
+        return [Transformer(str(tiny_bert)), Pooling(32, "mean")]
+
+    cases = {
+        "layer_norm": (base() + [LayerNorm(32), Normalize()], "module 'LayerNorm' is not supported"),
+        "norm_then_dense": (
+            base() + [Normalize(), Dense(32, 16, activation_function=torch.nn.Tanh())],
+            "a Dense module after Normalize",
+        ),
+        "token_dense": (
+            [
+                Transformer(str(tiny_bert)),
+                Dense(32, 16, module_input_name="token_embeddings", module_output_name="token_embeddings"),
+                Pooling(16, "mean"),
+            ],
+            "a Dense module before Pooling",
+        ),
+    }
+    for name, (modules, message) in cases.items():
+        folder = _save_st(tmp_path / name, modules)
+        with pytest.raises(ValueError, match=message) as info:
+            LLM(str(folder))
+        assert str(folder) in str(info.value)
+
+
+def test_legacy_cross_encoder_activation_from_config(tmp_path, tiny_dir):
+    import json
+
+    from sentence_transformers import CrossEncoder
+
+    from vllm_pool import LLM
+
+    folder = tiny_models.bert(
+        tiny_dir / "bert_ce_legacy_act", cls="BertForSequenceClassification", num_labels=1
+    )
+    config = json.loads((folder / "config.json").read_text())
+    config["sbert_ce_default_activation_function"] = "torch.nn.modules.linear.Identity"  # ST < 4
+    (folder / "config.json").write_text(json.dumps(config))
+    pairs = [("what is a list", "a list is a mutable sequence"), ("what is a list", "dogs bark")]
+    ref = CrossEncoder(str(folder), device="cpu").predict(pairs)
+    ours = [
+        o.outputs.score for o in LLM(str(folder)).score(pairs[0][0], [b for _, b in pairs], use_tqdm=False)
+    ]
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-5)
