@@ -49,19 +49,44 @@ def check_model_folder(folder: Path) -> Path:
     return folder.resolve()
 
 
+# Files a snapshot downloads: configs, tokenizers, Sentence Transformers module folders, and the
+# safetensors weights; ``*.bin`` weights only when the repo has no safetensors (see _snapshot).
+_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.py", "*.pt", "*/*"]
+_BIN_PATTERNS = ["*.bin"]
+
+
+def _snapshot(model_id: str, revision: str | None, local_files_only: bool) -> Path:
+    """The snapshot folder of ``model_id``: its safetensors weights, else its ``*.bin`` weights."""
+    from huggingface_hub import snapshot_download
+
+    folder = Path(
+        snapshot_download(
+            model_id, revision=revision, allow_patterns=_PATTERNS, local_files_only=local_files_only
+        )
+    )
+    if any(f.is_file() for f in folder.rglob("*.safetensors")):
+        return folder
+    logger.info("%s has no safetensors weights; fetching its *.bin weights", model_id)
+    return Path(
+        snapshot_download(
+            model_id,
+            revision=revision,
+            allow_patterns=_PATTERNS + _BIN_PATTERNS,
+            local_files_only=local_files_only,
+        )
+    )
+
+
 def _download(model_id: str, revision: str | None) -> Path:
     try:
-        from huggingface_hub import snapshot_download
+        import huggingface_hub  # noqa: F401
     except ImportError as e:  # pragma: no cover - huggingface_hub is a dependency
         raise ModelNotFoundError(f'Model "{model_id}": huggingface_hub is not installed') from e
-    patterns = ["*.json", "*.safetensors", "*.txt", "*.model", "*.py", "*.pt", "*/*"]
     try:
-        return Path(snapshot_download(model_id, revision=revision, allow_patterns=patterns))
+        return _snapshot(model_id, revision, local_files_only=False)
     except Exception as online_error:  # offline, unknown id, gated, ...
         try:
-            return Path(
-                snapshot_download(model_id, revision=revision, allow_patterns=patterns, local_files_only=True)
-            )
+            return _snapshot(model_id, revision, local_files_only=True)
         except Exception:
             raise ModelNotFoundError(
                 f'Model "{model_id}" is not a local folder and could not be fetched from the '

@@ -52,6 +52,14 @@ def tiny_bert(tiny_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_bert_cls3(tiny_dir) -> Path:
+    """A 3-label BertForSequenceClassification."""
+    return _cached(
+        tiny_dir, "bert_cls3_shared", tiny_models.bert, cls="BertForSequenceClassification", num_labels=3
+    )
+
+
+@pytest.fixture(scope="session")
 def tiny_xlmr(tiny_dir) -> Path:
     return _cached(tiny_dir, "xlmr", tiny_models.xlm_roberta)
 

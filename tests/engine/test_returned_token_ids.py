@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 
 import pytest
-import tiny_models
 from transformers import AutoConfig
 
 from vllm_pool import LLM, PoolingParams
@@ -15,11 +14,8 @@ STEP = {"pooling_type": "STEP", "step_tag_id": 7}
 
 
 @pytest.fixture(scope="module")
-def bert3(tiny_dir):
-    folder = tiny_dir / "bert_cls3_returned_ids"
-    if not (folder / "config.json").exists():
-        tiny_models.bert(folder, cls="BertForSequenceClassification", num_labels=3)
-    return folder
+def bert3(tiny_bert_cls3):
+    return tiny_bert_cls3
 
 
 @pytest.fixture(scope="module")

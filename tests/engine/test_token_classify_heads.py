@@ -15,11 +15,8 @@ from vllm_pool import LLM, PoolingParams
 
 
 @pytest.fixture(scope="module")
-def bert3(tiny_dir):
-    folder = tiny_dir / "bert_cls3_token_heads"
-    if not (folder / "config.json").exists():
-        tiny_models.bert(folder, cls="BertForSequenceClassification", num_labels=3)
-    return folder
+def bert3(tiny_bert_cls3):
+    return tiny_bert_cls3
 
 
 @pytest.fixture(scope="module")
