@@ -271,12 +271,6 @@ class LLM(TaskMethods):
         params = resolve_params(pooler, params, truncate_prompt_tokens)
         return self.input_processor.pairs(list(texts_1), list(texts_2), params)
 
-    def run_requests(
-        self, requests: list[Request], task: str, use_tqdm: bool = False
-    ) -> list[PoolingRequestOutput[PoolingOutput]]:
-        """Run tokenized requests (possibly from several callers) as one job, in list order."""
-        return self._execute(requests, {task: None}, use_tqdm)[task]
-
     @model_thread.engine_method
     def _execute(
         self,
