@@ -241,20 +241,23 @@ class Scheduler:
         budget = self.max_num_batched_tokens if budget is None else budget
         if n >= (self.max_num_seqs if seats is None else seats):
             return False
-        if self.packed:
-            return total + length <= budget
         new_max = max(max_len, length)
+        if self._cost(n + 1, new_max, total + length) > budget:
+            return False
         added = new_max * (n + 1) - max_len * n  # padded tokens this prompt adds
-        return new_max * (n + 1) <= budget and added <= length + self.batch_overhead_tokens
+        return self.packed or added <= length + self.batch_overhead_tokens
 
     def _fits_whole(self, n: int, state: list[int], lengths: list[int]) -> bool:
         """Whether prompts of ``lengths`` may all join a batch of ``n`` prompts (``state``: its
         max_len, total tokens) within ``max_num_seqs`` and the token budget."""
-        if n + len(lengths) > self.max_num_seqs:
-            return False
-        if self.packed:
-            return state[1] + sum(lengths) <= self.max_num_batched_tokens
-        return max(state[0], *lengths) * (n + len(lengths)) <= self.max_num_batched_tokens
+        n_all = n + len(lengths)
+        cost = self._cost(n_all, max(state[0], *lengths), state[1] + sum(lengths))
+        return n_all <= self.max_num_seqs and cost <= self.max_num_batched_tokens
+
+    def _cost(self, n: int, max_len: int, total: int) -> int:
+        """What a batch of ``n`` prompts (``total`` tokens, the longest ``max_len``) costs against
+        the token budget: its tokens when packed, ``max_len x n`` padded."""
+        return total if self.packed else max_len * n
 
     def _needs_several(self, job: Job) -> bool:
         """Whether ``job``'s pending prompts may need more than one batch (an upper bound)."""
@@ -272,7 +275,7 @@ class Scheduler:
             if job.key != anchor.key or not job.pending or job.done or len(job.pending) > seats:
                 continue
             lengths = [job.length(k) for k in range(len(job.pending))]
-            cost = len(lengths) * anchor.length(0) if not self.packed else sum(lengths)
+            cost = self._cost(len(lengths), anchor.length(0), sum(lengths))
             if (self.packed or max(lengths) <= anchor.length(0)) and cost <= room:
                 riders.append(job)
                 room, seats = room - cost, seats - len(lengths)
