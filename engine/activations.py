@@ -54,22 +54,32 @@ def import_activation(path: str) -> Activation:
         raise ValueError(f"Cannot import activation {path!r}: {e}") from e
 
 
-def classification_activation(
-    hf_config: object, st_activation: str | None = None, trust_remote_code: bool = False
-) -> Activation:
-    """The activation of a classifier, as vLLM and Sentence Transformers choose it.
+def labels_activation(num_labels: int) -> Activation:
+    """Sigmoid for one label, else softmax (vLLM's default classifier activation; its
+    ``token_classify`` / ``reward`` always use this one)."""
+    return sigmoid if num_labels < 2 else softmax
 
-    A Sentence Transformers CrossEncoder's ``activation_fn`` wins (a ``torch.nn`` class);
-    otherwise ``problem_type`` regression -> identity, multi-label -> sigmoid, one label ->
-    sigmoid, else softmax.
-    """
-    if st_activation:
-        if trust_remote_code and not st_activation.startswith("torch.nn."):
-            return import_activation(st_activation)
-        return torch_nn_activation(st_activation)
+
+def classify_activation(hf_config: object, num_labels: int) -> Activation:
+    """The ``classify`` activation, as vLLM chooses it from transformers' ``problem_type``:
+    regression -> identity, multi-label -> sigmoid, otherwise by the label count. A
+    CrossEncoder's ``activation_fn`` is for scores only (vLLM's ``act_fn="classify"``)."""
     problem_type = getattr(hf_config, "problem_type", None)
     if problem_type == "regression":
         return identity
     if problem_type == "multi_label_classification":
         return sigmoid
-    return sigmoid if int(getattr(hf_config, "num_labels", 2)) < 2 else softmax
+    return labels_activation(num_labels)
+
+
+def score_activation(
+    st_activation: str | None, num_labels: int, trust_remote_code: bool = False
+) -> Activation:
+    """The ``score`` activation, as vLLM and Sentence Transformers' CrossEncoder choose it:
+    the folder's ``activation_fn`` (a ``torch.nn`` class; another class only with
+    ``trust_remote_code``), otherwise by the label count; ``problem_type`` is not read."""
+    if st_activation:
+        if trust_remote_code and not st_activation.startswith("torch.nn."):
+            return import_activation(st_activation)
+        return torch_nn_activation(st_activation)
+    return labels_activation(num_labels)

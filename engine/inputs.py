@@ -31,12 +31,26 @@ NO_LIMIT = 1 << 30
 """The tokenizers' ``max_length`` when a prompt is not cut (its length is checked afterwards)."""
 
 
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_id_list(x: object) -> bool:
+    return isinstance(x, (list, tuple)) and bool(x) and _is_int(x[0])
+
+
 def normalize_prompts(prompts: object) -> list[PromptType]:
-    """Return ``prompts`` as a list, checking every item's type."""
+    """Return ``prompts`` as a list, checking every item's type.
+
+    As vLLM's prompt types, a list of token ids is one prompt (``[101, 7592, 102]``) and a
+    list of such lists is one prompt each; both become ``{"prompt_token_ids": [...]}``.
+    """
     if isinstance(prompts, (str, dict)):
         items: list[Any] = [prompts]
+    elif _is_id_list(prompts):
+        items = [{"prompt_token_ids": list(prompts)}]  # type: ignore[arg-type]
     elif isinstance(prompts, Sequence) and not isinstance(prompts, (bytes, bytearray)):
-        items = list(prompts)
+        items = [{"prompt_token_ids": list(p)} if _is_id_list(p) else p for p in prompts]
     else:
         raise TypeError(
             "prompts must be a string, a list of strings, or {'prompt_token_ids': [...]} dicts, "
@@ -50,8 +64,8 @@ def normalize_prompts(prompts: object) -> list[PromptType]:
             _check_dict_prompt(item, i)
             continue
         raise TypeError(
-            f"prompts[{i}] must be a string or a {{'prompt_token_ids': [...]}} dict, "
-            f"got {type(item).__name__}"
+            f"prompts[{i}] must be a string, a list of token ids or a {{'prompt_token_ids': [...]}} "
+            f"dict, got {type(item).__name__}"
         )
     return items
 
@@ -70,11 +84,7 @@ def check_unicode(text: str, where: str) -> None:
 def _check_dict_prompt(item: dict[str, Any], i: int) -> None:
     if "prompt_token_ids" in item:
         ids = item["prompt_token_ids"]
-        if (
-            not isinstance(ids, Sequence)
-            or isinstance(ids, (str, bytes))
-            or not all(isinstance(t, int) and not isinstance(t, bool) for t in ids)
-        ):
+        if not isinstance(ids, Sequence) or isinstance(ids, (str, bytes)) or not all(_is_int(t) for t in ids):
             raise TypeError(f"prompts[{i}]['prompt_token_ids'] must be a list of integers")
         if item.get("attention_mask") is not None:
             _check_attention_mask(item["attention_mask"], len(ids), i)

@@ -15,11 +15,17 @@ from typing import Any, Generic, TypeVar
 import torch
 
 
-@dataclass
+@dataclass(eq=False)
 class PoolingOutput:
     """Raw pooled data of one request (a tensor: ``[hidden]``, ``[tokens, hidden]``, ...)."""
 
     data: torch.Tensor
+
+    def __eq__(self, other: object) -> bool:
+        """Equal data, as vLLM's ``PoolingOutput`` (a tensor's ``==`` is element-wise)."""
+        if not isinstance(other, PoolingOutput):
+            return NotImplemented
+        return self.data.shape == other.data.shape and bool((self.data == other.data).all())
 
 
 class _LazyVector:

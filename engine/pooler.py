@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
-from vllm_pool.engine.activations import classification_activation, sigmoid, softmax
+from vllm_pool.engine.activations import classify_activation, labels_activation, score_activation
 from vllm_pool.engine.classifier import Classifier
 from vllm_pool.engine.config import ModelConfig
 from vllm_pool.engine.heads import ClassifyHead, EmbeddingHead, Projection
@@ -195,21 +195,21 @@ def classify_poolers(cfg: ModelConfig, clf: Classifier) -> dict[str, Pooler]:
     st_act = cfg.st.activation_fn if cfg.st is not None else None
     st_act = st_act or (getattr(cfg.hf_config, "sentence_transformers", None) or {}).get("activation_fn")
     st_act = st_act or getattr(cfg.hf_config, "sbert_ce_default_activation_function", None)  # ST < 4
-    activation = classification_activation(cfg.hf_config, st_act, cfg.trust_remote_code)
-    if clf.num_labels != int(getattr(cfg.hf_config, "num_labels", clf.num_labels)) and not st_act:
-        # heads built from an LM keep their own size; use the activation for that size
-        activation = sigmoid if clf.num_labels < 2 else softmax
+    n = clf.num_labels
     use_act = True if cfg.pooler.use_activation is None else bool(cfg.pooler.use_activation)
-    defaults = (activation, use_act, cfg.pooler.step_tag_id, cfg.pooler.returned_token_ids, clf.num_labels)
-    head = ClassifyHead(clf.fn, *defaults)
-    token_head = head if clf.token_fn is None else ClassifyHead(clf.per_token, *defaults)
+    rest = (use_act, cfg.pooler.step_tag_id, cfg.pooler.returned_token_ids, n)
+    # one activation per task, as vLLM's DispatchPooler.for_seq_cls
+    head = ClassifyHead(clf.fn, classify_activation(cfg.hf_config, n), *rest)
+    score_head = ClassifyHead(clf.fn, score_activation(st_act, n, cfg.trust_remote_code), *rest)
+    token_fn = clf.fn if clf.token_fn is None else clf.per_token
+    token_head = ClassifyHead(token_fn, labels_activation(n), *rest)
     poolers: dict[str, Pooler] = {}
     chosen = PoolingType(cfg.pooler.pooling_type) if cfg.pooler.pooling_type else clf.method
     if clf.method is not PoolingType.ALL:
         seq_method = chosen if chosen in SEQUENCE_METHODS else clf.method
         poolers["classify"] = Pooler("classify", seq_method, head)
         if clf.num_labels == 1:
-            poolers["score"] = Pooler("score", seq_method, head)
+            poolers["score"] = Pooler("score", seq_method, score_head)
     token_method = PoolingType.STEP if chosen is PoolingType.STEP else PoolingType.ALL
     poolers["token_classify"] = Pooler("token_classify", token_method, token_head)
     return poolers

@@ -156,8 +156,8 @@ class ScoreIO:
         ``pooling_params``: one for every pair, or a list of one per pair. With the cosine
         fallback, a text is embedded once per distinct params it is paired with.
         """
-        texts_1, texts_2 = pair_up(data_1, data_2, names)
         llm = self.llm
+        texts_1, texts_2 = pair_up(data_1, data_2, names, decode=llm.get_tokenizer().decode)
         per_pair = normalize_params(pooling_params, len(texts_1), "pairs")
         if self.cross_encoder:
             params = resolve_params(llm.poolers.get("score"), per_pair, truncate_prompt_tokens)

@@ -49,12 +49,15 @@ class TaskMethods:
         pooling_task: str | None = None,
         use_tqdm: bool = True,
         truncate_prompt_tokens: int | None = None,
+        lora_request: object = None,
+        tokenization_kwargs: dict[str, Any] | None = None,
     ) -> list[PoolingRequestOutput[PoolingOutput]]:
         """Raw pooled tensors (``.outputs.data``) for any task the model supports.
 
         With ``pooling_task="plugin"`` the loaded IO processor plugin pre-processes
         ``prompts`` and post-processes the outputs (``.outputs`` is then the plugin's result).
         """
+        truncate_prompt_tokens = vllm_extras(lora_request, tokenization_kwargs, truncate_prompt_tokens)
         if pooling_task == "plugin":
             return self._run_plugin(prompts, pooling_params, use_tqdm, truncate_prompt_tokens)
         if pooling_task is None:
@@ -69,8 +72,11 @@ class TaskMethods:
         *,
         use_tqdm: bool = True,
         truncate_prompt_tokens: int | None = None,
+        lora_request: object = None,
+        tokenization_kwargs: dict[str, Any] | None = None,
     ) -> list[EmbeddingRequestOutput]:
         """One embedding vector per prompt (``.outputs.embedding``)."""
+        truncate_prompt_tokens = vllm_extras(lora_request, tokenization_kwargs, truncate_prompt_tokens)
         io = self.task_io["embed"]
         return self._run_io(io, prompts, pooling_params, use_tqdm, truncate_prompt_tokens)
 
@@ -81,8 +87,11 @@ class TaskMethods:
         *,
         use_tqdm: bool = True,
         truncate_prompt_tokens: int | None = None,
+        lora_request: object = None,
+        tokenization_kwargs: dict[str, Any] | None = None,
     ) -> list[ClassificationRequestOutput]:
         """Class probabilities per prompt (``.outputs.probs``; logits with ``use_activation=False``)."""
+        truncate_prompt_tokens = vllm_extras(lora_request, tokenization_kwargs, truncate_prompt_tokens)
         io = self.task_io["classify"]
         return self._run_io(io, prompts, pooling_params, use_tqdm, truncate_prompt_tokens)
 
@@ -93,8 +102,11 @@ class TaskMethods:
         *,
         use_tqdm: bool = True,
         truncate_prompt_tokens: int | None = None,
+        lora_request: object = None,
+        tokenization_kwargs: dict[str, Any] | None = None,
     ) -> list[PoolingRequestOutput[PoolingOutput]]:
         """Per-token rewards (the ``token_classify`` task): ``.outputs.data`` is ``[tokens, labels]``."""
+        truncate_prompt_tokens = vllm_extras(lora_request, tokenization_kwargs, truncate_prompt_tokens)
         io = self.task_io["reward"]
         return self._run_io(io, prompts, pooling_params, use_tqdm, truncate_prompt_tokens)
 
@@ -107,6 +119,8 @@ class TaskMethods:
         pooling_params: PoolingParams | Sequence[PoolingParams] | None = None,
         use_tqdm: bool = True,
         truncate_prompt_tokens: int | None = None,
+        lora_request: object = None,
+        tokenization_kwargs: dict[str, Any] | None = None,
     ) -> list[ScoringRequestOutput]:
         """Similarity scores of pairs (1:1, 1:N or N:N): ``.outputs.score``.
 
@@ -115,6 +129,7 @@ class TaskMethods:
         Cross-encoders (one label) score each pair jointly; models with only the ``embed``
         task fall back to the cosine similarity of the two embeddings.
         """
+        truncate_prompt_tokens = vllm_extras(lora_request, tokenization_kwargs, truncate_prompt_tokens)
         prepared = self.task_io["score"].prepare(data_1, data_2, pooling_params, truncate_prompt_tokens)
         return self.run_prepared(prepared, use_tqdm)
 
@@ -177,6 +192,39 @@ class TaskMethods:
         outs = self._run(prompts, task, pooling_params, use_tqdm, truncate_prompt_tokens)
         results = self.io_processor.post_process(data, outs)
         return [_convert(o, r) for o, r in zip(outs, results)]
+
+
+def vllm_extras(
+    lora_request: object, tokenization_kwargs: dict[str, Any] | None, truncate_prompt_tokens: int | None
+) -> int | None:
+    """vLLM's ``lora_request`` (only ``None``: no adapters here) and ``tokenization_kwargs``
+    (``max_length`` with ``truncation``: a cut, as ``truncate_prompt_tokens``); returns the cut.
+
+    Raises:
+        ValueError: a LoRA request, a tokenization keyword the engine does not follow, or a
+            ``max_length`` that contradicts ``truncate_prompt_tokens``.
+    """
+    if lora_request is not None:
+        raise ValueError("LoRA adapters are not supported: lora_request must be None")
+    if tokenization_kwargs is None:
+        return truncate_prompt_tokens
+    if not isinstance(tokenization_kwargs, dict):
+        raise TypeError(f"tokenization_kwargs must be a dict, got {type(tokenization_kwargs).__name__}")
+    unknown = sorted(set(tokenization_kwargs) - {"truncation", "max_length"})
+    if unknown:
+        raise ValueError(
+            f"tokenization_kwargs {unknown} are not supported (only 'truncation' and 'max_length'; "
+            "use truncate_prompt_tokens)"
+        )
+    cut = tokenization_kwargs.get("max_length")
+    if cut is None or tokenization_kwargs.get("truncation", True) is False:
+        return truncate_prompt_tokens
+    if truncate_prompt_tokens is not None and truncate_prompt_tokens != cut:
+        raise ValueError(
+            f"tokenization_kwargs max_length={cut} contradicts "
+            f"truncate_prompt_tokens={truncate_prompt_tokens}"
+        )
+    return cut
 
 
 def _params_per_task(pooling_params: object) -> dict[str, PoolingParams]:

@@ -124,7 +124,7 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> ServerApp:
         state.check_model(body.model)
         prompts = to_prompts(body.input)
         state.check_inputs(len(prompts))
-        state.check_texts(body.input, "input", allow_empty=True)
+        state.check_texts(body.input, "input")
         params = PoolingParams(dimensions=body.dimensions, normalize=body.normalize)
         io = llm.task_io["embed"]
         prepared, n_tokens = await state.prepare_prompts(io, prompts, params, body.truncate_prompt_tokens)
@@ -149,7 +149,7 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> ServerApp:
             raise APIError("input is required (or 'data' for an IO processor plugin)", 400, "input")
         prompts = to_prompts(body.input)
         state.check_inputs(len(prompts))
-        state.check_texts(body.input, "input", allow_empty=True)
+        state.check_texts(body.input, "input")
         params = PoolingParams(
             dimensions=body.dimensions, normalize=body.normalize, use_activation=body.use_activation
         )
@@ -168,7 +168,7 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> ServerApp:
         state.check_model(body.model)
         prompts = to_prompts(body.input)
         state.check_inputs(len(prompts))
-        state.check_texts(body.input, "input", allow_empty=True)
+        state.check_texts(body.input, "input")
         params = PoolingParams(use_activation=body.use_activation)
         io = llm.task_io["classify"]
         prepared, n_tokens = await state.prepare_prompts(

@@ -6,9 +6,8 @@
   not arrive within ``body_timeout`` seconds is a 408, both answered without waiting for the
   rest and with the connection closed.
 * :func:`check_texts`: before tokenization, each text must be a string of valid Unicode (no
-  lone surrogates) of at most ``max_input_chars`` characters, and not empty where the task
-  refuses empty texts (scores; an empty text to embed or classify is its special tokens, as
-  offline and in vLLM); the error names the field and the caller's index.
+  lone surrogates) of at most ``max_input_chars`` characters (``""`` is a text: its special
+  tokens, as offline and in vLLM); the error names the field and the caller's index.
 * :func:`slices`: a large request is tokenized and queued in slices, so the small requests
   that arrive meanwhile wait for one slice, not for the whole request.
 
@@ -208,17 +207,16 @@ async def _answer(
 
 
 # ---------------------------------------------------------------------- input checks
-def check_texts(texts: str | Sequence[Any], param: str, max_chars: int, allow_empty: bool = False) -> None:
+def check_texts(texts: str | Sequence[Any], param: str, max_chars: int) -> None:
     """Check the strings of one request field before they are tokenized.
 
     Args:
         texts: the field's value: one string or a list (token-id lists are skipped).
         param: the field's name, for the message and the error's ``param``.
         max_chars: the longest string allowed.
-        allow_empty: ``""`` passes (the engine refuses a prompt only when it has no tokens).
 
     Raises:
-        APIError: 400 for a refused empty string or invalid Unicode, 413 for a string that is
+        APIError: 400 for invalid Unicode, 413 for a string that is
             too long.
     """
     items = [texts] if isinstance(texts, str) else texts
@@ -226,8 +224,6 @@ def check_texts(texts: str | Sequence[Any], param: str, max_chars: int, allow_em
         if not isinstance(text, str):
             continue  # token ids: checked by the engine against the vocabulary
         where = param if isinstance(texts, str) else f"{param}[{i}]"
-        if not text and not allow_empty:
-            raise APIError(f"{where} is an empty string", 400, param)
         if len(text) > max_chars:
             raise APIError(
                 f"{where} has {len(text)} characters, the limit is {max_chars} (--max-input-chars)",

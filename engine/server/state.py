@@ -112,10 +112,10 @@ class ServerState:
             )
         return n
 
-    def check_texts(self, texts: Any, param: str, allow_empty: bool = False) -> None:
-        """Strings of a request field: valid Unicode, within ``max_input_chars``, non-empty
-        unless ``allow_empty`` (texts to embed or classify: ``""`` is its special tokens)."""
-        limits.check_texts(texts, param, self.config.max_input_chars, allow_empty)
+    def check_texts(self, texts: Any, param: str) -> None:
+        """Strings of a request field: valid Unicode, within ``max_input_chars`` (``""`` is
+        its special tokens; the engine refuses a prompt only when it has no tokens)."""
+        limits.check_texts(texts, param, self.config.max_input_chars)
 
     # ------------------------------------------------------------------ work off the event loop
     async def in_tokenizer_thread(

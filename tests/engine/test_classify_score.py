@@ -143,9 +143,14 @@ def test_score_shapes(bert1):
     assert n_n[1].outputs.score == pytest.approx(
         llm.score(PAIRS_Q[1], PAIRS_D[1], use_tqdm=False)[0].outputs.score, abs=1e-6
     )
-    for a, b in ((PAIRS_Q, PAIRS_D[:2]), (PAIRS_Q[:2], PAIRS_D[0]), ([], [])):
+    for a, b in ((PAIRS_Q, PAIRS_D[:2]), (PAIRS_Q[:2], PAIRS_D[0])):
         with pytest.raises(ValueError, match=r"^Input lengths must be either 1:1, 1:N or N:N$"):
             llm.score(a, b, use_tqdm=False)
+    # vLLM's messages for an empty side
+    with pytest.raises(ValueError, match=r"^At least one text element must be given$"):
+        llm.score([], [], use_tqdm=False)
+    with pytest.raises(ValueError, match=r"^At least one text_pair element must be given$"):
+        llm.score("q", [], use_tqdm=False)
     with pytest.raises(TypeError, match=r"data_2\[1\] must be a string"):
         llm.score("q", ["a", 3], use_tqdm=False)
     assert len(llm.score("q", "d", use_tqdm=False)) == 1  # still usable
@@ -258,3 +263,38 @@ def test_cross_encoder_activation_outside_torch_nn(tiny_dir, bert1):
     )
     (out,) = LLM(str(folder)).score("a", "b", use_tqdm=False)
     assert -1 < out.outputs.score < 1
+
+
+def test_each_task_has_its_own_activation(tiny_dir, bert1):
+    """vLLM's DispatchPooler.for_seq_cls: classify from ``problem_type``, score from the
+    CrossEncoder's ``activation_fn`` (else sigmoid for one label), reward / token_classify
+    sigmoid for one label. A 1-label model saved by the HF Trainer says "regression"."""
+    from sentence_transformers import CrossEncoder
+
+    from vllm_pool import LLM, PoolingParams
+
+    folder = tiny_models.bert(
+        tiny_dir / "bert_ce_regression",
+        cls="BertForSequenceClassification",
+        num_labels=1,
+        problem_type="regression",
+    )
+    llm = LLM(str(folder))
+    scores = [o.outputs.score for o in llm.score(PAIRS_Q[0], PAIRS_D, use_tqdm=False)]
+    ref = CrossEncoder(str(folder), device="cpu").predict([(PAIRS_Q[0], d) for d in PAIRS_D])
+    np.testing.assert_allclose(scores, ref, rtol=1e-4, atol=1e-6)  # sigmoid, not the raw logit
+    probs = [o.outputs.probs[0] for o in llm.classify(TEXTS[:3], use_tqdm=False)]
+    np.testing.assert_allclose(probs, [x.item() for x in _hf_logits(folder, TEXTS[:3])], rtol=1e-4, atol=1e-6)
+    (reward,) = llm.reward(TEXTS[0], use_tqdm=False)
+    (raw,) = llm.reward(TEXTS[0], PoolingParams(use_activation=False), use_tqdm=False)
+    torch.testing.assert_close(reward.outputs.data, torch.sigmoid(raw.outputs.data))
+
+    identity = tiny_dir / "ce_identity"
+    CrossEncoder(str(bert1), device="cpu", activation_fn=torch.nn.Identity()).save(str(identity))
+    llm = LLM(str(identity))
+    scores = [o.outputs.score for o in llm.score(PAIRS_Q[0], PAIRS_D, use_tqdm=False)]
+    ref = CrossEncoder(str(identity), device="cpu").predict([(PAIRS_Q[0], d) for d in PAIRS_D])
+    np.testing.assert_allclose(scores, ref, rtol=1e-4, atol=1e-6)  # the folder's Identity
+    probs = [o.outputs.probs[0] for o in llm.classify(TEXTS[:3], use_tqdm=False)]
+    hf = torch.sigmoid(torch.stack(_hf_logits(identity, TEXTS[:3]))).reshape(-1).numpy()
+    np.testing.assert_allclose(probs, hf, rtol=1e-4, atol=1e-6)
