@@ -29,10 +29,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, Protocol
 
+from vllm_pool.engine.batch_stats import BatchStats, batch_callbacks
+from vllm_pool.engine.fork_safe import ForkSafePool, reset_in_child
 from vllm_pool.engine.scheduler import Job, JobCancelled, ScheduledBatch, Scheduler, TaskSpec
 from vllm_pool.engine.types import Batch, Request
 
@@ -52,18 +52,6 @@ class Executor(Protocol):
         """Start copying ``outputs`` to the host; the returned callable waits for them."""
 
 
-@dataclass
-class BatchStats:
-    """What the core reports of each batch it ran (server metrics)."""
-
-    key: tuple[str, ...]
-    num_prompts: int
-    num_jobs: int
-    padded_tokens: int
-    seconds: float
-    queue_seconds: list[float]
-
-
 class EngineCore:
     """The request queue, the scheduler and the loop that runs them.
 
@@ -79,9 +67,7 @@ class EngineCore:
         self.scheduler = scheduler
         self._cond = threading.Condition()
         self._driving = False
-        self._outputs = (
-            ThreadPoolExecutor(1, thread_name_prefix="vllm-pool-outputs") if output_thread else None
-        )
+        self._outputs = ForkSafePool("vllm-pool-outputs") if output_thread else None
         self._thread: threading.Thread | None = None
         self._stop = False
         self.on_batch: Callable[[BatchStats], None] | None = None
@@ -90,6 +76,11 @@ class EngineCore:
         self.gather_gap_s = 0.005
         self.max_gather_s = 0.1
         self._last_batch: tuple[int, int, float] | None = None  # jobs, prompts, seconds
+        reset_in_child(self, EngineCore._forget_threads)
+
+    def _forget_threads(self) -> None:
+        """In a forked child: no parent thread drives or holds the lock there."""
+        self._cond, self._driving, self._thread = threading.Condition(), False, None
 
     # ------------------------------------------------------------------ submitting
     def submit(
@@ -145,10 +136,12 @@ class EngineCore:
         interrupt (``KeyboardInterrupt``) cancels them too.
         """
         try:
+            # until every job is answered, not only scheduled: a batch in flight elsewhere may
+            # come back to the queue (its driver interrupted), and then this caller drives it
             self._drive_until(
                 lambda: (
                     (more is None or not more())
-                    and all(not j.pending or j.done for j in jobs)
+                    and all(j.done for j in jobs)
                     or any(j.future.done() and j.future.exception() is not None for j in jobs)
                 )
             )
@@ -270,7 +263,7 @@ class EngineCore:
         """
         current = self._next(done)
         staged = self._stage(current) if current is not None else None
-        pending_delivery: Any = None
+        deliveries: list[Any] = []  # the output thread's, checked in order
         try:
             while current is not None:
                 start = time.perf_counter()
@@ -285,10 +278,12 @@ class EngineCore:
                 upcoming = self._next(done)  # host work for N + 1 while the device runs N
                 upcoming_staged = self._stage(upcoming) if upcoming is not None else None
                 if outputs is not None:
-                    pending_delivery = self._deliver_async(current, outputs, start)
+                    deliveries.append(self._deliver_async(current, outputs, start))
+                    while len(deliveries) > 1 and deliveries[0].done():
+                        deliveries.pop(0).result()  # a delivery's own failure surfaces here
                 current, staged = upcoming, upcoming_staged
-            if pending_delivery is not None:
-                pending_delivery.result()
+            for delivery in deliveries:
+                delivery.result()
         except BaseException:
             if current is not None:  # staged but never run: back to the queue
                 self._requeue(current)
@@ -317,7 +312,7 @@ class EngineCore:
         if len(jobs) == 1:
             n = len(scheduled.entries)
             logger.warning("A batch of %d prompts failed: %s: %s", n, type(exc).__name__, exc)
-            self._fail(jobs[0], exc)
+            self.fail(jobs[0], exc)
             return
         logger.warning("A batch of %d jobs failed (%s); running them one by one", len(jobs), exc)
         for job in jobs:
@@ -326,11 +321,12 @@ class EngineCore:
             try:
                 outputs = self.executor.execute(self.executor.stage(own.batch), own)
             except Exception as job_exc:
-                self._fail(job, job_exc)
+                self.fail(job, job_exc)
                 continue
             self._deliver_async(own, outputs, start).result()
 
-    def _fail(self, job: Job, exc: BaseException) -> None:
+    def fail(self, job: Job, exc: BaseException) -> None:
+        """Fail ``job`` with ``exc`` (its prompts that have not run are dropped)."""
         with self._cond:
             self.scheduler.remove(job)
             job.fail(exc)
@@ -364,7 +360,7 @@ class EngineCore:
             outputs = wait()
         except Exception as exc:  # an error surfacing at the copy (asynchronous device work)
             for job in scheduled.jobs:
-                self._fail(job, exc)
+                self.fail(job, exc)
             return
         now = time.perf_counter()
         by_job: dict[Job, list[int]] = {}
@@ -372,23 +368,15 @@ class EngineCore:
             by_job.setdefault(job, []).append(i)
         self._last_batch = (len(by_job), len(scheduled.entries), now - start)
         # metrics and progress first: a caller woken by its results sees them counted
-        if self.on_batch is not None:
-            queue_seconds = [start - job.enqueued for job in by_job if job.first_run is None]
-            lengths = [job.requests[pos].num_tokens for job, pos in scheduled.entries]
-            padded = sum(lengths) if self.scheduler.packed else max(lengths) * len(lengths)
-            n_jobs, seconds = len(by_job), now - start
-            self.on_batch(BatchStats(scheduled.key, len(lengths), n_jobs, padded, seconds, queue_seconds))
-        for job, rows in by_job.items():
-            if job.first_run is None:
-                job.first_run = start
-            if job.on_batch is not None and not job.done:
-                job.on_batch(len(rows))
+        interrupt = batch_callbacks(self, scheduled, by_job, start, now)
         with self._cond:
             for job, rows in by_job.items():
                 if not job.done:
                     positions = [scheduled.entries[i][1] for i in rows]
                     job.deliver({t: [outs[i] for i in rows] for t, outs in outputs.items()}, positions)
             self._cond.notify_all()
+        if interrupt is not None:
+            raise interrupt
 
 
 class _Done:

@@ -13,8 +13,8 @@ import contextlib
 import itertools
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -26,6 +26,7 @@ from vllm_pool.engine.chunked import num_prompts, prompt_progress
 from vllm_pool.engine.config import PoolerConfig, resolve_device
 from vllm_pool.engine.core import EngineCore
 from vllm_pool.engine.executor import ModelExecutor
+from vllm_pool.engine.fork_safe import ForkSafePool
 from vllm_pool.engine.inputs import InputProcessor
 from vllm_pool.engine.loader import LoadedModel, load_model
 from vllm_pool.engine.outputs import (
@@ -241,7 +242,7 @@ class LLM(TaskMethods):
         on_cuda = self.model_config.device.type == "cuda"
         executor = ModelExecutor(self.runner, self.poolers, self.model_thread)
         self.core = EngineCore(executor, scheduler, output_thread=on_cuda)
-        self.tokenizer_pool = ThreadPoolExecutor(1, thread_name_prefix="vllm-pool-tokenize")
+        self.tokenizer_pool = ForkSafePool("vllm-pool-tokenize")
         self.task_io = task_processors(self)
 
     def request_ids(self, n: int) -> list[str]:
@@ -327,23 +328,28 @@ class LLM(TaskMethods):
         jobs: list[Job] = []
         with _progress(len(items), use_tqdm) as bar:
             on_batch = bar.update if bar is not None else None
+            stopped = threading.Event()  # the call failed or was interrupted: queue no more
 
             def tokenize_all() -> None:
                 for start, stop in bounds:
-                    if jobs and any(j.done and j.future.exception() is not None for j in jobs):
+                    if stopped.is_set() or any(j.done and j.future.exception() is not None for j in jobs):
                         return  # a chunk failed: stop tokenizing
                     requests = io.tokenize(items[start:stop], params[start:stop], start)
                     chunks.append(requests)
                     count = prompt_progress(on_batch, requests)  # prompts, not chunk requests
                     jobs.append(self.core.submit(requests, {io.task: None}, count))
+                    if stopped.is_set():  # stopped while this chunk was tokenized
+                        self.core.cancel(jobs[-1])
+                        return
 
             feeder = self.tokenizer_pool.submit(tokenize_all)
             try:
                 results = self.core.wait(jobs, more=lambda: not feeder.done())
                 feeder.result()  # a tokenizer error
             except BaseException:
+                stopped.set()
                 feeder.cancel()
-                for job in jobs:
+                for job in list(jobs):
                     self.core.cancel(job)
                 raise
         requests = [r for chunk in chunks for r in chunk]

@@ -42,10 +42,10 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import torch
+from vllm_pool.engine.fork_safe import ForkSafePool
 
 T = TypeVar("T")
 
@@ -64,13 +64,15 @@ class ModelThread:
     """
 
     def __init__(self, name: str = "vllm-pool-model") -> None:
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix=name)
+        self._pool = ForkSafePool(name)  # a forked child starts its own thread
         self._ident: int | None = None  # the model thread, once it has run a call
         self._main_depth = 0  # main-thread calls in progress (nested ones run inline)
 
     def run(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)``: inline on the main thread (as :meth:`call`) and on the model thread
         itself, else on the model thread (its result, or its exception re-raised in the caller)."""
+        if self._pool.forked:
+            self._ident = None  # the parent's model thread does not exist here
         if threading.get_ident() == self._ident:
             return fn(*args)
         if threading.current_thread() is not threading.main_thread():
@@ -209,11 +211,15 @@ def shared() -> ModelThread:
         return _shared
 
 
-def _forget_shared() -> None:
-    """In a forked child the parent's thread does not exist: start a new one when needed."""
-    global _shared, _shared_lock
-    _shared, _shared_lock = None, threading.Lock()
+def _new_lock() -> None:
+    """In a forked child: the lock may have been held by a parent thread. The shared model
+    thread stays (its pool starts a new worker there, :class:`ForkSafePool`), so the child's
+    engines, old and new, still share one."""
+    global _shared_lock
+    _shared_lock = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_shared)
+    # a forked child cannot use the forking thread's OpenMP team (its workers do not exist
+    # there: GNU OpenMP would wait on them), so the parent releases it before the fork
+    os.register_at_fork(before=release_team, after_in_child=_new_lock)

@@ -23,7 +23,8 @@ from collections.abc import Awaitable
 from concurrent.futures import Future
 from typing import Any
 
-from vllm_pool.engine.core import BatchStats, EngineCore
+from vllm_pool.engine.batch_stats import BatchStats
+from vllm_pool.engine.core import EngineCore
 from vllm_pool.engine.scheduler import Job, TaskSpec
 from vllm_pool.engine.server.errors import ClientDisconnected
 from vllm_pool.engine.server.metrics import ServerMetrics

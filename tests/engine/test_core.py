@@ -6,57 +6,11 @@ import threading
 import time
 
 import pytest
+from fakes import FakeExecutor, make_core, reqs
 from vllm_pool.engine.core import EngineCore
 from vllm_pool.engine.scheduler import Job, JobCancelled, Scheduler
-from vllm_pool.engine.types import Request
 
 from vllm_pool import PoolingParams
-
-
-class FakeExecutor:
-    """Records every batch; returns ``(task, first token id)`` per prompt; can be held or made to fail."""
-
-    def __init__(self) -> None:
-        self.batches: list[tuple[tuple[str, ...], list[int]]] = []
-        self.events: list[tuple[str, int]] = []
-        self.gate = threading.Event()
-        self.gate.set()
-        self.started = 0
-        self.bad: set[int] = set()
-        self.delay = 0.0
-
-    def stage(self, batch):
-        self.events.append(("stage", batch.requests[0].prompt_token_ids[0]))
-        return batch
-
-    def execute(self, staged, scheduled):
-        self.started += 1
-        self.gate.wait(10)
-        time.sleep(self.delay)
-        ids = [r.prompt_token_ids[0] for r in staged.requests]
-        self.batches.append((scheduled.key, ids))
-        self.events.append(("execute", ids[0]))
-        if self.bad & set(ids):
-            raise RuntimeError(f"bad input {sorted(self.bad & set(ids))}")
-        return {task: [(task, i) for i in ids] for task in scheduled.key}
-
-    def to_host(self, outputs):
-        first = next(iter(outputs.values()))[0][1]
-        self.events.append(("to_host", first))
-        return lambda: outputs
-
-
-def reqs(ids: list[int], length: int = 4) -> list[Request]:
-    return [
-        Request(index=i, prompt_token_ids=[t] * length, params=PoolingParams()) for i, t in enumerate(ids)
-    ]
-
-
-def make_core(
-    budget: int = 1000, seqs: int = 64, output_thread: bool = False
-) -> tuple[EngineCore, FakeExecutor]:
-    fake = FakeExecutor()
-    return EngineCore(fake, Scheduler(budget, seqs), output_thread=output_thread), fake
 
 
 def wait_until(cond, timeout: float = 5.0) -> None:

@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
+from fakes import FakeExecutor, reqs
 from vllm_pool.engine.core import EngineCore
 from vllm_pool.engine.scheduler import Scheduler
 from vllm_pool.engine.server import EngineClient
 from vllm_pool.engine.server.errors import ClientDisconnected
 from vllm_pool.engine.server.metrics import ServerMetrics
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "engine"))
-from test_core import FakeExecutor, reqs  # noqa: E402
 
 
 async def wait_until(cond, timeout: float = 5.0) -> None:
