@@ -7,8 +7,10 @@
 - PyLate (a Sentence Transformers folder: Transformer + Dense modules):
   ``config_sentence_transformers.json`` holds ``query_prefix``, ``document_prefix``,
   ``query_length``, ``document_length``, ``attend_to_expansion_tokens``, ``skiplist_words``
-  and ``do_query_expansion``. Its ``sentence_bert_config.json`` ``max_seq_length`` is the
-  last length PyLate tokenized with, not a model limit, so it never caps documents.
+  and ``do_query_expansion``; a prefix that is absent or ``null`` is PyLate's ``"[Q] "`` /
+  ``"[D] "``, an empty one means no prefix token (as in PyLate). Its
+  ``sentence_bert_config.json`` ``max_seq_length`` is the last length PyLate tokenized with,
+  not a model limit, so it never caps documents.
 - BGE-M3 (``BgeM3EmbeddingModel``): ColBERT vectors from ``colbert_linear`` for the tokens
   after the first; no query expansion, no punctuation skipping.
 
@@ -122,12 +124,20 @@ def _hf_colbert(hf_path: Path) -> ColbertCheckpoint:
     return ColbertCheckpoint("hf_colbert", settings, projection)
 
 
+def _pylate_prefix(value: Any, default: str) -> str | None:
+    """A PyLate prefix as a marker token: ``default`` when the key is absent or ``None`` (as
+    PyLate), no marker for ``""`` (PyLate inserts no prefix token then)."""
+    if value is None:
+        return default
+    return value if value != "" else None
+
+
 def _pylate(cfg: dict[str, Any]) -> ColbertCheckpoint:
     settings: dict[str, Any] = {
         "query_maxlen": int(cfg.get("query_length") or 32),
         "doc_maxlen": int(cfg.get("document_length") or 180),
-        "query_marker": cfg.get("query_prefix") or "[Q] ",
-        "doc_marker": cfg.get("document_prefix") or "[D] ",
+        "query_marker": _pylate_prefix(cfg.get("query_prefix"), "[Q] "),
+        "doc_marker": _pylate_prefix(cfg.get("document_prefix"), "[D] "),
         "mask_augment": bool(cfg.get("do_query_expansion", True)),
         "attend_to_expansion_tokens": bool(cfg.get("attend_to_expansion_tokens") or False),
         "skip_punctuation": True,

@@ -3,32 +3,27 @@
 Encoder settings are the fields of :class:`~vllm_pool.retrievers.ColBERTConfig`
 (:data:`ENCODER_SETTINGS`); a retriever field left at ``None`` takes the checkpoint's value
 (colbert-ai ``artifact.metadata``, PyLate's config), else the plain default (no ``[MASK]``
-expansion). A saved retriever is a folder: ``index/`` (a
-:class:`~vllm_pool.retrievers.MultiVectorIndex` folder, written atomically, no pickle) and
-``colbert.json`` (model id, dimension, encoder settings, long-document settings); loading it
-with a conflicting setting raises.
+expansion). A saved retriever is a folder (:mod:`._colbert_folder`, written all or nothing,
+no pickle): ``index/`` (a :class:`~vllm_pool.retrievers.MultiVectorIndex` folder) and
+``colbert.json`` (model id, dimension, encoder settings, long-document settings,
+``truncate``); loading it with a conflicting setting raises.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
-import uuid
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
+from ._colbert_folder import INDEX_DIR, SETTINGS_FILE, SETTINGS_VERSION, load, save  # noqa: F401 (the classes' API)
 from ._engines import EngineOptions, get_engine, on_clear
 from ._progress import CallProgress
 from ._records import TEXT_KEY, new_records, unpack, user_filter
 
 logger = logging.getLogger(__name__)
 
-SETTINGS_FILE = "colbert.json"
-INDEX_DIR = "index"
-SETTINGS_VERSION = 2
 ENCODER_SETTINGS = (
     "query_maxlen",
     "doc_maxlen",
@@ -257,69 +252,40 @@ def delete(index: Any, ids: Sequence[str]) -> int:
     return long_documents.remove(index, list(ids))
 
 
-def save(path: str | os.PathLike, index: Any, settings: Mapping[str, Any]) -> None:
-    """Write ``settings`` to ``colbert.json`` and the index to ``index/`` under ``path``."""
-    folder = Path(path)
-    folder.mkdir(parents=True, exist_ok=True)
-    data = {"format_version": SETTINGS_VERSION, **settings}
-    tmp = folder / f".{SETTINGS_FILE}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
-    os.replace(tmp, folder / SETTINGS_FILE)
-    index.save(folder / INDEX_DIR)
-
-
-def load(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
-    """Read a folder written by :func:`save`: ``(MultiVectorIndex, settings)``.
-
-    ``settings`` holds ``model``, ``embedding_dim``, ``colbert`` (the encoder settings),
-    ``split_long_documents`` and ``window_overlap``.
-
-    Raises:
-        vllm_pool.retrievers.IndexFormatError: a missing or unreadable file.
-    """
-    from vllm_pool.retrievers import IndexFormatError, MultiVectorIndex
-
-    folder = Path(path)
-    settings_path = folder / SETTINGS_FILE
-    try:
-        settings = json.loads(settings_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise IndexFormatError(f"{settings_path}: cannot read ColBERT retriever settings ({exc})") from exc
-    version = settings.pop("format_version", None) if isinstance(settings, dict) else None
-    if version == 1:  # before the encoder settings were recorded: [MASK] expansion was always on
-        old = {k: settings.pop(k) for k in ("query_maxlen", "doc_maxlen", "query_marker", "doc_marker")}
-        settings["colbert"] = {**old, "mask_augment": True}
-    elif version != SETTINGS_VERSION or not isinstance(settings.get("colbert"), dict):
-        raise IndexFormatError(
-            f"{settings_path}: unknown format (expected format_version {SETTINGS_VERSION})"
-        )
-    index = MultiVectorIndex.load(folder / INDEX_DIR, expected_dim=settings.get("embedding_dim"))
-    return index, settings
-
-
 def retriever_settings(
-    model: str, dim: int, config: Any, split_long_documents: bool, window_overlap: int
+    model: str,
+    dim: int,
+    config: Any,
+    split_long_documents: bool,
+    window_overlap: int,
+    truncate: bool | None = None,
 ) -> dict[str, Any]:
-    """What :func:`save` records about a retriever."""
-    return {
+    """What :func:`save` records about a retriever (``truncate`` when given)."""
+    settings = {
         "model": model,
         "embedding_dim": dim,
         "colbert": config.to_settings(),
         "split_long_documents": split_long_documents,
         "window_overlap": window_overlap,
     }
+    if truncate is not None:
+        settings["truncate"] = bool(truncate)
+    return settings
 
 
 def load_arguments(path: str | os.PathLike, given: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
     """The index and the constructor arguments of a retriever saved at ``path``.
 
     ``given`` are the caller's arguments: they override the saved ones, except the model
-    and the encoder settings, which must agree with what the index was built with.
+    and the encoder settings, which must agree with what the index was built with; a given
+    ``index_kwargs`` applies to the loaded index (see :func:`._colbert_folder.load`).
 
     Raises:
-        ValueError: a given model or encoder setting that differs from the saved one.
+        ValueError: a given model or encoder setting that differs from the saved one, or an
+            ``index_kwargs`` build option that differs from the saved index's.
+        TypeError: an unknown ``index_kwargs`` name.
     """
-    index, settings = load(path)
+    index, settings = load(path, given.get("index_kwargs"))
     saved = dict(settings["colbert"])
     conflicts = {
         name: (saved[name], value)
@@ -340,6 +306,8 @@ def load_arguments(path: str | os.PathLike, given: Mapping[str, Any]) -> tuple[A
         "split_long_documents": settings.get("split_long_documents", False),
         "window_overlap": settings.get("window_overlap", 32),
     }
+    if "truncate" in settings:
+        args["truncate"] = settings["truncate"]
     args.update({k: v for k, v in given.items() if v is not None or k not in args})
     return index, args
 

@@ -1,10 +1,11 @@
 """ColBERT encoding conventions on top of any :class:`~.encoders.TokenEncoder`.
 
 Queries: ``[CLS] [Q]? tokens [SEP]``, cut to ``query_maxlen``; with ``mask_augment`` padded
-with ``[MASK]`` to ``query_maxlen`` (query expansion), attended to or not
-(``attend_to_expansion_tokens``), every position's vector returned. Documents:
-``[CLS] [D]? tokens [SEP]``, cut to ``doc_maxlen`` (or split into overlapping windows of
-``doc_maxlen``), with the vectors of skiplist (punctuation) tokens dropped.
+with ``[MASK]`` (else EOS, else the pad token, as PyLate) to ``query_maxlen`` (query
+expansion), attended to or not (``attend_to_expansion_tokens``), every position's vector
+returned. Documents: ``[CLS] [D]? tokens [SEP]``, cut to ``doc_maxlen`` (or split into
+overlapping windows of ``doc_maxlen``), with the vectors of skiplist (punctuation) tokens
+dropped.
 
 A marker sits right after the first special token: colbert-ai tokenizes ``". " + text`` and
 overwrites the ``.`` with the marker, PyLate inserts its prefix token there; for WordPiece
@@ -43,8 +44,8 @@ class ColBERTEncoder:
             or :class:`ColBERTConfig()`.
 
     Raises:
-        ValueError: a marker that is not a token of the tokenizer, or a length over the
-            encoder's ``max_length``.
+        ValueError: a marker that is not a token of the tokenizer, a length over the
+            encoder's ``max_length``, or ``mask_augment`` with no mask, EOS or pad token.
     """
 
     def __init__(self, encoder: TokenEncoder, config: ColBERTConfig | None = None) -> None:
@@ -60,10 +61,7 @@ class ColBERTEncoder:
                 )
         self.query_marker_id = self._marker_id(config.query_marker)
         self.doc_marker_id = self._marker_id(config.doc_marker)
-        self.mask_id = self.tokenizer.mask_token_id
-        if self.mask_id is None and config.mask_augment:
-            self.mask_id = self.tokenizer.pad_token_id
-            logger.warning("tokenizer has no mask token; padding queries with the pad token")
+        self.mask_id = self._expansion_id() if config.mask_augment else self.tokenizer.mask_token_id
         self.skiplist = self._skiplist() if config.skip_punctuation else set()
         self._template = self._special_template()
         self._specials = len(self._template[0]) + len(self._template[1])
@@ -93,13 +91,35 @@ class ColBERTEncoder:
         return cls(EngineTokenEncoder(llm), config)
 
     def _marker_id(self, token: str | None) -> int | None:
-        if token is None:
+        if token is None or token == "":  # PyLate: an empty prefix is no prefix token
             return None
         ids = self.tokenizer.convert_tokens_to_ids([token])
         unk = self.tokenizer.unk_token_id
         if not ids or ids[0] is None or (ids[0] == unk and token != self.tokenizer.unk_token):
             raise ValueError(f"marker {token!r} is not a token of this tokenizer")
         return int(ids[0])
+
+    def _expansion_id(self) -> int:
+        """The query expansion token, as PyLate picks it: ``[MASK]``, else EOS (decoder
+        models), else the pad token.
+
+        Raises:
+            ValueError: the tokenizer has none of the three.
+        """
+        tok = self.tokenizer
+        for name in ("mask_token_id", "eos_token_id", "pad_token_id"):
+            token_id = getattr(tok, name, None)
+            if token_id is not None:
+                if name != "mask_token_id":
+                    logger.warning(
+                        "tokenizer has no mask token; query expansion pads with the %s (id %d)",
+                        name.replace("_token_id", " token").replace("eos", "EOS"),
+                        token_id,
+                    )
+                return int(token_id)
+        raise ValueError(
+            "mask_augment=True needs a mask, EOS or pad token for query expansion; this tokenizer has none"
+        )
 
     def _skiplist(self) -> set[int]:
         """The skipped ids, as the references compute them: an unknown symbol maps to the

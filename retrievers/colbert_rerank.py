@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from vllm_pool.engine import model_thread
 
+from .colbert import check_texts
 from .maxsim import maxsim, pad_token_vectors
 from .types import check_k
 
@@ -58,6 +59,7 @@ def rerank(
     documents = list(documents)
     if not documents:
         return []
+    check_texts(documents)  # named by their position in ``documents``, not in a batch
     q = encoder.encode_queries([query])[0]  # [Lq, D]
     scores = np.empty(len(documents), dtype=np.float32)
     for start in range(0, len(documents), batch_size):

@@ -46,11 +46,16 @@ def _windows_of(index: Any, parent: str) -> list[str]:
     return [window_id(parent, j) for j in range(int(first[0].metadata[WINDOWS_KEY]))]
 
 
+def _stored_ids(index: Any, ids: Iterable[str]) -> list[str]:
+    """The ids present in ``index`` of documents ``ids``: each one itself and its windows."""
+    return [i for doc_id in dict.fromkeys(ids) for i in (doc_id, *_windows_of(index, doc_id)) if i in index]
+
+
 def remove(index: Any, ids: Iterable[str]) -> int:
     """Remove documents by id, all their windows included; return how many documents went."""
     targets, removed = [], 0
     for doc_id in dict.fromkeys(ids):
-        found = [i for i in (doc_id, *_windows_of(index, doc_id)) if i in index]
+        found = _stored_ids(index, [doc_id])
         targets += found
         removed += bool(found)
     if targets:
@@ -122,12 +127,21 @@ def add_documents(
 def replace(
     index: Any, ids: Sequence[str], vectors: list[Any], win_ids: list[str], win_metas: list[dict[str, Any]]
 ) -> None:
-    """Remove documents ``ids`` (every window) and add the given windows; ids given twice
-    (a window's id among them) are refused before anything is removed."""
+    """Replace documents ``ids`` (every window) by the given windows.
+
+    The windows are added first (``index.add`` overwrites the ids already present, and a
+    refused call changes nothing), then the old entries that are no longer needed are removed
+    (windows beyond the new count, a split document's windows when it now fits, or the
+    unsplit document when it is now split), so a failed call loses nothing. Ids given twice
+    (a window's id among them) are refused before anything changes.
+    """
     check_unique(ids)
     check_unique(win_ids, "ids (of documents and of long documents' windows)")
-    remove(index, ids)
+    new = set(win_ids)
+    stale = [i for i in _stored_ids(index, ids) if i not in new]  # read before the add rewrites them
     index.add(vectors, win_ids, win_metas)
+    if stale:
+        index.remove(stale)
 
 
 def get(index: Any, ids: Sequence[str]) -> list[Any]:

@@ -22,8 +22,9 @@ from .candidates import maxsim_slots, scan_device, scan_store, top_k
 from .colbert import check_texts
 from .encoders import encode_in_batches
 from .index_base import DocumentIndex
+from .multivector_load import load_device, restore_candidates
 from .multivector_search import check_search_settings, search_by_type
-from .persistence import check_labels, files_of, load_index_files, open_index, placed_faiss, save_index_files
+from .persistence import files_of, load_index_files, open_index, save_index_files
 from .plaid import PlaidStore
 from .registry import check_ids_and_metadatas
 from .token_store import TokenStore
@@ -363,7 +364,11 @@ class MultiVectorIndex(DocumentIndex):
 
     @classmethod
     def load(
-        cls, path: str | os.PathLike, expected_dim: int | None = None, use_gpu: bool | None = None
+        cls,
+        path: str | os.PathLike,
+        expected_dim: int | None = None,
+        use_gpu: bool | None = None,
+        device: str | None = None,
     ) -> MultiVectorIndex:
         """Load an index saved by :meth:`save`.
 
@@ -371,26 +376,16 @@ class MultiVectorIndex(DocumentIndex):
             path: the index folder.
             expected_dim: raise :class:`IndexFormatError` unless the index has this dimension.
             use_gpu: as in :class:`MultiVectorIndex`.
+            device: as in :class:`MultiVectorIndex`; ``None``: the saved one, or ``"cpu"`` (with
+                a warning) when that is a CUDA device this machine does not have.
         """
         files = load_index_files(path, cls.kind, expected_dim)
+        files.config["device"] = load_device(files.config.get("device"), device, path)
         index, registry = open_index(cls, files, path, use_gpu)
         try:
             index._store.load_arrays(registry.slots(), files.arrays)
         except (ValueError, KeyError) as exc:
             raise IndexFormatError(f"{path}: {exc}") from exc
         index._registry = registry
-        if "candidates.faiss" in files.indexes and index._uses_faiss():
-            faiss_index = files.indexes["candidates.faiss"]
-            extra = faiss_index.ntotal - index._store.num_vectors
-            if extra < 0:
-                raise IndexFormatError(
-                    f"{path}/candidates.faiss: {faiss_index.ntotal} vectors "
-                    f"for {index._store.num_vectors} document tokens"
-                )
-            slots = registry.slots()
-            rows = files.arrays["doc_lengths.npy"].astype(np.int64)
-            check_labels(faiss_index, slots, rows, f"{path}/candidates.faiss")
-            index._tombstones = extra
-            index._trained_on = faiss_index.ntotal
-            index._index = placed_faiss(faiss_index, index.config, use_gpu)
+        restore_candidates(index, files, path, use_gpu)
         return index

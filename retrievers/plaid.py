@@ -116,16 +116,25 @@ class PlaidStore(TokenStore):
         super().add(slots, docs)
 
     def _retrain(self, slots: Sequence[int], docs: Sequence[np.ndarray]) -> None:
+        """Decode the stored documents, train a new codec on them and ``docs``, and re-encode
+        everything. A failure at any point (also ``MemoryError`` or ``KeyboardInterrupt``)
+        puts the store back as it was: the old state is only replaced, never changed in place."""
         order = list(self._span)
         old, lengths = self.decode(order)
         new = sum(map(len, docs))
         logger.info("re-training PLAID centroids: %d stored + %d new token vectors", len(old), new)
         old_docs = np.split(old, np.cumsum(lengths)[:-1]) if len(order) else []
-        self.codec = None
-        self._codes = np.zeros((0, *self._code_shape()), dtype=np.uint8)
-        self._n, self._dead, self._span, self._segments = 0, 0, {}, None
-        self._train(np.concatenate([old, *docs]))
-        super().add([*order, *slots], [*old_docs, *docs])
+        saved = dict(vars(self))  # every field below is re-assigned, so a shallow copy keeps them
+        try:
+            self.codec = None
+            self._codes = np.zeros((0, *self._code_shape()), dtype=np.uint8)
+            self._n, self._dead, self._span, self._segments = 0, 0, {}, None
+            self._mirror, self._mirror_n, self._ivf, self._ivf_for = None, 0, None, None
+            self._train(np.concatenate([old, *docs]))
+            super().add([*order, *slots], [*old_docs, *docs])
+        except BaseException:
+            vars(self).update(saved)
+            raise
 
     # -- inverted list ---------------------------------------------------------------------
     def inverted_list(self) -> tuple[np.ndarray, np.ndarray]:

@@ -4,8 +4,10 @@ long documents as windows; the ColBERT compressor and node postprocessor."""
 from __future__ import annotations
 
 import inspect
+import json
 
 import colbert_checkpoints
+import numpy as np
 import pytest
 import tiny_models
 from langchain_core.documents import Document
@@ -15,7 +17,7 @@ from vllm_pool.integrations.langchain import VllmPoolColBERTReranker
 from vllm_pool.integrations.langchain import VllmPoolColBERTRetriever as LCRetriever
 from vllm_pool.integrations.llamaindex import VllmPoolColBERTRerank
 from vllm_pool.integrations.llamaindex import VllmPoolColBERTRetriever as LIRetriever
-from vllm_pool.retrievers import ColBERTConfig, ColBERTEncoder, rerank
+from vllm_pool.retrievers import ColBERTConfig, ColBERTEncoder, IndexFormatError, MultiVectorIndex, rerank
 
 TEXTS = ["Kittens are young cats.", "Python is a programming language.", "Dogs bark at night."]
 FILLER = " ".join(["The weather report mentioned clouds, rain and wind over the northern hills."] * 30)
@@ -143,3 +145,131 @@ def test_llamaindex_colbert_postprocessor():
     assert out[0].score == pytest.approx(want[0][1], rel=1e-5)
     with pytest.raises(ValueError, match="needs a query"):
         post.postprocess_nodes(nodes)
+
+
+# -- the saved retriever folder: all or nothing, truncate, index_kwargs, old formats -------
+def _index(ids: list[str], seed: int, **kwargs) -> MultiVectorIndex:
+    rng = np.random.default_rng(seed)
+    return MultiVectorIndex.from_vectors(
+        [rng.standard_normal((5, 16)).astype(np.float32) for _ in ids], ids=ids, **kwargs
+    )
+
+
+def _settings(doc_maxlen: int, truncate: bool | None = None) -> dict:
+    return _colbert.retriever_settings(
+        "m", 16, ColBERTConfig(doc_maxlen=doc_maxlen), False, 32, truncate=truncate
+    )
+
+
+def test_interrupted_retriever_save_keeps_the_previous_one(tmp_path, monkeypatch):
+    from vllm_pool.retrievers import index_folder
+
+    path = tmp_path / "ret"
+    _colbert.save(path, _index(["a"], 0), _settings(64))
+    new = _index(["b", "c"], 1)
+
+    def killed(folder):
+        raise KeyboardInterrupt("killed while writing the index")
+
+    monkeypatch.setattr(new, "save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _colbert.save(path, new, _settings(300))
+    monkeypatch.undo()
+    index, settings = _colbert.load(path)
+    assert index.ids() == ["a"] and settings["colbert"]["doc_maxlen"] == 64
+    switches = []
+
+    def checkpoint(step):  # the index's own save switches first, then the retriever's folder
+        switches.append(step)
+        if switches.count("pointer-written") == 2:
+            raise KeyboardInterrupt("killed before the retriever's switch")
+
+    monkeypatch.setattr(index_folder, "_checkpoint", checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        _colbert.save(path, new, _settings(300))
+    monkeypatch.undo()
+    index, settings = _colbert.load(path)
+    assert index.ids() == ["a"] and settings["colbert"]["doc_maxlen"] == 64
+    _colbert.save(path, new, _settings(300))
+    index, settings = _colbert.load(path)
+    assert index.ids() == ["b", "c"] and settings["colbert"]["doc_maxlen"] == 300
+    versions = [p.name for p in path.iterdir() if p.name.startswith("v-")]
+    assert len(versions) == 1 and not [p for p in path.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_flat_layout_of_older_saves_is_read_then_replaced(tmp_path):
+    path = tmp_path / "ret"
+    path.mkdir()
+    (path / "colbert.json").write_text(json.dumps({"format_version": 2, **_settings(64)}))
+    _index(["a"], 0).save(path / "index")  # the older save: colbert.json and index/ at the top
+    index, settings = _colbert.load(path)
+    assert index.ids() == ["a"] and settings["colbert"]["doc_maxlen"] == 64
+    _colbert.save(path, _index(["b"], 1), _settings(80))
+    assert not (path / "colbert.json").exists() and not (path / "index").exists()
+    index, settings = _colbert.load(path)
+    assert index.ids() == ["b"] and settings["colbert"]["doc_maxlen"] == 80
+
+
+def test_truncate_is_saved_and_given_values_win(tmp_path):
+    _colbert.save(tmp_path / "off", _index(["a"], 0), _settings(64, truncate=False))
+    assert _colbert.load_arguments(tmp_path / "off", {})[1]["truncate"] is False
+    assert _colbert.load_arguments(tmp_path / "off", {"truncate": True})[1]["truncate"] is True
+    _colbert.save(tmp_path / "unknown", _index(["a"], 0), _settings(64))  # not recorded: the class default
+    assert "truncate" not in _colbert.load_arguments(tmp_path / "unknown", {})[1]
+
+
+def test_index_kwargs_apply_to_the_loaded_index(tmp_path):
+    _colbert.save(tmp_path / "r", _index(["a", "b"], 0, index_type="plaid"), _settings(64))
+    given = {"index_kwargs": {"ncells": 4, "exact_filter_limit": 1, "device": "cpu", "index_type": "plaid"}}
+    index, args = _colbert.load_arguments(tmp_path / "r", given)
+    assert (index.config["ncells"], index.config["exact_filter_limit"], index.config["device"]) == (
+        4,
+        1,
+        "cpu",
+    )
+    assert (
+        args["index_kwargs"] == given["index_kwargs"]
+        and index.search(index.get(["b"])[0].vectors, k=1)[0][0].id == "b"
+    )
+    with pytest.raises(ValueError, match=r"index_type: saved 'plaid', given 'flat'"):
+        _colbert.load_arguments(tmp_path / "r", {"index_kwargs": {"index_type": "flat"}})
+    with pytest.raises(ValueError, match="ncells must be"):
+        _colbert.load_arguments(tmp_path / "r", {"index_kwargs": {"ncells": 0}})
+    with pytest.raises(TypeError, match="bogus"):
+        _colbert.load_arguments(tmp_path / "r", {"index_kwargs": {"bogus": 1}})
+
+
+def test_retrievers_load_with_index_kwargs(tmp_path):
+    LCRetriever.from_texts(TEXTS, k=1).save(tmp_path / "lc")
+    loaded = LCRetriever.load(tmp_path / "lc", index_kwargs={"exact_filter_limit": 3})
+    assert loaded.index.config["exact_filter_limit"] == 3
+    assert loaded.invoke("kitten")[0].page_content == "Kittens are young cats."
+    li = LIRetriever.load(tmp_path / "lc", index_kwargs={"candidates_per_token": 8})
+    assert li.index.config["candidates_per_token"] == 8
+
+
+def test_format_version_1_and_malformed_settings(tmp_path):
+    path = tmp_path / "v1"
+    old = {"format_version": 1, "model": "m", "query_maxlen": 16, "doc_maxlen": 40, "query_marker": None}
+    _colbert.save(path, _index(["a"], 0), _settings(64))
+    settings_file = next(path.glob("v-*")) / "colbert.json"
+    settings_file.write_text(json.dumps({**old, "doc_marker": "[unused1]"}))
+    colbert = _colbert.load(path)[1]["colbert"]
+    assert colbert == {
+        "query_maxlen": 16,
+        "doc_maxlen": 40,
+        "query_marker": None,
+        "doc_marker": "[unused1]",
+        "mask_augment": True,
+    }
+    settings_file.write_text(json.dumps(old))  # a key missing
+    with pytest.raises(IndexFormatError, match="doc_marker"):
+        _colbert.load(path)
+    settings_file.write_text(json.dumps({"format_version": 2, **_settings(64), "model": 7}))
+    with pytest.raises(IndexFormatError, match="'model'"):
+        _colbert.load(path)
+    bad = _settings(64)
+    bad["colbert"]["doc_maxlen"] = "long"
+    settings_file.write_text(json.dumps({"format_version": 2, **bad}))
+    with pytest.raises(IndexFormatError, match="doc_maxlen"):
+        _colbert.load(path)
