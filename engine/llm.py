@@ -9,16 +9,14 @@ processor shapes the pooled tensors into outputs in the caller's order. ``embed`
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 from vllm_pool.engine import model_thread
 from vllm_pool.engine.architectures import build_poolers
 from vllm_pool.engine.args import EngineArgs
@@ -36,6 +34,7 @@ from vllm_pool.engine.outputs import (
 from vllm_pool.engine.params import PoolingParams, normalize_params, resolve_params
 from vllm_pool.engine.plugins import IOProcessor, load_io_processor
 from vllm_pool.engine.pooler import TaskPoolers
+from vllm_pool.engine.progress import progress_bar
 from vllm_pool.engine.runner import ModelRunner, token_budget_for_memory
 from vllm_pool.engine.scheduler import Job, Scheduler
 from vllm_pool.engine.task_io import Prepared, PromptIO, encode_processor, task_processors
@@ -242,8 +241,18 @@ class LLM(TaskMethods):
         on_cuda = self.model_config.device.type == "cuda"
         executor = ModelExecutor(self.runner, self.poolers, self.model_thread)
         self.core = EngineCore(executor, scheduler, output_thread=on_cuda)
+        self.runner.on_oom = self._lower_budget
         self.tokenizer_pool = ForkSafePool("vllm-pool-tokenize")
         self.task_io = task_processors(self)
+
+    def _lower_budget(self, tokens: int) -> None:
+        """After a device out-of-memory error on a batch of ``tokens`` (padding included),
+        later batches take at most half that (never under one prompt of ``max_model_len``),
+        so that the next calls do not fail and split again."""
+        cap = max(tokens // 2, self.model_config.max_model_len)
+        if cap < self.max_num_batched_tokens:
+            logger.warning("Lowering max_num_batched_tokens to %d after an out-of-memory error", cap)
+            self.max_num_batched_tokens = cap
 
     def request_ids(self, n: int) -> list[str]:
         """``n`` fresh request ids (unique per engine)."""
@@ -285,7 +294,7 @@ class LLM(TaskMethods):
         """
         for task in tasks:
             self.poolers.get(task)  # an unsupported task fails before any work
-        with _progress(len(requests), use_tqdm) as bar:
+        with progress_bar(len(requests), use_tqdm) as bar:
             results = self.core.run(requests, tasks, bar.update if bar is not None else None)
         return {task: encode_processor(self, task).finish(requests, datas) for task, datas in results.items()}
 
@@ -326,7 +335,7 @@ class LLM(TaskMethods):
         self.input_processor.precheck(items, params, **io.lengths.kwargs())
         chunks: list[list[Request]] = []
         jobs: list[Job] = []
-        with _progress(len(items), use_tqdm) as bar:
+        with progress_bar(len(items), use_tqdm) as bar:
             on_batch = bar.update if bar is not None else None
             stopped = threading.Event()  # the call failed or was interrupted: queue no more
 
@@ -359,7 +368,7 @@ class LLM(TaskMethods):
     @model_thread.engine_method
     def run_prepared(self, prepared: Prepared, use_tqdm: bool = False) -> list[PoolingRequestOutput[Any]]:
         """Run a job from a task IO processor and shape its outputs."""
-        with _progress(num_prompts(prepared.requests), use_tqdm) as bar:
+        with progress_bar(num_prompts(prepared.requests), use_tqdm) as bar:
             on_batch = prompt_progress(bar.update if bar is not None else None, prepared.requests)
             results = self.core.run(prepared.requests, prepared.tasks, on_batch)
         return prepared.finish(results)
@@ -375,18 +384,3 @@ def chunk_bounds(n: int, size: int, first: int | None = None) -> list[tuple[int,
         start += step
         step = min(2 * step, max(size, 1))
     return bounds
-
-
-@contextlib.contextmanager
-def _progress(total: int, use_tqdm: bool | Callable[..., Any]) -> Iterator[Any]:
-    """A prompt progress bar (``None`` when off), advanced from the engine's threads.
-
-    ``use_tqdm`` may be a callable making the bar (as vLLM's ``use_tqdm``, e.g.
-    ``functools.partial(tqdm, leave=False)``): it gets ``total``, ``desc`` and ``unit``.
-    """
-    if not use_tqdm:
-        yield None
-        return
-    make = use_tqdm if callable(use_tqdm) else tqdm
-    with make(total=total, desc="Processed prompts", unit="prompt") as bar:
-        yield bar

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +67,7 @@ class ModelRunner:
         self.packed = False
         self.fill_rows = False  # see packing.fills_rows
         self.compiled = False
+        self.on_oom: Callable[[int], None] | None = None  # told the tokens of a batch that did not fit
         self._pos_offset = 0
         if prepack and self.device.type == "cpu" and not compile:
             n = cpu_linear.prepack(self.model, batch_hint=2048)
@@ -244,6 +245,9 @@ class ModelRunner:
                 ) from e
             half = len(plain.requests) // 2
             logger.warning("Out of memory on a batch of %d prompts; splitting it", len(plain.requests))
+            if self.on_oom is not None:
+                lengths = [r.num_tokens for r in plain.requests]
+                self.on_oom(sum(lengths) if self.packed else max(lengths) * len(lengths))
             yield from self.forward_split(Batch(plain.requests[:half], plain.budget))
             yield from self.forward_split(Batch(plain.requests[half:], plain.budget))
             return

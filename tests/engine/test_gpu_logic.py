@@ -24,6 +24,39 @@ def test_oom_splits_the_batch_and_gives_the_same_outputs(tiny_bert):
     assert sum(c for c in fake.calls if c <= 2) == len(TEXTS)  # the halves covered every prompt once
 
 
+def test_an_oom_lowers_the_token_budget_for_later_batches(tiny_bert):
+    """After a batch that did not fit, later batches take at most half its tokens (padding
+    included): the next calls do not pay for as many failed forward passes."""
+    from vllm_pool import LLM
+
+    class OOMAboveTokens(torch.nn.Module):
+        def __init__(self, model, limit):
+            super().__init__()
+            self.inner, self.limit, self.failed = model, limit, []
+
+        def forward(self, input_ids, **kwargs):
+            if input_ids.numel() > self.limit:
+                self.failed.append(input_ids.numel())
+                raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+            return self.inner(input_ids=input_ids, **kwargs)
+
+    llm = LLM(str(tiny_bert), packed=False, max_num_batched_tokens=4096, max_num_seqs=64)
+    texts = [t * 3 for t in TEXTS] * 4
+    ref = np.array([o.outputs.embedding for o in llm.embed(texts, use_tqdm=False)])
+    reported = []
+    lower = llm.runner.on_oom
+    llm.runner.on_oom = lambda tokens: (reported.append(tokens), lower(tokens))
+    llm.runner.model = fake = OOMAboveTokens(llm.runner.model, limit=300)
+    out = np.array([o.outputs.embedding for o in llm.embed(texts, use_tqdm=False)])
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
+    assert reported and llm.max_num_batched_tokens == max(min(reported) // 2, llm.model_config.max_model_len)
+    first = len(fake.failed)
+    fake.failed.clear()
+    out = np.array([o.outputs.embedding for o in llm.embed(texts, use_tqdm=False)])
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
+    assert len(fake.failed) < first
+
+
 def test_single_prompt_that_does_not_fit(tiny_bert):
     from vllm_pool import LLM
 
