@@ -334,7 +334,7 @@ class EngineCore:
 
     def _requeue(self, scheduled: ScheduledBatch) -> None:
         with self._cond:
-            for job in scheduled.jobs:
+            for job in reversed(scheduled.jobs):  # appended left: they keep their order
                 if not job.done:
                     job.requeue([p for j, p in scheduled.entries if j is job])
                     if job not in self.scheduler.jobs:

@@ -201,7 +201,7 @@ class LLM(TaskMethods):
 
     @max_num_batched_tokens.setter
     def max_num_batched_tokens(self, value: int) -> None:
-        self.core.scheduler.set_limits(max_num_batched_tokens=value)
+        self.core.scheduler.set_limit("max_num_batched_tokens", value)
 
     @property
     def max_num_seqs(self) -> int:
@@ -210,7 +210,7 @@ class LLM(TaskMethods):
 
     @max_num_seqs.setter
     def max_num_seqs(self, value: int) -> None:
-        self.core.scheduler.set_limits(max_num_seqs=value)
+        self.core.scheduler.set_limit("max_num_seqs", value)
 
     # ------------------------------------------------------------------ introspection
     @property

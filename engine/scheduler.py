@@ -186,14 +186,18 @@ class Scheduler:
         self.jobs: deque[Job] = deque()
 
     def set_limits(self, max_num_batched_tokens: int | None = None, max_num_seqs: int | None = None) -> None:
-        """Change the token budget and / or the cap on prompts per batch (from the next batch on)."""
+        """Change the token budget and / or the cap on prompts per batch (from the next batch
+        on); ``None`` leaves a limit as it is."""
         limits = {"max_num_batched_tokens": max_num_batched_tokens, "max_num_seqs": max_num_seqs}
         for name, value in limits.items():
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-            setattr(self, name, value)
+            if value is not None:
+                self.set_limit(name, value)
+
+    def set_limit(self, name: str, value: object) -> None:
+        """Set ``max_num_batched_tokens`` or ``max_num_seqs`` (a positive integer, else a ``ValueError``)."""
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        setattr(self, name, value)
 
     @property
     def num_pending(self) -> int:

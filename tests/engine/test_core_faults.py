@@ -133,3 +133,23 @@ def test_an_engine_made_before_a_fork_runs_in_the_child(tiny_bert):
         os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_batch_given_back_keeps_its_jobs_in_order():
+    core, fake = make_core()
+    run, calls = fake.execute, []
+
+    def execute(staged, scheduled):
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return run(staged, scheduled)
+
+    fake.execute = execute
+    jobs = [core.submit(reqs([k]), {"embed": None}) for k in (1, 2, 3)]
+    with pytest.raises(KeyboardInterrupt):
+        core._drive_until(lambda: False)  # a driver interrupted in its first batch
+    assert [j for j in core.scheduler.jobs] == jobs  # back in the queue, oldest first
+    assert not any(j.done for j in jobs)
+    assert core.wait(jobs) == [{"embed": [("embed", k)]} for k in (1, 2, 3)]
+    assert fake.batches[-1][1] == [1, 2, 3]

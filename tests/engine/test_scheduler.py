@@ -59,6 +59,8 @@ def test_limits_set_on_the_llm_apply_to_the_next_batch(default_llm):
             llm.max_num_seqs = 0
         with pytest.raises(ValueError, match="max_num_batched_tokens must be a positive integer"):
             llm.max_num_batched_tokens = 2.5
+        with pytest.raises(ValueError, match="max_num_seqs must be a positive integer, got None"):
+            llm.max_num_seqs = None  # not silently ignored
         assert llm.max_num_seqs == 3  # a refused value changes nothing
     finally:
         llm.core.on_batch = None
