@@ -357,7 +357,8 @@ def score_pairs(
     model) compares the embeddings with the model's Sentence Transformers similarity
     function (``similarity_fn_name``: cosine by default, or dot, euclidean, manhattan), as
     ``SentenceTransformer.similarity`` would. ``truncate``: as for :func:`embed_texts` (a
-    cross-encoder's pair is cut on the document's side).
+    cross-encoder's pair is cut on the document's side). Blank texts are scored, as Sentence
+    Transformers' ``CrossEncoder.predict`` and ``similarity`` score them.
     """
     from vllm_pool import output_lists
 
@@ -367,13 +368,12 @@ def score_pairs(
         return []
     tasks = llm.get_supported_tasks()
     if "score" not in tasks and "embed" in tasks:
-        if not isinstance(query, str) or not query:
-            kind = ValueError if isinstance(query, str) else TypeError
-            raise kind(f"query must be a non-empty string, got {query!r}")
+        # a blank query or document is scored (embedded as [CLS] [SEP]), as Sentence Transformers does
+        if not isinstance(query, str):
+            raise TypeError(f"query must be a string, got {type(query).__name__}")
         for i, text in enumerate(texts):
-            if not isinstance(text, str) or not text:
-                kind = ValueError if isinstance(text, str) else TypeError
-                raise kind(f"documents[{i}] must be a non-empty string, got {text!r}")
+            if not isinstance(text, str):
+                raise TypeError(f"documents[{i}] must be a string, got {type(text).__name__}")
         name = similarity_fn_name(llm)
         vectors = embed_texts(
             llm,

@@ -239,6 +239,44 @@ def translate(
     return out.values
 
 
+_capped: set[tuple[str, str, str, int]] = set()
+
+
+def capped_length(
+    llm: Any, value: int | None, owner: str, field: str = "truncate_prompt_tokens"
+) -> int | None:
+    """A token length setting (``truncate_prompt_tokens``, the ColBERT ``doc_maxlen`` /
+    ``query_maxlen``; ``max_length`` / ``max_seq_length`` in the HuggingFace spellings) capped
+    at the engine's ``max_model_len``, as Sentence Transformers and ``HuggingFaceEmbedding``
+    cut to the model's limit: a value over it would make every call fail (vLLM's
+    ``TruncationTooLargeError``). Logs one warning per class, model, setting and value.
+    ``None`` and ``-1`` (the model's limit) are returned as given."""
+    limit = getattr(getattr(llm, "model_config", None), "max_model_len", None)
+    if value is None or isinstance(value, bool) or not isinstance(value, int) or not isinstance(limit, int):
+        return value
+    if value <= limit:
+        return value
+    model = str(getattr(llm, "model_name", "the model"))
+    if (owner, model, field, value) not in _capped:
+        _capped.add((owner, model, field, value))
+        logger.warning(
+            "%s: %s=%d is over the token limit of %s (max_model_len=%d): using %d instead (pass "
+            "max_model_len= to raise the limit, up to the model's position embeddings)",
+            owner, field, value, model, limit, limit,
+        )  # fmt: skip
+    return limit
+
+
+def capped_colbert_lengths(llm: Any, settings: Mapping[str, Any], owner: str) -> dict[str, Any]:
+    """ColBERT encoder ``settings`` with ``query_maxlen`` / ``doc_maxlen`` capped at the
+    model's limit (:func:`capped_length`)."""
+    out = dict(settings)
+    for field in ("query_maxlen", "doc_maxlen"):
+        if field in out:
+            out[field] = capped_length(llm, out[field], owner, field)
+    return out
+
+
 def _apply_dict(
     out: _Out, name: str, value: Any, table: Mapping[str, tuple[Targets, Callable[[Any], Any] | None]]
 ) -> None:

@@ -19,6 +19,21 @@ from vllm_pool.retrievers.registry import check_json_value, check_unique
 TEXT_KEY = "__vllm_pool_text__"
 """Metadata key holding the document text inside an index."""
 
+NODE_KEY = "__vllm_pool_node__"
+"""Metadata key holding the rest of a LlamaIndex node (relationships, excluded metadata keys,
+templates) inside an index, so that the retriever gives back the node it was given."""
+
+
+def check_id_list(ids: Any, what: str = "ids") -> None:
+    """Refuse a single string where a list of ids is expected (``delete("12")`` would
+    otherwise delete ``"1"`` and ``"2"``).
+
+    Raises:
+        TypeError: ``ids`` is a ``str`` or ``bytes``.
+    """
+    if isinstance(ids, (str, bytes)):
+        raise TypeError(f"{what} must be a list of ids, not a single string")
+
 
 def pack(text: str, metadata: Mapping[str, Any] | None) -> dict[str, Any]:
     """Index metadata for a document: a copy of ``metadata`` plus the text.
@@ -45,7 +60,7 @@ def unpack(metadata: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
 
 def user_filter(flt: Any) -> Any:
     """Adapt a user's filter to packed metadata: a callable sees the user's metadata only
-    (neither the text key nor a long document's window keys).
+    (neither the text key, a stored node nor a long document's window keys).
 
     Raises:
         ValueError: an unknown operator in a filter dict (``vllm_pool.retrievers.filters``).
@@ -57,7 +72,9 @@ def user_filter(flt: Any) -> Any:
         predicate: Callable[[dict[str, Any]], bool] = flt
 
         def wrapped(metadata: dict[str, Any]) -> bool:
-            return bool(predicate(long_documents.public(unpack(metadata)[1])))
+            meta = long_documents.public(unpack(metadata)[1])
+            meta.pop(NODE_KEY, None)
+            return bool(predicate(meta))
 
         return wrapped
     raise TypeError(f"filter must be a dict (LangChain FAISS-style) or a callable, got {type(flt).__name__}")

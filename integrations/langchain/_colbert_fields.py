@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import PrivateAttr
 
 from .. import _colbert
+from .._hf_names import capped_colbert_lengths
 from ._base import EngineFields
 
 
@@ -21,7 +22,7 @@ class ColBERTFields(_colbert.ColBERTSettings, EngineFields):
     query_maxlen: int | None = None
     """Query length in tokens (padded to it with ``mask_augment``); default 32."""
     doc_maxlen: int | None = None
-    """Maximum document (window) length in tokens; default 180, capped at the model's limit."""
+    """Maximum document (window) length in tokens; default 180; capped at the model's limit."""
     query_marker: str | None = None
     """Token put after ``[CLS]`` in queries (colbert-ai: ``"[unused0]"``, PyLate: ``"[Q] "``)."""
     doc_marker: str | None = None
@@ -47,4 +48,9 @@ class ColBERTFields(_colbert.ColBERTSettings, EngineFields):
 
     def model_post_init(self, context: Any, /) -> None:
         super().model_post_init(context)
-        self._resolve_colbert({name: getattr(self, name) for name in _colbert.ENCODER_SETTINGS})
+        settings = {name: getattr(self, name) for name in _colbert.ENCODER_SETTINGS}
+        for name, value in capped_colbert_lengths(self.llm, settings, type(self).__name__).items():
+            if value != settings[name]:  # a length over the model's limit: cut to it
+                setattr(self, name, value)
+                settings[name] = value
+        self._resolve_colbert(settings)

@@ -6,14 +6,15 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from langchain_core.callbacks import CallbackManagerForRetrieverRun
+from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
+from langchain_core.runnables.config import run_in_executor
 from pydantic import ConfigDict, Field
 from vllm_pool.retrievers.index_base import NotCopyable
 
 from .. import _colbert
-from .._records import user_filter
+from .._records import check_id_list, user_filter
 from ._colbert_fields import ColBERTFields
 
 
@@ -114,7 +115,12 @@ class VllmPoolColBERTRetriever(NotCopyable, ColBERTFields, BaseRetriever):
         return self.add_texts(texts, [d.metadata for d in docs], [d.id for d in docs])
 
     def delete(self, ids: Sequence[str]) -> int:
-        """Remove documents by id (missing ids are ignored); return how many were removed."""
+        """Remove documents by id (missing ids are ignored); return how many were removed.
+
+        Raises:
+            TypeError: ``ids`` is a single string (``delete("12")`` is not ``["1", "2"]``).
+        """
+        check_id_list(ids)
         return _colbert.delete(self.index, ids)
 
     # -- persistence ---------------------------------------------------------------------
@@ -122,7 +128,12 @@ class VllmPoolColBERTRetriever(NotCopyable, ColBERTFields, BaseRetriever):
         """Save the index, the model id, its dimension and the encoder settings to the folder
         ``path`` (no pickle)."""
         settings = _colbert.retriever_settings(
-            self.model, self.index.dim, self._config, self.split_long_documents, self.window_overlap
+            self.model,
+            self.index.dim,
+            self._config,
+            self.split_long_documents,
+            self.window_overlap,
+            truncate=self.truncate,
         )
         _colbert.save(path, self.index, settings)
 
@@ -161,3 +172,22 @@ class VllmPoolColBERTRetriever(NotCopyable, ColBERTFields, BaseRetriever):
             Document(id=doc_id, page_content=text, metadata={**meta, "score": score})
             for doc_id, text, meta, score in hits
         ]
+
+    async def _aget_relevant_documents(
+        self,
+        query: str,
+        *,
+        run_manager: AsyncCallbackManagerForRetrieverRun,
+        k: int | None = None,
+        filter: dict[str, Any] | Callable[[dict[str, Any]], bool] | None = None,
+    ) -> list[Document]:
+        """``ainvoke(query, k=..., filter=...)``: :meth:`_get_relevant_documents` in an
+        executor, as LangChain's default does (which takes no ``k`` / ``filter``)."""
+        return await run_in_executor(
+            None,
+            self._get_relevant_documents,
+            query,
+            run_manager=run_manager.get_sync(),
+            k=k,
+            filter=filter,
+        )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,11 +15,12 @@ from langchain_core.vectorstores.utils import maximal_marginal_relevance
 from vllm_pool.retrievers.index_base import NotCopyable
 from vllm_pool.retrievers.positions import UNCHANGED, caller_positions
 
-from .._records import new_records, unpack, user_filter
-from .._similarity import relevance_fn, scores
+from .._records import check_id_list, new_records, unpack, user_filter
+from .._similarity import relevance_fn
+from ._store_files import index_path, saved_index_path
+from ._store_search import EXACT_DISTANCE_LIMIT, above_threshold, check_threshold, ranked_hits
 
-EXACT_DISTANCE_LIMIT = 10_000
-"""Documents up to which euclidean / manhattan stores score every document (about 0.2 s)."""
+__all__ = ["EXACT_DISTANCE_LIMIT", "VllmPoolVectorStore"]
 
 
 class VllmPoolVectorStore(NotCopyable, VectorStore):
@@ -36,7 +36,9 @@ class VllmPoolVectorStore(NotCopyable, VectorStore):
     best ``max(4 * k, k + 16)`` candidates by inner product (the same ranking as euclidean
     for normalized embeddings only); ``filter`` is a dict with LangChain FAISS's operators
     (``$eq $ne $gt $gte $lt $lte $in $nin $and $or $not``, a list value meaning ``$in``)
-    or a callable on the metadata. Saved with :meth:`save_local` as ``.npy`` / FAISS / JSON
+    or a callable on the metadata; ``score_threshold`` (a search keyword, also in
+    ``as_retriever(search_kwargs=...)``) keeps scores ``>=`` it, as LangChain's FAISS does for
+    its similarity scores. Saved with :meth:`save_local` as ``.npy`` / FAISS / JSON
     files (no pickle). Thread-safe.
 
     Args:
@@ -160,7 +162,12 @@ class VllmPoolVectorStore(NotCopyable, VectorStore):
         return self._add_vectors(vectors, ids, metas)
 
     def delete(self, ids: list[str] | None = None, **kwargs: Any) -> bool | None:
-        """Delete documents by id (missing ids are ignored); ``ids=None`` deletes all."""
+        """Delete documents by id (missing ids are ignored); ``ids=None`` deletes all.
+
+        Raises:
+            TypeError: ``ids`` is a single string (``delete("12")`` is not ``["1", "2"]``).
+        """
+        check_id_list(ids)
         with self._lock:
             if self._index is None:
                 return True
@@ -169,7 +176,8 @@ class VllmPoolVectorStore(NotCopyable, VectorStore):
             return True
 
     def get_by_ids(self, ids: Sequence[str], /) -> list[Document]:
-        """The stored documents for ``ids`` (missing ids are skipped)."""
+        """The stored documents for ``ids`` (missing ids are skipped; a single string raises)."""
+        check_id_list(ids)
         if self._index is None:
             return []
         return [
@@ -182,26 +190,21 @@ class VllmPoolVectorStore(NotCopyable, VectorStore):
     def similarity_search_with_score_by_vector(
         self, embedding: list[float], k: int = 4, filter: Any = None, **kwargs: Any
     ) -> list[tuple[Document, float]]:
-        """The ``k`` most similar documents to a vector, with the store's scores, best first."""
+        """The ``k`` most similar documents to a vector, with the store's scores, best first.
+
+        ``score_threshold`` (keyword): keep only scores ``>=`` it (LangChain FAISS's keyword).
+        """
         flt = user_filter(filter)  # checked even when the store is empty
-        if self._index is None or len(self._index) == 0:
+        threshold = check_threshold(kwargs.get("score_threshold"))
+        index = self._index
+        if index is None or len(index) == 0:
             return []
-        name = self.similarity_fn_name
-        query = np.asarray(embedding, dtype=np.float32)
-        fetch, total = k, len(self._index)
-        if name not in ("cosine", "dot"):  # every document up to a limit, else candidates
-            fetch = total if total <= EXACT_DISTANCE_LIMIT else max(4 * k, k + 16)
-        hits = self._index.search(query, k=fetch, filter=flt)[0]
-        found = [float(hit.score) for hit in hits]
-        if name not in ("cosine", "dot") and hits:  # exact ST scores of the candidates
-            records = {r.id: r.vectors for r in self._index.get([hit.id for hit in hits])}
-            found = [float(x) for x in scores(name, query, [records[hit.id] for hit in hits])]
-        ranked = sorted(zip(hits, found), key=lambda pair: -pair[1])[:k]
+        ranked = ranked_hits(index, self.similarity_fn_name, embedding, k, flt)
         out = []
         for hit, score in ranked:
             text, meta = unpack(hit.metadata)
             out.append((Document(id=hit.id, page_content=text, metadata=meta), score))
-        return out
+        return above_threshold(out, threshold)
 
     def similarity_search_with_score(
         self, query: str, k: int = 4, filter: Any = None, **kwargs: Any
@@ -213,22 +216,24 @@ class VllmPoolVectorStore(NotCopyable, VectorStore):
             k: how many documents.
             filter: a LangChain FAISS-style dict (``{"year": {"$gte": 2023}}``, a list value
                 meaning ``$in``, ``$and`` / ``$or`` / ``$not``...) or a callable on the metadata.
-            **kwargs: unused.
+            **kwargs: ``score_threshold``: keep only scores ``>=`` it (LangChain FAISS's keyword).
         """
         user_filter(filter)  # checked even when the store is empty
+        check_threshold(kwargs.get("score_threshold"))
         if self._index is None or len(self._index) == 0:
             return []
-        return self.similarity_search_with_score_by_vector(self._embedding.embed_query(query), k, filter)
+        vector = self._embedding.embed_query(query)
+        return self.similarity_search_with_score_by_vector(vector, k, filter, **kwargs)
 
     def similarity_search(self, query: str, k: int = 4, filter: Any = None, **kwargs: Any) -> list[Document]:
-        """The ``k`` most similar documents to ``query``, best first."""
-        return [doc for doc, _ in self.similarity_search_with_score(query, k, filter)]
+        """The ``k`` most similar documents to ``query``, best first (``score_threshold``: as above)."""
+        return [doc for doc, _ in self.similarity_search_with_score(query, k, filter, **kwargs)]
 
     def similarity_search_by_vector(
         self, embedding: list[float], k: int = 4, filter: Any = None, **kwargs: Any
     ) -> list[Document]:
-        """The ``k`` most similar documents to a vector, best first."""
-        return [doc for doc, _ in self.similarity_search_with_score_by_vector(embedding, k, filter)]
+        """The ``k`` most similar documents to a vector, best first (``score_threshold``: as above)."""
+        return [doc for doc, _ in self.similarity_search_with_score_by_vector(embedding, k, filter, **kwargs)]
 
     def max_marginal_relevance_search_by_vector(
         self,
@@ -346,7 +351,7 @@ class VllmPoolVectorStore(NotCopyable, VectorStore):
         nothing is pickled, unlike LangChain's ``index.pkl``. Several stores can share a
         folder under different ``index_name``.
         """
-        path = _index_path(folder_path, index_name)
+        path = index_path(folder_path, index_name)
         with self._lock:
             if self._index is None:
                 self._index_for(len(self._embedding.embed_query("dimension probe")))
@@ -377,22 +382,7 @@ class VllmPoolVectorStore(NotCopyable, VectorStore):
             vllm_pool.retrievers.IndexFormatError: no store there; a LangChain FAISS folder
                 (``index.faiss`` + ``index.pkl``) is named as such.
         """
-        from vllm_pool.retrievers import DenseIndex, IndexFormatError
+        from vllm_pool.retrievers import DenseIndex
 
         del allow_dangerous_deserialization  # nothing is unpickled
-        path = _index_path(folder_path, index_name)
-        folder = Path(folder_path)
-        if not path.exists() and ((folder / "manifest.json").exists() or (folder / "CURRENT").exists()):
-            path = folder  # saved by an older save_local(folder): the index is the folder itself
-        elif not path.exists() and (folder / f"{index_name}.pkl").exists():
-            raise IndexFormatError(
-                f"{folder}: a LangChain FAISS store ({index_name}.faiss + {index_name}.pkl, pickled); "
-                "vllm-pool never unpickles. Rebuild it with VllmPoolVectorStore.from_embeddings or from_texts"
-            )
-        return cls(embeddings, index=DenseIndex.load(path, **kwargs))
-
-
-def _index_path(folder_path: str | os.PathLike, index_name: str) -> Path:
-    if not isinstance(index_name, str) or not index_name or index_name in (".", "..") or "/" in index_name:
-        raise ValueError(f"index_name must be a plain file name, got {index_name!r}")
-    return Path(folder_path) / index_name
+        return cls(embeddings, index=DenseIndex.load(saved_index_path(folder_path, index_name), **kwargs))

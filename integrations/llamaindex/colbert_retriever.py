@@ -10,23 +10,27 @@ from typing import Any
 
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.callbacks import CallbackManager
-from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, QueryBundle, TextNode
+from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, QueryBundle
 from vllm_pool.retrievers.index_base import NotCopyable
 
 from vllm_pool import DEFAULT_MODEL
 
 from .. import _colbert
 from .._engines import EngineOptions, EngineRef
-from .._hf_names import translate
+from .._hf_names import capped_colbert_lengths, translate
+from .._records import check_id_list
 from ._filters import to_index_filter
+from ._nodes import indexed_metadata, rebuild_node, ref_doc_node_ids
 
 
 class VllmPoolColBERTRetriever(NotCopyable, _colbert.ColBERTSettings, BaseRetriever):
     """Late-interaction (ColBERT, MaxSim) retrieval with the engine's token embeddings.
 
     Build it with :meth:`from_nodes`, :meth:`from_documents` or :meth:`load`. Results are
-    ``NodeWithScore`` objects (``TextNode`` with the original id, text and metadata; the
-    score is the MaxSim score).
+    ``NodeWithScore`` objects: the nodes as they were added (id, text, metadata,
+    relationships and ``ref_doc_id``, excluded LLM / embed metadata keys, kept as LlamaIndex's
+    vector stores keep them; a ``Document`` comes back as a ``TextNode``), scored by MaxSim.
+    Remove nodes with :meth:`delete` (node ids) or :meth:`delete_ref_doc` (a source document).
 
     Args:
         index: a ``vllm_pool.retrievers.MultiVectorIndex`` (default: a new empty one).
@@ -134,8 +138,8 @@ class VllmPoolColBERTRetriever(NotCopyable, _colbert.ColBERTSettings, BaseRetrie
             "skiplist_words": skiplist_words,
             "normalize": normalize,
         }
-        self._resolve_colbert(settings)
         llm = self._engine.llm
+        self._resolve_colbert(capped_colbert_lengths(llm, settings, type(self).__name__))
         self.index = index if index is not None else _colbert.new_index(llm, index_kwargs)
         if self.index.dim != llm.embedding_dim:
             raise ValueError(
@@ -165,7 +169,7 @@ class VllmPoolColBERTRetriever(NotCopyable, _colbert.ColBERTSettings, BaseRetrie
         """Add nodes (an existing id is overwritten); return their ids.
 
         The text encoded is the node's embedding view (``MetadataMode.EMBED``); the text
-        stored and returned is its plain content.
+        stored and returned is its plain content, and the rest of the node is stored with it.
         """
         if isinstance(nodes, (str, BaseNode)):
             raise TypeError(f"nodes must be a list of nodes, not a single {type(nodes).__name__}")
@@ -178,7 +182,7 @@ class VllmPoolColBERTRetriever(NotCopyable, _colbert.ColBERTSettings, BaseRetrie
             self.index,
             self.encoder,
             [n.get_content(metadata_mode=MetadataMode.NONE) for n in nodes],
-            [dict(n.metadata) for n in nodes],
+            [indexed_metadata(n) for n in nodes],
             [n.node_id for n in nodes],
             self.batch_size,
             self.show_progress,
@@ -189,15 +193,38 @@ class VllmPoolColBERTRetriever(NotCopyable, _colbert.ColBERTSettings, BaseRetrie
         )
 
     def delete(self, ids: Sequence[str]) -> int:
-        """Remove nodes by id (missing ids are ignored); return how many were removed."""
+        """Remove nodes by id (missing ids are ignored); return how many were removed.
+
+        Raises:
+            TypeError: ``ids`` is a single string (``delete("12")`` is not ``["1", "2"]``).
+        """
+        check_id_list(ids)
         return _colbert.delete(self.index, ids)
+
+    def delete_ref_doc(self, ref_doc_id: str) -> int:
+        """Remove every node of a source document (LlamaIndex's ``delete_ref_doc``): the nodes
+        whose ``ref_doc_id`` it is, and a ``Document`` added whole under that id. Nodes added
+        before nodes were stored whole (an older saved index) carry no reference and stay.
+
+        Returns:
+            How many nodes were removed.
+        """
+        if not isinstance(ref_doc_id, str):
+            raise TypeError(f"ref_doc_id must be a string, got {type(ref_doc_id).__name__}")
+        ids = ref_doc_node_ids(self.index, ref_doc_id)
+        return _colbert.delete(self.index, ids) if ids else 0
 
     # -- persistence ---------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
         """Save the index, the model id, its dimension and the encoder settings to the folder
         ``path`` (no pickle)."""
         settings = _colbert.retriever_settings(
-            self.model, self.index.dim, self._config, self.split_long_documents, self.window_overlap
+            self.model,
+            self.index.dim,
+            self._config,
+            self.split_long_documents,
+            self.window_overlap,
+            truncate=self.truncate,
         )
         _colbert.save(path, self.index, settings)
 
@@ -217,7 +244,7 @@ class VllmPoolColBERTRetriever(NotCopyable, _colbert.ColBERTSettings, BaseRetrie
             self.index, self.encoder, query_bundle.query_str, self.similarity_top_k, self.filters
         )
         return [
-            NodeWithScore(node=TextNode(id_=doc_id, text=text, metadata=meta), score=score)
+            NodeWithScore(node=rebuild_node(doc_id, text, meta), score=score)
             for doc_id, text, meta, score in hits
         ]
 

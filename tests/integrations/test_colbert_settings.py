@@ -273,3 +273,16 @@ def test_format_version_1_and_malformed_settings(tmp_path):
     settings_file.write_text(json.dumps({"format_version": 2, **bad}))
     with pytest.raises(IndexFormatError, match="doc_maxlen"):
         _colbert.load(path)
+
+
+def test_both_retrievers_keep_truncate_off_through_save_and_load(tmp_path):
+    """A retriever built with ``truncate=False`` refuses over-long documents after a reload too."""
+    from vllm_pool.integrations.langchain import VllmPoolColBERTRetriever as LangChainRetriever
+    from vllm_pool.integrations.llamaindex import VllmPoolColBERTRetriever as LlamaIndexRetriever
+
+    for cls in (LangChainRetriever, LlamaIndexRetriever):
+        folder = tmp_path / cls.__module__.replace(".", "_")
+        cls(truncate=False).save(folder)
+        loaded = cls.load(folder)
+        assert loaded.truncate is False
+        assert cls.load(folder, truncate=True).truncate is True  # a value given at load wins

@@ -246,11 +246,11 @@ class _Bars:
 @pytest.fixture
 def bars(monkeypatch) -> _Bars:
     import tqdm.auto
-    import vllm_pool.engine.llm
+    import vllm_pool.engine.progress
 
     record = _Bars()
     monkeypatch.setattr(tqdm.auto, "tqdm", record)
-    monkeypatch.setattr(vllm_pool.engine.llm, "tqdm", record)
+    monkeypatch.setattr(vllm_pool.engine.progress, "tqdm", record)
     return record
 
 
