@@ -66,7 +66,7 @@ class ModelExecutor:
             return lambda: outputs
         flat = gather_to_host(outputs, pinned=True)
         event = torch.cuda.Event()
-        event.record()
+        event.record(torch.cuda.current_stream(self.device))  # the engine's device, not device 0
 
         def wait() -> dict[str, list[Any]]:
             event.synchronize()

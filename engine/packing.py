@@ -160,9 +160,9 @@ def varlen_attention(
     cu = kwargs.get("cu_seq_lens_q")
     key_index = kwargs.get("packed_key_index")  # prompts with positions not attended to
     flash = flash_kernel(q) if cu is not None else None
+    if flash is not None and key_index is not None and causal:
+        flash = None  # a decoder's masked prompts: the SDPA path (keys gathered would break causality)
     if flash is not None and key_index is not None:
-        if causal:
-            raise ValueError("attention masks in packed batches need a bidirectional (encoder) model")
         k, v = k.index_select(1, key_index), v.index_select(1, key_index)
         longest = int(kwargs["max_length_q"])
         out = call_flash(
@@ -214,9 +214,28 @@ def position_offset(model: torch.nn.Module) -> int:
     return int(pad) + 1 if isinstance(pad, int) and hasattr(emb, "position_embeddings") else 0
 
 
-def supports_packing(model: torch.nn.Module) -> bool:
-    """Whether the model routes attention through transformers' attention interface."""
+def supports_packing(model: torch.nn.Module, max_len: int | None = None) -> bool:
+    """Whether the model routes attention through transformers' attention interface, with
+    no sliding window shorter than ``max_len`` (packed attention attends to whole prompts;
+    padded batches keep transformers' own windowed masks)."""
+    window = sliding_window(getattr(model, "config", None))
+    if window is not None and (max_len is None or window < max_len):
+        return False
     return bool(getattr(model, "_supports_attention_backend", False))
+
+
+def sliding_window(config: Any) -> int | None:
+    """The attention window of a model whose layers use one (Mistral, Qwen2 with
+    ``use_sliding_window``), else None."""
+    window = getattr(config, "sliding_window", None)
+    if isinstance(window, bool) or not isinstance(window, int) or window <= 0:
+        return None
+    if getattr(config, "use_sliding_window", True) is False:
+        return None
+    types = getattr(config, "layer_types", None)
+    if isinstance(types, (list, tuple)) and "sliding_attention" not in types:
+        return None
+    return window
 
 
 def attention_kwargs(bounds: list[int], longest: int) -> dict[str, Any]:

@@ -110,9 +110,10 @@ class ModelRunner:
         outputs differ, e.g. for a model that derives positions itself. Warnings only when
         ``asked`` (``packed=True``); a default that does not apply is logged at debug / info.
         """
-        if not packing.supports_packing(self.model):
+        if not packing.supports_packing(self.model, self.cfg.max_model_len):
             log = logger.warning if asked else logger.debug
-            log("%s does not support packed batches; running padded", type(self.model).__name__)
+            log("%s does not support packed batches (or attends through a sliding window); running padded",
+                type(self.model).__name__)  # fmt: skip
             return
         self._pos_offset = packing.position_offset(self.model)
         vocab = int(getattr(self.cfg.hf_config, "vocab_size", 1000) or 1000)
@@ -214,8 +215,9 @@ class ModelRunner:
         if staged.ready is not None:
             stream = torch.cuda.current_stream(self.device)
             stream.wait_event(staged.ready)
-            for t in (*staged.inputs.values(), staged.cu_seqlens, staged.rows):
-                if t is not None:
+            # every tensor copied on the side stream is read here: none may be reused early
+            for t in (*staged.inputs.values(), *staged.extra.values(), staged.cu_seqlens, staged.rows):
+                if isinstance(t, torch.Tensor):
                     t.record_stream(stream)
         hidden = self._call_model(**staged.inputs, **staged.extra)
         ids, cu = staged.inputs["input_ids"], staged.cu_seqlens

@@ -195,6 +195,8 @@ class TokenStore:
         The copy is kept: rows added later are uploaded incrementally, a compaction makes a
         new copy. Dead rows stay in it, as in the store, until compaction.
         """
+        device = torch.empty(0, device=device).device  # as tensors name it ("cuda" -> "cuda:0"),
+        # or the kept copy would never match the device asked for, and be made again each search
         dtype = torch.float16 if device.type == "cuda" else torch.float32
         if self._mirror is None or self._mirror.device != device or len(self._mirror) < self._n:
             capacity = max(len(self._codes), self._n)

@@ -84,7 +84,7 @@ def test_packing_is_the_default_on_the_cpu_and_where_flash_varlen_runs(tiny_bert
 
 def test_default_on_an_architecture_that_cannot_pack_is_silent(tiny_bert, monkeypatch, caplog):
     """Nothing asked for, nothing to warn about: padded, logged at debug level only."""
-    monkeypatch.setattr(packing, "supports_packing", lambda model: False)
+    monkeypatch.setattr(packing, "supports_packing", lambda model, max_len=None: False)
     with caplog.at_level(logging.DEBUG, logger="vllm_pool.engine.runner"):
         llm = LLM(str(tiny_bert))
     assert llm.runner.packed is False
@@ -106,7 +106,7 @@ def test_probe_turns_packing_off_when_outputs_disagree(tiny_bert, monkeypatch, c
 
 
 def test_architecture_without_attention_interface_runs_padded(tiny_bert, monkeypatch, caplog):
-    monkeypatch.setattr(packing, "supports_packing", lambda model: False)
+    monkeypatch.setattr(packing, "supports_packing", lambda model, max_len=None: False)
     with caplog.at_level(logging.WARNING, logger="vllm_pool.engine.runner"):
         llm = LLM(str(tiny_bert), packed=True)
     assert llm.runner.packed is False
