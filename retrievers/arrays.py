@@ -19,15 +19,32 @@ def as_float32_matrix(x: object, dim: int | None, name: str) -> np.ndarray:
         raise ValueError(f"{name} must be 2-D [n, dim], got shape {list(arr.shape)}")
     if dim is not None and arr.shape[1] != dim:
         raise ValueError(f"{name} has dimension {arr.shape[1]}, index dimension is {dim}")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} contains NaN or infinite values")
-    return np.ascontiguousarray(arr, dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below, by row
+        out = np.ascontiguousarray(arr, dtype=np.float32)
+    finite = np.isfinite(out)
+    if not finite.all():  # checked after the cast: float64 1e39 is inf in float32
+        row = int(np.flatnonzero(~finite.all(axis=1))[0])
+        raise ValueError(
+            f"{name}[{row}] contains NaN or infinite values as float32 "
+            f"(finite values of magnitude at most {float(np.finfo(np.float32).max):.4g} only)"
+        )
+    return out
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
-    """Row-wise L2 normalization (zero rows stay zero)."""
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)
+    """Row-wise L2 normalization (zero rows stay zero); same dtype as a floating ``x``.
+
+    The norms are computed in float64, so rows whose float32 squares overflow (``1e20``) or
+    underflow (``1e-30``) still come out as unit vectors.
+    """
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))[:, None]  # [n, 1]
+    norms[norms == 0] = 1.0
+    if not np.issubdtype(x.dtype, np.floating):
+        return x / norms
+    info = np.finfo(x.dtype)
+    if np.all((norms >= info.tiny) & (norms <= info.max)):  # divide in x's own precision
+        return x / norms.astype(x.dtype)
+    return (x / norms).astype(x.dtype)
 
 
 def is_single_matrix(x: Any) -> bool:

@@ -16,11 +16,10 @@ from .index_base import DocumentIndex
 from .mapped_rows import MappedRows
 from .persistence import (
     check_array,
-    check_labels,
     files_of,
     load_index_files,
     open_index,
-    placed_faiss,
+    restore_faiss,
     save_index_files,
 )
 from .registry import check_ids_and_metadatas
@@ -178,19 +177,31 @@ class DenseIndex(DocumentIndex):
             if storage == "int8" and ranges is None:
                 ranges = quantization.calibration_ranges(arr)  # may fail: nothing changed yet
             rows = quantization.encode(arr, storage, ranges)
+            replaced = [i for i in ids if i in self._registry]
+            n_after = len(self._registry) - len(replaced) + len(arr)
+            # a new FAISS index (the first, or an IVF re-trained) is trained on what the index
+            # will hold; it may fail (a bad type, too few vectors): nothing has changed yet
+            prepared = self._index_for_add(n_after, lambda: self._training_rows(replaced, arr))
             if self._quantized:
                 self._ranges = ranges
-            elif self._index is None and not self._trains():  # may fail (bad type): nothing changed yet
-                self._index = self._new_index(arr)
-            self.remove([i for i in ids if i in self._registry])
+            self._drop_rows(self._registry.drop(replaced))  # the documents being overwritten
             slots = self._registry.new_slots(len(arr))
-            if self._index is not None:
+            if prepared is None and self._index is not None:
                 self._index.add_with_ids(arr, slots)
             self._append_rows(slots, rows, arr)
             for doc_id, slot, meta in zip(ids, slots, metadatas, strict=True):
                 self._registry.put(doc_id, int(slot), meta)
-            self._maybe_build()  # IVF: trained once there is enough data, re-trained as it grows
+            if prepared is not None:
+                self._install(prepared)  # every live vector into the new index
+            else:
+                self._maybe_rebuild()  # tombstones of the overwritten documents
             return ids
+
+    def _training_rows(self, replaced: list[str], arr: np.ndarray) -> np.ndarray:
+        """The vectors an add leaves in the index: the live ones it does not overwrite, then ``arr``."""
+        gone = {self._registry.slot(i) for i in replaced}
+        kept = np.asarray([s for s in self._registry.slots() if int(s) not in gone], dtype=np.int64)
+        return np.concatenate([self._live_vectors(kept), arr])
 
     def _forget(self, slots: np.ndarray) -> int:
         for s in slots:
@@ -225,15 +236,12 @@ class DenseIndex(DocumentIndex):
         self._row_of = {s: i for i, s in enumerate(slots)}
         self._n_rows = len(slots)
 
-    def _rebuild(self) -> None:
-        """Recreate the FAISS index from the live vectors (drops tombstones)."""
+    def _live_matrix(self) -> tuple[np.ndarray, np.ndarray]:
         slots = self._registry.slots()
-        vecs = self._live_vectors(slots)
-        logger.info("rebuilding dense index over %d vectors", len(slots))
-        self._index = self._new_index(vecs)
-        if len(slots):
-            self._index.add_with_ids(vecs, slots)
-        self._tombstones = 0
+        return self._live_vectors(slots), slots
+
+    def _uses_faiss(self) -> bool:
+        return not self._quantized  # quantized codes are searched exhaustively
 
     def _live_vectors(self, slots: np.ndarray) -> np.ndarray:
         """The stored rows of ``slots``: float vectors, or codes for a quantized index."""
@@ -345,7 +353,7 @@ class DenseIndex(DocumentIndex):
         """Save to the folder ``path`` (atomically replacing an existing one)."""
         with self._lock:
             if self._tombstones:
-                self._rebuild()
+                self._rebuild()  # keeps the tombstones (saved with the index) when it cannot rebuild
             docs = self._registry.to_json()
             slots = np.asarray(docs["slots"], dtype=np.int64)
             arrays = {"vectors.npy": self._live_vectors(slots)}
@@ -384,13 +392,5 @@ class DenseIndex(DocumentIndex):
         index._vectors = np.ascontiguousarray(vectors, dtype=index._vectors.dtype)
         index._row_of = {int(s): i for i, s in enumerate(registry.slots())}
         index._n_rows = len(vectors)
-        if "index.faiss" in files.indexes:
-            faiss_index = files.indexes["index.faiss"]
-            if faiss_index.ntotal != len(registry):
-                raise IndexFormatError(
-                    f"{path}/index.faiss: {faiss_index.ntotal} vectors for {len(registry)} documents"
-                )
-            slots = registry.slots()
-            check_labels(faiss_index, slots, np.ones(len(slots), np.int64), f"{path}/index.faiss")
-            index._index = placed_faiss(faiss_index, index.config, use_gpu)
+        restore_faiss(index, files, "index.faiss", np.ones(len(registry), np.int64), path, use_gpu)
         return index

@@ -12,6 +12,35 @@ logger = logging.getLogger(__name__)
 
 NAMED_TYPES = ("flat", "hnsw", "ivf", "ivfpq")
 """Short names; any other string is passed to ``faiss.index_factory``."""
+PQ_MIN_TRAIN = 256
+"""Vectors the k-means of an ``"ivfpq"`` index's 8-bit product quantizer needs (2**8 centroids)."""
+
+
+def check_faiss_settings(nlist: object, nprobe: object, hnsw_m: object, ef_search: object) -> None:
+    """Check the FAISS options of an index, before it is built (FAISS itself fails late on
+    bad values, or aborts the process: ``hnsw_m=0``).
+
+    Raises:
+        TypeError: ``nprobe``, ``hnsw_m`` or ``ef_search`` is not an int (``bool`` included),
+            or ``nlist`` is neither ``None`` nor an int.
+        ValueError: one of them is below 1.
+    """
+    for name, value in (("nlist", nlist), ("nprobe", nprobe), ("hnsw_m", hnsw_m), ("ef_search", ef_search)):
+        if value is None and name == "nlist":
+            continue
+        allowed = "None or an int >= 1" if name == "nlist" else "an int >= 1"
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be {allowed}, got {type(value).__name__} {value!r}")
+        if value < 1:
+            raise ValueError(f"{name} must be {allowed}, got {value}")
+
+
+def min_training_vectors(index_type: str, nlist: int | None, automatic: int) -> int:
+    """Vectors an ``"ivf"`` / ``"ivfpq"`` index waits for before it is trained: ``nlist``
+    (k-means needs a point per list; ``automatic`` when ``nlist`` is ``None``), and for
+    ``"ivfpq"`` at least :data:`PQ_MIN_TRAIN`."""
+    need = automatic if nlist is None else nlist
+    return max(need, PQ_MIN_TRAIN) if index_type.lower() == "ivfpq" else need
 
 
 def gpu_count() -> int:

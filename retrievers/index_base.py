@@ -2,19 +2,33 @@
 one re-entrant lock, a FAISS index built on the first add, and removal with tombstones.
 
 A subclass says how a document's vectors are kept (``_forget`` drops them and says how
-many FAISS rows they had, ``_stored`` reads them back) and how to rebuild its FAISS index.
+many FAISS rows they had, ``_stored`` reads them back, ``_live_matrix`` gives all live rows
+with their labels) and whether it keeps a FAISS index at all (``_uses_faiss``).
+
+A new FAISS index (the first one, or an IVF re-trained as it grows) is trained *before* an
+add changes anything, so an add whose training fails leaves the index as it was. A rebuild
+that drops tombstones never fails half-way: without live rows the FAISS index is dropped
+(the next add builds one), and when the live rows are too few to train a new one the
+current index is kept with its tombstones (searches skip removed documents).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-from .faiss_index import build_index, set_search_params, to_device, try_remove
+from .faiss_index import (
+    build_index,
+    check_faiss_settings,
+    min_training_vectors,
+    set_search_params,
+    to_device,
+    try_remove,
+)
 from .registry import Registry
 from .types import Record
 
@@ -59,6 +73,7 @@ class DocumentIndex(NotCopyable):
     ) -> None:
         if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
             raise ValueError(f"dim must be a positive int, got {dim!r}")
+        check_faiss_settings(config["nlist"], config["nprobe"], config["hnsw_m"], config["ef_search"])
         self.dim = dim
         self.config = config
         self.use_gpu = use_gpu
@@ -82,36 +97,119 @@ class DocumentIndex(NotCopyable):
         """FAISS rows of the live documents."""
         raise NotImplementedError
 
-    def _rebuild(self) -> None:
-        """Recreate the FAISS index from the live documents (drops tombstones)."""
+    def _live_matrix(self) -> tuple[np.ndarray, np.ndarray]:
+        """The FAISS rows of the live documents ``float32 [n, D]`` and their labels ``int64 [n]``."""
         raise NotImplementedError
 
-    # -- shared --------------------------------------------------------------------------
-    def _new_index(self, train: np.ndarray, codec: str = "Flat") -> Any:
+    def _uses_faiss(self) -> bool:
+        """Whether the index keeps a FAISS index."""
+        return True
+
+    def _faiss_codec(self) -> str:
+        """How a named ``"ivf"`` / ``"hnsw"`` FAISS index stores its vectors."""
+        return "Flat"
+
+    # -- the FAISS index -------------------------------------------------------------------
+    def _new_index(self, train: np.ndarray) -> Any:
+        """A new, trained, empty FAISS index (``ValueError`` when it cannot be trained on ``train``)."""
         cfg = self.config
+        codec = self._faiss_codec()
         index = build_index(cfg["index_type"], self.dim, train, cfg["nlist"], cfg["hnsw_m"], codec)
         set_search_params(index, cfg["nprobe"], cfg["ef_search"])
-        self._trained_on = len(train)
         return to_device(index, self.use_gpu)
 
     def _trains(self) -> bool:
         """Whether the FAISS index is an IVF index that needs training data."""
         return str(self.config["index_type"]).lower() in ("ivf", "ivfpq")
 
-    def _maybe_build(self) -> None:
-        """After an add: build the FAISS index once there is enough training data, and
-        re-train an automatic-``nlist`` IVF index that has grown well past its training set."""
-        n = self._live_rows()
-        if not self._trains():
-            return
+    def _build_due(self, n: int) -> bool:
+        """Whether an IVF index holding ``n`` rows should be trained now: the first time once
+        there is enough training data, then again (automatic ``nlist``) when it has grown
+        :attr:`retrain_growth` times past its training set, so that ``nlist`` follows the data."""
         if self._index is None:
-            nlist = self.config["nlist"]
-            if n >= (self.min_train if nlist is None else max(nlist, 1)):
-                self._rebuild()
-        elif self.config["nlist"] is None and n >= self.retrain_growth * max(self._trained_on, 1):
-            logger.info("re-training the IVF index: %d vectors, trained on %d", n, self._trained_on)
+            cfg = self.config
+            return n >= min_training_vectors(str(cfg["index_type"]), cfg["nlist"], self.min_train)
+        return self.config["nlist"] is None and n >= self.retrain_growth * max(self._trained_on, 1)
+
+    def _index_for_add(self, n_after: int, training: Callable[[], np.ndarray]) -> tuple[Any, int] | None:
+        """Before an add changes anything: a new trained (empty) FAISS index to hold every
+        document once the add is done (see :meth:`_install`), or ``None`` to add to the current one.
+
+        Args:
+            n_after: live FAISS rows once the add is done.
+            training: gives the rows to train on (the live ones the add keeps, and the new ones).
+
+        Raises:
+            ValueError: the index cannot be trained (the add must then change nothing).
+        """
+        if not self._uses_faiss():
+            return None
+        if self._trains():
+            if not self._build_due(n_after):
+                return None
+        elif self._index is not None:
+            return None
+        train = training()
+        if self._index is not None:
+            logger.info("re-training the IVF index: %d vectors, trained on %d", len(train), self._trained_on)
+        return self._new_index(train), len(train)
+
+    def _install(self, prepared: tuple[Any, int]) -> None:
+        """After an add: fill the index from :meth:`_index_for_add` with every live row and use it."""
+        index, trained_on = prepared
+        vecs, labels = self._live_matrix()
+        if len(vecs):
+            index.add_with_ids(vecs, labels)
+        self._index, self._trained_on, self._tombstones = index, trained_on, 0
+
+    def _rebuild(self) -> bool:
+        """Recreate the FAISS index from the live rows, dropping tombstones.
+
+        Without live rows the FAISS index is dropped (the next add builds a new one). When a new
+        index cannot be trained on the live rows (too few for IVF / PQ) or built, the current
+        one is kept with its tombstones, with a warning. Returns whether the tombstones are gone.
+        """
+        if not self._uses_faiss():
+            return False
+        vecs, labels = self._live_matrix()
+        if len(vecs) == 0:
+            self._index, self._trained_on, self._tombstones = None, 0, 0
+            return True
+        logger.info("rebuilding the %s FAISS index over %d vectors", self.kind, len(vecs))
+        try:
+            index = self._new_index(vecs)
+            index.add_with_ids(vecs, labels)
+        except (ValueError, RuntimeError, MemoryError) as exc:
+            if self._index is None:
+                raise
+            logger.warning(
+                "could not rebuild the %s FAISS index over %d vectors (%s): keeping the current one "
+                "and its %d removed vectors, which searches skip",
+                self.kind,
+                len(vecs),
+                exc,
+                self._tombstones,
+            )
+            return False
+        self._index, self._trained_on, self._tombstones = index, len(vecs), 0
+        return True
+
+    def _drop_rows(self, slots: np.ndarray) -> None:
+        """Forget the stored rows of ``slots`` (already dropped from the registry) and remove
+        them from the FAISS index, or count them as tombstones where it cannot remove."""
+        rows = self._forget(slots)
+        if self._index is not None and not try_remove(self._index, slots):
+            self._tombstones += rows
+
+    def _maybe_rebuild(self) -> None:
+        """Rebuild once tombstones pass the limit, or drop the FAISS index once no row is live."""
+        if self._index is None or not self._tombstones:
+            return
+        limit = max(self.rebuild_fraction * self._live_rows(), self.rebuild_after)
+        if self._tombstones > limit or self._live_rows() == 0:
             self._rebuild()
 
+    # -- shared --------------------------------------------------------------------------
     def remove(self, ids: Sequence[str]) -> int:
         """Remove documents by id (missing ids are ignored); return how many were removed."""
         if isinstance(ids, str):
@@ -120,12 +218,8 @@ class DocumentIndex(NotCopyable):
             slots = self._registry.drop(ids)
             if len(slots) == 0:
                 return 0
-            rows = self._forget(slots)
-            if self._index is not None and not try_remove(self._index, slots):
-                self._tombstones += rows
-                limit = max(self.rebuild_fraction * self._live_rows(), self.rebuild_after)
-                if self._tombstones > limit:
-                    self._rebuild()
+            self._drop_rows(slots)
+            self._maybe_rebuild()
             return len(slots)
 
     def __len__(self) -> int:

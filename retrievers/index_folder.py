@@ -13,6 +13,11 @@ new one, never a mix and never nothing. Leftovers of interrupted saves (``.tmp-*
 versions ``CURRENT`` does not name) are removed by the next save or load that gets the
 writer lock. A folder in the older flat layout (``manifest.json`` at its top) is still read,
 and is converted by the next save.
+
+A save never deletes what is not an index's: a top-level ``manifest.json`` counts as the flat
+layout only when it is this library's manifest (:func:`~.manifest.is_index_manifest`), so
+saving into a folder that holds another tool's ``manifest.json`` (or any other files) writes
+the index beside them and leaves them as they are.
 """
 
 from __future__ import annotations
@@ -159,6 +164,17 @@ def _versions(folder: Path) -> list[str]:
     return sorted(names, key=lambda n: int(_VERSION_RE.fullmatch(n).group(1)))  # type: ignore[union-attr]
 
 
+def _holds_flat_index(folder: Path, marker: str = LEGACY_MANIFEST) -> bool:
+    """Whether ``folder`` has ``marker`` at its top as the flat layout does; a ``manifest.json``
+    must also be this library's (another tool's manifest is not an index)."""
+    entry = folder / marker
+    if marker != LEGACY_MANIFEST:
+        return entry.exists()
+    from .manifest import is_index_manifest
+
+    return entry.is_file() and not entry.is_symlink() and is_index_manifest(entry)
+
+
 def version_folder(path: str | os.PathLike, marker: str = LEGACY_MANIFEST) -> Path:
     """The folder holding the live files of the index at ``path``.
 
@@ -179,9 +195,9 @@ def version_folder(path: str | os.PathLike, marker: str = LEGACY_MANIFEST) -> Pa
         if not _is_plain_dir(live):
             raise IndexFormatError(f"{folder / POINTER}: names {name}, which is not a folder in {folder}")
         return live
-    if (folder / marker).exists():
-        return folder
     versions = _versions(folder)
+    if (folder / marker).exists() and (not versions or _holds_flat_index(folder, marker)):
+        return folder  # (a damaged flat manifest is reported by the reader)
     if versions:  # the pointer was deleted by hand: the newest complete version is the index
         logger.warning("%s: no %s pointer; reading the newest version %s", folder, POINTER, versions[-1])
         return folder / versions[-1]
@@ -207,6 +223,13 @@ def write_version(path: str | os.PathLike, write: Callable[[Path], None]) -> Pat
     _recover_stranded(target)
     target.mkdir(parents=True, exist_ok=True)
     with writer_lock(target):
+        if (target / LEGACY_MANIFEST).exists() and not _holds_flat_index(target):
+            logger.warning(
+                "%s: its %s is not an index manifest of this library; it and the files it names "
+                "are left as they are, the index is written beside them",
+                target,
+                LEGACY_MANIFEST,
+            )
         _clean(target)
         _clean_old_siblings(target)
         versions = _versions(target)
@@ -286,7 +309,8 @@ def _clean(folder: Path) -> None:
     except IndexFormatError:
         return  # leave a damaged folder as it is for the user to inspect
     versions = _versions(folder)
-    if live is None and not (folder / LEGACY_MANIFEST).exists() and versions:
+    flat = _holds_flat_index(folder)
+    if live is None and not flat and versions:
         live = versions[-1]  # keep the newest complete version (see version_folder)
     removed = 0
     for name in os.listdir(folder):
@@ -298,7 +322,7 @@ def _clean(folder: Path) -> None:
         elif _POINTER_TMP_RE.fullmatch(name) and entry.is_file() and not entry.is_symlink():
             entry.unlink(missing_ok=True)
             removed += 1
-    if live is not None and (folder / LEGACY_MANIFEST).is_file():
+    if live is not None and flat:  # only this library's manifest: never another tool's files
         removed += _remove_flat_layout(folder)
     if removed:
         logger.info("%s: removed %d leftover entries of earlier saves", folder, removed)

@@ -54,6 +54,7 @@ class Manifest:
     model_name: str | None
     config: dict[str, Any]
     files: dict[str, dict[str, Any]]
+    trained_on: int | None = None
 
 
 def read_json(path: Path, limit: int = MAX_MANIFEST_BYTES) -> Any:
@@ -121,7 +122,29 @@ def parse_manifest(path: Path, kind: str, expected_dim: int | None) -> Manifest:
         config = {}
     if not isinstance(config, dict):
         raise IndexFormatError(f"{path}: field 'config': not a JSON object")
-    return Manifest(kind, dim, count, model_name, config, _parse_files(path, data.get("files")))
+    trained_on = data.get("trained_on")  # optional: older folders do not have it
+    if trained_on is not None and (not _is_int(trained_on) or not 0 <= trained_on < 1 << 40):
+        raise IndexFormatError(
+            f"{path}: field 'trained_on': {_describe(trained_on)} is not a non-negative integer"
+        )
+    files = _parse_files(path, data.get("files"))
+    return Manifest(kind, dim, count, model_name, config, files, trained_on)
+
+
+def is_index_manifest(path: Path) -> bool:
+    """Whether ``path`` is a ``manifest.json`` written by this library (any index kind): a
+    JSON object of this format version whose ``files`` table parses. Another tool's
+    ``manifest.json`` is not, so the files it lists are never taken for an index's."""
+    try:
+        data = read_json(path)
+        if not isinstance(data, dict) or data.get("format_version") != FORMAT_VERSION:
+            return False
+        if not _is_int(data["format_version"]) or not isinstance(data.get("kind"), str):
+            return False
+        _parse_files(path, data.get("files"))
+    except (IndexFormatError, OSError):
+        return False
+    return True
 
 
 def _parse_files(path: Path, files: Any) -> dict[str, dict[str, Any]]:

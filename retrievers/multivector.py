@@ -214,18 +214,31 @@ class MultiVectorIndex(DocumentIndex):
             ids, metadatas = check_ids_and_metadatas(len(docs), ids, metadatas, self._registry)
             if not docs:
                 return []
-            if self._index is None and self._uses_faiss() and not self._trains():  # may fail: before changes
-                self._index = self._new_index(np.concatenate(docs), self._faiss_codec())
+            replaced = [i for i in ids if i in self._registry]
+            gone = np.asarray([self._registry.slot(i) for i in replaced], dtype=np.int64)
+            n_gone = int(self._store.gather(gone)[2].sum()) if len(gone) else 0
+            n_after = self._store.num_vectors - n_gone + sum(len(d) for d in docs)
+            # a new FAISS index is trained on what the index will hold; may fail: nothing changed yet
+            prepared = self._index_for_add(n_after, lambda: self._training_rows(gone, docs))
             slots = self._registry.new_slots(len(docs))
             self._store.add(slots, docs)  # may train PQ / the PLAID codec, and fail: nothing changed yet
-            self.remove([i for i in ids if i in self._registry])  # the documents being overwritten
-            if self._index is not None:
+            self._drop_rows(self._registry.drop(replaced))  # the documents being overwritten
+            if prepared is None and self._index is not None:
                 labels = np.repeat(slots, [len(d) for d in docs])  # [T]
                 self._index.add_with_ids(np.concatenate(docs), labels)
             for doc_id, slot, meta in zip(ids, slots, metadatas, strict=True):
                 self._registry.put(doc_id, int(slot), meta)
-            self._maybe_build()
+            if prepared is not None:
+                self._install(prepared)  # every live token vector into the new index
+            else:
+                self._maybe_rebuild()  # tombstones of the overwritten documents
             return ids
+
+    def _training_rows(self, gone: np.ndarray, docs: list[np.ndarray]) -> np.ndarray:
+        """The token vectors an add leaves in the index: the live documents' but ``gone``, then ``docs``."""
+        kept = [int(s) for s in np.setdiff1d(self._registry.slots(), gone, assume_unique=True)]
+        tokens = self._store.decode(kept)[0] if kept else np.zeros((0, self.dim), np.float32)
+        return np.concatenate([tokens, *docs])
 
     def _uses_faiss(self) -> bool:
         """Flat and PLAID indexes search their own store; the others keep a FAISS index."""
@@ -243,17 +256,11 @@ class MultiVectorIndex(DocumentIndex):
     def _live_rows(self) -> int:
         return self._store.num_vectors
 
-    def _rebuild(self) -> None:
-        """Recreate the candidate index from the stored (decoded) token vectors."""
-        if not self._uses_faiss():
-            return
+    def _live_matrix(self) -> tuple[np.ndarray, np.ndarray]:
+        """The decoded token vectors of the live documents and their slots as labels."""
         slots = self._registry.slots()
         tokens, lengths = self._store.decode(slots)
-        logger.info("rebuilding candidate index over %d token vectors", len(tokens))
-        self._index = self._new_index(tokens, self._faiss_codec())
-        if len(tokens):
-            self._index.add_with_ids(tokens, np.repeat(slots, lengths))
-        self._tombstones = 0
+        return tokens, np.repeat(slots, lengths)
 
     # -- reading -------------------------------------------------------------------------
     @property

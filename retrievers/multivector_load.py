@@ -10,8 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .persistence import IndexFiles, check_labels, placed_faiss
-from .types import IndexFormatError
+from .persistence import IndexFiles, restore_faiss
 
 logger = logging.getLogger(__name__)
 
@@ -42,23 +41,12 @@ def load_device(saved: str | None, given: str | None, path: str | os.PathLike) -
 
 def restore_candidates(index: Any, files: IndexFiles, path: str | os.PathLike, use_gpu: bool | None) -> None:
     """Give a loaded multi-vector ``index`` (its store and registry filled) the FAISS candidate
-    index of ``files``, checked against the stored documents.
+    index of ``files``, checked against the stored documents (:func:`~.persistence.restore_faiss`).
 
     Raises:
         IndexFormatError: fewer FAISS vectors than document tokens, or labels that are not
             the documents' slots.
     """
-    if "candidates.faiss" not in files.indexes or not index._uses_faiss():
-        return
-    faiss_index = files.indexes["candidates.faiss"]
-    extra = faiss_index.ntotal - index._store.num_vectors
-    if extra < 0:
-        raise IndexFormatError(
-            f"{path}/candidates.faiss: {faiss_index.ntotal} vectors "
-            f"for {index._store.num_vectors} document tokens"
-        )
-    rows = files.arrays["doc_lengths.npy"].astype(np.int64)
-    check_labels(faiss_index, index._registry.slots(), rows, f"{path}/candidates.faiss")
-    index._tombstones = extra
-    index._trained_on = faiss_index.ntotal
-    index._index = placed_faiss(faiss_index, index.config, use_gpu)
+    if "candidates.faiss" in files.indexes and index._uses_faiss():
+        rows = files.arrays["doc_lengths.npy"].astype(np.int64)
+        restore_faiss(index, files, "candidates.faiss", rows, path, use_gpu)

@@ -58,6 +58,8 @@ class IndexFiles:
         docs: the registry as JSON (see :meth:`.registry.Registry.to_json`).
         arrays: ``.npy`` file name -> array.
         indexes: ``.faiss`` file name -> CPU FAISS index.
+        trained_on: vectors the FAISS index was trained on (``None``: no FAISS index, or a
+            folder saved before this was recorded), so a loaded IVF index is not re-trained early.
     """
 
     kind: str
@@ -68,6 +70,7 @@ class IndexFiles:
     docs: dict[str, Any] = field(default_factory=dict)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     indexes: dict[str, faiss.Index] = field(default_factory=dict)
+    trained_on: int | None = None
 
 
 def _sha256(path: Path) -> str:
@@ -115,6 +118,8 @@ def _write_files(folder: Path, files: IndexFiles) -> None:
         "config": files.config,
         "files": entries,
     }
+    if files.trained_on is not None:
+        manifest["trained_on"] = files.trained_on
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     fsync_path(folder / MANIFEST)
 
@@ -176,6 +181,7 @@ def _read_files(folder: Path, kind: str, expected_dim: int | None) -> IndexFiles
         count=manifest.count,
         model_name=manifest.model_name,
         config=dict(manifest.config),
+        trained_on=manifest.trained_on,
     )
     for name in manifest.files:
         file_path = folder / name
@@ -240,7 +246,38 @@ def files_of(index: Any, docs: dict[str, Any], arrays: dict[str, np.ndarray], fa
     )
     if index._index is not None:
         files.indexes[faiss_name] = index._index
+        files.trained_on = int(index._trained_on)
     return files
+
+
+def restore_faiss(
+    index: Any, files: IndexFiles, name: str, rows: np.ndarray, path: str | os.PathLike, use_gpu: bool | None
+) -> None:
+    """Give a loaded ``index`` (its registry filled) the FAISS index ``name`` of ``files``, checked
+    against the live documents, with its tombstones and training count.
+
+    Args:
+        index: a dense or multi-vector index.
+        files: the folder's contents.
+        name: the FAISS file (``"index.faiss"``, ``"candidates.faiss"``).
+        rows: FAISS rows of each live document, ``int64 [n]`` (registry order).
+        path: the folder, for messages.
+        use_gpu: as in the index.
+
+    Raises:
+        IndexFormatError: fewer FAISS vectors than live rows, or labels that are not the slots.
+            More vectors are removed ones a rebuild could not drop (tombstones, skipped by searches).
+    """
+    if name not in files.indexes or not index._uses_faiss():
+        return
+    faiss_index = files.indexes[name]
+    live = int(rows.sum())
+    if faiss_index.ntotal < live:
+        raise IndexFormatError(f"{path}/{name}: {faiss_index.ntotal} vectors for {live} live document rows")
+    check_labels(faiss_index, index._registry.slots(), rows, f"{path}/{name}", index._registry.next_slot)
+    index._tombstones = faiss_index.ntotal - live
+    index._trained_on = faiss_index.ntotal if files.trained_on is None else files.trained_on
+    index._index = placed_faiss(faiss_index, index.config, use_gpu)
 
 
 def placed_faiss(faiss_index: Any, config: dict[str, Any], use_gpu: bool | None) -> Any:
@@ -261,25 +298,52 @@ def check_array(files: IndexFiles, name: str, ndim: int, dim: int | None = None)
     return arr
 
 
-def check_labels(faiss_index: Any, slots: np.ndarray, rows: np.ndarray, path: Any) -> None:
+def faiss_labels(faiss_index: Any) -> np.ndarray | None:
+    """The labels of a CPU FAISS index's vectors ``int64 [ntotal]``: its id map (flat, HNSW) or
+    its inverted lists (IVF); ``None`` for an index that keeps them elsewhere."""
+    inner = faiss.downcast_index(faiss_index)
+    if isinstance(inner, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+        return faiss.vector_to_array(inner.id_map)
+    ivf = faiss.try_extract_index_ivf(faiss_index)
+    invlists = None if ivf is None else ivf.invlists
+    if invlists is None or not isinstance(faiss.downcast_InvertedLists(invlists), faiss.ArrayInvertedLists):
+        return None
+    parts = [np.zeros(0, np.int64)]
+    for i in range(ivf.nlist):
+        n = invlists.list_size(i)
+        if n:
+            parts.append(faiss.rev_swig_ptr(invlists.get_ids(i), n).astype(np.int64))
+    return np.concatenate(parts)
+
+
+def check_labels(
+    faiss_index: Any, slots: np.ndarray, rows: np.ndarray, path: Any, next_slot: int | None = None
+) -> None:
     """Check that a loaded FAISS index labels its vectors with the documents' slots.
 
-    Only indexes with an explicit id map (flat, HNSW) can be checked this way; IVF indexes
-    keep their labels in inverted lists and are checked by their vector count only.
+    Indexes with an explicit id map (flat, HNSW) and IVF indexes (their inverted lists) are
+    checked this way; others by their vector count only.
 
     Args:
         faiss_index: the CPU FAISS index.
         slots: live document slots ``int64 [n]``.
         rows: FAISS rows of each live document ``int64 [n]`` (1 for dense, tokens for ColBERT).
         path: the file, for the message.
+        next_slot: when given, every label must be below it (vectors of removed documents
+            kept as tombstones have older slots; a later add must not reuse one).
 
     Raises:
-        IndexFormatError: a live document whose label count differs from its rows.
+        IndexFormatError: a live document whose label count differs from its rows, or a label
+            outside ``[0, next_slot)``.
     """
-    inner = faiss.downcast_index(faiss_index)
-    if not isinstance(inner, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+    labels = faiss_labels(faiss_index)  # [ntotal]
+    if labels is None:
         return
-    labels = faiss.vector_to_array(inner.id_map)  # [ntotal]
+    if next_slot is not None and len(labels) and (labels.min() < 0 or labels.max() >= next_slot):
+        raise IndexFormatError(
+            f"{path}: a FAISS label is outside the slots of docs.json [0, {next_slot}) "
+            f"(labels {int(labels.min())}..{int(labels.max())})"
+        )
     found, counts = np.unique(labels, return_counts=True)
     pos = np.searchsorted(found, slots)
     pos_ok = np.minimum(pos, max(len(found) - 1, 0))

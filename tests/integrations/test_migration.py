@@ -244,8 +244,10 @@ class _Bars:
 
 
 @pytest.fixture
-def bars(monkeypatch) -> _Bars:
+def bars(monkeypatch, folder) -> _Bars:
     import tqdm.auto
+
+    VllmPoolEmbeddings(model=folder).embed_query("load the engine before bars are recorded")
     import vllm_pool.engine.progress
 
     record = _Bars()
@@ -394,7 +396,7 @@ def test_embed_job_output_is_atomic(llm, tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(np, "save", broken_save)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(embed_job.JobError, match="disk full"):  # one line, no traceback
         embed_job.run(args, lambda: llm)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]  # no output, no temporary file
 
