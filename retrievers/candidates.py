@@ -19,6 +19,7 @@ import torch
 
 from vllm_pool.maxsim_kernel import segment_maxsim
 
+from .faiss_index import max_search_k
 from .token_store import TokenStore
 
 Keep = Callable[[int], bool]
@@ -149,7 +150,7 @@ def candidate_slots(
     probes) its entry is ``None``: the caller then scores every allowed document exactly.
     All queries of one round share one FAISS search.
     """
-    ntotal = index.ntotal
+    ntotal = max_search_k(index)  # all the vectors, or FAISS GPU's limit (then exact)
     results: list[np.ndarray | None] = [None] * len(qs)
     todo = list(range(len(qs)))
     while todo:

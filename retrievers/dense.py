@@ -12,6 +12,7 @@ import numpy as np
 from . import quantization, quantized_search
 from .arrays import as_float32_matrix, l2_normalize
 from .encoders import TextEmbedder, encode_in_batches
+from .faiss_index import max_search_k
 from .index_base import DocumentIndex
 from .mapped_rows import MappedRows
 from .persistence import (
@@ -317,7 +318,7 @@ class DenseIndex(DocumentIndex):
         return [[self._hit(slot, score) for slot, score in hits] for hits in found]
 
     def _search_faiss(self, q: np.ndarray, k: int, allowed: set[int] | None) -> list[list[Hit]]:
-        ntotal = self._index.ntotal
+        ntotal = max_search_k(self._index)  # all the vectors, or FAISS GPU's limit (then exact)
         want = min(k, len(self._registry) if allowed is None else len(allowed))
         k_search = min(ntotal, k + self._tombstones) if allowed is None else min(ntotal, 4 * k)
         while True:

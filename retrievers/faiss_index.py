@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Any
 
 import faiss
 import numpy as np
@@ -65,6 +66,30 @@ def choose_gpu(use_gpu: bool | None) -> bool:
     if use_gpu and n == 0:
         raise RuntimeError("use_gpu=True but FAISS sees no GPU (install faiss-gpu: extra 'gpu')")
     return bool(use_gpu)
+
+
+GPU_MAX_K = 2048
+"""Neighbours a FAISS GPU index returns per query at most (its k-selection kernels)."""
+
+
+def on_gpu(index: Any) -> bool:
+    """Whether ``index`` (or the index it wraps: an ``IndexIDMap``) runs on a GPU."""
+    for _ in range(4):
+        name = type(index).__name__
+        if name.startswith("Gpu") or name in ("IndexReplicas", "IndexShards"):
+            return True
+        inner = getattr(index, "index", None)
+        if inner is None:
+            return False
+        index = faiss.downcast_index(inner)
+    return False
+
+
+def max_search_k(index: Any) -> int:
+    """The most neighbours one search of ``index`` can ask for: all its vectors, or
+    :data:`GPU_MAX_K` on a GPU (asking for more raises there); callers that need more
+    score the documents exactly."""
+    return min(index.ntotal, GPU_MAX_K) if on_gpu(index) else int(index.ntotal)
 
 
 def to_device(index: faiss.Index, use_gpu: bool | None) -> faiss.Index:
