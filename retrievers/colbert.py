@@ -1,6 +1,6 @@
 """ColBERT encoding conventions on top of any :class:`~.encoders.TokenEncoder`.
 
-Queries: ``[CLS] [Q]? tokens [SEP]``, cut to ``query_maxlen``; with ``mask_augment`` padded
+Queries: ``[CLS] [Q]? tokens [SEP]``, cut to ``query_maxlen`` (with a warning); with ``mask_augment`` padded
 with ``[MASK]`` (else EOS, else the pad token, as PyLate) to ``query_maxlen`` (query
 expansion), attended to or not (``attend_to_expansion_tokens``), every position's vector
 returned. Documents: ``[CLS] [D]? tokens [SEP]``, cut to ``doc_maxlen`` (or split into
@@ -71,12 +71,21 @@ class ColBERTEncoder:
         """The checkpoint's settings (``encoder.colbert_settings``), then ``overrides`` (``None``
         values ignored); lengths not given are capped at the encoder's ``max_length``.
 
+        Without query expansion and with no ``query_maxlen`` from the checkpoint or the
+        overrides (BGE-M3, a plain embedding model), queries may use the model's whole
+        ``max_length``, as FlagEmbedding encodes them; a colbert-ai / PyLate checkpoint's
+        length, or expansion (``[MASK]`` padding to a fixed length), keeps ColBERT's 32.
+
         Raises:
             TypeError: an unknown setting name.
         """
         settings = dict(getattr(encoder, "colbert_settings", None) or {})
         limit = getattr(encoder, "max_length", None)
         defaults = ColBERTConfig()
+        expansion = overrides.get("mask_augment")
+        expansion = settings.get("mask_augment", defaults.mask_augment) if expansion is None else expansion
+        if limit is not None and not expansion and "query_maxlen" not in settings:
+            settings["query_maxlen"] = limit
         for name in ("query_maxlen", "doc_maxlen"):
             value = settings.get(name, getattr(defaults, name))
             if limit is not None and overrides.get(name) is None and value > limit:
@@ -169,16 +178,28 @@ class ColBERTEncoder:
         return budget
 
     def query_inputs(self, texts: Sequence[str]) -> tuple[list[list[int]], list[list[int]]]:
-        """Query token ids and their attention masks (0 on unattended ``[MASK]`` tokens)."""
+        """Query token ids and their attention masks (0 on unattended ``[MASK]`` tokens).
+
+        Queries longer than ``query_maxlen`` are cut, with one warning per call naming how many.
+        """
         _check_texts(texts, "queries")
         cfg = self.config
         budget = self._budget(cfg.query_maxlen, self.query_marker_id)
-        ids_out, masks = [], []
+        ids_out, masks, cut = [], [], 0
         for i, text in enumerate(texts):
-            ids = self._wrap(self._content(text, "queries", i)[:budget], self.query_marker_id)
+            content = self._content(text, "queries", i)
+            cut += len(content) > budget
+            ids = self._wrap(content[:budget], self.query_marker_id)
             pad = cfg.query_maxlen - len(ids) if cfg.mask_augment else 0
             ids_out.append(ids + [self.mask_id] * pad)
             masks.append([1] * len(ids) + [int(cfg.attend_to_expansion_tokens)] * pad)
+        if cut:
+            logger.warning(
+                "%d of %d queries are longer than query_maxlen=%d tokens and were cut",
+                cut,
+                len(ids_out),
+                cfg.query_maxlen,
+            )
         return ids_out, masks
 
     def query_token_ids(self, texts: Sequence[str]) -> list[list[int]]:

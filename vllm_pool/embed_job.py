@@ -3,10 +3,12 @@
 Inputs: ``.txt`` (one text per line; every line is a row, blank ones too) or ``.jsonl`` (one
 JSON object per line with the text under ``--text-field``, default ``"text"``, and an
 optional id under ``--id-field``; a bare JSON string is a text; blank lines are skipped).
-The whole input is read and checked first, so a bad line fails before the model loads, with
-its line number. Outputs: ``.npy`` (a float32 ``[rows, dim]`` array, rows in input order) or
-``.jsonl`` (``{"line": n, "id": ..., "embedding": [...]}`` per row). The output is written to
-a temporary file beside it and renamed into place: a failed job leaves no partial file.
+A UTF-8 byte order mark at the start of the file is dropped. The whole input and the job's
+options are read and checked first, so a bad line fails before the model loads, with its line
+number; the output dimensions are checked against the model before any text is encoded.
+Outputs: ``.npy`` (a float32 ``[rows, dim]`` array, rows in input order) or ``.jsonl``
+(``{"line": n, "id": ..., "embedding": [...]}`` per row). The output is written to a
+temporary file beside it and renamed into place: a failed job leaves no partial file.
 """
 
 from __future__ import annotations
@@ -83,7 +85,9 @@ def read_rows(path: Path, text_field: str = "text", id_field: str = "id") -> Row
         JobError: the file cannot be read, or a line is not a usable row (naming the line).
     """
     try:
-        with open(path, encoding="utf-8") as f:  # universal newlines: "\r\n" and "\r" read as "\n"
+        # utf-8-sig: a leading byte order mark is not part of the first text; universal
+        # newlines: "\r\n" and "\r" read as "\n"
+        with open(path, encoding="utf-8-sig") as f:
             lines = f.read().split("\n")  # not splitlines(): a text may hold "\f", "\x85", "\u2028"
         if lines[-1] == "":  # the newline that ends the last line
             lines.pop()
@@ -126,8 +130,8 @@ def check_paths(args: argparse.Namespace) -> tuple[Path, Path]:
     """The input and output paths, checked before anything loads.
 
     Raises:
-        JobError: a wrong suffix, a missing input, an existing output without
-            ``--overwrite``, or a missing output folder.
+        JobError: a wrong suffix, a missing input, an output that is a folder, an existing
+            output without ``--overwrite``, or a missing output folder.
     """
     src, dst = Path(args.input), Path(args.output)
     if src.suffix not in INPUT_SUFFIXES:
@@ -136,6 +140,8 @@ def check_paths(args: argparse.Namespace) -> tuple[Path, Path]:
         raise JobError(f"--output must end in {' or '.join(OUTPUT_SUFFIXES)}, got {dst.name!r}")
     if not src.is_file():
         raise JobError(f"--input {src} does not exist")
+    if dst.is_dir():
+        raise JobError(f"--output {dst} is a folder (give a .npy or .jsonl file)")
     if dst.exists() and not args.overwrite:
         raise JobError(f"--output {dst} exists (pass --overwrite to replace it)")
     if not dst.parent.is_dir():
@@ -165,12 +171,48 @@ def atomic_file(path: Path, mode: str) -> Iterator[IO[Any]]:
         raise
 
 
+_POSITION = re.compile(r"\b(?:prompts|texts)\[(\d+)\]")
+"""How the engine names an input: ``prompts[12]`` (or ``texts[12]``); other brackets in a
+message (``[8]``, a list of Matryoshka dimensions) are not positions."""
+
+
 def _line_of(message: str, rows: Rows) -> str:
     """An engine error naming ``prompts[i]`` with the input line of row ``i`` added."""
-    found = re.search(r"\[(\d+)\]", message)
+    found = _POSITION.search(message)
     if found and int(found.group(1)) < len(rows.lines):
         return f"input line {rows.lines[int(found.group(1))]}: {message}"
     return message
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """The job's numeric options, checked before the model loads.
+
+    Raises:
+        JobError: ``--dimensions`` under 1, or ``--truncate-prompt-tokens`` neither -1 nor
+            positive.
+    """
+    if args.dimensions is not None and args.dimensions < 1:
+        raise JobError(f"--dimensions must be a positive integer, got {args.dimensions}")
+    t = args.truncate_prompt_tokens
+    if t is not None and t < 1 and t != -1:
+        raise JobError(f"--truncate-prompt-tokens must be a positive integer or -1, got {t}")
+
+
+def check_params(llm: Any, params: Any, truncate_prompt_tokens: int | None) -> None:
+    """``params`` checked against the loaded model (``--dimensions`` against its Matryoshka
+    sizes...) before any text is encoded, so a model-level error names no input line.
+
+    Raises:
+        JobError: the engine rejects the options.
+    """
+    poolers = getattr(llm, "poolers", None)
+    pooler = poolers.get("embed") if poolers is not None else None
+    if pooler is None:
+        return  # the engine's own error (no embed task) comes from llm.embed
+    try:
+        pooler.resolve(params, truncate_prompt_tokens)
+    except (ValueError, TypeError) as exc:
+        raise JobError(str(exc)) from exc
 
 
 def run(args: argparse.Namespace, llm_factory: Any) -> int:
@@ -181,6 +223,7 @@ def run(args: argparse.Namespace, llm_factory: Any) -> int:
     from vllm_pool.engine.outputs import stack_outputs
 
     src, dst = check_paths(args)
+    check_options(args)
     rows = read_rows(src, args.text_field, args.id_field)
     logger.info("read %d texts from %s", len(rows.texts), src)
     llm = llm_factory()
@@ -190,6 +233,7 @@ def run(args: argparse.Namespace, llm_factory: Any) -> int:
         {"prompt": t, "instruction": prefix} if prefix and t else prefix + t for t in rows.texts
     ]
     params = PoolingParams(dimensions=args.dimensions, normalize=args.normalize)
+    check_params(llm, params, args.truncate_prompt_tokens)
     try:
         outs = llm.embed(
             prompts,
@@ -200,19 +244,29 @@ def run(args: argparse.Namespace, llm_factory: Any) -> int:
     except (ValueError, TypeError) as exc:
         raise JobError(_line_of(str(exc), rows)) from exc
     vectors = stack_outputs(outs).numpy().astype(np.float32, copy=False)  # [rows, dim]
+    try:
+        write_output(dst, vectors, rows)
+    except OSError as exc:  # a full disk, a folder created meanwhile...: no partial file is left
+        raise JobError(f"cannot write --output {dst}: {exc}") from exc
+    print(f"wrote {vectors.shape[0]} embeddings of dimension {vectors.shape[1]} to {dst}", flush=True)
+    return 0
+
+
+def write_output(dst: Path, vectors: Any, rows: Rows) -> None:
+    """Write ``vectors`` (``[rows, dim]``) to ``dst`` (``.npy`` or ``.jsonl``) atomically."""
+    import numpy as np
+
     if dst.suffix == ".npy":
         with atomic_file(dst, "wb") as f:
             np.save(f, vectors)
-    else:
-        with atomic_file(dst, "w") as f:
-            for line, row_id, vec in zip(rows.lines, rows.ids, vectors.tolist(), strict=True):
-                record: dict[str, Any] = {"line": line}
-                if row_id is not None:
-                    record["id"] = row_id
-                record["embedding"] = vec
-                f.write(json.dumps(record) + "\n")
-    print(f"wrote {vectors.shape[0]} embeddings of dimension {vectors.shape[1]} to {dst}", flush=True)
-    return 0
+        return
+    with atomic_file(dst, "w") as f:
+        for line, row_id, vec in zip(rows.lines, rows.ids, vectors.tolist(), strict=True):
+            record: dict[str, Any] = {"line": line}
+            if row_id is not None:
+                record["id"] = row_id
+            record["embedding"] = vec
+            f.write(json.dumps(record) + "\n")
 
 
 def _prefix(llm: Any, instruction: str | None, prompt_name: str | None) -> str:

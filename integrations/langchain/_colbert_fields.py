@@ -20,7 +20,8 @@ class ColBERTFields(_colbert.ColBERTSettings, EngineFields):
     """
 
     query_maxlen: int | None = None
-    """Query length in tokens (padded to it with ``mask_augment``); default 32."""
+    """Query length in tokens (padded to it with ``mask_augment``); default: the checkpoint's,
+    32 with query expansion, else the model's limit."""
     doc_maxlen: int | None = None
     """Maximum document (window) length in tokens; default 180; capped at the model's limit."""
     query_marker: str | None = None

@@ -34,7 +34,13 @@ class VllmPoolColBERTRerank(_colbert.ColBERTSettings, EngineFields, RankedNodes,
         default=False, description='Keep the first-stage score in node.metadata["retrieval_score"].'
     )
     batch_size: int = Field(default=64, gt=0, description="Nodes per engine call.")
-    query_maxlen: int | None = Field(default=None, description="Query length in tokens (default 32).")
+    query_maxlen: int | None = Field(
+        default=None,
+        description=(
+            "Query length in tokens (default: the checkpoint's, 32 with query expansion, "
+            "else the model's limit)."
+        ),
+    )
     doc_maxlen: int | None = Field(
         default=None, description="Maximum document (window) length in tokens (default 180)."
     )

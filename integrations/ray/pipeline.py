@@ -148,11 +148,13 @@ def build_index(
         vector_column: the column of vectors (default by ``kind``).
         id_column: string ids; when the dataset has no such column, ids are a hash of the
             text and metadata of each row (the same rows give the same ids on every run;
-            identical rows become one document).
+            identical rows become one document). One id on two rows with different
+            metadata or vectors raises ``ValueError``.
         text_column: the texts, used for generated ids (not stored unless listed in
             ``metadata_columns``).
         metadata_columns: columns kept as metadata (default: every column without vectors,
-            except the id and text columns).
+            except the id and text columns; lists of strings or ints are metadata, lists
+            of floats and tensor columns are vectors).
         rows_per_shard: rows per shard (default: one shard per block).
         merge: merge the shards into one index (default) or keep them.
         shards_dir: where merged shards are written (default: a temporary folder, removed

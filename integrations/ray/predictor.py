@@ -195,9 +195,18 @@ class PoolingPredictor:
             result = self._score(queries, texts)
         return _with_column(batch, s.output, result, self.llm.embedding_dim)
 
+    def _embed_width(self) -> int:
+        """The width of this predictor's embeddings: ``dimensions`` (the call's, else the
+        model's pooler default), else the embed head's output size."""
+        from vllm_pool import PoolingParams
+
+        pooler = self.llm.poolers.get("embed")
+        resolved = pooler.resolve(self.params or PoolingParams())
+        return int(resolved.dimensions or pooler.head.out_dim)
+
     def _embed(self, texts: list[str]) -> np.ndarray:
-        if not texts:
-            return np.zeros((0, self.llm.embedding_dim), dtype=np.float32)
+        if not texts:  # an empty batch has the columns of a full one (Ray concatenates them)
+            return np.zeros((0, self._embed_width()), dtype=np.float32)
         outs = self.llm.encode(
             texts,
             pooling_task="embed",

@@ -31,14 +31,36 @@ def content_id(text: str | None, metadata: dict[str, Any]) -> str:
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:ID_HASH_CHARS]
 
 
+_LIST_TYPES = tuple(
+    getattr(pa, name)
+    for name in ("ListType", "LargeListType", "FixedSizeListType", "ListViewType", "LargeListViewType")
+    if hasattr(pa, name)
+)
+
+
+def holds_vectors(dtype: pa.DataType) -> bool:
+    """Whether a column of ``dtype`` holds vectors: a (nested) list of floats, or a Ray tensor
+    extension type. Other lists (``list<string>`` tags, ``list<int64>``) are metadata.
+
+    >>> holds_vectors(pa.list_(pa.float32(), 4)), holds_vectors(pa.list_(pa.string()))
+    (True, False)
+    """
+    if isinstance(dtype, pa.ExtensionType):
+        return "tensor" in dtype.extension_name or holds_vectors(dtype.storage_type)
+    if not isinstance(dtype, _LIST_TYPES):
+        return False
+    while isinstance(dtype, _LIST_TYPES):
+        dtype = dtype.value_type
+    return pa.types.is_floating(dtype)
+
+
 def _metadata_columns(batch: pa.Table, given: list[str] | None, skip: set[str]) -> list[str]:
     if given is not None:
         missing = [c for c in given if c not in batch.column_names]
         if missing:
             raise KeyError(f"metadata columns {missing} are not in the dataset (it has {batch.column_names})")
         return list(given)
-    vector_types = (pa.ListType, pa.LargeListType, pa.FixedSizeListType, pa.ExtensionType)
-    return [f.name for f in batch.schema if f.name not in skip and not isinstance(f.type, vector_types)]
+    return [f.name for f in batch.schema if f.name not in skip and not holds_vectors(f.type)]
 
 
 def batch_rows(
@@ -54,7 +76,7 @@ def batch_rows(
 
     Ids come from ``id_column`` when the batch has it, else from :func:`content_id` of the
     text column and the metadata. Metadata is ``metadata_columns`` (default: every column
-    that holds no vectors, except the id and text columns).
+    that holds no vectors (see :func:`holds_vectors`), except the id and text columns).
 
     Raises:
         KeyError: a missing vector column, or neither an id nor a text column.
@@ -81,10 +103,28 @@ def batch_rows(
     return ids, vectors, metas
 
 
+def _same_row(a: int, b: int, vectors: Any, metas: list[dict[str, Any]]) -> bool:
+    """Rows ``a`` and ``b`` hold the same metadata and vectors (equal to float noise)."""
+    va, vb = np.asarray(vectors[a], dtype=np.float32), np.asarray(vectors[b], dtype=np.float32)
+    return metas[a] == metas[b] and va.shape == vb.shape and np.allclose(va, vb, rtol=1e-5, atol=1e-5)
+
+
 def _dedupe(ids: list[str], vectors: Any, metas: list[dict[str, Any]]) -> tuple[list[str], Any, list[dict]]:
-    """Keep the first row of each id (a repeated row: same text and metadata, same id)."""
+    """Keep the first row of each id: a repeated row (same id, metadata and vectors, e.g. the
+    same text and metadata with a generated id) is one document.
+
+    Raises:
+        ValueError: an id given to two rows whose metadata or vectors differ (as
+            :func:`~vllm_pool.retrievers.sharded.sorted_records` raises across shards).
+    """
     seen: dict[str, int] = {}
-    keep = [i for i, doc_id in enumerate(ids) if seen.setdefault(doc_id, i) == i]
+    keep = []
+    for i, doc_id in enumerate(ids):
+        first = seen.setdefault(doc_id, i)
+        if first == i:
+            keep.append(i)
+        elif not _same_row(first, i, vectors, metas):
+            raise ValueError(f"document id {doc_id!r} is in two rows of one batch with different contents")
     if len(keep) == len(ids):
         return ids, vectors, metas
     picked = vectors[keep] if hasattr(vectors, "shape") else [vectors[i] for i in keep]

@@ -22,6 +22,7 @@ from vllm_pool.retrievers import ColBERTConfig, ColBERTEncoder, IndexFormatError
 TEXTS = ["Kittens are young cats.", "Python is a programming language.", "Dogs bark at night."]
 FILLER = " ".join(["The weather report mentioned clouds, rain and wind over the northern hills."] * 30)
 LONG = FILLER + " The secret password of the vault is pineapple."
+MINILM_LIMIT = 256  # all-MiniLM-L6-v2's max_model_len: a plain model's queries may use all of it
 
 
 def test_every_encoder_setting_is_a_field_of_every_class():
@@ -45,12 +46,12 @@ def test_unknown_keywords_raise():
 
 def test_defaults_and_overrides_with_minilm():
     lc = LCRetriever()
-    assert lc.colbert_config == ColBERTConfig()  # a plain model: no [MASK] expansion
+    assert lc.colbert_config == ColBERTConfig(query_maxlen=MINILM_LIMIT)  # a plain model: no expansion
     aug = LCRetriever(mask_augment=True, query_maxlen=24)
     assert aug.colbert_config.mask_augment and aug.colbert_config.query_maxlen == 24
     assert len(aug.encoder.query_token_ids(["kitten"])[0]) == 24
     li = LIRetriever(mask_augment=False, doc_maxlen=64)
-    assert li.colbert_config == ColBERTConfig(doc_maxlen=64)
+    assert li.colbert_config == ColBERTConfig(query_maxlen=MINILM_LIMIT, doc_maxlen=64)
 
 
 def test_kitten_ranks_cats_first():
@@ -76,7 +77,7 @@ def test_saved_retriever_records_and_checks_its_settings(tmp_path):
     retriever.save(tmp_path / "lc")
     settings = _colbert.load(tmp_path / "lc")[1]
     assert settings["model"] == retriever.model and settings["embedding_dim"] == 384
-    assert settings["colbert"] == ColBERTConfig(doc_maxlen=64).to_settings()
+    assert settings["colbert"] == ColBERTConfig(query_maxlen=MINILM_LIMIT, doc_maxlen=64).to_settings()
     loaded = LCRetriever.load(tmp_path / "lc", k=1, doc_maxlen=64)
     assert loaded.colbert_config == retriever.colbert_config and loaded.k == 1
     assert loaded.invoke("kitten")[0].page_content == "Kittens are young cats."

@@ -123,8 +123,9 @@ def test_bge_m3_colbert_head_through_the_encoder(tiny_dir):
 
 def test_plain_model_has_no_augmentation(tiny_bert):
     enc = ColBERTEncoder.from_llm(LLM(str(tiny_bert)))
-    # the defaults, with doc_maxlen capped at this model's 128-token limit
-    assert enc.config == ColBERTConfig(doc_maxlen=128) and not enc.config.mask_augment
+    # the defaults, with doc_maxlen capped at this model's 128-token limit; no expansion, so
+    # queries may use the whole limit too
+    assert enc.config == ColBERTConfig(query_maxlen=128, doc_maxlen=128) and not enc.config.mask_augment
     (ids,) = enc.query_token_ids(["hello world"])
     assert len(ids) == 4  # [CLS] hello world [SEP]: no [MASK] padding
 
