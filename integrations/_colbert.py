@@ -19,6 +19,7 @@ from typing import Any
 
 from ._colbert_folder import INDEX_DIR, SETTINGS_FILE, SETTINGS_VERSION, load, save  # noqa: F401 (the classes' API)
 from ._engines import EngineOptions, get_engine, on_clear
+from ._hf_names import capped_colbert_lengths
 from ._progress import CallProgress
 from ._records import TEXT_KEY, new_records, unpack, user_filter
 
@@ -270,6 +271,29 @@ def retriever_settings(
     }
     if truncate is not None:
         settings["truncate"] = bool(truncate)
+    return settings
+
+
+def settings_of(retriever: Any) -> dict[str, Any]:
+    """:func:`retriever_settings` of a LangChain or LlamaIndex ColBERT retriever."""
+    return retriever_settings(
+        retriever.model,
+        retriever.index.dim,
+        retriever._config,
+        retriever.split_long_documents,
+        retriever.window_overlap,
+        truncate=retriever.truncate,
+    )
+
+
+def capped_encoder_settings(owner: Any) -> dict[str, Any]:
+    """``owner``'s encoder settings (:data:`ENCODER_SETTINGS` attributes), with a length over
+    the model's limit cut to it, on ``owner`` too (one warning: ``capped_colbert_lengths``)."""
+    settings = {name: getattr(owner, name) for name in ENCODER_SETTINGS}
+    for name, value in capped_colbert_lengths(owner.llm, settings, type(owner).__name__).items():
+        if value != settings[name]:
+            setattr(owner, name, value)
+            settings[name] = value
     return settings
 
 

@@ -8,7 +8,6 @@ from typing import Any
 from pydantic import PrivateAttr
 
 from .. import _colbert
-from .._hf_names import capped_colbert_lengths
 from ._base import EngineFields
 
 
@@ -49,9 +48,4 @@ class ColBERTFields(_colbert.ColBERTSettings, EngineFields):
 
     def model_post_init(self, context: Any, /) -> None:
         super().model_post_init(context)
-        settings = {name: getattr(self, name) for name in _colbert.ENCODER_SETTINGS}
-        for name, value in capped_colbert_lengths(self.llm, settings, type(self).__name__).items():
-            if value != settings[name]:  # a length over the model's limit: cut to it
-                setattr(self, name, value)
-                settings[name] = value
-        self._resolve_colbert(settings)
+        self._resolve_colbert(_colbert.capped_encoder_settings(self))  # lengths cut to the model's

@@ -8,7 +8,6 @@ from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 
 from .. import _colbert
-from .._hf_names import capped_colbert_lengths
 from ._base import EngineFields
 from ._ranked_nodes import RankedNodes
 
@@ -68,12 +67,7 @@ class VllmPoolColBERTRerank(_colbert.ColBERTSettings, EngineFields, RankedNodes,
 
     def __init__(self, model: str | None = None, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
-        settings = {name: getattr(self, name) for name in _colbert.ENCODER_SETTINGS}
-        for name, value in capped_colbert_lengths(self.llm, settings, type(self).__name__).items():
-            if value != settings[name]:  # a length over the model's limit: cut to it
-                setattr(self, name, value)
-                settings[name] = value
-        self._resolve_colbert(settings)
+        self._resolve_colbert(_colbert.capped_encoder_settings(self))  # lengths cut to the model's
 
     @classmethod
     def class_name(cls) -> str:

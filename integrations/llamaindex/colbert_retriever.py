@@ -218,15 +218,7 @@ class VllmPoolColBERTRetriever(NotCopyable, _colbert.ColBERTSettings, BaseRetrie
     def save(self, path: str | os.PathLike) -> None:
         """Save the index, the model id, its dimension and the encoder settings to the folder
         ``path`` (no pickle)."""
-        settings = _colbert.retriever_settings(
-            self.model,
-            self.index.dim,
-            self._config,
-            self.split_long_documents,
-            self.window_overlap,
-            truncate=self.truncate,
-        )
-        _colbert.save(path, self.index, settings)
+        _colbert.save(path, self.index, _colbert.settings_of(self))
 
     @classmethod
     def load(cls, path: str | os.PathLike, **kwargs: Any) -> VllmPoolColBERTRetriever:
