@@ -10,6 +10,7 @@ checks everything before any model work, so bad input never reaches the queue.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from vllm_pool.engine import chunked
 from vllm_pool.engine.inputs import check_attention_masks, normalize_prompts
+from vllm_pool.engine.lengths import PromptTooLongError
 from vllm_pool.engine.outputs import (
     REQUEST_OUTPUT_CLASSES,
     ClassificationOutput,
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
     from vllm_pool.engine.llm import LLM
 
 Finish = Callable[[dict[str, list[torch.Tensor]]], list[PoolingRequestOutput[Any]]]
+_PROMPT = re.compile(r"\bprompts\[(\d+)\]")
 
 
 @dataclass
@@ -170,7 +173,14 @@ class ScoreIO:
         unique = list(params_of)  # (text, params) embedded once each
         embed = PromptIO(llm, "embed")
         texts, params = [t for t, _ in unique], [params_of[k] for k in unique]
-        requests = embed.prepare(texts, params, truncate_prompt_tokens).requests
+        try:
+            requests = embed.prepare(texts, params, truncate_prompt_tokens).requests
+        except (ValueError, TypeError) as exc:  # name the caller's input, not the de-duplicated list's
+            where = _caller_names(unique, (keys_1, keys_2), (data_1, data_2), names)
+            renamed = _renamed(exc, where)
+            if renamed is None:
+                raise
+            raise renamed from exc
 
         def finish(results: dict[str, list[torch.Tensor]]) -> list[PoolingRequestOutput[Any]]:
             by_key = dict(zip(unique, zip(*embed.merged(requests, results["embed"]))))
@@ -192,6 +202,38 @@ class ScoreIO:
     def cross_prepared(self, requests: list[Request]) -> Prepared:
         """The job of a cross-encoder's tokenized pairs (one score per pair)."""
         return PromptIO(self.llm, "score", ScoringOutput).prepared(requests)
+
+
+def _caller_names(
+    unique: list[Any], keys: tuple[list[Any], list[Any]], data: tuple[object, object], names: tuple[str, str]
+) -> list[str]:
+    """The caller's name of each distinct text of a bi-encoder score job: where it first
+    appears (``query``, ``text_2[3]``...); a side given as one text has no index."""
+    first: dict[Any, str] = {}
+    for side in (0, 1):
+        single = isinstance(data[side], (str, dict))
+        n = 1 if single else len(data[side])  # type: ignore[arg-type]
+        for j, key in enumerate(keys[side]):
+            if key not in first:  # a one-item first side is repeated for every pair: its item 0
+                first[key] = names[side] if single else f"{names[side]}[{min(j, n - 1)}]"
+    return [first[k] for k in unique]
+
+
+def _renamed(exc: Exception, where: list[str]) -> Exception | None:
+    """``exc`` with ``prompts[i]`` read as ``where[i]``; ``None`` when it names no prompt."""
+
+    def rename(text: str) -> str:
+        return _PROMPT.sub(lambda m: where[int(m.group(1))] if int(m.group(1)) < len(where) else m[0], text)
+
+    if isinstance(exc, PromptTooLongError) and exc.num_tokens is not None:  # keeps the server's text
+        return PromptTooLongError(rename(exc.where), exc.num_tokens, exc.limit, exc.task, exc.kind)
+    message = rename(str(exc))
+    if message == str(exc):
+        return None
+    try:
+        return type(exc)(message)
+    except Exception:  # an exception class with another constructor
+        return None
 
 
 def task_processors(llm: LLM) -> dict[str, Any]:

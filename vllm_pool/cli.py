@@ -123,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: 0.1)",
     )  # fmt: skip
     h.add_argument(
+        "--answer-half-closed", action="store_true",
+        help="answer a client that half-closes its connection after sending a request; a client "
+        "that closed its socket is then seen only when its answer is written, so its queued inputs "
+        "still run (default: off: the client's end of file is a disconnect, as in uvicorn and vLLM)",
+    )  # fmt: skip
+    h.add_argument(
         "--num-threads",
         type=positive_int,
         default=None,
@@ -191,6 +197,7 @@ def server_config_kwargs(args: argparse.Namespace, key: str | None) -> dict[str,
         "api_key": key,
         "max_inputs": args.max_inputs,
         "max_request_tokens": args.max_request_tokens,
+        "answer_half_closed": args.answer_half_closed,
     }
     for name in ("max_body_bytes", "max_input_chars", "body_timeout", "header_timeout", "batch_wait"):
         if getattr(args, name) is not None:

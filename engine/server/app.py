@@ -33,11 +33,13 @@ from vllm_pool.engine.server.responses import encode_batch, json_response
 from vllm_pool.engine.server.state import ServerConfig, ServerState, to_prompts
 from vllm_pool.engine.task_io import encode_processor
 
+from vllm_pool import __version__
+
 logger = logging.getLogger(__name__)
 
 ENDPOINTS = {
     "/v1/embeddings", "/pooling", "/classify", "/score", "/v1/score", "/rerank", "/v1/rerank",
-    "/tokenize", "/detokenize", "/v1/models", "/health", "/metrics",
+    "/v2/rerank", "/tokenize", "/detokenize", "/v1/models", "/health", "/metrics", "/version",
 }  # fmt: skip
 
 
@@ -107,6 +109,10 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> ServerApp:
     async def metrics() -> PlainTextResponse:
         return PlainTextResponse(m.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    @app.get("/version")
+    async def version() -> JSONResponse:
+        return json_response({"version": __version__})
+
     @app.get("/v1/models")
     async def models() -> JSONResponse:
         created = int(time.time())
@@ -127,7 +133,9 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> ServerApp:
         state.check_texts(body.input, "input")
         params = PoolingParams(dimensions=body.dimensions, normalize=body.normalize)
         io = llm.task_io["embed"]
-        prepared, n_tokens = await state.prepare_prompts(io, prompts, params, body.truncate_prompt_tokens)
+        prepared, n_tokens = await state.prepare_prompts(
+            io, prompts, params, body.truncate_prompt_tokens, add_special_tokens=body.add_special_tokens
+        )
         outs = await state.run(prepared, http)
         count("/v1/embeddings", len(outs), n_tokens)
         data = [
@@ -154,7 +162,9 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> ServerApp:
             dimensions=body.dimensions, normalize=body.normalize, use_activation=body.use_activation
         )
         io = encode_processor(llm, task)
-        prepared, n_tokens = await state.prepare_prompts(io, prompts, params, body.truncate_prompt_tokens)
+        prepared, n_tokens = await state.prepare_prompts(
+            io, prompts, params, body.truncate_prompt_tokens, add_special_tokens=body.add_special_tokens
+        )
         outs = await state.run(prepared, http)
         count("/pooling", len(outs), n_tokens)
         data = [
@@ -172,7 +182,7 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> ServerApp:
         params = PoolingParams(use_activation=body.use_activation)
         io = llm.task_io["classify"]
         prepared, n_tokens = await state.prepare_prompts(
-            io, prompts, params, body.truncate_prompt_tokens, "classification"
+            io, prompts, params, body.truncate_prompt_tokens, "classification", body.add_special_tokens
         )
         outs = await state.run(prepared, http)
         count("/classify", len(outs), n_tokens)
@@ -200,26 +210,26 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> ServerApp:
         state.check_texts(second, name_2)
         n_1, n_2 = (len(x) if isinstance(x, list) else 1 for x in (first, second))
         state.check_inputs(max(n_1, n_2), name_1 if n_1 > n_2 else name_2)  # the side over the limit
-        scores, n_tokens = await state.scores(
+        scores, usage, n_tokens = await state.scores(
             first, second, body.truncate_prompt_tokens, body.use_activation, http, (name_1, name_2), "score"
         )
         count(http.url.path, len(scores), n_tokens)
         data = [{"index": i, "object": "score", "score": s} for i, s in enumerate(scores)]
-        return json_response(p.envelope("score", state.model_name, data, n_tokens, header_id(http)))
+        return json_response(p.envelope("score", state.model_name, data, usage, header_id(http)))
 
-    @post("/rerank", "/v1/rerank")
+    @post("/rerank", "/v1/rerank", "/v2/rerank")
     async def rerank(body: p.RerankRequest, http: HTTPRequest) -> JSONResponse:
         state.check_model(body.model)
         state.check_inputs(len(body.documents), "documents")
         state.check_texts(body.query, "query")
         state.check_texts(body.documents, "documents")
         truncate, names = body.truncate_prompt_tokens, ("query", "documents")
-        scores, n_tokens = await state.scores(
+        scores, usage, n_tokens = await state.scores(
             body.query, body.documents, truncate, body.use_activation, http, names
         )
         count(http.url.path, len(scores), n_tokens)
         order = sorted(range(len(scores)), key=lambda i: -scores[i])
-        if body.top_n:
+        if body.top_n > 0:  # 0 or less: all (vLLM)
             order = order[: body.top_n]
         results = []
         for i in order:
@@ -227,7 +237,7 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> ServerApp:
             if body.return_documents:
                 result["document"] = {"text": body.documents[i]}
             results.append(result)
-        return json_response(p.rerank_response(state.model_name, results, n_tokens, header_id(http)))
+        return json_response(p.rerank_response(state.model_name, results, usage, header_id(http)))
 
     @app.post("/tokenize")
     async def tokenize(body: p.TokenizeRequest) -> JSONResponse:

@@ -1,18 +1,24 @@
 """Connection handling that uvicorn's own options do not cover.
 
 uvicorn (0.29 to 0.54 at least) has no timeout for a request's headers: a client that
-connects and sends half a request line holds its connection forever; and when a client
-half-closes its socket after sending a request (``shutdown(SHUT_WR)``), asyncio closes the
-transport, so the answer is never written; neither parser caps a request head that comes
-complete in one read. :func:`guarded_protocol` returns uvicorn's HTTP/1.1 protocol with the
-three fixed: its ``httptools`` one where that parser is installed (the server extra has it:
-a quarter less of the server's CPU per short request than the pure Python ``h11``, which is
-the fallback). Its transport is wrapped in :class:`CoalescedWrites`: uvicorn writes a
+connects and sends half a request line holds its connection forever; and neither parser caps
+a request head that comes complete in one read. :func:`guarded_protocol` returns uvicorn's
+HTTP/1.1 protocol with both fixed: its ``httptools`` one where that parser is installed (the
+server extra has it: a quarter less of the server's CPU per short request than the pure
+Python ``h11``, which is the fallback). Its transport is wrapped in :class:`CoalescedWrites`: uvicorn writes a
 response's head and its body with two ``send`` calls, two system calls and two TCP segments
 per response, and on a few CPU cores those writes were about a quarter of the event loop's
 time under load. :func:`uvicorn_options` gives the keyword arguments of ``uvicorn.run`` /
 ``uvicorn.Config`` for a :class:`~.app.ServerConfig`. uvicorn runs its event loop on
 ``uvloop`` where that is installed (the server extra has it outside Windows).
+
+An end of file from the client while its request runs is a disconnect, as in uvicorn and
+vLLM: a client that timed out and closed its socket looks the same as one that only
+half-closed it (``shutdown(SHUT_WR)``) after sending its request, and its queued inputs are
+dropped (``vllm_pool_dropped_inputs_total``). With ``answer_half_closed``
+(``--answer-half-closed``) the connection stays open for writing instead and the answer is
+sent; a client that closed its socket is then seen as gone only once the answer is written,
+so its inputs still run.
 """
 
 from __future__ import annotations
@@ -104,14 +110,18 @@ class CoalescedWrites:
         return getattr(self._transport, name)
 
 
-def guarded_protocol(header_timeout: float, base: type | None = None) -> type:
-    """uvicorn's HTTP/1.1 protocol with a header read timeout, a cap on the request head and
-    answers to half-closed clients.
+def guarded_protocol(
+    header_timeout: float, base: type | None = None, answer_half_closed: bool = False
+) -> type:
+    """uvicorn's HTTP/1.1 protocol with a header read timeout and a cap on the request head.
 
     Args:
         header_timeout: seconds a connection may take to deliver a complete request head
             (from connecting, or from the end of its previous response); it is closed after.
         base: the uvicorn protocol class to extend (default: :func:`base_protocol`).
+        answer_half_closed: a client's end of file while its request runs keeps the
+            connection open for the answer (closed once it is written) instead of being a
+            disconnect (see the module's docs).
 
     Returns:
         A protocol class for ``uvicorn.Config(http=...)``.
@@ -120,9 +130,9 @@ def guarded_protocol(header_timeout: float, base: type | None = None) -> type:
 
     class GuardedProtocol(base):  # type: ignore[misc, valid-type]
         """Closes connections stuck before a complete request head, answers 400 to a head
-        over :data:`MAX_HEADER_BYTES`, answers a request whose client half-closed the
-        connection after sending it, and writes each response in one piece
-        (:class:`CoalescedWrites`)."""
+        over :data:`MAX_HEADER_BYTES`, writes each response in one piece
+        (:class:`CoalescedWrites`) and, with ``answer_half_closed``, answers a request whose
+        client half-closed the connection after sending it."""
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             self._client_eof = False
@@ -181,10 +191,12 @@ def guarded_protocol(header_timeout: float, base: type | None = None) -> type:
 
         # -- half-closed clients ---------------------------------------------------------
         def eof_received(self) -> bool | None:
-            if self._busy():
+            if answer_half_closed and self._busy():
                 self._client_eof = True
                 return True  # keep the transport open for writing the answer
-            return None  # nothing in progress: close as before
+            # uvicorn's behaviour: the transport closes, connection_lost tells the app the
+            # client is gone (http.disconnect) and its queued inputs are dropped
+            return super().eof_received()
 
     return GuardedProtocol
 
@@ -193,10 +205,10 @@ def uvicorn_options(config: Any) -> dict[str, Any]:
     """``uvicorn.run`` keyword arguments enforcing the connection limits of ``config``.
 
     Args:
-        config: a :class:`~.app.ServerConfig` (its ``header_timeout``).
+        config: a :class:`~.app.ServerConfig` (its ``header_timeout`` and ``answer_half_closed``).
     """
     return {
-        "http": guarded_protocol(config.header_timeout),
+        "http": guarded_protocol(config.header_timeout, answer_half_closed=config.answer_half_closed),
         "h11_max_incomplete_event_size": MAX_HEADER_BYTES,
         "timeout_keep_alive": 5,
     }

@@ -93,10 +93,10 @@ class EngineClient:
             await _first_done(future, asyncio.ensure_future(disconnected))
             if future.done():
                 return future.result()
-            self._cancel(job)
+            self._cancel(job, future)
             raise ClientDisconnected("client disconnected")
         except asyncio.CancelledError:
-            self._cancel(job)
+            self._cancel(job, future)
             raise
 
     def _awaitable(self, done: Future[Any]) -> asyncio.Future[Any]:
@@ -118,7 +118,11 @@ class EngineClient:
         """A :class:`DisconnectWatch` on the ASGI ``receive`` channel (see there)."""
         return DisconnectWatch(receive, after)
 
-    def _cancel(self, job: Job) -> None:
+    def _cancel(self, job: Job, future: asyncio.Future[Any]) -> None:
+        """Drop ``job``'s queued inputs. Its asyncio ``future`` is cancelled first: no one
+        awaits it any more, and the job's ``JobCancelled`` passed on to it would be logged
+        as "Future exception was never retrieved" (the inbox skips a done future)."""
+        future.cancel()
         self.core.cancel(job)
 
     def stop(self) -> None:

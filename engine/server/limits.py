@@ -135,17 +135,20 @@ class GuardMiddleware:
                         return None
                     chunk = message.get("body", b"")
                     size += len(chunk)
+                    more = message.get("more_body", False)
                     if size > self.max_body_bytes:
                         break
                     chunks.append(chunk)
-                    if not message.get("more_body", False):
+                    if not more:
                         return b"".join(chunks)
         except TimeoutError:
             logger.info("%s: request body not received within %g s", scope.get("path"), self.body_timeout)
             text = f"Request body not received within {self.body_timeout:g} s (--body-timeout)"
             await _answer(scope, receive, send, text, 408, True)
             return None
-        await self._too_large(scope, receive, send, f"more than {self.max_body_bytes} bytes")
+        # the chunk over the limit may be the last: then nothing is left to drain (waiting for
+        # more would stall the answer until the drain's deadline)
+        await self._too_large(scope, receive, send, f"more than {self.max_body_bytes} bytes", more)
         return None
 
 
@@ -318,5 +321,6 @@ async def submit_in_slices(
                 pending.append(start(parts[i + ahead]))
     finally:
         for future in pending:
-            future.cancel()
+            if not future.cancel() and not future.cancelled():
+                future.exception()  # retrieved: a slice that failed too is not logged as unseen
     return outputs

@@ -16,7 +16,9 @@ EncodingFormat = Literal["float", "base64"]
 class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    model: StrictStr | None = Field(None, description="Served model name; checked when given.")
+    model: StrictStr | None = Field(
+        None, description="Served model name; checked when given (unset or empty: the served model)."
+    )
 
 
 class EmbeddingRequest(_Request):
@@ -28,6 +30,9 @@ class EmbeddingRequest(_Request):
     truncate_prompt_tokens: StrictInt | None = Field(None, description="Cut prompts to this many tokens.")
     normalize: StrictBool | None = None
     user: StrictStr | None = None
+    add_special_tokens: StrictBool = Field(
+        True, description="Add the tokenizer's special tokens (e.g. [CLS] / BOS) to text inputs."
+    )
 
 
 class PoolingRequest(_Request):
@@ -48,6 +53,9 @@ class PoolingRequest(_Request):
     normalize: StrictBool | None = None
     use_activation: StrictBool | None = None
     truncate_prompt_tokens: StrictInt | None = None
+    add_special_tokens: StrictBool = Field(
+        True, description="Add the tokenizer's special tokens (e.g. [CLS] / BOS) to text inputs."
+    )
 
 
 class ClassificationRequest(_Request):
@@ -56,6 +64,9 @@ class ClassificationRequest(_Request):
     input: Input
     use_activation: StrictBool | None = None
     truncate_prompt_tokens: StrictInt | None = None
+    add_special_tokens: StrictBool = Field(
+        True, description="Add the tokenizer's special tokens (e.g. [CLS] / BOS) to text inputs."
+    )
 
 
 class ScoreRequest(_Request):
@@ -86,11 +97,11 @@ class ScoreRequest(_Request):
 
 
 class RerankRequest(_Request):
-    """``POST /rerank`` and ``/v1/rerank`` (Jina / Cohere shape)."""
+    """``POST /rerank``, ``/v1/rerank`` and ``/v2/rerank`` (Jina / Cohere shape)."""
 
     query: StrictStr
     documents: list[StrictStr]
-    top_n: StrictInt = Field(0, ge=0, description="Results to return; 0: all.")
+    top_n: StrictInt = Field(0, description="Results to return; 0 or less: all (as vLLM).")
     return_documents: StrictBool = True
     use_activation: StrictBool | None = None
     truncate_prompt_tokens: StrictInt | None = None

@@ -32,7 +32,9 @@ def encode_batch(outs: list[Any], fmt: str) -> list[Any]:
     datas = [o.outputs.data for o in outs]
     if fmt == "float" and datas and all(d.shape == datas[0].shape for d in datas):
         rows = datas[0][None] if len(datas) == 1 else torch.stack(datas)  # one: no copy
-        rows = rows.float()
+        # contiguous: one output may be a view (token_embed rows cut to ``dimensions``), and
+        # orjson writes only C-contiguous arrays
+        rows = rows.float().contiguous()
         return list(rows.numpy()) if _orjson is not None else rows.tolist()
     return [encode_data(d, fmt) for d in datas]
 
@@ -48,7 +50,19 @@ class FastJSONResponse(JSONResponse):
     def render(self, content: Any) -> bytes:
         if _orjson is None:
             return super().render(content)
-        return _orjson.dumps(content, option=_orjson.OPT_NON_STR_KEYS | _orjson.OPT_SERIALIZE_NUMPY)
+        options = _orjson.OPT_NON_STR_KEYS | _orjson.OPT_SERIALIZE_NUMPY
+        return _orjson.dumps(content, default=_plain, option=options)
+
+
+def _plain(value: Any) -> Any:
+    """What ``orjson`` does not write itself as plain values: numpy arrays that are not
+    C-contiguous (a plugin's output, say), numpy scalars and tensors."""
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    tolist = getattr(value, "tolist", None)  # numpy arrays and scalars
+    if callable(tolist):
+        return tolist()
+    raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
 
 
 def json_response(body: dict[str, Any]) -> JSONResponse:

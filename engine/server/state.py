@@ -52,6 +52,11 @@ class ServerConfig:
             wait (at most half that batch's time) for their next requests, so that they run
             as one batch instead of one by one as they arrive (``EngineCore._gather``); 0:
             never.
+        answer_half_closed: answer a client that half-closes its connection
+            (``shutdown(SHUT_WR)``) after sending a request; a client that closes its socket
+            is then seen as gone only when its answer is written, so its queued inputs still
+            run. Off (default): an end of file from the client is a disconnect, as in uvicorn
+            and vLLM, and its queued inputs are dropped (:mod:`.connections`).
     """
 
     served_model_names: list[str] | None = None
@@ -63,6 +68,7 @@ class ServerConfig:
     body_timeout: float = limits.DEFAULT_BODY_TIMEOUT
     header_timeout: float = limits.DEFAULT_HEADER_TIMEOUT
     batch_wait: float = 0.1
+    answer_half_closed: bool = False
 
 
 class ServerState:
@@ -89,7 +95,8 @@ class ServerState:
 
     # ------------------------------------------------------------------ checks
     def check_model(self, name: str | None) -> None:
-        if name is not None and name not in self.names:
+        """A ``model`` the server does not serve is a 404; unset or ``""``: the served model (vLLM)."""
+        if name and name not in self.names:
             raise APIError(f"The model `{name}` does not exist.", 404, "model")
 
     def check_inputs(self, n: int, param: str = "input") -> None:
@@ -152,29 +159,54 @@ class ServerState:
         params: PoolingParams | None,
         truncate: int | None,
         operation: str = EMBEDDING,
+        add_special_tokens: bool = True,
     ) -> tuple[Prepared, int]:
         """Check and tokenize ``prompts`` for ``io``'s task; returns the job and its token count.
 
         A large request is tokenized slice by slice (:func:`.limits.slices`) on the engine's
         tokenizer thread; a small one (:func:`.limits.is_small`) on the event loop, when the
         tokenizer's Rust backend serves each thread its own copy (``FastEncoder``), so it
-        never waits behind a large one.
+        never waits behind a large one. ``add_special_tokens=False``: texts are tokenized
+        without the special tokens (:meth:`without_special_tokens`), on the tokenizer thread.
         """
         requests: list[Request] = []
-        inline = self.llm.input_processor.encoder.available and limits.is_small(prompts)
+        ip = self.llm.input_processor
+        inline = add_special_tokens and ip.encoder.available and limits.is_small(prompts)
         for part in limits.slices(prompts):
             chunk = prompts[part.start : part.stop]
-            done = await self.in_tokenizer_thread(
-                lambda chunk=chunk: self.llm.make_requests(chunk, io.task, params, truncate),
-                part.start,
-                inline,
-                operation,
-            )
+
+            def make(chunk: list[Any] = chunk) -> list[Request]:
+                items = chunk if add_special_tokens else self.without_special_tokens(chunk)
+                return self.llm.make_requests(items, io.task, params, truncate)
+
+            done = await self.in_tokenizer_thread(make, part.start, inline, operation)
             for r in done:
                 r.index += part.start
             requests += done
         prepared = io.prepared(requests)
         return prepared, self.check_tokens(prepared)
+
+    def without_special_tokens(self, prompts: list[Any]) -> list[Any]:
+        """``prompts`` with each text replaced by its token ids without special tokens (a
+        request's ``add_special_tokens: false``, as vLLM tokenizes it); token-id prompts stay.
+
+        Runs on the tokenizer thread, under the input processor's lock as ``/tokenize`` (a
+        Hugging Face tokenizer changes its settings per call); texts are lowercased first
+        where the model says so, as the engine's own tokenization does.
+        """
+        ip = self.llm.input_processor
+        texts = [(i, p) for i, p in enumerate(prompts) if isinstance(p, str)]
+        if not texts:
+            return prompts
+        batch = [t.lower() if ip.do_lower_case else t for _, t in texts]
+        with ip.lock:
+            encoded = ip.tokenizer(batch, add_special_tokens=False)["input_ids"]
+        items = list(prompts)
+        for (i, _), ids in zip(texts, encoded):
+            if not ids:
+                raise ValueError(f"prompts[{i}] is empty: it has no tokens without special tokens")
+            items[i] = {"prompt_token_ids": list(ids)}
+        return items
 
     async def run(self, prepared: Prepared, http: HTTPRequest) -> list[Any]:
         """Queue the job in the engine core, await it, shape its outputs.
@@ -214,10 +246,14 @@ class ServerState:
         http: HTTPRequest,
         names: tuple[str, str] = ("text_1", "text_2"),
         operation: str = EMBEDDING,
-    ) -> tuple[list[float], int]:
+    ) -> tuple[list[float], int, int]:
         """Scores of 1:1, 1:N or N:N pairs (the engine's score processor: a cross-encoder's
         ``score`` task, else the cosine of embeddings). A cross-encoder's pairs are tokenized
-        in slices, as in :meth:`prepare_prompts`."""
+        in slices, as in :meth:`prepare_prompts`.
+
+        Returns the scores, the usage's prompt tokens (vLLM's: each pair's tokens, so a text
+        embedded once for several pairs counts in each) and the prompt tokens the model ran.
+        """
         io = self.llm.task_io["score"]
         if io.cross_encoder:
             params = PoolingParams(use_activation=use_activation)
@@ -241,7 +277,8 @@ class ServerState:
                 lambda: io.prepare(first, second, bi_params, truncate, names), operation
             )
         outs = await self.run(prepared, http)
-        return [o.outputs.score for o in outs], n_tokens
+        usage = sum(len(o.prompt_token_ids) for o in outs)
+        return [o.outputs.score for o in outs], usage, n_tokens
 
     def label(self, i: int) -> str:
         return str(self.id2label.get(i, self.id2label.get(str(i), f"LABEL_{i}")))

@@ -86,9 +86,11 @@ def test_dtype_auto_per_device(monkeypatch):
     from vllm_pool.engine.config import resolve_dtype
 
     assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    asked = []  # the engine's device is the one asked, not the current one
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: asked.append(d) or (9, 0))
+    assert resolve_dtype("auto", torch.device("cuda", 1)) == torch.bfloat16
+    assert asked == [torch.device("cuda", 1)]
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: (7, 5))  # a T4: no bf16
     assert resolve_dtype("auto", torch.device("cuda")) == torch.float16
     assert resolve_dtype("float32", torch.device("cuda")) == torch.float32
 

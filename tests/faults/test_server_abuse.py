@@ -1,5 +1,6 @@
 """Bad clients against a live server on 127.0.0.1: no key, oversize bodies, slow headers and
-bodies, half-closed sockets, oversize and invalid texts, one huge request beside small ones.
+bodies, half-closed and closed sockets, oversize and invalid texts, one huge request beside
+small ones.
 
 Each case gets a clear error in the documented shape (or a closed connection for a client
 that never sends a request head), and the server keeps answering correctly. Every socket has
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 
 import httpx
 import numpy as np
@@ -115,13 +117,78 @@ def test_slow_headers_and_bodies(server, default_llm):
     assert_still_serving(server, default_llm)
 
 
-def test_half_closed_client_gets_its_answer(server, default_llm):
+def test_half_closed_client_gets_its_answer_with_the_option(default_llm):
+    """--answer-half-closed: a client that shuts down its sending side after the request
+    (``shutdown(SHUT_WR)``) still gets the answer."""
+    from vllm_pool.engine.server import ServerConfig, build_app
+
+    config = ServerConfig(api_key=KEY, answer_half_closed=True)
     payload = json.dumps({"input": "half closed"}).encode()
-    answer = raw(server, head("/v1/embeddings", len(payload)) + payload, shutdown=True)
-    code, body = status_and_body(answer.replace(b"\r\n\r\n", b"\r\n\r\n", 1))
+    with LiveServer(build_app(default_llm, config), config) as live:
+        answer = raw(live, head("/v1/embeddings", len(payload)) + payload, shutdown=True)
+    code, body = status_and_body(answer)
     assert code == 200
     expected = default_llm.embed(["half closed"], use_tqdm=False)[0].outputs.embedding
     np.testing.assert_allclose(body["data"][0]["embedding"], expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("protocol", ["httptools", "h11"])
+def test_closed_client_queued_inputs_are_dropped(tiny_bert, protocol):
+    """A client that gives up and closes its socket while its inputs wait in the queue is a
+    disconnect (as with uvicorn's own protocol and vLLM): its queued inputs are dropped and
+    counted, the request is logged as 499, and the queue is free well before they would
+    have run."""
+    from vllm_pool.engine.server import ServerConfig, build_app
+    from vllm_pool.engine.server.connections import guarded_protocol
+
+    from vllm_pool import LLM
+
+    base = _protocol_class(protocol)
+    llm = LLM(str(tiny_bert), max_num_batched_tokens=256)
+    config = ServerConfig()
+    app = build_app(llm, config)
+    state = app.state.server
+    record = llm.core.on_batch
+
+    def slow(stats) -> None:  # a slow model: each batch takes at least 50 ms
+        time.sleep(0.05)
+        record(stats)
+
+    llm.core.on_batch = slow
+    payload = json.dumps({"input": [f"text number {i} " * 8 for i in range(300)]}).encode()
+    lines = ["POST /v1/embeddings HTTP/1.1", "Host: 127.0.0.1", "Content-Type: application/json"]
+    request = ("\r\n".join([*lines, f"Content-Length: {len(payload)}"]) + "\r\n\r\n").encode() + payload
+    dropped = lambda: sum(state.metrics.dropped.values.values())  # noqa: E731
+    with LiveServer(app, config, http=guarded_protocol(config.header_timeout, base)) as live:
+        sock = socket.create_connection(("127.0.0.1", live.port), timeout=10)
+        sock.sendall(request)
+        _wait(lambda: state.engine.queue_size > 0, 60)  # tokenized and queued
+        closed_at = time.monotonic()
+        sock.close()  # the client gives up
+        _wait(lambda: dropped() > 0 and state.engine.queue_size == 0, 10)
+        assert time.monotonic() - closed_at < 5  # hundreds of 50 ms batches were left
+        _wait(lambda: 'code="499",endpoint="/v1/embeddings"' in state.metrics.render(), 10)
+        r = httpx.post(f"{live.url}/v1/embeddings", json={"input": ["still here"]}, timeout=60)
+        assert r.status_code == 200
+    assert 0 < dropped() < 300
+
+
+def _wait(condition, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def _protocol_class(protocol: str) -> type:
+    if protocol == "httptools":
+        pytest.importorskip("httptools")
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+        return HttpToolsProtocol
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    return H11Protocol
 
 
 @pytest.mark.parametrize(
@@ -199,18 +266,14 @@ def test_one_huge_request_does_not_stall_small_ones(tiny_bert):
 @pytest.mark.parametrize("protocol", ["httptools", "h11"])
 def test_connection_guards_of_both_http_parsers(default_llm, protocol):
     """The guards hold on uvicorn's httptools protocol (used when installed) and on its h11
-    fallback: a stalled head is closed, a head over MAX_HEADER_BYTES gets a 400, and a
-    half-closed client gets its answer; the server keeps serving."""
+    fallback: a stalled head is closed, a head over MAX_HEADER_BYTES gets a 400, and (with
+    answer_half_closed) a half-closed client gets its answer; the server keeps serving."""
     from vllm_pool.engine.server import ServerConfig, build_app
     from vllm_pool.engine.server.connections import MAX_HEADER_BYTES, guarded_protocol
 
-    if protocol == "httptools":
-        pytest.importorskip("httptools")
-        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as base
-    else:
-        from uvicorn.protocols.http.h11_impl import H11Protocol as base
-    config = ServerConfig(header_timeout=TIMEOUT, body_timeout=TIMEOUT)
-    protocol_class = guarded_protocol(TIMEOUT, base)
+    base = _protocol_class(protocol)
+    config = ServerConfig(header_timeout=TIMEOUT, body_timeout=TIMEOUT, answer_half_closed=True)
+    protocol_class = guarded_protocol(TIMEOUT, base, answer_half_closed=True)
     assert issubclass(protocol_class, base)
     with LiveServer(build_app(default_llm, config), config, http=protocol_class) as live:
         assert raw(live, b"POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\n") == b""

@@ -52,7 +52,7 @@ async def test_bad_json(client):
         ("/v1/embeddings", {"input": [[1, 2, 10**9]]}, "outside the vocabulary"),
         ("/rerank", {"query": "q"}, "documents: Field required"),
         ("/rerank", {"query": "q", "documents": ["a", 2]}, "documents.1"),
-        ("/rerank", {"query": "q", "documents": ["a"], "top_n": -1}, "top_n"),
+        ("/rerank", {"query": "q", "documents": ["a"], "top_n": 1.5}, "top_n"),
         ("/score", {"text_1": ["a", "b"], "text_2": ["a", "b", "c"]}, "1:1, 1:N or N:N"),
         ("/score", {"text_1": "a"}, "text_2"),
         ("/tokenize", {"prompt": 5}, "prompt"),
