@@ -96,6 +96,12 @@ def to_device(index: faiss.Index, use_gpu: bool | None) -> faiss.Index:
     """Move ``index`` to all GPUs when :func:`choose_gpu` says so; HNSW stays on CPU."""
     if not choose_gpu(use_gpu):
         return index
+    if _has_hnsw(index):  # FAISS has no GPU HNSW: with several GPUs its cloner would still
+        # "succeed", copying the graph beside GPU storage that it then reads vector by vector
+        if use_gpu:
+            raise RuntimeError("an HNSW index has no GPU version in FAISS (use 'flat' or 'ivf' on a GPU)")
+        logger.info("keeping the HNSW FAISS index on CPU")
+        return index
     try:
         gpu_index = faiss.index_cpu_to_all_gpus(index)
     except (RuntimeError, AttributeError) as exc:  # e.g. HNSW has no GPU version
@@ -105,6 +111,18 @@ def to_device(index: faiss.Index, use_gpu: bool | None) -> faiss.Index:
         return index
     logger.info("FAISS index moved to %d GPU(s)", gpu_count())
     return gpu_index
+
+
+def _has_hnsw(index: Any) -> bool:
+    """Whether ``index`` is an HNSW index or wraps one (``IndexIDMap``)."""
+    for _ in range(4):
+        if isinstance(index, faiss.IndexHNSW):
+            return True
+        inner = getattr(index, "index", None)
+        if inner is None:
+            return False
+        index = faiss.downcast_index(inner)
+    return False
 
 
 def to_cpu(index: faiss.Index) -> faiss.Index:

@@ -35,6 +35,24 @@ def test_to_device_moves_only_when_chosen(monkeypatch):
         fi.to_device(index, True)
 
 
+def test_hnsw_stays_on_the_cpu_with_several_gpus(monkeypatch):
+    """FAISS has no GPU HNSW; with several GPUs its cloner does not refuse one (it copies the
+    graph beside GPU storage read vector by vector), so the index is never handed to it."""
+    moved = []
+    monkeypatch.setattr(fi.faiss, "get_num_gpus", lambda: 2)
+    monkeypatch.setattr(
+        fi.faiss, "index_cpu_to_all_gpus", lambda idx: moved.append(idx) or idx, raising=False
+    )
+    for spec in ("IDMap,HNSW16", "HNSW16,SQ8", "IDMap2,HNSW16,Flat"):
+        index = faiss.index_factory(8, spec, faiss.METRIC_INNER_PRODUCT)
+        assert fi.to_device(index, None) is index
+        with pytest.raises(RuntimeError, match="HNSW index has no GPU version"):
+            fi.to_device(index, True)
+    assert moved == []
+    flat = faiss.index_factory(8, "IDMap,Flat", faiss.METRIC_INNER_PRODUCT)
+    assert fi.to_device(flat, None) is flat and moved == [flat]
+
+
 def test_indexes_use_the_device_choice(monkeypatch, rng, make_docs):
     moved = []
     monkeypatch.setattr(fi.faiss, "get_num_gpus", lambda: 1)
