@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import faiss
@@ -72,17 +73,20 @@ GPU_MAX_K = 2048
 """Neighbours a FAISS GPU index returns per query at most (its k-selection kernels)."""
 
 
-def on_gpu(index: Any) -> bool:
-    """Whether ``index`` (or the index it wraps: an ``IndexIDMap``) runs on a GPU."""
+def _layers(index: Any) -> Iterator[Any]:
+    """``index`` and the indexes it wraps (an ``IndexIDMap``'s), outermost first."""
     for _ in range(4):
-        name = type(index).__name__
-        if name.startswith("Gpu") or name in ("IndexReplicas", "IndexShards"):
-            return True
+        yield index
         inner = getattr(index, "index", None)
         if inner is None:
-            return False
+            return
         index = faiss.downcast_index(inner)
-    return False
+
+
+def on_gpu(index: Any) -> bool:
+    """Whether ``index`` (or the index it wraps: an ``IndexIDMap``) runs on a GPU."""
+    names = (type(layer).__name__ for layer in _layers(index))
+    return any(n.startswith("Gpu") or n in ("IndexReplicas", "IndexShards") for n in names)
 
 
 def max_search_k(index: Any) -> int:
@@ -115,14 +119,7 @@ def to_device(index: faiss.Index, use_gpu: bool | None) -> faiss.Index:
 
 def _has_hnsw(index: Any) -> bool:
     """Whether ``index`` is an HNSW index or wraps one (``IndexIDMap``)."""
-    for _ in range(4):
-        if isinstance(index, faiss.IndexHNSW):
-            return True
-        inner = getattr(index, "index", None)
-        if inner is None:
-            return False
-        index = faiss.downcast_index(inner)
-    return False
+    return any(isinstance(layer, faiss.IndexHNSW) for layer in _layers(index))
 
 
 def to_cpu(index: faiss.Index) -> faiss.Index:

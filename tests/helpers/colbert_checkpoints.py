@@ -156,6 +156,28 @@ def pylate_vectors(folder: Path, texts: list[str], is_query: bool) -> list[torch
     return out
 
 
+def save_bge_m3(folder: Path) -> Path:
+    """A tiny BGE-M3 folder: XLM-RoBERTa plus ``sparse_linear.pt`` and ``colbert_linear.pt``."""
+    tiny_models.xlm_roberta(folder)
+    torch.manual_seed(3)
+    torch.save(torch.nn.Linear(32, 1).state_dict(), folder / "sparse_linear.pt")
+    torch.save(torch.nn.Linear(32, 24).state_dict(), folder / "colbert_linear.pt")
+    return folder
+
+
+def bge_m3_vectors(folder: Path, texts: list[str]) -> list[torch.Tensor]:
+    """FlagEmbedding's BGE-M3 ColBERT vectors: ``colbert_linear`` on the hidden states after
+    the first token, of the whole text, normalized."""
+    from transformers import AutoModel, AutoTokenizer
+
+    tok, model = AutoTokenizer.from_pretrained(folder), AutoModel.from_pretrained(folder).eval()
+    linear = torch.nn.Linear(32, 24)
+    linear.load_state_dict(torch.load(folder / "colbert_linear.pt", weights_only=True))
+    with torch.no_grad():
+        hidden = [model(**tok(t, return_tensors="pt")).last_hidden_state[0] for t in texts]
+        return [F.normalize(linear(h[1:]), dim=-1) for h in hidden]
+
+
 def min_cosine(got: list[Any], want: list[torch.Tensor]) -> float:
     """The smallest row cosine over matching ``[L, D]`` pairs (shapes must agree)."""
     worst = 1.0

@@ -9,9 +9,6 @@ from typing import Any
 
 import colbert_checkpoints as ck
 import pytest
-import tiny_models
-import torch
-import torch.nn.functional as F
 from vllm_pool.retrievers import ColBERTConfig, ColBERTEncoder
 
 from vllm_pool import LLM
@@ -68,28 +65,15 @@ def test_default_query_length(settings, overrides, limit, want):
 
 
 def test_bge_m3_queries_are_not_cut_at_32_tokens(tiny_dir, caplog):
-    folder = tiny_models.xlm_roberta(tiny_dir / "bge_m3_queries")
-    torch.manual_seed(3)
-    torch.save(torch.nn.Linear(32, 1).state_dict(), folder / "sparse_linear.pt")
-    linear = torch.nn.Linear(32, 24)
-    torch.save(linear.state_dict(), folder / "colbert_linear.pt")
+    folder = ck.save_bge_m3(tiny_dir / "bge_m3_queries")
     llm = LLM(str(folder), hf_overrides={"architectures": ["BgeM3EmbeddingModel"]})
     enc = ColBERTEncoder.from_llm(llm)
     assert enc.config.query_maxlen == llm.model_config.max_model_len
-    from transformers import AutoModel, AutoTokenizer
-
-    tok, model = AutoTokenizer.from_pretrained(folder), AutoModel.from_pretrained(folder).eval()
-
-    def reference(text: str) -> torch.Tensor:  # FlagEmbedding: the whole query, tokens after the first
-        with torch.no_grad():
-            h = model(**tok(text, return_tensors="pt")).last_hidden_state[0]
-            return F.normalize(linear(h[1:]), dim=-1)
-
     queries = [" ".join(["hello world"] * 30), "hello"]  # 62 tokens with the special ones
-    assert len(tok(queries[0])["input_ids"]) > 32
+    assert len(llm.get_tokenizer()(queries[0])["input_ids"]) > 32
     caplog.set_level(logging.WARNING, logger="vllm_pool.retrievers.colbert")
     got = enc.encode_queries(queries)
-    want = [reference(q) for q in queries]
+    want = ck.bge_m3_vectors(folder, queries)  # FlagEmbedding: the whole query
     assert [len(v) for v in got] == [len(w) for w in want]
     assert ck.min_cosine(got, want) >= 0.9999
     assert _warnings(caplog) == []
