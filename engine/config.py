@@ -217,6 +217,10 @@ class ModelConfig:
 
     @property
     def is_matryoshka(self) -> bool:
+        """``is_matryoshka`` / ``matryoshka_dimensions`` in ``config.json``, or a Sentence
+        Transformers folder saved with a ``truncate_dim`` (its author cuts the embeddings)."""
+        if self.st is not None and self.st.truncate_dim is not None:
+            return True
         return bool(getattr(self.hf_config, "is_matryoshka", False)) or bool(self.matryoshka_dimensions)
 
     @property

@@ -6,6 +6,8 @@ construction; ``supported_tasks`` is what the model can do.
 
 from __future__ import annotations
 
+import copy
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -23,6 +25,8 @@ from vllm_pool.engine.types import (
     Request,
     UnsupportedTaskError,
 )
+
+logger = logging.getLogger(__name__)
 
 RESOLVED_CACHE = 256
 """Resolved params a pooler keeps (distinct field values; beyond it, resolved each time)."""
@@ -183,10 +187,28 @@ def embed_poolers(cfg: ModelConfig) -> dict[str, Pooler]:
     method = PoolingType(cfg.default_pooling_type())
     poolers = {}
     if method in SEQUENCE_METHODS:
-        poolers["embed"] = Pooler("embed", method, head)
+        poolers["embed"] = Pooler("embed", method, _sentence_head(cfg, head))
     token_method = PoolingType.STEP if method is PoolingType.STEP else PoolingType.ALL
     poolers["token_embed"] = Pooler("token_embed", token_method, head)
     return poolers
+
+
+def _sentence_head(cfg: ModelConfig, head: EmbeddingHead) -> EmbeddingHead:
+    """The ``embed`` head: ``head``, cut by default to a Sentence Transformers folder's saved
+    ``truncate_dim`` as ``SentenceTransformer.encode`` does (``pooler_config`` dimensions and
+    the request's win; ``token_embed`` outputs stay whole, as ST's token embeddings)."""
+    cut = cfg.st.truncate_dim if cfg.st is not None else None
+    if cut is None or cfg.pooler.dimensions is not None or cut >= head.out_dim:
+        return head  # ST slices to at most the full size
+    if cfg.matryoshka_dimensions and cut not in cfg.matryoshka_dimensions:
+        logger.warning(
+            "%s: truncate_dim=%d is not one of matryoshka_dimensions %s; embeddings stay whole",
+            cfg.name, cut, cfg.matryoshka_dimensions,
+        )  # fmt: skip
+        return head
+    sentence = copy.copy(head)
+    sentence.dimensions_default = cut
+    return sentence
 
 
 def classify_poolers(cfg: ModelConfig, clf: Classifier) -> dict[str, Pooler]:

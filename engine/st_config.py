@@ -60,6 +60,7 @@ class STConfig:
     default_prompt_name: str | None = None
     similarity_fn_name: str | None = None
     activation_fn: str | None = None  # CrossEncoder folders
+    truncate_dim: int | None = None  # Sentence Transformers >= 6: sentence embeddings cut to this
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -174,4 +175,13 @@ def load_st_config(folder: Path) -> STConfig | None:
         st.default_prompt_name = cfg.get("default_prompt_name")
         st.similarity_fn_name = cfg.get("similarity_fn_name")
         st.activation_fn = cfg.get("activation_fn")
+        st.truncate_dim = _truncate_dim(cfg.get("truncate_dim"), st_cfg_file)
     return st
+
+
+def _truncate_dim(value: Any, path: Path) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{path}: truncate_dim must be a positive integer or null, got {value!r}")
+    return value

@@ -97,3 +97,61 @@ def test_default_dimensions_from_pooler_config(default_model_dir):
     llm = LLM(str(default_model_dir), hf_overrides={"is_matryoshka": True}, pooler_config={"dimensions": 48})
     (out,) = llm.embed("x", use_tqdm=False)
     assert len(out.outputs.embedding) == 48
+
+
+@pytest.fixture(scope="module")
+def cut_folder(tmp_path_factory, default_model_dir):
+    """The default model saved by Sentence Transformers with ``truncate_dim=64``."""
+    from sentence_transformers import SentenceTransformer
+
+    folder = tmp_path_factory.mktemp("cut64")
+    SentenceTransformer(str(default_model_dir), device="cpu", truncate_dim=64).save(str(folder))
+    return folder
+
+
+def test_saved_truncate_dim_as_sentence_transformers(cut_folder):
+    """A folder saved with ``truncate_dim`` gives ST's cut embeddings (renormalized, as vLLM's
+    ``dimensions``); ``token_embed`` stays whole as ST's token embeddings; a request may cut further."""
+    from sentence_transformers import SentenceTransformer
+
+    from vllm_pool import LLM, PoolingParams
+
+    st = SentenceTransformer(str(cut_folder), device="cpu")
+    assert st.truncate_dim == 64  # the reference reads it back
+    texts = ["Follow the white rabbit.", "Matryoshka dolls nest inside each other.", "x"]
+    ref = F.normalize(st.encode(texts, convert_to_tensor=True), dim=-1).numpy()
+    llm = LLM(str(cut_folder))
+    ours = np.array([o.outputs.embedding for o in llm.embed(texts, use_tqdm=False)])
+    assert ours.shape == ref.shape == (3, 64)
+    assert (ours * ref).sum(1).min() >= 0.99999
+    (tok,) = llm.encode(texts[:1], pooling_task="token_embed", use_tqdm=False)
+    st_tokens = st.encode(texts[:1], output_value="token_embeddings")[0]
+    assert tok.outputs.data.shape == st_tokens.shape  # [tokens, 384]
+    (small,) = llm.embed("x", PoolingParams(dimensions=32), use_tqdm=False)
+    assert len(small.outputs.embedding) == 32
+
+
+def test_saved_truncate_dim_reaches_the_integrations(cut_folder):
+    from vllm_pool.integrations.langchain import VllmPoolEmbeddings
+
+    assert len(VllmPoolEmbeddings(model=str(cut_folder)).embed_query("hello")) == 64
+
+
+def test_saved_truncate_dim_checked(tmp_path, cut_folder):
+    import json
+    import shutil
+
+    from vllm_pool import LLM
+
+    folder = tmp_path / "m"
+    shutil.copytree(cut_folder, folder)
+    cfg_file = folder / "config_sentence_transformers.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg["truncate_dim"] = 1024  # at least the full size: ST's slice keeps everything
+    cfg_file.write_text(json.dumps(cfg))
+    (out,) = LLM(str(folder)).embed("x", use_tqdm=False)
+    assert len(out.outputs.embedding) == 384
+    cfg["truncate_dim"] = "64"
+    cfg_file.write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="truncate_dim must be a positive integer"):
+        LLM(str(folder))
