@@ -334,11 +334,13 @@ class InputProcessor:
         return [requests[i] for i in range(len(params))]
 
     def _pair(self, a: str, b: str, limit: int) -> tuple[list[int], list[int] | None]:
+        # a batch of one pair: transformers reads a lone ``b == ""`` as no pair (separators lost)
         try:
-            enc = self.tokenizer(a, b, truncation="only_second", max_length=limit)
+            enc = self.tokenizer([a], [b], truncation="only_second", max_length=limit)
         except Exception:  # the first text alone is over the limit
-            enc = self.tokenizer(a, b, truncation="longest_first", max_length=limit)
-        return enc["input_ids"], enc.get("token_type_ids")
+            enc = self.tokenizer([a], [b], truncation="longest_first", max_length=limit)
+        types = enc.get("token_type_ids")
+        return enc["input_ids"][0], None if types is None else types[0]
 
     def _from_ids(
         self,

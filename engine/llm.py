@@ -26,7 +26,7 @@ from vllm_pool.engine.core import EngineCore
 from vllm_pool.engine.executor import ModelExecutor
 from vllm_pool.engine.fork_safe import ForkSafePool
 from vllm_pool.engine.inputs import InputProcessor
-from vllm_pool.engine.loader import LoadedModel, load_model
+from vllm_pool.engine.loader import LoadedModel, load_model, uses_segments
 from vllm_pool.engine.outputs import (
     PoolingOutput,
     PoolingRequestOutput,
@@ -160,7 +160,7 @@ class LLM(TaskMethods):
             max_model_len=cfg.max_model_len,
             vocab_size=int(getattr(cfg.hf_config, "vocab_size", 1 << 31)),
             do_lower_case=bool(cfg.st and cfg.st.do_lower_case),
-            use_token_type_ids=int(getattr(cfg.hf_config, "type_vocab_size", 1) or 1) > 1,
+            use_token_type_ids=uses_segments(cfg.hf_config, self.tokenizer),
         )
         budget = int(max_num_batched_tokens or self._default_budget())
         seqs = int(default_max_num_seqs(cfg.device) if max_num_seqs is None else max_num_seqs)

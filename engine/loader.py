@@ -189,3 +189,12 @@ def load_model(args: EngineArgs) -> LoadedModel:
     entry = resolve(cfg)
     logger.debug("Architecture entry %r loads %s with %s", entry.name, cfg.architectures, entry.auto_class)
     return LoadedModel(cfg, tokenizer, load_weights(cfg, entry.auto_class, entry.backbone), entry)
+
+
+def uses_segments(hf_config: Any, tokenizer: Any) -> bool:
+    """Whether requests carry segment ids (``token_type_ids``): the model has more than one
+    segment type and its tokenizer returns them (what transformers, Sentence Transformers and
+    vLLM feed the model; a tokenizer without them gives the model zeros)."""
+    if int(getattr(hf_config, "type_vocab_size", 1) or 1) <= 1:
+        return False
+    return "token_type_ids" in (getattr(tokenizer, "model_input_names", None) or ["token_type_ids"])
