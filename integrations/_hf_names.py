@@ -233,10 +233,25 @@ def translate(
         elif name in REJECTED:
             raise ValueError(f"{owner}: {name}= is not supported here: {REJECTED[name]}")
         else:
-            close = difflib.get_close_matches(name, [*fields, *ALIASES, *DICT_ARGS], n=3, cutoff=0.6)
+            close = difflib.get_close_matches(name, _accepted(fields), n=3, cutoff=0.6)
             hint = f"; did you mean {' or '.join(close)}?" if close else ""
             raise unknown_error(f"{owner} got an unknown option {name!r}{hint}")
     return out.values
+
+
+def _maps_into(row: tuple[Targets, Callable[[Any], Any] | None], fields: Collection[str]) -> bool:
+    return any(
+        t.lstrip("*") in fields or (t.startswith("engine_kwargs.") and "engine_kwargs" in fields)
+        for t in row[0]
+    )
+
+
+def _accepted(fields: Collection[str]) -> list[str]:
+    """The names a class with ``fields`` takes: its fields, the spellings that map into them,
+    and the dict arguments with at least one such key (what an unknown name's hint offers)."""
+    aliases = [name for name, row in ALIASES.items() if _maps_into(row, fields)]
+    dicts = [name for name, rows in DICT_ARGS.items() if any(_maps_into(r, fields) for r in rows.values())]
+    return [*fields, *aliases, *dicts]
 
 
 _capped: set[tuple[str, str, str, int]] = set()

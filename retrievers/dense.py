@@ -39,8 +39,9 @@ class DenseIndex(DocumentIndex):
 
     Args:
         dim: vector dimension.
-        index_type: ``"flat"`` (exact, default), ``"hnsw"``, ``"ivf"`` (trained on the
-            first ``add``), or any ``faiss.index_factory`` string.
+        index_type: ``"flat"`` (exact, default), ``"hnsw"``, ``"ivf"`` (trained once enough
+            vectors are in: 1,024, or ``nlist`` of them; exact search until then), or any
+            ``faiss.index_factory`` string.
         normalize: L2-normalize added and query vectors (inner product = cosine).
         nlist: IVF lists (``None``: automatic from the first add's size).
         nprobe: IVF lists searched.

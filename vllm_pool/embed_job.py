@@ -262,10 +262,7 @@ def write_output(dst: Path, vectors: Any, rows: Rows) -> None:
         return
     with atomic_file(dst, "w") as f:
         for line, row_id, vec in zip(rows.lines, rows.ids, vectors.tolist(), strict=True):
-            record: dict[str, Any] = {"line": line}
-            if row_id is not None:
-                record["id"] = row_id
-            record["embedding"] = vec
+            record = {"line": line, "id": row_id, "embedding": vec}  # "id": null for a row without one
             f.write(json.dumps(record) + "\n")
 
 

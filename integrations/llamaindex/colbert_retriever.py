@@ -39,7 +39,8 @@ class VllmPoolColBERTRetriever(NotCopyable, _colbert.ColBERTSettings, BaseRetrie
         filters: metadata filter: LlamaIndex ``MetadataFilters``, a LangChain FAISS-style
             dict (``{"year": {"$gte": 2023}}``) or a callable on the metadata.
         query_maxlen: query length in tokens (padded to it with ``mask_augment``). The encoder
-            settings default (``None``) to the checkpoint's, else to the plain defaults: 32.
+            settings default (``None``) to the checkpoint's; a plain model's queries default to
+            its ``max_model_len`` (no query expansion there).
         doc_maxlen: maximum document (window) length in tokens; 180, capped at the model's limit.
         query_marker: token after ``[CLS]`` in queries (colbert-ai: ``"[unused0]"``, PyLate: ``"[Q] "``).
         doc_marker: token after ``[CLS]`` in documents (colbert-ai: ``"[unused1]"``, PyLate: ``"[D] "``).

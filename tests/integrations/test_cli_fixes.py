@@ -115,3 +115,14 @@ def test_byte_order_mark_is_not_part_of_the_first_text(matryoshka_llm, tmp_path)
     (tmp_path / "in.jsonl").write_text("\n".join(lines), encoding="utf-8")
     rows = embed_job.read_rows(tmp_path / "in.jsonl")
     assert rows.texts == TEXTS[:2] and rows.ids == ["a", None]
+
+
+def test_jsonl_output_rows_always_have_an_id_key(matryoshka_llm, tmp_path):
+    lines = [json.dumps({"id": "a", "text": TEXTS[0]}), json.dumps(TEXTS[1])]
+    (tmp_path / "in.jsonl").write_text("\n".join(lines), encoding="utf-8")
+    args = _args(tmp_path)
+    args.input, args.output = str(tmp_path / "in.jsonl"), str(tmp_path / "out.jsonl")
+    embed_job.run(args, lambda: matryoshka_llm)
+    rows = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [(r["line"], r["id"]) for r in rows] == [(1, "a"), (2, None)]
+    assert all(len(r["embedding"]) == len(rows[0]["embedding"]) > 0 for r in rows)

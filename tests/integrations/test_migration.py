@@ -152,6 +152,24 @@ def test_colbert_retriever_spellings(folder):
         LIColBERTRetriever(model_name=folder, doc_maxln=3)
 
 
+@pytest.mark.parametrize("cls", [VllmPoolReranker, VllmPoolColBERTRetriever, LIColBERTRetriever])
+@pytest.mark.parametrize("name", ["query_instruction", "show_progres", "doc_maxln", "normalise"])
+def test_unknown_name_hints_only_names_the_class_takes(cls, name):
+    import inspect
+
+    from vllm_pool.integrations._hf_names import translate
+
+    fields = list(getattr(cls, "model_fields", None) or inspect.signature(cls.__init__).parameters)
+    try:
+        translate(cls.__name__, fields, {name: 1}, unknown_error=TypeError)
+    except TypeError as exc:
+        hint = str(exc).partition("did you mean ")[2].rstrip("?")
+    else:
+        return  # a spelling the class takes
+    for suggested in filter(None, hint.split(" or ")):
+        translate(cls.__name__, fields, {suggested: 1})  # each suggestion is accepted
+
+
 # -- item 6: rerankers -------------------------------------------------------------------
 def test_bi_encoder_reranker_warns_once(folder):
     _rerank_inputs._warned.discard(folder)
