@@ -184,9 +184,11 @@ class ScoreIO:
 
         def finish(results: dict[str, list[torch.Tensor]]) -> list[PoolingRequestOutput[Any]]:
             by_key = dict(zip(unique, zip(*embed.merged(requests, results["embed"]))))
-            e1 = torch.stack([by_key[k][1] for k in keys_1])  # [pairs, dim]
-            e2 = torch.stack([by_key[k][1] for k in keys_2])  # [pairs, dim]
-            scores = torch.nn.functional.cosine_similarity(e1.float(), e2.float(), dim=-1)
+            v1, v2 = [by_key[k][1] for k in keys_1], [by_key[k][1] for k in keys_2]
+            if len({v.shape for v in v1 + v2}) == 1:  # one size: [pairs, dim] at once
+                scores = _cosine(torch.stack(v1), torch.stack(v2)).unbind(0)
+            else:  # per-pair params with other dimensions: each pair at its own size
+                scores = tuple(_cosine(a, b) for a, b in zip(v1, v2))
             ids = llm.request_ids(len(texts_1))
             return [
                 ScoringRequestOutput(
@@ -194,7 +196,7 @@ class ScoreIO:
                     ScoringOutput(s),
                     prompt_token_ids=by_key[a][0].prompt_token_ids + by_key[b][0].prompt_token_ids,
                 )
-                for rid, a, b, s in zip(ids, keys_1, keys_2, scores.unbind(0))
+                for rid, a, b, s in zip(ids, keys_1, keys_2, scores)
             ]
 
         return Prepared(requests, {"embed": None}, finish)
@@ -249,3 +251,7 @@ def task_processors(llm: LLM) -> dict[str, Any]:
 def encode_processor(llm: LLM, task: str) -> PromptIO:
     """Raw pooled tensors (``LLM.encode``, the server's ``/pooling``) for ``task``."""
     return PromptIO(llm, task)
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=-1)

@@ -17,6 +17,8 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from vllm_pool.engine.inputs import check_unicode
+
 from ._colbert_folder import INDEX_DIR, SETTINGS_FILE, SETTINGS_VERSION, load, save  # noqa: F401 (the classes' API)
 from ._engines import EngineOptions, get_engine, on_clear
 from ._hf_names import capped_colbert_lengths
@@ -182,6 +184,7 @@ def search(
     """MaxSim search for one query: ``(id, text, metadata, score)`` tuples, best first."""
     if not isinstance(query, str):
         raise TypeError(f"query must be a string, got {type(query).__name__}")
+    check_unicode(query, "query")
     from vllm_pool.retrievers import long_documents
 
     flt = user_filter(filter)  # checked even when the index is empty

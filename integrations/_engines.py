@@ -285,7 +285,7 @@ def embed_texts(
     truncate: bool = True,
     batch_size: int = 256,
     show_progress: bool = False,
-    positions: Sequence[int] | None = None,
+    positions: Sequence[int | str] | None = None,
 ) -> list[list[float]]:
     """Embed ``texts`` (each preceded by ``prefix``) into lists of Python floats.
 
@@ -302,7 +302,8 @@ def embed_texts(
         batch_size: texts per engine call (the engine batches by tokens inside a call).
         show_progress: show one progress bar over all the texts.
         positions: the caller's position of each text, when ``texts`` is a part of the
-            caller's list (errors name ``texts[positions[i]]``; default: ``texts[i]``).
+            caller's list (errors name ``texts[positions[i]]``, or ``positions[i]`` itself when
+            it is a string such as ``"query"``; default: ``texts[i]``).
 
     Returns:
         One embedding per text, in order.
@@ -310,16 +311,17 @@ def embed_texts(
     Raises:
         TypeError: a text that is not a string (named by its position).
     """
-    from vllm_pool.retrievers.positions import caller_positions
+    from vllm_pool.retrievers.positions import caller_positions, label
 
     from vllm_pool import PoolingParams, output_lists
 
     if isinstance(texts, str):
         raise TypeError("expected a list of strings, not a single string")
+    texts = list(texts)  # a generator is read once, here
     for i, t in enumerate(texts):
         if not isinstance(t, str):
-            where = i if positions is None else positions[i]
-            raise TypeError(f"texts[{where}] must be a string, got {type(t).__name__}")
+            where = label("texts", i if positions is None else positions[i])
+            raise TypeError(f"{where} must be a string, got {type(t).__name__}")
     # the prefix goes in as an instruction: the text run is prefix + text, and models whose ST
     # Pooling says include_prompt=false leave the prefix tokens out of pooling, as ST does
     texts = [{"prompt": t, "instruction": prefix} if prefix and t else prefix + t for t in texts]
@@ -381,6 +383,7 @@ def score_pairs(
             truncate_prompt_tokens=truncate_prompt_tokens,
             truncate=truncate,
             batch_size=batch_size,
+            positions=["query", *(f"documents[{i}]" for i in range(len(texts)))],  # the caller's names
         )
         return [float(x) for x in scores(name, vectors[0], vectors[1:])]
     out: list[float] = []

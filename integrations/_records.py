@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from vllm_pool.engine.inputs import check_unicode
 from vllm_pool.retrievers import long_documents
 from vllm_pool.retrievers.filters import compile_filter
 from vllm_pool.retrievers.registry import check_json_value, check_unique
@@ -80,6 +81,13 @@ def user_filter(flt: Any) -> Any:
     raise TypeError(f"filter must be a dict (LangChain FAISS-style) or a callable, got {type(flt).__name__}")
 
 
+def _valid_unicode(text: str, where: str) -> None:
+    try:
+        check_unicode(text, where)
+    except ValueError as exc:
+        raise ValueError(f"{exc} (nothing was added)") from None
+
+
 def new_records(
     texts: Iterable[str],
     metadatas: Sequence[Mapping[str, Any] | None] | None,
@@ -104,7 +112,11 @@ def new_records(
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise TypeError(f"texts[{i}] must be a string, got {type(text).__name__} (nothing was added)")
+        _valid_unicode(text, f"texts[{i}]")  # saved as UTF-8 (add_embeddings embeds nothing first)
     new_ids = [i if i is not None else uuid.uuid4().hex for i in (ids or [None] * len(texts))]
+    for j, doc_id in enumerate(new_ids):
+        if isinstance(doc_id, str):
+            _valid_unicode(doc_id, f"ids[{j}]")
     check_unique(new_ids)
     metas = [pack(t, m) for t, m in zip(texts, metadatas or [None] * len(texts), strict=True)]
     for i, meta in enumerate(metas):  # refused now, before any embedding, not at save time

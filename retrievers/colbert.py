@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from vllm_pool.engine.inputs import check_unicode
 
 from .arrays import l2_normalize
 from .colbert_config import ColBERTConfig
@@ -150,6 +151,7 @@ class ColBERTEncoder:
             raise TypeError(f"{what}[{i}]: expected a string, got {type(text).__name__}")
         if what == "queries" and not text.strip():  # a blank document is [CLS] [D] [SEP], as in PyLate
             raise ValueError(f"{what}[{i}] is empty: it has no tokens to encode")
+        check_unicode(text, f"{what}[{i}]")  # not the tokenizer's unrelated TextEncodeInput error
         return list(self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
 
     def _special_template(self) -> tuple[list[int], list[int]]:
@@ -325,3 +327,4 @@ def check_texts(texts: Sequence[str], what: str = "documents") -> None:
             raise TypeError(f"{what}[{i}]: expected a string, got {type(text).__name__}")
         if what == "queries" and not text.strip():
             raise ValueError(f"{what}[{i}] is empty: it has no tokens to encode")
+        check_unicode(text, f"{what}[{i}]")

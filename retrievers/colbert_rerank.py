@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 from vllm_pool.engine import model_thread
+from vllm_pool.engine.inputs import check_unicode
 
 from .colbert import check_texts
 from .maxsim import maxsim, pad_token_vectors
@@ -52,6 +53,7 @@ def rerank(
     """
     if not isinstance(query, str):
         raise TypeError(f"query must be a string, got {type(query).__name__}")
+    check_unicode(query, "query")
     if isinstance(documents, str):
         raise TypeError("documents must be a list of strings, not a single string")
     if k is not None:

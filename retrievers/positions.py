@@ -16,12 +16,17 @@ UNCHANGED = "nothing was added: the index is unchanged"
 """Appended to the error of an add that failed before changing anything."""
 
 
+def label(name: str, position: int | str) -> str:
+    """``name[position]``, or ``position`` itself when it is a name (a string)."""
+    return position if isinstance(position, str) else f"{name}[{position}]"
+
+
 @contextmanager
 def caller_positions(
     start: int,
     name: str = "texts",
     unchanged: str | None = None,
-    positions: Sequence[int] | None = None,
+    positions: Sequence[int | str] | None = None,
 ) -> Iterator[None]:
     """Re-raise ``ValueError`` / ``TypeError`` with ``prompts[i]`` read as ``name[start + i]``.
 
@@ -30,7 +35,8 @@ def caller_positions(
         name: the caller's name for the list.
         unchanged: a sentence appended to the message (e.g. :data:`UNCHANGED`).
         positions: where the items of that list sit in the caller's own caller's list, when
-            it is a part of it (``name[positions[start + i]]``).
+            it is a part of it (``name[positions[start + i]]``; a string is the item's whole
+            name, e.g. ``"query"`` before the documents).
 
     Example:
         >>> with caller_positions(256, "texts"):  # doctest: +IGNORE_EXCEPTION_DETAIL
@@ -42,7 +48,7 @@ def caller_positions(
         yield
     except (ValueError, TypeError) as exc:
         where = (lambda i: start + i) if positions is None else (lambda i: positions[start + i])
-        message = _POSITION.sub(lambda m: f"{name}[{where(int(m.group(1)))}]", str(exc))
+        message = _POSITION.sub(lambda m: label(name, where(int(m.group(1)))), str(exc))
         if unchanged:
             message = f"{message} ({unchanged})"
         if message == str(exc):

@@ -12,6 +12,7 @@ import json
 from collections.abc import Iterable, Sequence
 
 import numpy as np
+from vllm_pool.engine.inputs import check_unicode
 
 from .filters import compile_filter
 from .types import Filter, Metadata
@@ -53,9 +54,10 @@ def check_ids_and_metadatas(
         ids = list(ids)
         if len(ids) != n:
             raise ValueError(f"got {n} vectors but {len(ids)} ids")
-        for i in ids:
+        for j, i in enumerate(ids):
             if not isinstance(i, str):
                 raise TypeError(f"ids must be strings, got {type(i).__name__} ({i!r})")
+            check_unicode(i, f"ids[{j}]")  # a lone surrogate could never be saved
         check_unique(ids)
     if metadatas is None:
         metadatas = [{} for _ in range(n)]
@@ -85,6 +87,9 @@ def check_json_value(value: object, where: str, depth: int = 0) -> None:
     """
     if depth > 100:
         raise TypeError(f"{where}: metadata nested more than 100 levels deep cannot be saved")
+    if isinstance(value, str):
+        check_unicode(value, where)  # a lone surrogate has no UTF-8: the save would fail
+        return
     if isinstance(value, _JSON_SCALARS):
         return
     if isinstance(value, float):
@@ -95,6 +100,7 @@ def check_json_value(value: object, where: str, depth: int = 0) -> None:
         for key, item in value.items():
             if not isinstance(key, str):
                 raise TypeError(f"{where}: metadata keys must be strings to be saved, got {key!r}")
+            check_unicode(key, f"{where} key {key!r}")
             check_json_value(item, f"{where}[{key!r}]", depth + 1)
         return
     if isinstance(value, list):

@@ -101,6 +101,7 @@ class VllmPoolEmbedding(EngineFields, BaseEmbedding):
     ) -> list[list[float]]:
         """LlamaIndex's batched embedding, with its one progress bar also when ``show_progress``
         is set on this instance (the engine calls inside show none of their own)."""
+        texts = texts if isinstance(texts, (list, str)) else list(texts)  # a generator: read once
         with _caller_texts(texts):  # errors name texts[i] of this list
             return super().get_text_embedding_batch(texts, show_progress or self.show_progress, **kwargs)
 
@@ -108,6 +109,7 @@ class VllmPoolEmbedding(EngineFields, BaseEmbedding):
         self, texts: list[str], show_progress: bool = False, **kwargs: Any
     ) -> list[list[float]]:
         """Async :meth:`get_text_embedding_batch` (one progress bar over the call)."""
+        texts = texts if isinstance(texts, (list, str)) else list(texts)
         with _caller_texts(texts):
             return await super().aget_text_embedding_batch(
                 texts, show_progress or self.show_progress, **kwargs

@@ -53,3 +53,19 @@ def test_wrong_count_names_pairs(default_llm, tiny_dir) -> None:
     with pytest.raises(ValueError, match="pooling_params has 2 entries but there are 3 pairs"):
         cross.score(QUERY, DOCS, pooling_params=[PoolingParams()] * 2, use_tqdm=False)
     assert len(cross.score(QUERY, DOCS, pooling_params=[PoolingParams()] * 3, use_tqdm=False)) == 3
+
+
+def test_bi_encoder_pairs_with_different_dimensions(default_model_dir, st_model) -> None:
+    """Per-pair Matryoshka sizes: each pair's cosine at its own size (the two sides share it)."""
+    llm = LLM(str(default_model_dir), hf_overrides={"is_matryoshka": True})
+    params = [PoolingParams(dimensions=32), PoolingParams(), PoolingParams(dimensions=64)]
+    outs = llm.score(QUERY, DOCS, pooling_params=params, use_tqdm=False)
+    full_q, full_d = (
+        st_model.encode([QUERY], convert_to_tensor=True),
+        st_model.encode(DOCS, convert_to_tensor=True),
+    )
+    want = [
+        torch.nn.functional.cosine_similarity(full_q[0, :n], full_d[i, :n], dim=0).item()
+        for i, n in enumerate([32, 384, 64])
+    ]
+    np.testing.assert_allclose([o.outputs.score for o in outs], want, atol=1e-5)
