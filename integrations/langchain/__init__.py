@@ -13,9 +13,13 @@ from .embeddings import VllmPoolEmbeddings  # noqa: E402
 from .reranker import VllmPoolReranker  # noqa: E402
 from .vectorstore import VllmPoolVectorStore  # noqa: E402
 
+VllmPoolColbertRetriever = VllmPoolColBERTRetriever
+"""The spelling of the product spec (``product.md``): the same class."""
+
 __all__ = [
     "VllmPoolColBERTReranker",
     "VllmPoolColBERTRetriever",
+    "VllmPoolColbertRetriever",
     "VllmPoolEmbeddings",
     "VllmPoolReranker",
     "VllmPoolVectorStore",

@@ -12,4 +12,13 @@ from .colbert_retriever import VllmPoolColBERTRetriever  # noqa: E402
 from .embedding import VllmPoolEmbedding  # noqa: E402
 from .rerank import VllmPoolRerank  # noqa: E402
 
-__all__ = ["VllmPoolColBERTRerank", "VllmPoolColBERTRetriever", "VllmPoolEmbedding", "VllmPoolRerank"]
+VllmPoolColbertRetriever = VllmPoolColBERTRetriever
+"""The spelling of the LangChain class in the product spec (``product.md``): the same class."""
+
+__all__ = [
+    "VllmPoolColBERTRerank",
+    "VllmPoolColBERTRetriever",
+    "VllmPoolColbertRetriever",
+    "VllmPoolEmbedding",
+    "VllmPoolRerank",
+]

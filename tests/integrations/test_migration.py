@@ -452,3 +452,12 @@ def test_cli_rows_split_on_newlines_only_and_outputs_follow_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "out.jsonl").stat().st_mode & 0o777 == reference.stat().st_mode & 0o777 == 0o644
+
+
+def test_spec_spelling_of_the_colbert_retriever():
+    """``product.md`` names ``VllmPoolColbertRetriever``: both packages export it, the same class."""
+    from vllm_pool.integrations import langchain, llamaindex
+
+    assert langchain.VllmPoolColbertRetriever is langchain.VllmPoolColBERTRetriever
+    assert llamaindex.VllmPoolColbertRetriever is llamaindex.VllmPoolColBERTRetriever
+    assert all("VllmPoolColbertRetriever" in m.__all__ for m in (langchain, llamaindex))

@@ -41,6 +41,7 @@ def test_wheel_builds_and_imports(tmp_path):
     ):
         assert expected in names
     assert not any(n.startswith(("tests/", "engine/", "benchmarks/")) for n in names)
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)  # Apache-2.0 section 4(a)
 
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
