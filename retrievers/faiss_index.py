@@ -12,6 +12,35 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
+GPU_BUILDS = ("faiss-gpu-cu12", "faiss-gpu-cu11", "faiss-gpu")
+"""PyPI builds of FAISS with GPU support; each installs the same ``faiss`` package as faiss-cpu."""
+
+
+def mixed_builds() -> str | None:
+    """The GPU build installed beside ``faiss-cpu``, if any: the two share the ``faiss``
+    folder, so which build loads is undefined (a GPU index may silently run on the CPU) and
+    uninstalling either breaks the other."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> bool:
+        try:
+            version(name)
+        except PackageNotFoundError:
+            return False
+        return True
+
+    if not installed("faiss-cpu"):
+        return None
+    return next((name for name in GPU_BUILDS if installed(name)), None)
+
+
+if (_gpu_build := mixed_builds()) is not None:
+    logger.warning(
+        "faiss-cpu and %s are both installed and share the faiss package; keep one: "
+        "pip uninstall -y faiss-cpu %s && pip install %s",
+        _gpu_build, _gpu_build, _gpu_build,
+    )  # fmt: skip
+
 NAMED_TYPES = ("flat", "hnsw", "ivf", "ivfpq")
 """Short names; any other string is passed to ``faiss.index_factory``."""
 PQ_MIN_TRAIN = 256

@@ -80,3 +80,26 @@ def test_gpu_matches_cpu(rng, make_docs):
     assert [[h.id for h in r] for r in gpu.search(queries, 10)] == [
         [h.id for h in r] for r in cpu.search(queries, 10)
     ]
+
+
+def test_mixed_faiss_builds_are_named(monkeypatch):
+    """faiss-cpu and a GPU build installed together share one ``faiss`` folder: named, so the
+    import-time warning can say which package to keep."""
+    import importlib.metadata
+
+    from vllm_pool.retrievers import faiss_index
+
+    def fake(installed):
+        def version(name):
+            if name not in installed:
+                raise importlib.metadata.PackageNotFoundError(name)
+            return "1.0"
+
+        return version
+
+    monkeypatch.setattr(importlib.metadata, "version", fake({"faiss-cpu", "faiss-gpu-cu12"}))
+    assert faiss_index.mixed_builds() == "faiss-gpu-cu12"
+    monkeypatch.setattr(importlib.metadata, "version", fake({"faiss-cpu"}))
+    assert faiss_index.mixed_builds() is None
+    monkeypatch.setattr(importlib.metadata, "version", fake({"faiss-gpu-cu12"}))
+    assert faiss_index.mixed_builds() is None
