@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from vllm_pool.engine import model_thread
+from vllm_pool.engine import tasks as tasks_module
 from vllm_pool.engine.architectures import build_poolers
 from vllm_pool.engine.args import EngineArgs
 from vllm_pool.engine.chunked import num_prompts, prompt_progress
@@ -372,6 +373,10 @@ class LLM(TaskMethods):
             on_batch = prompt_progress(bar.update if bar is not None else None, prepared.requests)
             results = self.core.run(prepared.requests, prepared.tasks, on_batch)
         return prepared.finish(results)
+
+
+# engine.tasks imports LLM for type checkers only (a cycle): get_type_hints(LLM.embed) needs it there
+vars(tasks_module)["LLM"] = LLM
 
 
 def chunk_bounds(n: int, size: int, first: int | None = None) -> list[tuple[int, int]]:

@@ -9,7 +9,7 @@ them, pairs them (``score``) and shapes the pooled tensors into the spec's outpu
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, TypedDict, overload
 
 from vllm_pool.engine.inputs import check_attention_masks, normalize_prompts
 from vllm_pool.engine.outputs import (
@@ -35,15 +35,75 @@ ENCODE_TASK_REQUIRED = (
 """vLLM's message for ``LLM.encode`` without ``pooling_task``."""
 
 if TYPE_CHECKING:
-    from vllm_pool.engine.llm import LLM
+    from vllm_pool.engine.llm import LLM  # at run time engine.llm sets it here, for get_type_hints
+
+
+class _TextPromptOptions(TypedDict, total=False):
+    instruction: str
+
+
+class TextPrompt(_TextPromptOptions):
+    """``{"prompt": "text"}`` (vLLM's ``TextPrompt``), optionally with an ``"instruction"``
+    (a Sentence Transformers prompt such as ``"query: "``: the text run is instruction + prompt)."""
+
+    prompt: str
+
+
+class _TokensPromptOptions(TypedDict, total=False):
+    attention_mask: Sequence[int]
+
+
+class TokensPrompt(_TokensPromptOptions):
+    """``{"prompt_token_ids": [101, 7592, 102]}`` (vLLM's ``TokensPrompt``), optionally with an
+    ``"attention_mask"`` of 0 / 1 per token (the ``token_embed`` / ``token_classify`` tasks only)."""
+
+    prompt_token_ids: Sequence[int]
+
+
+Prompt: TypeAlias = str | TextPrompt | TokensPrompt | Sequence[int]
+"""One prompt: a text, a prompt dict, or a list of token ids."""
+Prompts: TypeAlias = str | TextPrompt | TokensPrompt | Sequence[int | Prompt]
+"""The ``prompts`` of the task methods: one prompt or a list of prompts (a list of ints is one
+prompt). ``Prompt | Sequence[Prompt]``, written with one ``Sequence`` so that type checkers can
+infer a list literal such as ``[{"prompt": "a"}, "b"]`` (mypy cannot with two)."""
+ScoreInput: TypeAlias = str | TextPrompt | TokensPrompt
+"""One side of a ``score`` pair: a text or a prompt dict (token ids are scored as their text)."""
+ScoreInputs: TypeAlias = ScoreInput | Sequence[ScoreInput]
+"""``score``'s ``data_1`` / ``data_2``: one input or a list of inputs."""
 
 
 class TaskMethods:
     """Mixed into :class:`~vllm_pool.engine.llm.LLM`."""
 
+    @overload
     def encode(
         self: LLM,
-        prompts: object,
+        prompts: Any,  # the IO processor plugin's input, e.g. ``{"texts": [...], "k": 2}``
+        pooling_params: PoolingParams | Sequence[PoolingParams] | None = None,
+        *,
+        pooling_task: Literal["plugin"],
+        use_tqdm: bool = True,
+        truncate_prompt_tokens: int | None = None,
+        lora_request: object = None,
+        tokenization_kwargs: dict[str, Any] | None = None,
+    ) -> list[PoolingRequestOutput[Any]]: ...
+
+    @overload
+    def encode(
+        self: LLM,
+        prompts: Prompts,
+        pooling_params: PoolingParams | Sequence[PoolingParams] | None = None,
+        *,
+        pooling_task: str | None = None,
+        use_tqdm: bool = True,
+        truncate_prompt_tokens: int | None = None,
+        lora_request: object = None,
+        tokenization_kwargs: dict[str, Any] | None = None,
+    ) -> list[PoolingRequestOutput[PoolingOutput]]: ...
+
+    def encode(
+        self: LLM,
+        prompts: Prompts | Any,
         pooling_params: PoolingParams | Sequence[PoolingParams] | None = None,
         *,
         pooling_task: str | None = None,
@@ -55,7 +115,8 @@ class TaskMethods:
         """Raw pooled tensors (``.outputs.data``) for any task the model supports.
 
         With ``pooling_task="plugin"`` the loaded IO processor plugin pre-processes
-        ``prompts`` and post-processes the outputs (``.outputs`` is then the plugin's result).
+        ``prompts`` (then any input the plugin takes) and post-processes the outputs
+        (``.outputs`` is then the plugin's result).
         """
         truncate_prompt_tokens = vllm_extras(lora_request, tokenization_kwargs, truncate_prompt_tokens)
         if pooling_task == "plugin":
@@ -67,7 +128,7 @@ class TaskMethods:
 
     def embed(
         self: LLM,
-        prompts: object,
+        prompts: Prompts,
         pooling_params: PoolingParams | Sequence[PoolingParams] | None = None,
         *,
         use_tqdm: bool = True,
@@ -82,7 +143,7 @@ class TaskMethods:
 
     def classify(
         self: LLM,
-        prompts: object,
+        prompts: Prompts,
         pooling_params: PoolingParams | Sequence[PoolingParams] | None = None,
         *,
         use_tqdm: bool = True,
@@ -97,7 +158,7 @@ class TaskMethods:
 
     def reward(
         self: LLM,
-        prompts: object,
+        prompts: Prompts,
         pooling_params: PoolingParams | Sequence[PoolingParams] | None = None,
         *,
         use_tqdm: bool = True,
@@ -112,8 +173,8 @@ class TaskMethods:
 
     def score(
         self: LLM,
-        data_1: str | Sequence[str],
-        data_2: str | Sequence[str],
+        data_1: ScoreInputs,
+        data_2: ScoreInputs,
         /,
         *,
         pooling_params: PoolingParams | Sequence[PoolingParams] | None = None,
@@ -135,7 +196,7 @@ class TaskMethods:
 
     def encode_multi(
         self: LLM,
-        prompts: object,
+        prompts: Prompts,
         pooling_tasks: Sequence[str],
         pooling_params: dict[str, PoolingParams] | None = None,
         *,

@@ -11,6 +11,7 @@ from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables.config import run_in_executor
 from pydantic import ConfigDict, Field
+from vllm_pool.retrievers import MultiVectorIndex
 from vllm_pool.retrievers.index_base import NotCopyable
 
 from .. import _colbert
@@ -44,8 +45,9 @@ class VllmPoolColBERTRetriever(NotCopyable, ColBERTFields, BaseRetriever):
     """Show a progress bar when adding documents."""
     index_kwargs: dict[str, Any] | None = None
     """Options of a new ``MultiVectorIndex`` (``index_type``, ``storage``, ``candidates_per_token``...)."""
-    index: Any = Field(default=None, exclude=True, repr=False)
-    """The ``vllm_pool.retrievers.MultiVectorIndex`` (a new empty one when not given)."""
+    index: MultiVectorIndex | None = Field(default=None, exclude=True, repr=False)
+    """The ``vllm_pool.retrievers.MultiVectorIndex`` (a new empty one when not given; another
+    type is a ``ValidationError`` naming ``index``)."""
 
     def model_post_init(self, context: Any, /) -> None:
         super().model_post_init(context)

@@ -11,6 +11,7 @@ from typing import Any
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.callbacks import CallbackManager
 from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, QueryBundle
+from vllm_pool.retrievers import MultiVectorIndex
 from vllm_pool.retrievers.index_base import NotCopyable
 
 from vllm_pool import DEFAULT_MODEL
@@ -33,7 +34,8 @@ class VllmPoolColBERTRetriever(NotCopyable, _colbert.ColBERTSettings, BaseRetrie
     Remove nodes with :meth:`delete` (node ids) or :meth:`delete_ref_doc` (a source document).
 
     Args:
-        index: a ``vllm_pool.retrievers.MultiVectorIndex`` (default: a new empty one).
+        index: a ``vllm_pool.retrievers.MultiVectorIndex`` (default: a new empty one; another
+            type is a ``TypeError``).
         model: a local model folder or a Hugging Face Hub id.
         similarity_top_k: nodes returned per query.
         filters: metadata filter: LlamaIndex ``MetadataFilters``, a LangChain FAISS-style
@@ -75,7 +77,7 @@ class VllmPoolColBERTRetriever(NotCopyable, _colbert.ColBERTSettings, BaseRetrie
 
     def __init__(
         self,
-        index: Any = None,
+        index: MultiVectorIndex | None = None,
         *,
         model: str = DEFAULT_MODEL,
         similarity_top_k: int = 4,
@@ -104,6 +106,10 @@ class VllmPoolColBERTRetriever(NotCopyable, _colbert.ColBERTSettings, BaseRetrie
         verbose: bool = False,
         **huggingface_names: Any,
     ) -> None:
+        if index is not None and not isinstance(index, MultiVectorIndex):  # before the model loads
+            raise TypeError(
+                f"index must be a vllm_pool.retrievers.MultiVectorIndex or None, got {type(index).__name__}"
+            )
         if huggingface_names:  # model_name=, model_kwargs=, max_length=... as the arguments above
             params = inspect.signature(VllmPoolColBERTRetriever.__init__).parameters
             given = {
