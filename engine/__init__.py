@@ -17,6 +17,7 @@ from vllm_pool.engine.outputs import (
     stack_outputs,
 )
 from vllm_pool.engine.params import PoolingParams
+from vllm_pool.engine.tasks import TextPrompt, TokensPrompt
 from vllm_pool.engine.types import ModelNotFoundError, PoolingType, UnsupportedTaskError
 
 __all__ = [
@@ -38,4 +39,6 @@ __all__ = [
     "UnsupportedTaskError",
     "output_lists",
     "stack_outputs",
+    "TextPrompt",
+    "TokensPrompt",
 ]

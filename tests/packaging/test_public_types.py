@@ -70,3 +70,14 @@ def test_llamaindex_colbert_index_is_checked():
         VllmPoolColBERTRetriever(index="x")
     with pytest.raises(TypeError, match="got str"):
         VllmPoolColBERTRetriever("x", model_name="any")  # the HuggingFace spelling path too
+
+
+def test_prompt_types_exported_as_in_vllm(default_llm):
+    """``from vllm import TextPrompt, TokensPrompt`` has the same spelling here."""
+    from vllm_pool import TextPrompt, TokensPrompt
+
+    outs = default_llm.embed(
+        [TextPrompt(prompt="Hello"), TokensPrompt(prompt_token_ids=[101, 7592, 102])], use_tqdm=False
+    )
+    assert [len(o.prompt_token_ids) for o in outs] == [3, 3]
+    assert outs[0].outputs.embedding == outs[1].outputs.embedding  # "Hello" is [CLS] hello [SEP]
