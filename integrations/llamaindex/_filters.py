@@ -3,7 +3,9 @@
 The indexes take LangChain FAISS-style filter dicts (``vllm_pool.retrievers.filters``);
 LlamaIndex users write ``MetadataFilters``. Each ``MetadataFilter`` becomes one field
 condition and each ``MetadataFilters`` an ``$and`` / ``$or`` / ``$not`` group (``NOT``
-meaning none of its filters holds, as in LlamaIndex's simple vector store).
+meaning none of its filters holds, as in LlamaIndex's simple vector store). As there, an
+empty ``MetadataFilters`` keeps every node, and a missing or ``None`` value matches only
+``!=`` and ``nin``.
 """
 
 from __future__ import annotations
@@ -66,7 +68,12 @@ def _translate(node: MetadataFilters | MetadataFilter) -> dict[str, Any]:
                 f"MetadataFilter on {node.key!r}: operator {FilterOperator(node.operator).value!r} "
                 f"is not supported by the vllm-pool indexes (supported: {supported})"
             )
-        return {node.key: {op: node.value}}
+        # as LlamaIndex: a missing or None value matches != and not in, and nothing else
+        if op in ("$ne", "$nin"):
+            return {"$or": [{node.key: {"$eq": None}}, {node.key: {op: node.value}}]}
+        return {node.key: {"$ne": None, op: node.value}}
+    if not node.filters:
+        return {"$and": []}  # no filters: every node, whatever the condition (as LlamaIndex)
     parts = [_translate(f) for f in node.filters]
     condition = FilterCondition(node.condition or FilterCondition.AND)
     if condition == FilterCondition.AND:
