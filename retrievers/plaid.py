@@ -62,7 +62,8 @@ class PlaidStore(TokenStore):
         self.codec: ResidualCodec | None = None
         self.trained_on = 0
         self._ivf: tuple[np.ndarray, np.ndarray] | None = None  # (offsets [C+1], doc positions)
-        self._ivf_for: object = None  # the segments() tuple the inverted list was built for
+        self._ivf_epoch: object = None  # the segments() epoch the inverted list was built in
+        self._ivf_docs = 0  # the first documents of segments() it covers
         self._centroids_t: torch.Tensor | None = None
         self.id_bytes = 2
         super().__init__(dim, "fp32")
@@ -103,6 +104,7 @@ class PlaidStore(TokenStore):
         self.codec = codec
         self.id_bytes = id_bytes(codec.num_centroids)
         self._centroids_t = None
+        self._ivf = None  # cells of other centroids
         if self._n == 0:
             self._codes = np.zeros((0, *self._code_shape()), dtype=np.uint8)
 
@@ -129,7 +131,7 @@ class PlaidStore(TokenStore):
             self.codec = None
             self._codes = np.zeros((0, *self._code_shape()), dtype=np.uint8)
             self._n, self._dead, self._span, self._segments = 0, 0, {}, None
-            self._mirror, self._mirror_n, self._ivf, self._ivf_for = None, 0, None, None
+            self._mirror, self._mirror_n, self._ivf, self._ivf_epoch = None, 0, None, None
             self._train(np.concatenate([old, *docs]))
             super().add([*order, *slots], [*old_docs, *docs])
         except BaseException:
@@ -140,19 +142,50 @@ class PlaidStore(TokenStore):
     def inverted_list(self) -> tuple[np.ndarray, np.ndarray]:
         """``(offsets int64 [C+1], docs [P])``: the positions (in :meth:`segments` order) of
         the documents with a token in cell ``c`` are ``docs[offsets[c]:offsets[c+1]]``, ascending
-        (``docs`` in :func:`position_dtype`: ``uint16`` up to 65,536 documents)."""
-        segments = self.segments()
-        if self._ivf is None or self._ivf_for is not segments:
-            starts, lengths, _ = segments
-            rows = rows_of(starts, lengths)
-            ids = self.row_ids(self._codes[rows])
-            doc = np.repeat(np.arange(len(starts), dtype=np.int64), lengths)
-            pairs = np.unique(ids * max(len(starts), 1) + doc)  # sorted by cell, then document
-            cells = pairs // max(len(starts), 1)
-            offsets = np.searchsorted(cells, np.arange(self.codec.num_centroids + 1)).astype(np.int64)
-            self._ivf = (offsets, (pairs % max(len(starts), 1)).astype(position_dtype(len(starts))))
-            self._ivf_for = segments
+        (``docs`` in :func:`position_dtype`: ``uint16`` up to 65,536 documents).
+
+        Kept between calls. While documents were only appended since (same
+        :attr:`_segments_epoch`), only their pairs are merged in; anything else (a removal, an
+        overwrite, a compaction, a load, re-trained centroids) builds it anew.
+        """
+        n = len(self.segments()[0])
+        if self._ivf is None or self._ivf_epoch is not self._segments_epoch or self._ivf_docs > n:
+            self._ivf = self._build_inverted_list()
+        elif self._ivf_docs < n:
+            self._ivf = self._append_to_inverted_list(self._ivf_docs)
+        self._ivf_epoch, self._ivf_docs = self._segments_epoch, n
         return self._ivf
+
+    def _build_inverted_list(self) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`inverted_list` from scratch: the (cell, document) pairs of every document."""
+        n = len(self.segments()[0])
+        cells, docs = self._cell_doc_pairs(0)
+        offsets = np.searchsorted(cells, np.arange(self.codec.num_centroids + 1)).astype(np.int64)
+        return offsets, docs.astype(position_dtype(n))
+
+    def _append_to_inverted_list(self, first: int) -> tuple[np.ndarray, np.ndarray]:
+        """The kept inverted list plus the pairs of the documents from position ``first`` on.
+
+        Their positions exceed all listed ones, so each cell's pairs go at the end of its block
+        and every block stays ascending."""
+        offsets, docs = self._ivf
+        n = len(self.segments()[0])
+        cells, new_docs = self._cell_doc_pairs(first)
+        dtype = position_dtype(n)
+        docs = np.insert(docs.astype(dtype, copy=False), offsets[cells + 1], new_docs.astype(dtype))
+        added = np.bincount(cells, minlength=self.codec.num_centroids)
+        return offsets + np.concatenate([[0], np.cumsum(added)]), docs
+
+    def _cell_doc_pairs(self, first: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(cells, positions)`` ``int64``: each distinct (cell, document) pair of the documents
+        from position ``first`` of :meth:`segments` on, sorted by cell, then position."""
+        starts, lengths, _ = self.segments()
+        starts, lengths = starts[first:], lengths[first:]
+        n = max(len(starts), 1)
+        ids = self.row_ids(self._codes[rows_of(starts, lengths)])
+        doc = np.repeat(np.arange(len(starts), dtype=np.int64), lengths)
+        pairs = np.unique(ids * n + doc)  # sorted by cell, then document
+        return pairs // n, pairs % n + first
 
     # -- search ----------------------------------------------------------------------------
     def _centroids(self) -> torch.Tensor:

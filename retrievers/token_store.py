@@ -50,6 +50,9 @@ class TokenStore:
         self._span: dict[int, tuple[int, int]] = {}  # slot -> (start, length)
         self._dead = 0
         self._segments: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # cache of segments()
+        # made anew with each full build of segments(), kept while adds only append to it: a
+        # cache derived from segments() stays valid for the documents it covered while this holds
+        self._segments_epoch = object()
         self._mirror: torch.Tensor | None = None  # decoded rows on a device (see device_rows)
         self._mirror_n = 0  # rows of the mirror in sync
 
@@ -100,16 +103,29 @@ class TokenStore:
         """Append the ``[L_i, dim]`` fp32 token matrices of documents ``slots``."""
         flat = np.concatenate(docs) if docs else np.zeros((0, self.dim), np.float32)
         codes, scales = self._encode(flat)
-        self._reserve(len(flat))
+        self._reserve(len(flat))  # may compact, which drops the segments() cache
         self._codes[self._n : self._n + len(flat)] = codes
         if scales is not None:
             self._scales[self._n : self._n + len(flat)] = scales
+        self._append_segments([int(s) for s in slots], [len(d) for d in docs])
         start = self._n
-        self._segments = None
         for slot, doc in zip(slots, docs, strict=True):
             self._span[int(slot)] = (start, len(doc))
             start += len(doc)
         self._n = start
+
+    def _append_segments(self, slots: list[int], lengths: list[int]) -> None:
+        """Extend the cached :meth:`segments` by documents ``slots`` about to be stored from row
+        ``self._n`` on (after every stored row, so they sort last), or drop the cache when a slot
+        is already stored or repeats (its old span would stay listed)."""
+        if self._segments is None:
+            return
+        if len(set(slots)) != len(slots) or any(s in self._span for s in slots):
+            self._segments = None
+            return
+        n = np.asarray(lengths, dtype=np.int64)
+        new = (self._n + np.cumsum(n) - n, n, np.asarray(slots, dtype=np.int64).reshape(-1))
+        self._segments = tuple(np.concatenate([old, add]) for old, add in zip(self._segments, new))
 
     def _reserve(self, extra: int) -> None:
         if self._n + extra <= len(self._codes):
@@ -129,11 +145,11 @@ class TokenStore:
 
     def remove(self, slots: Sequence[int]) -> None:
         """Forget documents (their rows are reclaimed by :meth:`compact`)."""
-        self._segments = None
         for slot in slots:
             span = self._span.pop(int(slot), None)
             if span is not None:
                 self._dead += span[1]
+                self._segments = None  # (kept when nothing was stored: an add overwriting nothing)
 
     def compact(self, order: Sequence[int] | None = None) -> None:
         """Rewrite the rows contiguously, documents in ``order`` (default: current order)."""
@@ -177,12 +193,16 @@ class TokenStore:
     def segments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The live documents in row order: ``(starts, lengths, slots)``, each ``int64 [n]``."""
         if self._segments is None:
-            spans = np.asarray(
-                [(st, n, slot) for slot, (st, n) in self._span.items()], dtype=np.int64
-            ).reshape(-1, 3)
-            spans = spans[np.argsort(spans[:, 0], kind="stable")]
-            self._segments = (spans[:, 0].copy(), spans[:, 1].copy(), spans[:, 2].copy())
+            self._segments = self._build_segments()
+            self._segments_epoch = object()
         return self._segments
+
+    def _build_segments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`segments` from scratch (a loop over every document)."""
+        spans = np.asarray([(st, n, slot) for slot, (st, n) in self._span.items()], dtype=np.int64)
+        spans = spans.reshape(-1, 3)
+        spans = spans[np.argsort(spans[:, 0], kind="stable")]
+        return spans[:, 0].copy(), spans[:, 1].copy(), spans[:, 2].copy()
 
     def decode_range(self, start: int, stop: int) -> np.ndarray:
         """Rows ``[start, stop)`` decoded to ``float32`` (a view for fp32 storage)."""
