@@ -9,6 +9,8 @@ input (our rule: an error names the input), so vLLM's regexes still match.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from typing import Any
 
 EMBEDDING = "embedding generation"
@@ -29,7 +31,7 @@ class PromptTooLongError(ValueError):
         kind: ``"context"`` (``max_model_len``) or ``"embed"`` (``pooler_config.max_embed_len``).
 
     ``PromptTooLongError(message)`` alone is the same error with a finished message (how
-    :func:`~vllm_pool.retrievers.positions.caller_positions` renumbers positions).
+    :func:`renamed_prompts` renumbers positions when it appends a suffix).
     """
 
     def __init__(
@@ -134,3 +136,32 @@ def online_message(exc: Exception, operation: str = EMBEDDING) -> str:
     if isinstance(exc, TruncationTooLargeError):
         return exc.online_message()
     return str(exc)
+
+
+_PROMPT = re.compile(r"\bprompts\[(\d+)\]")
+
+
+def renamed_prompts(
+    exc: Exception, name_of: Callable[[int], str | None], suffix: str | None = None
+) -> Exception | None:
+    """``exc`` with each ``prompts[i]`` in it read as ``name_of(i)`` (kept where that is
+    ``None``), and ``suffix`` appended in parentheses; ``None`` when nothing changes or the
+    exception class cannot be made from a message. A :class:`PromptTooLongError` keeps its
+    fields (the server's text) when no suffix is added.
+
+    Callers that cut or de-duplicate the user's list before the engine sees it name the
+    user's inputs with it (``texts[280]``, ``query``), not the engine's ``prompts[24]``.
+    """
+
+    def rename(text: str) -> str:
+        return _PROMPT.sub(lambda m: name_of(int(m.group(1))) or m[0], text)
+
+    if suffix is None and isinstance(exc, PromptTooLongError) and exc.num_tokens is not None:
+        return PromptTooLongError(rename(exc.where), exc.num_tokens, exc.limit, exc.task, exc.kind)
+    message = rename(str(exc)) + (f" ({suffix})" if suffix else "")
+    if message == str(exc):
+        return None
+    try:
+        return type(exc)(message)
+    except Exception:  # an exception class with another constructor
+        return None

@@ -10,7 +10,6 @@ checks everything before any model work, so bad input never reaches the queue.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -18,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from vllm_pool.engine import chunked
 from vllm_pool.engine.inputs import check_attention_masks, normalize_prompts
-from vllm_pool.engine.lengths import PromptTooLongError
+from vllm_pool.engine.lengths import renamed_prompts
 from vllm_pool.engine.outputs import (
     REQUEST_OUTPUT_CLASSES,
     ClassificationOutput,
@@ -37,7 +36,6 @@ if TYPE_CHECKING:
     from vllm_pool.engine.llm import LLM
 
 Finish = Callable[[dict[str, list[torch.Tensor]]], list[PoolingRequestOutput[Any]]]
-_PROMPT = re.compile(r"\bprompts\[(\d+)\]")
 
 
 @dataclass
@@ -177,7 +175,7 @@ class ScoreIO:
             requests = embed.prepare(texts, params, truncate_prompt_tokens).requests
         except (ValueError, TypeError) as exc:  # name the caller's input, not the de-duplicated list's
             where = _caller_names(unique, (keys_1, keys_2), (data_1, data_2), names)
-            renamed = _renamed(exc, where)
+            renamed = renamed_prompts(exc, lambda i: where[i] if i < len(where) else None)
             if renamed is None:
                 raise
             raise renamed from exc
@@ -219,23 +217,6 @@ def _caller_names(
             if key not in first:  # a one-item first side is repeated for every pair: its item 0
                 first[key] = names[side] if single else f"{names[side]}[{min(j, n - 1)}]"
     return [first[k] for k in unique]
-
-
-def _renamed(exc: Exception, where: list[str]) -> Exception | None:
-    """``exc`` with ``prompts[i]`` read as ``where[i]``; ``None`` when it names no prompt."""
-
-    def rename(text: str) -> str:
-        return _PROMPT.sub(lambda m: where[int(m.group(1))] if int(m.group(1)) < len(where) else m[0], text)
-
-    if isinstance(exc, PromptTooLongError) and exc.num_tokens is not None:  # keeps the server's text
-        return PromptTooLongError(rename(exc.where), exc.num_tokens, exc.limit, exc.task, exc.kind)
-    message = rename(str(exc))
-    if message == str(exc):
-        return None
-    try:
-        return type(exc)(message)
-    except Exception:  # an exception class with another constructor
-        return None
 
 
 def task_processors(llm: LLM) -> dict[str, Any]:

@@ -7,11 +7,11 @@ rewrites them to the caller's (``texts[280]``) and can add that nothing was chan
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-_POSITION = re.compile(r"\bprompts\[(\d+)\]")
+from vllm_pool.engine.lengths import renamed_prompts
+
 UNCHANGED = "nothing was added: the index is unchanged"
 """Appended to the error of an add that failed before changing anything."""
 
@@ -48,13 +48,7 @@ def caller_positions(
         yield
     except (ValueError, TypeError) as exc:
         where = (lambda i: start + i) if positions is None else (lambda i: positions[start + i])
-        message = _POSITION.sub(lambda m: label(name, where(int(m.group(1)))), str(exc))
-        if unchanged:
-            message = f"{message} ({unchanged})"
-        if message == str(exc):
+        renamed = renamed_prompts(exc, lambda i: label(name, where(i)), unchanged)
+        if renamed is None:  # nothing to rename, or a class with another constructor: as it is
             raise
-        try:
-            renamed = type(exc)(message)
-        except Exception:  # an exception class with another constructor: keep it as it is
-            raise exc from None
         raise renamed from exc
