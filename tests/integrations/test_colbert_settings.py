@@ -172,12 +172,15 @@ def test_interrupted_retriever_save_keeps_the_previous_one(tmp_path, monkeypatch
     def killed(folder):
         raise KeyboardInterrupt("killed while writing the index")
 
+    def killed_save_keeps_the_previous_one():
+        with pytest.raises(KeyboardInterrupt):
+            _colbert.save(path, new, _settings(300))
+        monkeypatch.undo()
+        index, settings = _colbert.load(path)
+        assert index.ids() == ["a"] and settings["colbert"]["doc_maxlen"] == 64
+
     monkeypatch.setattr(new, "save", killed)
-    with pytest.raises(KeyboardInterrupt):
-        _colbert.save(path, new, _settings(300))
-    monkeypatch.undo()
-    index, settings = _colbert.load(path)
-    assert index.ids() == ["a"] and settings["colbert"]["doc_maxlen"] == 64
+    killed_save_keeps_the_previous_one()
     switches = []
 
     def checkpoint(step):  # the index's own save switches first, then the retriever's folder
@@ -186,11 +189,7 @@ def test_interrupted_retriever_save_keeps_the_previous_one(tmp_path, monkeypatch
             raise KeyboardInterrupt("killed before the retriever's switch")
 
     monkeypatch.setattr(index_folder, "_checkpoint", checkpoint)
-    with pytest.raises(KeyboardInterrupt):
-        _colbert.save(path, new, _settings(300))
-    monkeypatch.undo()
-    index, settings = _colbert.load(path)
-    assert index.ids() == ["a"] and settings["colbert"]["doc_maxlen"] == 64
+    killed_save_keeps_the_previous_one()
     _colbert.save(path, new, _settings(300))
     index, settings = _colbert.load(path)
     assert index.ids() == ["b", "c"] and settings["colbert"]["doc_maxlen"] == 300
