@@ -282,6 +282,16 @@ def capped_length(
     return limit
 
 
+def cap_truncation(owner: Any) -> None:
+    """Cap ``owner.truncate_prompt_tokens`` (where its class has the field) at the model's
+    limit (:func:`capped_length`), on ``owner`` itself."""
+    if "truncate_prompt_tokens" not in type(owner).model_fields:
+        return
+    capped = capped_length(owner.llm, owner.truncate_prompt_tokens, type(owner).__name__)
+    if capped != owner.truncate_prompt_tokens:
+        owner.truncate_prompt_tokens = capped
+
+
 def capped_colbert_lengths(llm: Any, settings: Mapping[str, Any], owner: str) -> dict[str, Any]:
     """ColBERT encoder ``settings`` with ``query_maxlen`` / ``doc_maxlen`` capped at the
     model's limit (:func:`capped_length`)."""

@@ -9,7 +9,7 @@ from llama_index.core.bridge.pydantic import BaseModel, Field, PrivateAttr
 from vllm_pool import DEFAULT_MODEL
 
 from .._engines import ENGINE_KWARGS_HELP, TRUNCATE_HELP, EngineRef
-from .._hf_names import capped_length, translate
+from .._hf_names import cap_truncation, translate
 
 
 class EngineFields(BaseModel):
@@ -43,11 +43,7 @@ class EngineFields(BaseModel):
         kwargs = translate(type(self).__name__, type(self).model_fields, kwargs)
         super().__init__(**kwargs)
         self._engine = EngineRef.loaded_for(self)  # shared; a bad model id fails here
-        if "truncate_prompt_tokens" in type(self).model_fields:  # max_length over the model's limit
-            given = self.truncate_prompt_tokens
-            capped = capped_length(self.llm, given, type(self).__name__)
-            if capped != given:
-                self.truncate_prompt_tokens = capped
+        cap_truncation(self)  # a max_length over the model's limit
 
     @property
     def llm(self) -> Any:
