@@ -13,6 +13,7 @@ import itertools
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -242,7 +243,7 @@ class LLM(TaskMethods):
         on_cuda = self.model_config.device.type == "cuda"
         executor = ModelExecutor(self.runner, self.poolers, self.model_thread)
         self.core = EngineCore(executor, scheduler, output_thread=on_cuda)
-        self.runner.on_oom = self._lower_budget
+        self.runner.on_oom = _weak_method(self._lower_budget)  # no cycle: see task_io._weak
         self.tokenizer_pool = ForkSafePool("vllm-pool-tokenize")
         self.task_io = task_processors(self)
 
@@ -377,6 +378,17 @@ class LLM(TaskMethods):
 
 # engine.tasks imports LLM for type checkers only (a cycle): get_type_hints(LLM.embed) needs it there
 vars(tasks_module)["LLM"] = LLM
+
+
+def _weak_method(method: Callable[[int], None]) -> Callable[[int], None]:
+    """``method`` without a strong reference to its object (once that is gone: a no-op)."""
+    ref = weakref.WeakMethod(method)
+
+    def call(tokens: int) -> None:
+        if (bound := ref()) is not None:
+            bound(tokens)
+
+    return call
 
 
 def chunk_bounds(n: int, size: int, first: int | None = None) -> list[tuple[int, int]]:

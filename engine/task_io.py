@@ -10,6 +10,7 @@ checks everything before any model work, so bad input never reaches the queue.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -68,7 +69,7 @@ class PromptIO:
     """
 
     def __init__(self, llm: LLM, task: str, output: type | None = None) -> None:
-        self.llm = llm
+        self.llm = _weak(llm)
         self.task = task
         self.output = output
 
@@ -138,7 +139,7 @@ class ScoreIO:
     """
 
     def __init__(self, llm: LLM) -> None:
-        self.llm = llm
+        self.llm = _weak(llm)
 
     @property
     def cross_encoder(self) -> bool:
@@ -227,6 +228,12 @@ def task_processors(llm: LLM) -> dict[str, Any]:
         "reward": PromptIO(llm, "token_classify"),
         "score": ScoreIO(llm),
     }
+
+
+def _weak(llm: LLM) -> LLM:
+    """A proxy of ``llm`` for the processors it owns: no reference cycle, so that dropping
+    the last reference to an engine frees its model at once (not at the next full GC pass)."""
+    return llm if isinstance(llm, weakref.ProxyTypes) else weakref.proxy(llm)  # type: ignore[return-value]
 
 
 def encode_processor(llm: LLM, task: str) -> PromptIO:
