@@ -115,8 +115,9 @@ class PoolingParams:
         return replace(self, **changes)  # type: ignore[arg-type]
 
     def key(self) -> tuple[Any, ...]:
-        """Every field's value in a hashable tuple (lists as tuples): equal params, equal keys."""
-        return tuple(tuple(v) if isinstance(v, list) else v for v in (getattr(self, n) for n in _FIELD_NAMES))
+        """Every field's value and type in a hashable tuple (lists as tuples): equal params,
+        equal keys; ``2`` and ``2.0`` or ``1`` and ``True`` (one valid, one not) differ."""
+        return tuple(typed_key(getattr(self, n)) for n in _FIELD_NAMES)
 
     def check(self) -> None:
         """Validate values that do not depend on the model."""
@@ -127,6 +128,13 @@ class PoolingParams:
 
 
 _FIELD_NAMES = tuple(f.name for f in fields(PoolingParams))
+
+
+def typed_key(value: Any) -> Any:
+    """``value`` with its type (lists and tuples item by item), hashable."""
+    if isinstance(value, (list, tuple)):
+        return type(value), tuple(typed_key(v) for v in value)
+    return type(value), value
 
 
 def check_dimensions(

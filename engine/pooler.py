@@ -17,7 +17,7 @@ from vllm_pool.engine.classifier import Classifier
 from vllm_pool.engine.config import ModelConfig
 from vllm_pool.engine.heads import ClassifyHead, EmbeddingHead, Projection
 from vllm_pool.engine.methods import SEQUENCE_METHODS, all_pool, skip_instructions, step_pool
-from vllm_pool.engine.params import PoolingParams
+from vllm_pool.engine.params import PoolingParams, typed_key
 from vllm_pool.engine.types import (
     ALL_POOLING_TASKS,
     HiddenStates,
@@ -68,7 +68,7 @@ class Pooler:
         a server resolves the same few params for every request, and nothing changes a
         resolved object.
         """
-        key = (params.key(), truncate_prompt_tokens)
+        key = (params.key(), typed_key(truncate_prompt_tokens))
         resolved = self._resolved.get(key)
         if resolved is None:
             if truncate_prompt_tokens is not None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from vllm_pool import PoolingParams
+
 
 def _still_works(llm):
     (out,) = llm.embed("still works", use_tqdm=False)
@@ -138,4 +140,35 @@ def test_lone_surrogates_are_named(default_llm):
     with pytest.raises(ValueError, match=r"data_2\[1\] is not valid Unicode"):
         default_llm.score("q", ["a", "b\udfff"], use_tqdm=False)
     assert len(default_llm.embed(["emoji \U0001f600 ok"], use_tqdm=False)) == 1  # a real pair is fine
+    _still_works(default_llm)
+
+
+@pytest.mark.parametrize(
+    "valid, invalid, valid_error",
+    [
+        ({"truncate_prompt_tokens": 2}, {"truncate_prompt_tokens": 2.0}, None),
+        # 1 is a valid value, too small for this tokenizer's two special tokens (a later check)
+        (
+            {"truncate_prompt_tokens": 1},
+            {"truncate_prompt_tokens": True},
+            "smaller than the 2 special tokens",
+        ),
+        (
+            {"pooling_params": PoolingParams(truncate_prompt_tokens=3)},
+            {"pooling_params": PoolingParams(truncate_prompt_tokens=3.0)},
+            None,
+        ),
+    ],
+)
+def test_a_value_refused_stays_refused_after_an_equal_valid_one(default_llm, valid, invalid, valid_error):
+    """Resolved params are cached: ``2.0 == 2`` and ``True == 1`` must not hit the entry of
+    the valid value and skip the checks."""
+    for _ in range(2):
+        with pytest.raises(ValueError, match="truncate_prompt_tokens must be a positive integer"):
+            default_llm.embed("hi there", use_tqdm=False, **invalid)
+        if valid_error is None:
+            default_llm.embed("hi there", use_tqdm=False, **valid)
+        else:
+            with pytest.raises(ValueError, match=valid_error):
+                default_llm.embed("hi there", use_tqdm=False, **valid)
     _still_works(default_llm)
