@@ -32,7 +32,6 @@ SETTINGS_FILE = "colbert.json"
 INDEX_DIR = "index"
 SETTINGS_VERSION = 2
 _V1_KEYS = ("query_maxlen", "doc_maxlen", "query_marker", "doc_marker")
-_READ_ATTEMPTS = 5
 LOAD_OPTIONS = ("use_gpu", "device")
 """``index_kwargs`` given to ``MultiVectorIndex.load`` when a retriever is loaded."""
 SEARCH_SETTINGS = (
@@ -97,37 +96,14 @@ def load(
         TypeError: an ``index_kwargs`` name that is no option of ``MultiVectorIndex``.
         ValueError: a build option in ``index_kwargs`` that differs from the saved index's.
     """
-    from vllm_pool.retrievers import IndexFormatError
-    from vllm_pool.retrievers.index_folder import clean_leftovers, reading, version_folder
+    from vllm_pool.retrievers.persistence import read_live
 
-    root = Path(path)
-    for attempt in range(_READ_ATTEMPTS):
-        try:
-            folder = version_folder(root, marker=SETTINGS_FILE)
-        except IndexFormatError as exc:
-            raise IndexFormatError(f"{root / SETTINGS_FILE}: no saved ColBERT retriever ({exc})") from exc
-        try:
-            with reading(folder):
-                settings = read_settings(folder / SETTINGS_FILE)
-                index = _load_index(folder / INDEX_DIR, settings, index_kwargs)
-        except IndexFormatError:
-            if attempt + 1 < _READ_ATTEMPTS and _switched(root, folder):
-                continue  # a save switched versions while this read
-            raise
-        if folder != root:
-            clean_leftovers(root)
-        return index, settings
-    raise AssertionError("unreachable")  # pragma: no cover
+    def read(folder: Path) -> tuple[Any, dict[str, Any]]:
+        settings = read_settings(folder / SETTINGS_FILE)
+        return _load_index(folder / INDEX_DIR, settings, index_kwargs), settings
 
-
-def _switched(root: Path, folder: Path) -> bool:
-    from vllm_pool.retrievers import IndexFormatError
-    from vllm_pool.retrievers.index_folder import version_folder
-
-    try:
-        return version_folder(root, marker=SETTINGS_FILE) != folder
-    except IndexFormatError:
-        return False
+    # under the version's reader lock; a save that switches versions meanwhile is retried
+    return read_live(path, read, marker=SETTINGS_FILE, missing="no saved ColBERT retriever")
 
 
 def read_settings(settings_path: Path) -> dict[str, Any]:

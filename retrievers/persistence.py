@@ -21,7 +21,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import faiss
 import numpy as np
@@ -43,6 +43,8 @@ from .types import IndexFormatError
 logger = logging.getLogger(__name__)
 
 _READ_ATTEMPTS = 5
+"""Reads of an index folder before a load gives up on saves that keep switching versions."""
+T = TypeVar("T")
 
 
 @dataclass
@@ -129,7 +131,8 @@ def load_index_files(path: str | os.PathLike, kind: str, expected_dim: int | Non
 
     The folder may come from anyone: every field is validated before it is used, only plain
     file names inside the folder are read, and an ``.npy`` header must match its file's size
-    before the array is allocated. A save that switches versions while this reads is retried.
+    before the array is allocated. A save that switches versions while this reads is retried
+    (see :func:`read_live`).
 
     Args:
         path: the index folder.
@@ -144,19 +147,47 @@ def load_index_files(path: str | os.PathLike, kind: str, expected_dim: int | Non
             malformed field, or a file whose size or checksum differs from the manifest or
             that cannot be parsed; the message names the file and the field.
     """
+    return read_live(path, lambda folder: _read_files(folder, kind, expected_dim))
+
+
+def read_live(
+    path: str | os.PathLike, read: Callable[[Path], T], marker: str = MANIFEST, missing: str | None = None
+) -> T:
+    """Call ``read`` on the live version folder of ``path`` under its reader lock
+    (:func:`.index_folder.reading`), so that a load sees the old index or the new one: a save
+    that switches ``CURRENT`` before the lock is taken makes ``read`` run again on the new version.
+
+    Args:
+        path: the index folder.
+        read: reads the version folder it is given; raises :class:`IndexFormatError` on a
+            problem (a ``FileNotFoundError`` counts as one).
+        marker: the top-level file of the older flat layout (see :func:`.index_folder.version_folder`).
+        missing: when given, an error finding the live version is raised as
+            ``"PATH/MARKER: {missing} (the error)"``.
+
+    Returns:
+        What ``read`` returned.
+
+    Raises:
+        IndexFormatError: no index at ``path``, or what ``read`` raised when no save switched
+            versions meanwhile (or on the last of :data:`_READ_ATTEMPTS`).
+    """
     root = Path(path)
     for attempt in range(_READ_ATTEMPTS):
-        folder = version_folder(root)
+        folder: Path | None = None
         try:
-            with reading(folder):
-                try:
-                    out = _read_files(folder, kind, expected_dim)
-                except FileNotFoundError as exc:  # removed while read (a save's clean-up)
-                    raise IndexFormatError(f"{exc.filename}: file missing") from exc
-        except IndexFormatError:
-            if attempt + 1 < _READ_ATTEMPTS and _switched(root, folder):
+            try:
+                folder = version_folder(root, marker)
+                with reading(folder):
+                    out = read(folder)
+            except FileNotFoundError as exc:  # removed while read (a save's clean-up)
+                raise IndexFormatError(f"{exc.filename}: file missing") from exc
+        except IndexFormatError as exc:
+            if attempt + 1 < _READ_ATTEMPTS and _switched(root, folder, marker):
                 logger.info("%s: a save switched versions during the load; reading again", root)
                 continue
+            if folder is None and missing is not None:
+                raise IndexFormatError(f"{root / marker}: {missing} ({exc})") from exc
             raise
         if folder != root:
             clean_leftovers(root)
@@ -164,9 +195,10 @@ def load_index_files(path: str | os.PathLike, kind: str, expected_dim: int | Non
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _switched(root: Path, folder: Path) -> bool:
+def _switched(root: Path, folder: Path | None, marker: str) -> bool:
+    """Whether ``root`` now resolves to a live version other than ``folder`` (``None``: none found)."""
     try:
-        return version_folder(root) != folder
+        return version_folder(root, marker) != folder
     except IndexFormatError:
         return False
 

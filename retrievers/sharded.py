@@ -23,9 +23,9 @@ import numpy as np
 
 from .dense import DenseIndex
 from .index_base import DocumentIndex
-from .index_folder import version_folder, write_version
+from .index_folder import write_version
 from .multivector import MultiVectorIndex
-from .persistence import MANIFEST
+from .persistence import MANIFEST, read_live
 from .types import Filter, Hit, IndexFormatError, Record, check_k
 
 SHARDS_FILE = "shards.json"
@@ -47,17 +47,18 @@ def load_index(path: str | os.PathLike, use_gpu: bool | None = None) -> Any:
     Raises:
         IndexFormatError: no readable manifest, or an unknown kind.
     """
-    try:
-        manifest = version_folder(path) / MANIFEST
-    except IndexFormatError as exc:
-        raise IndexFormatError(f"{Path(path) / MANIFEST}: no readable index manifest ({exc})") from exc
-    try:
-        kind = json.loads(manifest.read_text(encoding="utf-8"))["kind"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise IndexFormatError(f"{manifest}: no readable index manifest ({exc})") from exc
-    if kind not in INDEX_CLASSES:
-        raise IndexFormatError(f"{manifest}: unknown index kind {kind!r}")
-    return INDEX_CLASSES[kind].load(path, use_gpu=use_gpu)
+
+    def read(folder: Path) -> Any:
+        manifest = folder / MANIFEST
+        try:
+            kind = json.loads(manifest.read_text(encoding="utf-8"))["kind"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise IndexFormatError(f"{manifest}: no readable index manifest ({exc})") from exc
+        if kind not in INDEX_CLASSES:
+            raise IndexFormatError(f"{manifest}: unknown index kind {kind!r}")
+        return INDEX_CLASSES[kind].load(folder, use_gpu=use_gpu)  # the version read-locked here
+
+    return read_live(path, read, missing="no readable index manifest")
 
 
 def _same_kind(indexes: Sequence[Any]) -> tuple[str, int]:
@@ -198,22 +199,27 @@ class ShardedIndex:
 
         Raises:
             IndexFormatError: a missing or bad ``shards.json``, a shard of another kind or
-                dimension, or a shard that does not load.
+                dimension, or a shard that does not load. A save that switches versions while
+                this reads is retried (see :func:`~.persistence.read_live`).
         """
-        root = version_folder(path, marker=SHARDS_FILE)
-        file = root / SHARDS_FILE
-        try:
-            spec = json.loads(file.read_text(encoding="utf-8"))
-            names, kind, dim = list(spec["shards"]), spec["kind"], spec["dim"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise IndexFormatError(f"{file}: missing or unreadable ({exc})") from exc
-        if spec.get("format_version") != SHARDS_VERSION:
-            raise IndexFormatError(f"{file}: format_version {spec.get('format_version')!r} is not supported")
-        if kind not in INDEX_CLASSES or not names:
-            raise IndexFormatError(f"{file}: kind {kind!r} with {len(names)} shards")
-        shards = []
-        for name in names:
-            if not isinstance(name, str) or Path(name).name != name or name.startswith("."):
-                raise IndexFormatError(f"{file}: bad shard name {name!r}")
-            shards.append(INDEX_CLASSES[kind].load(root / name, expected_dim=dim, use_gpu=use_gpu))
-        return cls(shards)
+        return cls(read_live(path, lambda folder: _read_shards(folder, use_gpu), marker=SHARDS_FILE))
+
+
+def _read_shards(root: Path, use_gpu: bool | None) -> list[Any]:
+    """The shards of the version folder ``root`` of a sharded folder (see :meth:`ShardedIndex.load`)."""
+    file = root / SHARDS_FILE
+    try:
+        spec = json.loads(file.read_text(encoding="utf-8"))
+        names, kind, dim = list(spec["shards"]), spec["kind"], spec["dim"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise IndexFormatError(f"{file}: missing or unreadable ({exc})") from exc
+    if spec.get("format_version") != SHARDS_VERSION:
+        raise IndexFormatError(f"{file}: format_version {spec.get('format_version')!r} is not supported")
+    if kind not in INDEX_CLASSES or not names:
+        raise IndexFormatError(f"{file}: kind {kind!r} with {len(names)} shards")
+    shards = []
+    for name in names:
+        if not isinstance(name, str) or Path(name).name != name or name.startswith("."):
+            raise IndexFormatError(f"{file}: bad shard name {name!r}")
+        shards.append(INDEX_CLASSES[kind].load(root / name, expected_dim=dim, use_gpu=use_gpu))
+    return shards
