@@ -60,8 +60,8 @@ class MultiVectorIndex(DocumentIndex):
         nprobe: IVF lists searched.
         hnsw_m: HNSW graph degree.
         ef_search: HNSW search breadth.
-        pq_m: PQ sub-quantizers of the ``"pq"`` storage.
-        pq_nbits: PQ bits per code.
+        pq_m: PQ sub-quantizers of the ``"pq"`` storage, a divisor of ``dim`` (``None``: automatic).
+        pq_nbits: PQ bits per code, 1 to 16 (codes of ``ceil(pq_m * pq_nbits / 8)`` bytes).
         use_gpu: ``None`` = candidate index on GPU when FAISS sees one, ``True`` = require,
             ``False`` = CPU.
         exact_filter_limit: filtered searches matching at most this many documents score
@@ -110,7 +110,7 @@ class MultiVectorIndex(DocumentIndex):
         config = {
             "index_type": index_type,
             "storage": storage,
-            "candidates_per_token": candidates_per_token,
+            "candidates_per_token": check_k(candidates_per_token, "candidates_per_token"),
             "normalize": normalize,
             "nlist": nlist,
             "nprobe": nprobe,
@@ -139,7 +139,7 @@ class MultiVectorIndex(DocumentIndex):
         else:
             self._store = TokenStore(dim, storage, pq_m, pq_nbits)
         self._device = scan_device(device, str(index_type).lower())
-        self.config["pq_m"] = self._store.pq_m  # the store resolves the automatic PQ size
+        self.config.update(pq_m=self._store.pq_m, pq_nbits=self._store.pq_nbits)  # as the store checked them
 
     # -- building ------------------------------------------------------------------------
     @classmethod
@@ -290,14 +290,15 @@ class MultiVectorIndex(DocumentIndex):
             k: hits per query (>= 1).
             filter: metadata filter (dict of equal values, or a callable on the metadata).
             query_mask: ``[Q, Lq]`` mask of real query tokens for a padded array.
-            candidates_per_token: override of the index's setting for this call.
+            candidates_per_token: override of the index's setting for this call (``None``: the index's).
             exhaustive: score every (matching) document instead of FAISS candidates.
 
         Returns:
             ``Q`` lists of at most ``k`` :class:`Hit`, best first.
         """
         k = check_k(k)
-        k_tok = check_k(candidates_per_token or self.config["candidates_per_token"])
+        k_tok = self.config["candidates_per_token"] if candidates_per_token is None else candidates_per_token
+        k_tok = check_k(k_tok, "candidates_per_token")
         if is_single_matrix(queries):
             queries = [queries]
         qs = token_matrices(queries, query_mask, self.dim, "queries")

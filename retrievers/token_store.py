@@ -14,6 +14,10 @@ import numpy as np
 import torch
 
 STORAGES = ("fp32", "fp16", "int8", "pq")
+PQ_NBITS_MAX = 16
+"""Largest ``pq_nbits`` (FAISS allows 24, but the first add must hold ``2**pq_nbits`` vectors
+to train the codebooks, which hold ``dim * 2**pq_nbits`` floats)."""
+FP16_MAX = float(np.finfo(np.float16).max)  # 65504
 
 
 def default_pq_m(dim: int) -> int:
@@ -24,14 +28,58 @@ def default_pq_m(dim: int) -> int:
     return 1
 
 
+def check_pq_settings(dim: int, pq_m: object, pq_nbits: object) -> tuple[int, int]:
+    """``(pq_m, pq_nbits)`` of a ``"pq"`` store as ints, ``pq_m=None`` resolved by :func:`default_pq_m`.
+
+    Raises:
+        TypeError, ValueError: ``pq_m`` is neither ``None`` nor a positive int dividing ``dim``,
+            or ``pq_nbits`` is not an int from 1 to :data:`PQ_NBITS_MAX`.
+    """
+    m = default_pq_m(dim) if pq_m is None else pq_m
+    for name, value in (("pq_m", m), ("pq_nbits", pq_nbits)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if m < 1 or dim % m:
+        raise ValueError(
+            f"pq_m must be None (automatic) or a positive int dividing the dimension {dim}, got {m}"
+        )
+    if not 1 <= pq_nbits <= PQ_NBITS_MAX:
+        raise ValueError(f"pq_nbits (bits per PQ code) must be from 1 to {PQ_NBITS_MAX}, got {pq_nbits}")
+    return int(m), int(pq_nbits)
+
+
+def check_fp16_range(codes: np.ndarray, lengths: Sequence[int]) -> None:
+    """Raise ``ValueError`` naming the first document row whose fp16 ``codes`` overflowed to ``inf``.
+
+    Args:
+        codes: ``float16 [T, dim]``, the rows of the documents concatenated.
+        lengths: the rows of each document (``doc_vectors[i]`` of the index's ``add``).
+    """
+    finite = np.isfinite(codes).all(axis=1)  # [T]
+    if finite.all():
+        return
+    row = int(np.flatnonzero(~finite)[0])
+    ends = np.cumsum(lengths)
+    doc = int(np.searchsorted(ends, row, side="right"))
+    raise ValueError(
+        f"doc_vectors[{doc}][{row - int(ends[doc]) + lengths[doc]}] contains infinite values as float16 "
+        f"(storage='fp16' holds finite values of magnitude at most {FP16_MAX:g} only: "
+        "use storage='fp32' or normalize=True)"
+    )
+
+
 class TokenStore:
     """Token vectors of many documents in one growable array.
 
     Args:
         dim: vector dimension.
         storage: ``"fp32"``, ``"fp16"``, ``"int8"`` or ``"pq"``.
-        pq_m: PQ sub-quantizers (default :func:`default_pq_m`).
-        pq_nbits: bits per PQ code (the first add needs at least ``2**pq_nbits`` vectors).
+        pq_m: PQ sub-quantizers, a divisor of ``dim`` (``None``: :func:`default_pq_m`).
+        pq_nbits: bits per PQ code, 1 to 16 (the first add needs at least ``2**pq_nbits``
+            vectors). Both are checked for ``"pq"`` storage only (the others ignore them).
+
+    Raises:
+        ValueError: a ``float16`` row overflows (``add`` with ``"fp16"`` storage; nothing is added).
     """
 
     def __init__(self, dim: int, storage: str = "fp32", pq_m: int | None = None, pq_nbits: int = 8) -> None:
@@ -39,10 +87,11 @@ class TokenStore:
             raise ValueError(f"storage must be one of {STORAGES}, got {storage!r}")
         self.dim = dim
         self.storage = storage
-        self.pq_m = pq_m or default_pq_m(dim)
-        self.pq_nbits = pq_nbits
-        if storage == "pq" and dim % self.pq_m:
-            raise ValueError(f"pq_m={self.pq_m} must divide the dimension {dim}")
+        self.pq_m, self.pq_nbits = default_pq_m(dim) if pq_m is None else pq_m, pq_nbits
+        self._pq_width = 0  # bytes of a PQ code, as FAISS packs them: ceil(pq_m * pq_nbits / 8)
+        if storage == "pq":
+            self.pq_m, self.pq_nbits = check_pq_settings(dim, pq_m, pq_nbits)
+            self._pq_width = faiss.ProductQuantizer(dim, self.pq_m, self.pq_nbits).code_size
         self._pq: faiss.ProductQuantizer | None = None
         self._codes = np.zeros((0, *self._code_shape()), dtype=self._code_dtype())
         self._scales = np.zeros(0, dtype=np.float32)  # int8 only
@@ -57,7 +106,7 @@ class TokenStore:
         self._mirror_n = 0  # rows of the mirror in sync
 
     def _code_shape(self) -> tuple[int]:
-        return (self.pq_m * self.pq_nbits // 8,) if self.storage == "pq" else (self.dim,)
+        return (self._pq_width,) if self.storage == "pq" else (self.dim,)
 
     def _code_dtype(self) -> type:
         return {"fp32": np.float32, "fp16": np.float16, "int8": np.int8, "pq": np.uint8}[self.storage]
@@ -67,7 +116,8 @@ class TokenStore:
         if self.storage == "fp32":
             return x, None
         if self.storage == "fp16":
-            return x.astype(np.float16), None
+            with np.errstate(over="ignore"):  # overflow is reported by add, by row
+                return x.astype(np.float16), None
         if self.storage == "int8":
             scale = np.abs(x).max(axis=1) / 127.0  # [n]
             scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
@@ -103,6 +153,8 @@ class TokenStore:
         """Append the ``[L_i, dim]`` fp32 token matrices of documents ``slots``."""
         flat = np.concatenate(docs) if docs else np.zeros((0, self.dim), np.float32)
         codes, scales = self._encode(flat)
+        if self.storage == "fp16":
+            check_fp16_range(codes, [len(d) for d in docs])
         self._reserve(len(flat))  # may compact, which drops the segments() cache
         self._codes[self._n : self._n + len(flat)] = codes
         if scales is not None:

@@ -67,10 +67,15 @@ def check_filter(flt: object) -> None:
     filters.compile_filter(flt)
 
 
-def check_k(k: object) -> int:
-    """Return ``k`` as an int, raising ``TypeError`` / ``ValueError`` unless it is >= 1."""
+def check_k(k: object, name: str = "k") -> int:
+    """Return ``k`` as an int, raising ``TypeError`` / ``ValueError`` unless it is >= 1.
+
+    Args:
+        k: the value to check.
+        name: the option named by the error (``"k"``, ``"candidates_per_token"``...).
+    """
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise TypeError(f"k must be an int, got {type(k).__name__}")
+        raise TypeError(f"{name} must be an int, got {type(k).__name__}")
     if k <= 0:
-        raise ValueError(f"k must be >= 1, got {k}")
+        raise ValueError(f"{name} must be >= 1, got {k}")
     return int(k)
