@@ -19,16 +19,22 @@ def ranked_hits(index: Any, name: str, embedding: Any, k: int, flt: Any) -> list
 
     Cosine and dot: the index's exact inner products. Euclidean and manhattan (scores are
     negated distances): every document up to :data:`EXACT_DISTANCE_LIMIT`, else the best
-    ``max(4 * k, k + 16)`` inner-product candidates, each scored exactly.
+    ``max(4 * k, k + 16)`` inner-product candidates, each scored exactly. The hits and their
+    vectors are one snapshot of the index, taken under its lock.
     """
     query = np.asarray(embedding, dtype=np.float32)
     fetch, total = k, len(index)
     if name not in ("cosine", "dot"):  # every document up to a limit, else candidates
         fetch = total if total <= EXACT_DISTANCE_LIMIT else max(4 * k, k + 16)
-    hits = index.search(query, k=fetch, filter=flt)[0]
+    # one snapshot: a delete or overwrite by another thread between the search and the lookup
+    # of the hits' vectors would drop a hit or pair its text with another vector's score; the
+    # index's lock is re-entrant and its methods stay on this thread
+    with index._lock:
+        hits = index.search(query, k=fetch, filter=flt)[0]
+        exact = name not in ("cosine", "dot") and hits
+        records = {r.id: r.vectors for r in index.get([hit.id for hit in hits])} if exact else {}
     found = [float(hit.score) for hit in hits]
-    if name not in ("cosine", "dot") and hits:  # exact ST scores of the candidates
-        records = {r.id: r.vectors for r in index.get([hit.id for hit in hits])}
+    if exact:  # exact ST scores of the candidates
         found = [float(x) for x in scores(name, query, [records[hit.id] for hit in hits])]
     return sorted(zip(hits, found), key=lambda pair: -pair[1])[:k]
 

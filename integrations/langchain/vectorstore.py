@@ -18,6 +18,7 @@ from vllm_pool.retrievers.positions import UNCHANGED, caller_positions
 from .._records import check_id_list, new_records, unpack, user_filter
 from .._similarity import relevance_fn
 from ._store_files import index_path, saved_index_path
+from ._store_options import check_index_options, check_index_similarity, similarity_of
 from ._store_search import EXACT_DISTANCE_LIMIT, above_threshold, check_threshold, ranked_hits
 
 __all__ = ["EXACT_DISTANCE_LIMIT", "VllmPoolVectorStore"]
@@ -43,9 +44,9 @@ class VllmPoolVectorStore(NotCopyable, VectorStore):
 
     Args:
         embedding: the LangChain embeddings.
-        index: an existing ``DenseIndex`` (e.g. loaded); default: created on the first add.
-        **index_kwargs: options of a new ``DenseIndex`` (``index_type="hnsw"``, ``nprobe``,
-            ``storage="int8" | "binary"`` with ``rescore_multiplier`` / ``rescore``...).
+        index: an existing ``DenseIndex`` (normalized exactly for cosine); default: made on the first add.
+        **index_kwargs: options of a new ``DenseIndex``, checked at once (``index_type="hnsw"``,
+            ``nprobe``, ``storage="int8" | "binary"`` with ``rescore_multiplier`` / ``rescore``...).
 
     Example:
         >>> store = VllmPoolVectorStore(VllmPoolEmbeddings())
@@ -63,6 +64,10 @@ class VllmPoolVectorStore(NotCopyable, VectorStore):
         if index is not None and index_kwargs:
             raise ValueError("give either an index or index options, not both")
         self._embedding = embedding
+        # before anything is embedded: the first add's DenseIndex options; an index's normalize
+        check_index_options(type(self).__name__, index_kwargs, lambda: self.similarity_fn_name)
+        if index is not None:
+            check_index_similarity(index, self.similarity_fn_name)
         self._index = index
         self._index_kwargs = index_kwargs
         self._lock = threading.RLock()
@@ -75,7 +80,7 @@ class VllmPoolVectorStore(NotCopyable, VectorStore):
     @property
     def similarity_fn_name(self) -> str:
         """The similarity of the scores: the embeddings' ``similarity_fn_name``, else cosine."""
-        return str(getattr(self._embedding, "similarity_fn_name", None) or "cosine")
+        return similarity_of(self._embedding)
 
     @property
     def index(self) -> Any:
@@ -381,8 +386,12 @@ class VllmPoolVectorStore(NotCopyable, VectorStore):
         Raises:
             vllm_pool.retrievers.IndexFormatError: no store there; a LangChain FAISS folder
                 (``index.faiss`` + ``index.pkl``) is named as such.
+            ValueError: the index's vectors are not the embeddings' similarity's (normalized for cosine).
         """
         from vllm_pool.retrievers import DenseIndex
 
         del allow_dangerous_deserialization  # nothing is unpickled
-        return cls(embeddings, index=DenseIndex.load(saved_index_path(folder_path, index_name), **kwargs))
+        path = saved_index_path(folder_path, index_name)
+        index = DenseIndex.load(path, **kwargs)
+        check_index_similarity(index, similarity_of(embeddings), str(path))  # before the store exists
+        return cls(embeddings, index=index)
