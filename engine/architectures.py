@@ -62,7 +62,7 @@ def _sequence_classify(cfg: ModelConfig, model: torch.nn.Module, tokenizer: Any)
 
 
 def _token_classify(cfg: ModelConfig, model: torch.nn.Module, tokenizer: Any) -> dict[str, Pooler]:
-    return classify_poolers(cfg, token_classifier(model, cfg.hf_config))
+    return classify_poolers(cfg, token_classifier(model, cfg.hf_config, cfg.hf_path))
 
 
 def _bge_m3(cfg: ModelConfig, model: torch.nn.Module, tokenizer: Any) -> dict[str, Pooler]:

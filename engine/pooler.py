@@ -91,7 +91,7 @@ class Pooler:
         if self.method in SEQUENCE_METHODS:
             if not self.include_instruction:
                 hidden = skip_instructions(hidden, [r.instruction_len for r in requests])
-            pooled = SEQUENCE_METHODS[self.method](hidden)  # [batch, hidden]
+            pooled = SEQUENCE_METHODS[self.method](hidden).float()  # [batch, hidden]; heads run in fp32
             if all(p == params[0] for p in params):
                 return list(self.head(pooled, params[0]).float().unbind(0))
             return [self.head(row.unsqueeze(0), p)[0].float() for row, p in zip(pooled, params)]
@@ -101,7 +101,7 @@ class Pooler:
             per_request = all_pool(hidden)
             if self.strip_bos is not None or self.strip_eos is not None:
                 per_request = self._strip(per_request, [r.prompt_token_ids for r in requests])
-        return [self.head(rows, p).float() for rows, p in zip(per_request, params)]
+        return [self.head(rows.float(), p).float() for rows, p in zip(per_request, params)]
 
     def _strip(self, per_request: list[torch.Tensor], token_ids: list[list[int]]) -> list[torch.Tensor]:
         """Each request's rows without a leading ``strip_bos`` / trailing ``strip_eos`` token."""
@@ -174,7 +174,7 @@ def embed_poolers(cfg: ModelConfig) -> dict[str, Pooler]:
     dense = list(cfg.st.dense) if cfg.st is not None else []
     if cfg.colbert is not None and cfg.colbert.projection is not None:
         dense.append(cfg.colbert.projection)  # a ColBERT checkpoint's linear head
-    projection = Projection(dense).to(cfg.device, cfg.dtype) if dense else None
+    projection = Projection(dense).to(cfg.device, torch.float32) if dense else None  # fp32, as vLLM
     head = EmbeddingHead(
         model_name=cfg.name,
         hidden_size=cfg.hidden_size,
@@ -242,8 +242,8 @@ def bge_m3_poolers(cfg: ModelConfig) -> dict[str, Pooler]:
     from vllm_pool.engine import bge_m3
 
     dense = EmbeddingHead(model_name=cfg.name, hidden_size=cfg.hidden_size, normalize_default=True)
-    sparse = bge_m3.load_linear(cfg.path / "sparse_linear.pt", cfg.device, cfg.dtype)
-    colbert = bge_m3.load_linear(cfg.path / "colbert_linear.pt", cfg.device, cfg.dtype)
+    sparse = bge_m3.load_linear(cfg.path / "sparse_linear.pt", cfg.device, torch.float32)
+    colbert = bge_m3.load_linear(cfg.path / "colbert_linear.pt", cfg.device, torch.float32)
     bos = getattr(cfg.hf_config, "bos_token_id", None)
     eos = getattr(cfg.hf_config, "eos_token_id", None)
     # as vLLM: ColBERT vectors without the BOS token, sparse weights without BOS and EOS
