@@ -22,6 +22,8 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from vllm_pool.engine.model_thread import with_the_model
+
 from .registry import check_unique
 from .types import Filter, Hit, check_k
 
@@ -51,15 +53,21 @@ def _stored_ids(index: Any, ids: Iterable[str]) -> list[str]:
     return [i for doc_id in dict.fromkeys(ids) for i in (doc_id, *_windows_of(index, doc_id)) if i in index]
 
 
+@with_the_model  # where the index's methods run: its lock is taken there, not held across a hop
 def remove(index: Any, ids: Iterable[str]) -> int:
-    """Remove documents by id, all their windows included; return how many documents went."""
+    """Remove documents by id, all their windows included; return how many documents went.
+
+    The windows are looked up and removed under the index's lock: a re-add of the same
+    document in another thread comes wholly before or after (never orphan windows).
+    """
     targets, removed = [], 0
-    for doc_id in dict.fromkeys(ids):
-        found = _stored_ids(index, [doc_id])
-        targets += found
-        removed += bool(found)
-    if targets:
-        index.remove(targets)
+    with index._lock:
+        for doc_id in dict.fromkeys(ids):
+            found = _stored_ids(index, [doc_id])
+            targets += found
+            removed += bool(found)
+        if targets:
+            index.remove(targets)
     return removed
 
 
@@ -124,6 +132,7 @@ def add_documents(
     return list(ids)
 
 
+@with_the_model  # as remove
 def replace(
     index: Any, ids: Sequence[str], vectors: list[Any], win_ids: list[str], win_metas: list[dict[str, Any]]
 ) -> None:
@@ -133,15 +142,17 @@ def replace(
     refused call changes nothing), then the old entries that are no longer needed are removed
     (windows beyond the new count, a split document's windows when it now fits, or the
     unsplit document when it is now split), so a failed call loses nothing. Ids given twice
-    (a window's id among them) are refused before anything changes.
+    (a window's id among them) are refused before anything changes. The old windows are read
+    and replaced under the index's lock (see :func:`remove`).
     """
     check_unique(ids)
     check_unique(win_ids, "ids (of documents and of long documents' windows)")
     new = set(win_ids)
-    stale = [i for i in _stored_ids(index, ids) if i not in new]  # read before the add rewrites them
-    index.add(vectors, win_ids, win_metas)
-    if stale:
-        index.remove(stale)
+    with index._lock:
+        stale = [i for i in _stored_ids(index, ids) if i not in new]  # read before the add rewrites them
+        index.add(vectors, win_ids, win_metas)
+        if stale:
+            index.remove(stale)
 
 
 def get(index: Any, ids: Sequence[str]) -> list[Any]:
