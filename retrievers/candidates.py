@@ -20,6 +20,7 @@ import torch
 from vllm_pool.maxsim_kernel import segment_maxsim
 
 from .faiss_index import max_search_k
+from .ranking import top_k
 from .token_store import TokenStore
 
 Keep = Callable[[int], bool]
@@ -141,7 +142,8 @@ def candidate_slots(
     tombstones: int,
     filtered: bool,
 ) -> list[np.ndarray | None]:
-    """Candidate documents of each query from the ``k_tok`` FAISS neighbours of its tokens.
+    """Candidate documents of each query from the ``k_tok`` FAISS neighbours of its tokens
+    (and every token tied with a query token's last neighbour, see :func:`neighbours`).
 
     A query with fewer than ``want`` (``min(k, allowed documents)``) live candidates after
     ``keep`` (a filter, removed documents still in the index, or simply ``k`` close to the
@@ -155,11 +157,11 @@ def candidate_slots(
     todo = list(range(len(qs)))
     while todo:
         k_search = min(ntotal, k_tok + (0 if filtered else tombstones))
-        _, labels = index.search(np.concatenate([qs[i] for i in todo]), k_search)  # [sum Lq, k']
+        labels = neighbours(index, np.concatenate([qs[i] for i in todo]), k_search)  # sum Lq rows
         bounds = np.cumsum([0] + [len(qs[i]) for i in todo])
         retry = []
         for pos, qi in enumerate(todo):
-            cand = np.unique(labels[bounds[pos] : bounds[pos + 1]])
+            cand = np.unique(np.concatenate(labels[bounds[pos] : bounds[pos + 1]]))
             live = [int(s) for s in cand if s >= 0 and keep(int(s))]
             if len(live) >= want:
                 results[qi] = np.asarray(live, dtype=np.int64)
@@ -169,11 +171,29 @@ def candidate_slots(
     return results
 
 
-def top_k(slots: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` best ``(slots, scores)``, best first (ties keep their order)."""
-    if len(slots) == 0:
-        return slots, scores
-    k = min(k, len(slots))
-    top = np.argpartition(-scores, k - 1)[:k]
-    top = top[np.argsort(-scores[top], kind="stable")]
-    return slots[top], scores[top]
+def neighbours(index: Any, x: np.ndarray, k: int) -> list[np.ndarray]:
+    """Labels of the ``k`` FAISS neighbours of each row of ``x`` ``[n, D]``, and of every
+    vector tied with the ``k``-th (FAISS keeps an arbitrary few of the vectors tied at its
+    cut-off, so duplicate documents would be candidates or not by chance).
+
+    One neighbour more than ``k`` shows whether a row's tie group was cut; only those rows
+    search again, wider, as far as the index can answer (:func:`~.faiss_index.max_search_k`).
+    """
+    ntotal = max_search_k(index)
+    width = min(ntotal, k + 1)
+    scores, labels = index.search(x, width)  # [n, k + 1]
+    out = [labels[r, :k] for r in range(len(x))]
+    if width == k:  # the whole index (or all a GPU index gives): nothing past the k-th
+        return out
+    bound = scores[:, k - 1]  # [n] the k-th score of each row
+    cut = np.flatnonzero((labels[:, -1] >= 0) & (scores[:, -1] >= bound))
+    while len(cut) and width < ntotal:
+        width = min(ntotal, 2 * width)
+        more_scores, more = index.search(x[cut], width)  # [c, width]
+        still = []
+        for j, r in enumerate(cut):
+            out[r] = more[j][(more[j] >= 0) & (more_scores[j] >= bound[r])]
+            if more[j, -1] >= 0 and more_scores[j, -1] >= bound[r]:
+                still.append(r)
+        cut = np.asarray(still, dtype=np.int64)
+    return out

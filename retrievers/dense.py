@@ -12,7 +12,6 @@ import numpy as np
 from . import quantization, quantized_search
 from .arrays import as_float32_matrix, l2_normalize
 from .encoders import TextEmbedder, encode_in_batches
-from .faiss_index import max_search_k
 from .index_base import DocumentIndex
 from .mapped_rows import MappedRows
 from .persistence import (
@@ -23,6 +22,7 @@ from .persistence import (
     restore_faiss,
     save_index_files,
 )
+from .ranking import faiss_top_k, top_k
 from .registry import check_ids_and_metadatas
 from .types import Filter, Hit, IndexFormatError, Metadata, check_k
 
@@ -301,13 +301,8 @@ class DenseIndex(DocumentIndex):
         if len(slots) == 0:
             return [[] for _ in range(len(q))]
         scores = q @ self._live_vectors(slots).T  # [Q, n]
-        k = min(k, len(slots))
-        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        results = []
-        for qi in range(len(q)):
-            order = top[qi][np.argsort(-scores[qi, top[qi]], kind="stable")]
-            results.append([self._hit(int(slots[j]), float(scores[qi, j])) for j in order])
-        return results
+        found = (top_k(slots, row, k) for row in scores)  # ties: insertion order, as every path
+        return [[self._hit(int(s), float(v)) for s, v in zip(*f, strict=True)] for f in found]
 
     def _search_quantized(self, q: np.ndarray, k: int, allowed: set[int] | None) -> list[list[Hit]]:
         """Candidates on the codes, then exact scores of the float query (:mod:`.quantized_search`)."""
@@ -319,33 +314,22 @@ class DenseIndex(DocumentIndex):
         return [[self._hit(slot, score) for slot, score in hits] for hits in found]
 
     def _search_faiss(self, q: np.ndarray, k: int, allowed: set[int] | None) -> list[list[Hit]]:
-        ntotal = max_search_k(self._index)  # all the vectors, or FAISS GPU's limit (then exact)
         want = min(k, len(self._registry) if allowed is None else len(allowed))
-        k_search = min(ntotal, k + self._tombstones) if allowed is None else min(ntotal, 4 * k)
-        while True:
-            scores, labels = self._index.search(q, max(k_search, 1))  # [Q, k'], [Q, k']
-            results = []
-            for qi in range(len(q)):
-                hits = []
-                for score, label in zip(scores[qi], labels[qi], strict=True):
-                    slot = int(label)
-                    if slot < 0 or not self._registry.is_live(slot):
-                        continue
-                    if allowed is not None and slot not in allowed:
-                        continue
-                    hits.append(self._hit(slot, float(score)))
-                    if len(hits) == k:
-                        break
-                results.append(hits)
-            if all(len(h) == want for h in results):
-                return results
-            if k_search >= ntotal:  # IVF returns only the probed lists: score the short ones exactly
-                pool = self._pool(allowed)
-                for i, hits in enumerate(results):
-                    if len(hits) < want:
-                        results[i] = self._search_exact(q[i : i + 1], k, pool)[0]
-                return results
-            k_search = min(ntotal, 2 * k_search)
+        k_search = k + 1 + self._tombstones if allowed is None else 4 * k  # past the k-th: ties
+
+        def usable(slot: int) -> bool:
+            return slot >= 0 and self._registry.is_live(slot) and (allowed is None or slot in allowed)
+
+        found = faiss_top_k(self._index, q, k, want, k_search, usable)
+        pool = None  # queries FAISS cannot answer (IVF's probed lists, GPU's k limit): exact
+        results = []
+        for i, f in enumerate(found):
+            if f is None:
+                pool = self._pool(allowed) if pool is None else pool
+                results.append(self._search_exact(q[i : i + 1], k, pool)[0])
+            else:
+                results.append([self._hit(int(s), float(v)) for s, v in zip(*f, strict=True)])
+        return results
 
     def _hit(self, slot: int, score: float) -> Hit:
         return Hit(self._registry.doc_id(slot), score, self._registry.metadata(slot))
