@@ -336,20 +336,23 @@ class DenseIndex(DocumentIndex):
 
     # -- persistence ---------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
-        """Save to the folder ``path`` (atomically replacing an existing one)."""
-        with self._lock:
-            if self._tombstones:
-                self._rebuild()  # keeps the tombstones (saved with the index) when it cannot rebuild
-            docs = self._registry.to_json()
-            slots = np.asarray(docs["slots"], dtype=np.int64)
-            arrays = {"vectors.npy": self._live_vectors(slots)}
-            if self._quantized:  # the codes (and int8 ranges) instead of float vectors
-                arrays = {"codes.npy": arrays["vectors.npy"]}
-                if self._ranges is not None:
-                    arrays["ranges.npy"] = self._ranges
-                if self._floats is not None:
-                    arrays["vectors.npy"] = self._floats.take([self._row_of[int(s)] for s in slots])
-            save_index_files(path, files_of(self, docs, arrays, "index.faiss"))
+        """Save to the folder ``path`` (atomically replacing an existing one). The index is
+        locked while its snapshot is taken, not while the files are written."""
+        with self._saving:  # saves in call order
+            with self._lock:
+                if self._tombstones:
+                    self._rebuild()  # keeps the tombstones (saved with the index) when it cannot rebuild
+                docs = self._registry.to_json()
+                slots = np.asarray(docs["slots"], dtype=np.int64)
+                arrays = {"vectors.npy": self._live_vectors(slots)}
+                if self._quantized:  # the codes (and int8 ranges) instead of float vectors
+                    arrays = {"codes.npy": arrays["vectors.npy"]}
+                    if self._ranges is not None:
+                        arrays["ranges.npy"] = self._ranges.copy()
+                    if self._floats is not None:
+                        arrays["vectors.npy"] = self._floats.take([self._row_of[int(s)] for s in slots])
+                files = files_of(self, docs, arrays, "index.faiss")
+            save_index_files(path, files)
 
     @classmethod
     def load(

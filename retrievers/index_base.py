@@ -79,6 +79,7 @@ class DocumentIndex(NotCopyable):
         self.use_gpu = use_gpu
         self.model_name = model_name
         self._lock = threading.RLock()
+        self._saving = threading.Lock()  # saves in call order; searches go on while one writes
         self._registry = Registry()
         self._index: Any = None  # built after an add (IVF once it has enough training data)
         self._tombstones = 0  # vectors still in FAISS whose document was removed

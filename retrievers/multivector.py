@@ -218,8 +218,7 @@ class MultiVectorIndex(DocumentIndex):
             gone = np.asarray([self._registry.slot(i) for i in replaced], dtype=np.int64)
             n_gone = int(self._store.gather(gone)[2].sum()) if len(gone) else 0
             n_after = self._store.num_vectors - n_gone + sum(len(d) for d in docs)
-            # a new FAISS index is trained on what the index will hold; may fail: nothing changed yet
-            prepared = self._index_for_add(n_after, lambda: self._training_rows(gone, docs))
+            prepared = self._index_for_add(n_after, lambda: self._training_rows(gone, docs))  # may fail
             slots = self._registry.new_slots(len(docs))
             self._store.add(slots, docs)  # may train PQ / the PLAID codec, and fail: nothing changed yet
             self._drop_rows(self._registry.drop(replaced))  # the documents being overwritten
@@ -364,11 +363,12 @@ class MultiVectorIndex(DocumentIndex):
 
     # -- persistence ---------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
-        """Save to the folder ``path`` (atomically replacing an existing one)."""
-        with self._lock:
-            docs = self._registry.to_json()
-            arrays = self._store.to_arrays(docs["slots"])
-            save_index_files(path, files_of(self, docs, arrays, "candidates.faiss"))
+        """Save to the folder ``path`` (atomically replacing an existing one); locked for a snapshot only."""
+        with self._saving:  # saves in call order
+            with self._lock:
+                docs = self._registry.to_json()
+                files = files_of(self, docs, self._store.to_arrays(docs["slots"]), "candidates.faiss")
+            save_index_files(path, files)
 
     @classmethod
     def load(

@@ -59,7 +59,7 @@ class IndexFiles:
         config: the index's constructor options (JSON values).
         docs: the registry as JSON (see :meth:`.registry.Registry.to_json`).
         arrays: ``.npy`` file name -> array.
-        indexes: ``.faiss`` file name -> CPU FAISS index.
+        indexes: ``.faiss`` file name -> CPU FAISS index (or, to be written, its serialized bytes).
         trained_on: vectors the FAISS index was trained on (``None``: no FAISS index, or a
             folder saved before this was recorded), so a loaded IVF index is not re-trained early.
     """
@@ -71,7 +71,7 @@ class IndexFiles:
     config: dict[str, Any] = field(default_factory=dict)
     docs: dict[str, Any] = field(default_factory=dict)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
-    indexes: dict[str, faiss.Index] = field(default_factory=dict)
+    indexes: dict[str, Any] = field(default_factory=dict)
     trained_on: int | None = None
 
 
@@ -103,7 +103,10 @@ def _write_files(folder: Path, files: IndexFiles) -> None:
     for name, arr in files.arrays.items():
         writers.append((name, lambda p, a=arr: np.save(p, a, allow_pickle=False)))
     for name, index in files.indexes.items():
-        writers.append((name, lambda p, i=index: faiss.write_index(to_cpu(i), str(p))))
+        if isinstance(index, np.ndarray):  # serialized already (a snapshot, see files_of)
+            writers.append((name, lambda p, b=index: b.tofile(p)))
+        else:
+            writers.append((name, lambda p, i=index: faiss.write_index(to_cpu(i), str(p))))
     docs_text = json.dumps(files.docs, ensure_ascii=False, allow_nan=False)
     writers.append((DOCS, lambda p: p.write_text(docs_text, encoding="utf-8")))
     for name, write in writers:
@@ -266,18 +269,21 @@ def open_index(cls: Any, files: IndexFiles, path: str | os.PathLike, use_gpu: bo
 
 
 def files_of(index: Any, docs: dict[str, Any], arrays: dict[str, np.ndarray], faiss_name: str) -> IndexFiles:
-    """The :class:`IndexFiles` of a dense or multi-vector ``index`` (its FAISS index as ``faiss_name``)."""
+    """The :class:`IndexFiles` of a dense or multi-vector ``index`` (its FAISS index as
+    ``faiss_name``), taken under the index's lock: a snapshot (``arrays`` copies, the FAISS
+    index serialized), so that the files are written after the lock is released while other
+    threads search and add."""
     files = IndexFiles(
         kind=index.kind,
         dim=index.dim,
         count=len(index._registry),
         model_name=index.model_name,
-        config=index.config,
+        config=dict(index.config),
         docs=docs,
         arrays=arrays,
     )
     if index._index is not None:
-        files.indexes[faiss_name] = index._index
+        files.indexes[faiss_name] = faiss.serialize_index(to_cpu(index._index))
         files.trained_on = int(index._trained_on)
     return files
 
