@@ -34,12 +34,12 @@ class VllmPoolColBERTRetriever(NotCopyable, ColBERTFields, BaseRetriever):
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
-    k: int = 4
+    k: int = Field(default=4, ge=1)
     """Documents returned per query (``invoke(query, k=...)`` overrides it)."""
     filter: dict[str, Any] | Callable[[dict[str, Any]], bool] | None = None
     """Default metadata filter, as for LangChain's FAISS (``{"year": {"$gte": 2023}}``,
     ``$in``, ``$or``...) or a callable on the metadata; ``invoke(query, filter=...)`` overrides it."""
-    batch_size: int = 64
+    batch_size: int = Field(default=64, ge=1)
     """Documents per engine call when adding."""
     show_progress: bool = False
     """Show a progress bar when adding documents."""

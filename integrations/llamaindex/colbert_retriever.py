@@ -13,6 +13,7 @@ from llama_index.core.callbacks import CallbackManager
 from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, QueryBundle
 from vllm_pool.retrievers import MultiVectorIndex
 from vllm_pool.retrievers.index_base import NotCopyable
+from vllm_pool.retrievers.types import check_k
 
 from vllm_pool import DEFAULT_MODEL
 
@@ -121,12 +122,10 @@ class VllmPoolColBERTRetriever(NotCopyable, _colbert.ColBERTSettings, BaseRetrie
             args = translate(type(self).__name__, params, {**given, **huggingface_names}, TypeError)
             type(self).__init__(self, index, **args)
             return
-        if similarity_top_k < 1:
-            raise ValueError(f"similarity_top_k must be >= 1, got {similarity_top_k}")
         self.model = model
-        self.similarity_top_k = similarity_top_k
+        self.similarity_top_k = check_k(similarity_top_k, "similarity_top_k")  # not at the first query
         self.filters = to_index_filter(filters)
-        self.batch_size = batch_size
+        self.batch_size = check_k(batch_size, "batch_size")
         self.show_progress = show_progress
         self._engine = EngineRef(
             EngineOptions.make(model, dtype, device, max_model_len, trust_remote_code, engine_kwargs)

@@ -89,3 +89,23 @@ def test_bi_encoder_rerankers_name_the_query_and_the_document():
     nodes = [NodeWithScore(node=TextNode(text="ok")), NodeWithScore(node=TextNode(text=BAD))]
     with pytest.raises(ValueError, match=r"^documents\[1\] is not valid Unicode"):
         VllmPoolRerank().postprocess_nodes(nodes, query_str="cats")
+
+
+def test_colbert_retrievers_check_k_and_batch_size_when_built():
+    """A bad ``k`` failed only at the first query (LangChain), ``similarity_top_k=True`` or
+    ``2.0`` there with a message naming ``k`` (LlamaIndex)."""
+    from pydantic import ValidationError
+    from vllm_pool.integrations.llamaindex import VllmPoolColBERTRetriever as LlamaColBERT
+
+    for bad in ({"k": 0}, {"k": -2}, {"batch_size": 0}):
+        with pytest.raises(ValidationError, match=next(iter(bad))):
+            VllmPoolColBERTRetriever(**bad)
+    for name, value, error in [
+        ("similarity_top_k", 0, ValueError),
+        ("similarity_top_k", True, TypeError),
+        ("similarity_top_k", 2.0, TypeError),
+        ("batch_size", 0, ValueError),
+    ]:
+        with pytest.raises(error, match=f"^{name} must be"):
+            LlamaColBERT(**{name: value})
+    assert VllmPoolColBERTRetriever(k=2).k == LlamaColBERT(similarity_top_k=2).similarity_top_k == 2
