@@ -127,7 +127,7 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> ServerApp:
 
     @post("/v1/embeddings")
     async def embeddings(body: p.EmbeddingRequest, http: HTTPRequest) -> JSONResponse:
-        state.check_model(body.model)
+        model = state.check_model(body.model)
         prompts = to_prompts(body.input)
         state.check_inputs(len(prompts))
         state.check_texts(body.input, "input")
@@ -142,11 +142,11 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> ServerApp:
             {"index": i, "object": "embedding", "embedding": e}
             for i, e in enumerate(encode_batch(outs, body.encoding_format))
         ]
-        return json_response(p.envelope("embd", state.model_name, data, n_tokens, header_id(http)))
+        return json_response(p.envelope("embd", model, data, n_tokens, header_id(http)))
 
     @post("/pooling")
     async def pooling(body: p.PoolingRequest, http: HTTPRequest) -> JSONResponse:
-        state.check_model(body.model)
+        model = state.check_model(body.model)
         is_plugin = body.input is None and body.data is not None
         task = pooling_task(body.task, llm.get_supported_tasks(), is_plugin)
         if task == "plugin":
@@ -171,11 +171,11 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> ServerApp:
             {"index": i, "object": "pooling", "data": d}
             for i, d in enumerate(encode_batch(outs, body.encoding_format))
         ]
-        return json_response(p.envelope("pool", state.model_name, data, n_tokens, header_id(http)))
+        return json_response(p.envelope("pool", model, data, n_tokens, header_id(http)))
 
     @post("/classify")
     async def classify(body: p.ClassificationRequest, http: HTTPRequest) -> JSONResponse:
-        state.check_model(body.model)
+        model = state.check_model(body.model)
         prompts = to_prompts(body.input)
         state.check_inputs(len(prompts))
         state.check_texts(body.input, "input")
@@ -191,11 +191,11 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> ServerApp:
             probs = o.outputs.data.reshape(-1)
             label = state.label(int(probs.argmax()))
             data.append({"index": i, "label": label, "probs": o.outputs.probs, "num_classes": probs.numel()})
-        return json_response(p.envelope("classify", state.model_name, data, n_tokens, header_id(http)))
+        return json_response(p.envelope("classify", model, data, n_tokens, header_id(http)))
 
     @post("/score", "/v1/score")
     async def score(body: p.ScoreRequest, http: HTTPRequest) -> JSONResponse:
-        state.check_model(body.model)
+        model = state.check_model(body.model)
         try:
             (name_1, first), (name_2, second) = body.side(True), body.side(False)
         except ValueError as exc:
@@ -215,11 +215,11 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> ServerApp:
         )
         count(http.url.path, len(scores), n_tokens)
         data = [{"index": i, "object": "score", "score": s} for i, s in enumerate(scores)]
-        return json_response(p.envelope("score", state.model_name, data, usage, header_id(http)))
+        return json_response(p.envelope("score", model, data, usage, header_id(http)))
 
     @post("/rerank", "/v1/rerank", "/v2/rerank")
     async def rerank(body: p.RerankRequest, http: HTTPRequest) -> JSONResponse:
-        state.check_model(body.model)
+        model = state.check_model(body.model)
         state.check_inputs(len(body.documents), "documents")
         state.check_texts(body.query, "query")
         state.check_texts(body.documents, "documents")
@@ -237,7 +237,7 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> ServerApp:
             if body.return_documents:
                 result["document"] = {"text": body.documents[i]}
             results.append(result)
-        return json_response(p.rerank_response(state.model_name, results, usage, header_id(http)))
+        return json_response(p.rerank_response(model, results, usage, header_id(http)))
 
     @app.post("/tokenize")
     async def tokenize(body: p.TokenizeRequest) -> JSONResponse:

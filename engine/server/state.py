@@ -94,10 +94,12 @@ class ServerState:
         self.id2label: dict[Any, str] = dict(getattr(hf_config, "id2label", None) or {})
 
     # ------------------------------------------------------------------ checks
-    def check_model(self, name: str | None) -> None:
-        """A ``model`` the server does not serve is a 404; unset or ``""``: the served model (vLLM)."""
+    def check_model(self, name: str | None) -> str:
+        """The ``model`` a response names: the request's (one of the served names, else a 404),
+        or when unset or ``""`` the first served name (vLLM's rule)."""
         if name and name not in self.names:
             raise APIError(f"The model `{name}` does not exist.", 404, "model")
+        return name or self.model_name
 
     def check_inputs(self, n: int, param: str = "input") -> None:
         if n == 0:

@@ -26,6 +26,20 @@ async def test_loopback_auth_and_health(live_server):
         assert r.status_code == 200 and r.json()["model"] == "minilm"
         r = await c.get("/v1/models", headers=_auth(live_server))
         assert [m["id"] for m in r.json()["data"]] == ["minilm", "sentence-transformers/all-MiniLM-L6-v2"]
+        # a response names the model the request named (vLLM), the first served name when unset
+        for sent, named in [
+            ("sentence-transformers/all-MiniLM-L6-v2",) * 2,
+            ("", "minilm"),
+            (None, "minilm"),
+        ]:
+            for path, body in [
+                ("/v1/embeddings", {"input": "hi"}),
+                ("/v1/score", {"text_1": "a", "text_2": "b"}),
+                ("/pooling", {"input": "hi"}),
+            ]:
+                body = {**body, **({} if sent is None else {"model": sent})}
+                r = await c.post(path, json=body, headers=_auth(live_server))
+                assert r.status_code == 200 and r.json()["model"] == named, (path, sent, r.text)
 
 
 def test_openai_client(live_server, default_llm):
