@@ -24,6 +24,8 @@ import torch
 
 from vllm_pool.maxsim_kernel import segment_max
 
+from .ranking import top_k
+
 
 def search_defaults(k: int) -> tuple[int, float, int]:
     """colbert-ai's ``(ncells, centroid_score_threshold, ndocs)`` for ``k`` hits.
@@ -139,7 +141,15 @@ def centroid_scores(table: np.ndarray, ids: np.ndarray, lengths: np.ndarray) -> 
 
 
 def best(scores: np.ndarray, n: int) -> np.ndarray:
-    """Indices of the ``n`` highest ``scores`` (all of them when there are at most ``n``), sorted."""
+    """Indices of the ``n`` highest ``scores`` (all of them when there are at most ``n``), sorted.
+
+    Ties at the cut keep the lowest indices (:func:`~.ranking.top_k`): candidates are
+    document positions, in insertion order, so of duplicate documents the first ones go on,
+    those the exact stage and the exhaustive scan rank first (not an arbitrary few).
+
+    >>> best(np.array([1.0, 2.0, 1.0, 1.0]), 2).tolist()
+    [0, 1]
+    """
     if len(scores) <= n:
         return np.arange(len(scores))
-    return np.sort(np.argpartition(-scores, n - 1)[:n])
+    return np.sort(top_k(np.arange(len(scores)), scores, n)[0])

@@ -6,16 +6,17 @@ The scheme of Sentence Transformers' ``quantize_embeddings`` / ``semantic_search
   (``floor((x - min) / step)``, clipped, minus 128); 1 byte per dimension.
 - ``binary``: one bit per dimension, ``x > 0``, packed (``np.packbits``); ``D / 8`` bytes.
 
-A search finds ``k * rescore_multiplier`` candidates on the codes, then rescores them with
-the float query against the stored codes, as ST does: the dequantized vector for int8, the
-bits for binary. Binary candidates are the smallest Hamming distances to the binarized
-query (FAISS's ``knn_hamming``, the kernel of ``IndexBinaryFlat``). Int8 candidates come
-from the float query scaled by the quantization steps against the codes, which ranks
-exactly as the rescored score does (ST ranks them by the quantized query first, a coarser
-order that the rescoring then corrects). For binary, ST's score ``q . bits``
-and ``q . (2 bits - 1) / sqrt(D)`` (the cosine of the query with the unit sign vector,
-which is what :func:`decode` returns) rank the candidates identically; the second is
-reported, so scores stay on a cosine scale. No float copy of the corpus is kept.
+A search finds ``k * rescore_multiplier`` candidates on the codes (of the codes tied at the
+last candidate's score, those added first), then rescores them with the float query against
+the stored codes, as ST does: the dequantized vector for int8, the bits for binary. Binary
+candidates are the smallest Hamming distances to the binarized query (FAISS's
+``knn_hamming``, the kernel of ``IndexBinaryFlat``). Int8 candidates come from the float
+query scaled by the quantization steps against the codes, which ranks exactly as the
+rescored score does (ST ranks them by the quantized query first, a coarser order that the
+rescoring then corrects). For binary, ST's score ``q . bits`` and ``q . (2 bits - 1) /
+sqrt(D)`` (the cosine of the query with the unit sign vector, which is what :func:`decode`
+returns) rank the candidates identically; the second is reported, so scores stay on a
+cosine scale. No float copy of the corpus is kept.
 """
 
 from __future__ import annotations
@@ -95,32 +96,68 @@ def decode(codes: np.ndarray, storage: str, ranges: np.ndarray | None, dim: int)
 
 
 def candidates(
-    q: np.ndarray, codes: np.ndarray, storage: str, ranges: np.ndarray | None, k: int
-) -> np.ndarray:
-    """Rows of the ``k`` best codes for each float query ``[Q, D]`` -> ``int64 [Q, k']``.
+    q: np.ndarray,
+    codes: np.ndarray,
+    storage: str,
+    ranges: np.ndarray | None,
+    k: int,
+    slots: np.ndarray | None = None,
+) -> list[np.ndarray]:
+    """Rows of the ``k`` best codes for each float query ``[Q, D]``: per query ``int64 [k]``,
+    best first, ties by slot (as :func:`~.ranking.top_k`), so which of the codes tied at the
+    ``k``-th score are candidates (duplicate documents) depends on neither the row order nor
+    the kernel: the whole tie group is seen, then cut by slot.
 
     Binary: smallest Hamming distance to the binarized query (FAISS ``knn_hamming``).
     Int8: largest ``(q * step) . codes``, the order of the exact dequantized score.
-    """
-    import faiss
 
+    Args:
+        slots: ``int64 [N]`` the slot of each row (``None``: the rows are in slot order).
+    """
     k = min(k, len(codes))
+    slots = np.arange(len(codes)) if slots is None else slots
     if storage == "binary":
-        bits = np.ascontiguousarray(encode(q, storage, None))
-        _, rows = faiss.knn_hamming(bits, np.ascontiguousarray(codes), k)
-        return rows
+        return _hamming_candidates(np.ascontiguousarray(encode(q, storage, None)), codes, k, slots)
     assert ranges is not None
     # q . decode(c) = (q * step) . c + q . (128 * step + min): ranking by (q * step) . c is
     # ranking by the exact score against the dequantized codes, at the cost of one pass
     qc = (q * _steps(ranges)).astype(np.float32)
-    out = np.empty((len(q), k), dtype=np.int64)
     scores = np.empty((len(q), len(codes)), dtype=np.float32)
     block = 65536
     for start in range(0, len(codes), block):  # no full float copy of the corpus at once
         scores[:, start : start + block] = qc @ codes[start : start + block].astype(np.float32).T
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1]  # [Q] the k-th best score
+    out = []
     for i in range(len(q)):
-        out[i] = part[i][np.argsort(-scores[i, part[i]], kind="stable")]
+        rows = np.flatnonzero(~(scores[i] < kth[i]))  # the whole tie group at the k-th
+        out.append(rows[np.lexsort((slots[rows], -scores[i, rows]))][:k])
+    return out
+
+
+def _hamming_candidates(bits: np.ndarray, codes: np.ndarray, k: int, slots: np.ndarray) -> list[np.ndarray]:
+    """:func:`candidates` of binarized queries. FAISS keeps some of the codes at the ``k``-th
+    distance, so a search looks past it: ``2 k + 16`` neighbours (a tie group of small integer
+    distances seldom reaches that far; the scan costs the same), and the queries whose last
+    neighbour still ties with their ``k``-th search again, wider (as
+    :func:`~.candidates.neighbours` does)."""
+    import faiss
+
+    codes = np.ascontiguousarray(codes)
+    width = min(len(codes), 2 * k + 16)
+    dist, rows = faiss.knn_hamming(bits, codes, width)  # [Q, width]
+    bound = dist[:, k - 1]  # [Q] the k-th distance of each query
+    found = list(zip(dist, rows, strict=True))
+    cut = np.flatnonzero(dist[:, -1] <= bound) if width < len(codes) else []
+    while len(cut):
+        width = min(len(codes), 2 * width)
+        more_dist, more = faiss.knn_hamming(bits[cut], codes, width)  # [c, width]
+        for j, i in enumerate(cut):
+            found[i] = more_dist[j], more[j]
+        cut = cut[more_dist[:, -1] <= bound[cut]] if width < len(codes) else []
+    out = []
+    for (d, r), b in zip(found, bound, strict=True):
+        d, r = d[d <= b], r[d <= b]  # the k best and the rest of the k-th's tie group
+        out.append(r[np.lexsort((slots[r], d))][:k])
     return out
 
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from . import quantization
 from .mapped_rows import MappedRows
+from .ranking import top_k
 
 
 def check_settings(storage: str, index_type: str, rescore_multiplier: int, rescore: str) -> str:
@@ -48,7 +49,8 @@ def search_codes(
     config: dict[str, Any],
     ranges: np.ndarray | None,
 ) -> list[list[tuple[int, float]]]:
-    """The best ``k`` ``(slot, score)`` of each float query ``[Q, D]``, best first.
+    """The best ``k`` ``(slot, score)`` of each float query ``[Q, D]``: score descending,
+    ties by slot (insertion order), as every search path.
 
     Args:
         q: the float queries (normalized when the index normalizes its vectors).
@@ -74,14 +76,13 @@ def search_codes(
         codes = vectors[row_ids]
     if len(slots) == 0:
         return [[] for _ in range(len(q))]
-    rows = quantization.candidates(q, codes, storage, ranges, k * config["rescore_multiplier"])
+    rows = quantization.candidates(q, codes, storage, ranges, k * config["rescore_multiplier"], slots)
     results = []
-    for qi in range(len(q)):
-        cand = rows[qi][rows[qi] >= 0]
+    for qi, cand in enumerate(rows):
         if floats is not None:  # exact: the float rows of the candidates, from disk
             scores = floats.take(row_ids[cand]) @ q[qi]
         else:
             scores = quantization.rescore(q[qi], codes[cand], storage, ranges, q.shape[1])
-        order = np.argsort(-scores, kind="stable")[:k]
-        results.append([(int(slots[cand[j]]), float(scores[j])) for j in order])
+        top, vals = top_k(slots[cand], scores, k)  # ties: insertion order, as every path
+        results.append(list(zip(top.tolist(), vals.tolist(), strict=True)))
     return results

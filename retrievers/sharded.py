@@ -160,7 +160,8 @@ class ShardedIndex:
     def search(
         self, queries: Any, k: int = 4, filter: Filter | None = None, **kwargs: Any
     ) -> list[list[Hit]]:
-        """Search every shard and keep the ``k`` best hits per query (ties broken by id).
+        """Search every shard and keep the ``k`` best hits per query; tied scores in shard
+        order, then each shard's own order (slot, i.e. insertion order, as every search path).
 
         Args:
             queries: what the shards' ``search`` takes (query vectors for a dense index,
@@ -173,8 +174,8 @@ class ShardedIndex:
         per_shard = [s.search(queries, k=k, filter=filter, **kwargs) for s in self.shards]
         merged = []
         for hits in zip(*per_shard, strict=True):
-            pool = [h for shard_hits in hits for h in shard_hits]
-            merged.append(sorted(pool, key=lambda h: (-h.score, h.id))[:k])
+            pool = [h for shard_hits in hits for h in shard_hits]  # shard after shard, each ranked
+            merged.append(sorted(pool, key=lambda h: -h.score)[:k])  # stable: ties keep that order
         return merged
 
     def merged(self, **index_kwargs: Any) -> Any:
