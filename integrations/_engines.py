@@ -324,7 +324,7 @@ def embed_texts(
             raise TypeError(f"{where} must be a string, got {type(t).__name__}")
     # the prefix goes in as an instruction: the text run is prefix + text, and models whose ST
     # Pooling says include_prompt=false leave the prefix tokens out of pooling, as ST does
-    texts = [{"prompt": t, "instruction": prefix} if prefix and t else prefix + t for t in texts]
+    texts = [{"prompt": t, "instruction": prefix} if prefix else t for t in texts]
     if not texts:
         return []
     if batch_size < 1:

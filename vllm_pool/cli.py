@@ -12,10 +12,14 @@ import argparse
 import gc
 import logging
 import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
+from vllm_pool import cli_args
 from vllm_pool.engine.args import EngineArgs, positive_int
 
 logger = logging.getLogger("vllm_pool.cli")
@@ -76,9 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_HelpFormatter,
     )
     EngineArgs.add_cli_args(s.add_argument_group("engine (the options of LLM, from EngineArgs)"))
+    cli_args.mark_default_model(s)
     h = s.add_argument_group("server")
     h.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    h.add_argument("--port", type=int, default=8000, help="port to listen on")
+    h.add_argument(
+        "--port", type=cli_args.port_number, default=8000, help="port to listen on (0: a free one)"
+    )
     h.add_argument(
         "--api-key",
         default=None,
@@ -148,14 +155,42 @@ def embed(args: argparse.Namespace) -> int:
     def load() -> object:
         try:
             return LLM.from_engine_args(EngineArgs.from_cli_args(args))
-        except (ValueError, TypeError, OSError) as exc:
-            raise embed_job.JobError(f"cannot load {args.model!r}: {exc}") from exc
+        except Exception as exc:  # a corrupt weights file is a SafetensorError...: one line too
+            raise embed_job.JobError(load_error(args.model, exc)) from exc
 
     try:
-        return embed_job.run(args, load)
+        with sigterm_exits():
+            return embed_job.run(args, load)
     except embed_job.JobError as exc:
         print(f"vllm-pool embed: {exc}", file=sys.stderr)
         return 1
+
+
+def load_error(model: str, exc: Exception) -> str:
+    """The one-line message of a model that failed to load (the traceback is logged at debug
+    level); errors other than ``ValueError`` / ``TypeError`` / ``OSError`` name their type."""
+    logger.debug("loading %r failed", model, exc_info=exc)
+    expected = isinstance(exc, (ValueError, TypeError, OSError))
+    return f"cannot load {model!r}: " + ("" if expected else f"{type(exc).__name__}: ") + str(exc)
+
+
+@contextmanager
+def sigterm_exits() -> Iterator[None]:
+    """SIGTERM raises ``SystemExit(143)`` inside the block, as Ctrl-C raises
+    ``KeyboardInterrupt``, so a job stopped by ``kill`` removes its temporary output file
+    (the previous handler is restored after; only the main thread can set one)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def llm_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -235,16 +270,25 @@ idle time between requests. GNU OpenMP spins only while its teams hold no more t
 there are cores: the engine keeps its model's work in one team (``engine.model_thread``)."""
 
 
+REEXEC_GUARD = "VLLM_POOL_OPENMP_REEXEC"
+"""The process id that :func:`passive_openmp` re-runs (``os.execv`` keeps it), removed by the
+re-run: the command re-runs once, and a value inherited by another process is ignored."""
+
+
 def passive_openmp(argv: Sequence[str]) -> None:
-    """Re-run this command with :data:`SERVING_OPENMP` unless a wait policy is set.
+    """Re-run this command with :data:`SERVING_OPENMP` unless a wait policy is set (an empty
+    ``OMP_WAIT_POLICY=`` is unset, as OpenMP reads it, and is replaced).
 
     OpenMP reads its settings once, when torch loads it, so they cannot change in a running
-    process: the command replaces itself (``os.execv``) with the variables set.
+    process: the command replaces itself (``os.execv``) with the variables set, and with
+    :data:`REEXEC_GUARD`, so that it never re-runs twice.
     """
-    if os.environ.get("OMP_WAIT_POLICY"):
+    if os.environ.pop(REEXEC_GUARD, None) == str(os.getpid()) or os.environ.get("OMP_WAIT_POLICY"):
         return
     for name, value in SERVING_OPENMP.items():
-        os.environ.setdefault(name, value)
+        if not os.environ.get(name):  # unset or empty: a user's value is kept
+            os.environ[name] = value
+    os.environ[REEXEC_GUARD] = str(os.getpid())
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, [sys.executable, "-m", "vllm_pool.cli", *argv])
@@ -269,6 +313,8 @@ def serving_engine_args(args: argparse.Namespace) -> EngineArgs:
 
 
 def serve(args: argparse.Namespace) -> int:
+    """Run ``vllm-pool serve``: the API key, then the socket of ``--host`` / ``--port`` (a port
+    in use fails before the model loads), then the model; problems exit 1 with one line."""
     try:
         import uvicorn
 
@@ -284,35 +330,41 @@ def serve(args: argparse.Namespace) -> int:
 
     try:
         key = api_key(args)
+        sock = cli_args.bind_socket(args.host, args.port)
     except ValueError as exc:
         print(f"vllm-pool serve: {exc}", file=sys.stderr)
         return 1
-    try:
-        llm = LLM.from_engine_args(serving_engine_args(args))
-    except (ValueError, TypeError, OSError) as exc:
-        print(f"vllm-pool serve: cannot load {args.model!r}: {exc}", file=sys.stderr)
-        return 1
-    threads = cpu_threads(args.num_threads, llm.model_config.device.type)
-    if threads is not None:
-        import torch
+    with sock:
+        try:
+            llm = LLM.from_engine_args(serving_engine_args(args))
+        except Exception as exc:  # a corrupt weights file is a SafetensorError...: one line too
+            print(f"vllm-pool serve: {load_error(args.model, exc)}", file=sys.stderr)
+            return 1
+        threads = cpu_threads(args.num_threads, llm.model_config.device.type)
+        if threads is not None:
+            import torch
 
-        torch.set_num_threads(threads)
-        logger.info("Using %d torch CPU threads", threads)
-    config = ServerConfig(**server_config_kwargs(args, key))
-    app = build_app(llm, config)
-    freeze_startup_heap()
-    print(
-        f"vllm-pool serving {llm.model_name} (tasks: {', '.join(llm.get_supported_tasks())}) "
-        f"on http://{args.host}:{args.port}" + (" with an API key" if key else ""),
-        flush=True,
-    )
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, **uvicorn_options(config))
+            torch.set_num_threads(threads)
+            logger.info("Using %d torch CPU threads", threads)
+        config = ServerConfig(**server_config_kwargs(args, key))
+        app = build_app(llm, config)
+        freeze_startup_heap()
+        print(
+            f"vllm-pool serving {llm.model_name} (tasks: {', '.join(llm.get_supported_tasks())}) "
+            f"on {cli_args.url(args.host, sock)}" + (" with an API key" if key else ""),
+            flush=True,
+        )
+        # uvicorn serves on the bound socket (fd=: it listens on a copy of the descriptor)
+        uvicorn.run(app, fd=sock.fileno(), log_level=args.log_level, **uvicorn_options(config))
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``vllm-pool`` console script."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(cli_args.normalize_flags(sys.argv[1:] if argv is None else argv))
+    if args.command == "serve":
+        cli_args.check_serve_order(parser, args)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     if args.command == "serve":
         if argv is None:  # the console script (in-process callers keep their process)

@@ -131,7 +131,7 @@ def check_paths(args: argparse.Namespace) -> tuple[Path, Path]:
 
     Raises:
         JobError: a wrong suffix, a missing input, an output that is a folder, an existing
-            output without ``--overwrite``, or a missing output folder.
+            output without ``--overwrite``, or a missing or unwritable output folder.
     """
     src, dst = Path(args.input), Path(args.output)
     if src.suffix not in INPUT_SUFFIXES:
@@ -146,6 +146,12 @@ def check_paths(args: argparse.Namespace) -> tuple[Path, Path]:
         raise JobError(f"--output {dst} exists (pass --overwrite to replace it)")
     if not dst.parent.is_dir():
         raise JobError(f"--output folder {dst.parent} does not exist")
+    try:  # a file created and removed: os.access says yes to root on a read-only file system
+        fd, probe = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise JobError(f"--output folder {dst.parent} is not writable ({exc.strerror or exc})") from exc
     return src, dst
 
 
@@ -203,14 +209,14 @@ def check_params(llm: Any, params: Any, truncate_prompt_tokens: int | None) -> N
     sizes...) before any text is encoded, so a model-level error names no input line.
 
     Raises:
-        JobError: the engine rejects the options.
+        JobError: the model has no ``embed`` task, or the engine rejects the options.
     """
     poolers = getattr(llm, "poolers", None)
-    pooler = poolers.get("embed") if poolers is not None else None
-    if pooler is None:
-        return  # the engine's own error (no embed task) comes from llm.embed
+    if poolers is None:
+        return  # an engine without poolers: its own errors come from llm.embed
     try:
-        pooler.resolve(params, truncate_prompt_tokens)
+        # a model without an embed task (a reranker, a classifier): UnsupportedTaskError, a ValueError
+        poolers.get("embed").resolve(params, truncate_prompt_tokens)
     except (ValueError, TypeError) as exc:
         raise JobError(str(exc)) from exc
 
@@ -228,10 +234,9 @@ def run(args: argparse.Namespace, llm_factory: Any) -> int:
     logger.info("read %d texts from %s", len(rows.texts), src)
     llm = llm_factory()
     prefix = _prefix(llm, args.instruction, args.prompt_name)
-    # the prefix goes in as an instruction, as the integrations send it (see embed_texts)
-    prompts: list[Any] = [
-        {"prompt": t, "instruction": prefix} if prefix and t else prefix + t for t in rows.texts
-    ]
+    # the prefix goes in as an instruction, as the integrations send it (see embed_texts); an
+    # empty text too: a model whose ST Pooling says include_prompt=false pools no prompt token
+    prompts: list[Any] = [{"prompt": t, "instruction": prefix} if prefix else t for t in rows.texts]
     params = PoolingParams(dimensions=args.dimensions, normalize=args.normalize)
     check_params(llm, params, args.truncate_prompt_tokens)
     try:
