@@ -43,7 +43,7 @@ class FastEncoder:
         fast = getattr(tokenizer, "is_fast", False)
         backend = getattr(tokenizer, "backend_tokenizer", None) if fast else None
         self._json = ""  # the backend, serialized: each thread builds its own copy from it
-        self._local = threading.local()  # .own (the copy), .truncation (its limit, strategy)
+        self._local = threading.local()  # .own (the copy), .truncation (its limit, strategy, side)
         self.pairs_available = False  # text pairs too (set by the probe)
         self.available = backend is not None and self._agrees(backend)
 
@@ -69,11 +69,13 @@ class FastEncoder:
 
             own = local.own = Tokenizer.from_str(self._json)
             own.no_padding()
+            if hasattr(own, "encode_special_tokens"):  # not part of the serialized backend
+                own.encode_special_tokens = bool(getattr(self.tokenizer, "split_special_tokens", False))
             local.truncation = None
-        if (limit, strategy) != local.truncation:
-            side = getattr(self.tokenizer, "truncation_side", "right")
+        side = getattr(self.tokenizer, "truncation_side", "right")  # read live, as token prompts do
+        if (limit, strategy, side) != local.truncation:
             own.enable_truncation(limit, stride=0, strategy=strategy, direction=side)
-            local.truncation = (limit, strategy)
+            local.truncation = (limit, strategy, side)
         if len(inputs) == 1 and isinstance(inputs[0], str):  # no hand-off to the backend's thread pool
             return [own.encode(inputs[0], add_special_tokens=True)]
         encode = getattr(own, "encode_batch_fast", own.encode_batch)  # tokenizers >= 0.21
@@ -81,7 +83,12 @@ class FastEncoder:
 
     def _agrees(self, backend: Any) -> bool:
         """Copy the backend, and check it against ``__call__`` on single texts, then pairs."""
-        texts = list(_PROBE_TEXTS)
+        specials = [
+            t
+            for t in (getattr(self.tokenizer, "special_tokens_map", None) or {}).values()
+            if isinstance(t, str)
+        ]
+        texts = [*_PROBE_TEXTS, f"x {' '.join(specials)} y"]  # special tokens typed in a text
         pairs = [(texts[3], t) for t in texts]  # a short first text: only the second is cut
         try:
             self._json = backend.to_str()

@@ -96,6 +96,7 @@ def _check_dict_prompt(item: dict[str, Any], i: int) -> None:
             raise TypeError(
                 f"prompts[{i}]['instruction'] must be a string, got {type(item['instruction']).__name__}"
             )
+        check_unicode(item.get("instruction", ""), f"prompts[{i}]['instruction']")
     else:
         raise TypeError(f"prompts[{i}] is a dict without 'prompt' or 'prompt_token_ids'")
 

@@ -206,7 +206,7 @@ def check_document_lengths(encoder: Any, texts: Sequence[str]) -> None:
     for i, text in enumerate(texts):
         _, _, cut = encoder.document_windows([text])
         if cut:
-            n = len(encoder.tokenizer(text, add_special_tokens=True)["input_ids"])
+            n = len(encoder.text_token_ids(text, add_special_tokens=True))
             n += encoder.doc_marker_id is not None
             raise ValueError(
                 f"documents[{i}] has {n} tokens, more than doc_maxlen={limit}; set truncate=True to cut "

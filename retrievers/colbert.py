@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import string
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -53,6 +54,8 @@ class ColBERTEncoder:
         self.encoder = encoder
         self.config = config = config if config is not None else self.default_config(encoder)
         self.tokenizer = encoder.tokenizer
+        # the engine's tokenizer is shared and each call sets its truncation: its lock, if any
+        self._tokenizer_lock = getattr(encoder, "tokenizer_lock", None) or threading.RLock()
         self.model_name = getattr(encoder, "model_name", None)
         limit = getattr(encoder, "max_length", None)
         for name in ("query_maxlen", "doc_maxlen"):
@@ -139,7 +142,7 @@ class ColBERTEncoder:
             return {int(i) for i in self.tokenizer.convert_tokens_to_ids(list(words)) if i is not None}
         ids = set()  # colbert-ai: the first word piece of each punctuation symbol
         for ch in string.punctuation:
-            pieces = self.tokenizer.encode(ch, add_special_tokens=False)
+            pieces = self.text_token_ids(ch)
             if pieces:
                 ids.add(int(pieces[0]))
         return ids
@@ -152,14 +155,20 @@ class ColBERTEncoder:
         if what == "queries" and not text.strip():  # a blank document is [CLS] [D] [SEP], as in PyLate
             raise ValueError(f"{what}[{i}] is empty: it has no tokens to encode")
         check_unicode(text, f"{what}[{i}]")  # not the tokenizer's unrelated TextEncodeInput error
-        return list(self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+        return self.text_token_ids(text)
+
+    def text_token_ids(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        """The tokenizer's ids of ``text``, uncut, under the tokenizer's lock (another thread's
+        call, such as the engine's, would change its truncation in the middle of this one)."""
+        with self._tokenizer_lock:
+            encoded = self.tokenizer(text, add_special_tokens=add_special_tokens, verbose=False)
+        return list(encoded["input_ids"])
 
     def _special_template(self) -> tuple[list[int], list[int]]:
         """The special tokens the tokenizer puts before and after a text (``[CLS]`` / ``[SEP]``,
         ``<s>`` / ``</s>``...), read off one probe text."""
         probe = "a b"
-        plain = list(self.tokenizer(probe, add_special_tokens=False, verbose=False)["input_ids"])
-        full = list(self.tokenizer(probe, add_special_tokens=True, verbose=False)["input_ids"])
+        plain, full = self.text_token_ids(probe), self.text_token_ids(probe, add_special_tokens=True)
         for start in range(len(full) - len(plain) + 1):
             if full[start : start + len(plain)] == plain:
                 return full[:start], full[start + len(plain) :]

@@ -40,7 +40,8 @@ class TokenEncoder(Protocol):
         An encoder may also take ``attention_masks`` (one 0 / 1 list per input: positions
         the model must not attend to, which still get a vector); ColBERT query expansion
         with unattended ``[MASK]`` tokens needs it. It may also have ``colbert_settings``
-        (a checkpoint's default ``ColBERTConfig`` fields) and ``max_length`` (its token limit).
+        (a checkpoint's default ``ColBERTConfig`` fields), ``max_length`` (its token limit)
+        and ``tokenizer_lock`` (held while the tokenizer is called, when others share it).
         """
         ...
 
@@ -82,6 +83,8 @@ class EngineTokenEncoder:
         self.use_tqdm = use_tqdm
         self.model_name = getattr(llm, "model_name", None)
         self.tokenizer = llm.get_tokenizer()
+        self.tokenizer_lock = getattr(getattr(llm, "input_processor", None), "lock", None)
+        """The engine's lock of the tokenizer (:class:`~.colbert.ColBERTEncoder` tokenizes under it)."""
         model_config = getattr(llm, "model_config", None)
         checkpoint = getattr(model_config, "colbert", None)
         self.colbert_settings: dict[str, Any] | None = dict(checkpoint.settings) if checkpoint else None

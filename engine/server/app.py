@@ -245,9 +245,12 @@ def build_app(llm: LLM, config: ServerConfig | None = None) -> ServerApp:
         state.check_texts(body.prompt, "prompt")
         tok = llm.get_tokenizer()
 
+        # the text the engine tokenizes: lower-cased for a do_lower_case model (as vLLM's /tokenize)
+        text = body.prompt.lower() if llm.input_processor.do_lower_case else body.prompt
+
         def encode() -> list[int]:
             with llm.input_processor.lock:  # the tokenizer's settings: one caller at a time
-                return list(tok(body.prompt, add_special_tokens=body.add_special_tokens)["input_ids"])
+                return list(tok(text, add_special_tokens=body.add_special_tokens)["input_ids"])
 
         ids = await state.in_tokenizer_thread(encode)
         strs = tok.convert_ids_to_tokens(ids) if body.return_token_strs else None

@@ -137,6 +137,8 @@ def test_lone_surrogates_are_named(default_llm):
         default_llm.embed(["ok", "a\ud800"], use_tqdm=False)
     with pytest.raises(ValueError, match=r"prompts\[0\]\['prompt'\] is not valid Unicode"):
         default_llm.embed([{"prompt": "\udc00"}], use_tqdm=False)
+    with pytest.raises(ValueError, match=r"prompts\[1\]\['instruction'\] is not valid Unicode"):
+        default_llm.embed(["ok", {"prompt": "hello", "instruction": "query: \ud800"}], use_tqdm=False)
     with pytest.raises(ValueError, match=r"data_2\[1\] is not valid Unicode"):
         default_llm.score("q", ["a", "b\udfff"], use_tqdm=False)
     assert len(default_llm.embed(["emoji \U0001f600 ok"], use_tqdm=False)) == 1  # a real pair is fine
