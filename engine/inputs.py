@@ -175,6 +175,8 @@ class InputProcessor:
                 ids = self.tokenizer(text, add_special_tokens=True)["input_ids"] if text else []
             special = set(getattr(self.tokenizer, "all_special_ids", []) or [])
             n = len(ids) - (1 if ids and ids[-1] in special else 0)
+            if len(self._instruction_lens) >= 1024:  # bounded: a server's clients may vary them
+                self._instruction_lens.clear()
             self._instruction_lens[instruction] = n
         return n
 

@@ -92,3 +92,12 @@ def test_colbert_encoder_tokenizes_under_the_engine_lock(tiny_bert):
     worker.join()
     assert waited, "the ColBERT encoder called the shared tokenizer without its lock"
     assert got == [want]
+
+
+def test_instruction_lengths_are_cached_within_a_bound(tiny_bert):
+    llm = LLM(str(tiny_bert))
+    processor = llm.input_processor
+    for i in range(3000):  # distinct instructions, as a server's clients may send
+        assert processor.instruction_len(f"query {i}: ") >= 1
+    assert len(processor._instruction_lens) <= 1024
+    assert processor.instruction_len("query 7: ") == processor.instruction_len("query 7: ")
