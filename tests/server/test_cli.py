@@ -150,7 +150,9 @@ def test_serve_freezes_the_startup_heap_before_serving(monkeypatch):
     gc.unfreeze()
     try:
         threads = str(torch.get_num_threads())  # the other tests keep theirs
-        args = build_parser().parse_args(["serve", "--port", "0", "--log-level", "warning", "--num-threads", threads])
+        args = build_parser().parse_args(
+            ["serve", "--port", "0", "--log-level", "warning", "--num-threads", threads]
+        )
         assert cli.serve(args) == 0
     finally:
         gc.unfreeze()  # give the objects back to the collector for the other tests
