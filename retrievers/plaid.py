@@ -43,6 +43,13 @@ def position_dtype(n_documents: int) -> type:
     return np.uint16 if n_documents <= 1 << 16 else np.int32
 
 
+TRUSTED_TRAINING = 4096
+"""Token vectors a codec must be trained on for the store to drop its documents' raw fp32
+vectors. Until then (a store fed a few documents at a time) its frequent re-trains fit and
+encode the raw vectors, not decoded ones, so the error of the first tiny codecs does not
+compound; a store built from 4,096 vectors or more keeps none."""
+
+
 class PlaidStore(TokenStore):
     """Token vectors as centroid ids + packed residuals, with a cell -> documents inverted list.
 
@@ -65,6 +72,7 @@ class PlaidStore(TokenStore):
         self._ivf_epoch: object = None  # the segments() epoch the inverted list was built in
         self._ivf_docs = 0  # the first documents of segments() it covers
         self._centroids_t: torch.Tensor | None = None
+        self._raw: dict[int, np.ndarray] | None = {}  # slot -> raw vectors, see TRUSTED_TRAINING
         self.id_bytes = 2
         super().__init__(dim, "fp32")
         self.storage = "plaid"
@@ -116,16 +124,31 @@ class PlaidStore(TokenStore):
             self._retrain(slots, docs)
             return
         super().add(slots, docs)
+        if self._raw is not None and self.trained_on < TRUSTED_TRAINING:
+            self._raw.update((int(s), np.array(d, dtype=np.float32)) for s, d in zip(slots, docs))
+        else:
+            self._raw = None
+
+    def remove(self, slots: Sequence[int]) -> None:
+        super().remove(slots)
+        for slot in slots if self._raw is not None else ():
+            self._raw.pop(int(slot), None)
 
     def _retrain(self, slots: Sequence[int], docs: Sequence[np.ndarray]) -> None:
-        """Decode the stored documents, train a new codec on them and ``docs``, and re-encode
-        everything. A failure at any point (also ``MemoryError`` or ``KeyboardInterrupt``)
-        puts the store back as it was: the old state is only replaced, never changed in place."""
+        """Train a new codec on the stored documents (their raw vectors while the store keeps
+        them, else decoded) and ``docs``, and re-encode everything. A failure at any point (also
+        ``MemoryError`` or ``KeyboardInterrupt``) puts the store back as it was: the old state
+        is only replaced, never changed in place."""
         order = list(self._span)
-        old, lengths = self.decode(order)
+        raw = self._raw if self._raw is not None and all(s in self._raw for s in order) else None
+        if raw is not None:
+            old_docs = [raw[s] for s in order]
+            old = np.concatenate(old_docs) if order else np.zeros((0, self.dim), np.float32)
+        else:
+            old, lengths = self.decode(order)
+            old_docs = np.split(old, np.cumsum(lengths)[:-1]) if len(order) else []
         new = sum(map(len, docs))
         logger.info("re-training PLAID centroids: %d stored + %d new token vectors", len(old), new)
-        old_docs = np.split(old, np.cumsum(lengths)[:-1]) if len(order) else []
         saved = dict(vars(self))  # every field below is re-assigned, so a shallow copy keeps them
         try:
             self.codec = None
@@ -134,6 +157,9 @@ class PlaidStore(TokenStore):
             self._mirror, self._mirror_n, self._ivf, self._ivf_epoch = None, 0, None, None
             self._train(np.concatenate([old, *docs]))
             super().add([*order, *slots], [*old_docs, *docs])
+            kept = raw is not None and self.trained_on < TRUSTED_TRAINING
+            new_raw = ((int(s), np.array(d, dtype=np.float32)) for s, d in zip(slots, docs))
+            self._raw = {**raw, **dict(new_raw)} if kept else None
         except BaseException:
             vars(self).update(saved)
             raise
@@ -270,9 +296,10 @@ class PlaidStore(TokenStore):
 
     # -- accounting and persistence --------------------------------------------------------
     def nbytes(self) -> dict[str, int]:
-        """Bytes held by the live rows, the inverted list, the document table and the codec."""
+        """Bytes held by the live rows, the inverted list, the document table, the codec and
+        the raw vectors a store keeps while its codec is provisional (:data:`TRUSTED_TRAINING`)."""
         if self.codec is None:
-            return {"codes": 0, "inverted_list": 0, "documents": 0, "codec": 0}
+            return {"codes": 0, "inverted_list": 0, "documents": 0, "codec": 0, "raw": 0}
         offsets, docs = self.inverted_list()
         starts, lengths, slots = self.segments()
         return {
@@ -280,6 +307,7 @@ class PlaidStore(TokenStore):
             "inverted_list": offsets.nbytes + docs.nbytes,
             "documents": starts.nbytes + lengths.nbytes + slots.nbytes,
             "codec": self.codec.nbytes(),
+            "raw": sum(v.nbytes for v in (self._raw or {}).values()),
         }
 
     def bytes_per_vector(self) -> float:
@@ -312,6 +340,7 @@ class PlaidStore(TokenStore):
             self.trained_on = int(arrays.get("plaid_trained_on.npy", np.asarray([len(centroids)]))[0])
         elif len(order):
             raise ValueError("plaid_centroids.npy: missing")
+        self._raw = None if len(order) else {}  # a loaded store has its codes only
         super().load_arrays(order, arrays)
         if self.codec is not None and len(self._codes):
             ids = self.row_ids(self._codes)
