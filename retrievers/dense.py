@@ -12,6 +12,7 @@ import numpy as np
 from . import quantization, quantized_search
 from .arrays import as_float32_matrix, l2_normalize
 from .encoders import TextEmbedder, encode_in_batches
+from .faiss_index import REFINE, lossy_codes
 from .index_base import DocumentIndex
 from .mapped_rows import MappedRows
 from .persistence import (
@@ -314,13 +315,21 @@ class DenseIndex(DocumentIndex):
         return [[self._hit(slot, score) for slot, score in hits] for hits in found]
 
     def _search_faiss(self, q: np.ndarray, k: int, allowed: set[int] | None) -> list[list[Hit]]:
-        want = min(k, len(self._registry) if allowed is None else len(allowed))
-        k_search = k + 1 + self._tombstones if allowed is None else 4 * k  # past the k-th: ties
+        """FAISS candidates; an index of lossy codes (PQ, SQ...) gives ``REFINE * k`` of them,
+        scored exactly on the stored vectors (FAISS's ``IndexRefineFlat``): exact scores."""
+        refine = REFINE if lossy_codes(self.config["index_type"]) else 1
+        want = min(refine * k, len(self._registry) if allowed is None else len(allowed))
+        k_search = refine * k + 1 + self._tombstones if allowed is None else 4 * refine * k  # ties
 
         def usable(slot: int) -> bool:
             return slot >= 0 and self._registry.is_live(slot) and (allowed is None or slot in allowed)
 
-        found = faiss_top_k(self._index, q, k, want, k_search, usable)
+        found = faiss_top_k(self._index, q, refine * k, want, k_search, usable)
+        if refine > 1:  # the candidates' exact scores
+            found = [
+                f if f is None else top_k(f[0], self._live_vectors(f[0]) @ q[i], k)
+                for i, f in enumerate(found)
+            ]
         pool = None  # queries FAISS cannot answer (IVF's probed lists, GPU's k limit): exact
         results = []
         for i, f in enumerate(found):

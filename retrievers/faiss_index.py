@@ -45,6 +45,22 @@ NAMED_TYPES = ("flat", "hnsw", "ivf", "ivfpq")
 """Short names; any other string is passed to ``faiss.index_factory``."""
 PQ_MIN_TRAIN = 256
 """Vectors the k-means of an ``"ivfpq"`` index's 8-bit product quantizer needs (2**8 centroids)."""
+REFINE = 10
+"""Candidates per hit that a dense index of lossy codes takes from FAISS to score exactly."""
+
+
+def lossy_codes(index_type: str) -> bool:
+    """Whether FAISS scores ``index_type`` on lossy codes (product or scalar quantizers, LSH),
+    not on the vectors: ``"ivfpq"`` or a factory string naming such a codec."""
+    spec = str(index_type).upper().replace(" ", "")
+    if spec == "IVFPQ":
+        return True
+    codec = spec.split(",")[-1] if "," in spec else spec
+    return (
+        any(name in codec for name in ("PQ", "SQ", "RQ", "LSH"))
+        and "REFINE" not in spec
+        and "RFLAT" not in codec
+    )
 
 
 def check_faiss_settings(nlist: object, nprobe: object, hnsw_m: object, ef_search: object) -> None:

@@ -179,3 +179,33 @@ def test_from_texts_errors_name_the_callers_position(default_llm):
         DenseIndex.from_texts("hello", EngineTextEmbedder(default_llm))
     texts[5] = ""  # a blank page embeds ([CLS] [SEP])
     assert len(DenseIndex.from_texts(texts, EngineTextEmbedder(default_llm), batch_size=2)) == 7
+
+
+def test_lossy_codes_are_refined_to_exact_scores():
+    """An index of PQ / SQ codes returns exact scores (its candidates scored on the stored
+    vectors, as FAISS's IndexRefineFlat) and the exact answer's documents; before, the PQ
+    scores themselves (off by up to 0.12) and recall@10 about 0.6."""
+    from vllm_pool.retrievers.faiss_index import lossy_codes
+
+    assert lossy_codes("ivfpq") and lossy_codes("IVF64,PQ8") and lossy_codes("HNSW32,SQ8")
+    assert not lossy_codes("ivf") and not lossy_codes("hnsw") and not lossy_codes("IVF64,PQ8,RFlat")
+    rng = np.random.default_rng(0)
+    centers = rng.standard_normal((32, 64)).astype(np.float32)
+    x = centers[rng.integers(0, 32, 3000)] + 0.5 * rng.standard_normal((3000, 64)).astype(np.float32)
+    ids = [str(i) for i in range(len(x))]
+    queries = x[:40] + 0.3 * rng.standard_normal((40, 64)).astype(np.float32)
+    exact = DenseIndex(64)
+    exact.add(x, ids)
+    want = exact.search(queries, k=10)
+    for index_type in ("ivfpq", "IVF32,SQ8"):
+        index = DenseIndex(64, index_type=index_type, nprobe=32)
+        index.add(x, ids)
+        got = index.search(queries, k=10)
+        recall = np.mean([len({h.id for h in g} & {h.id for h in w}) / 10 for g, w in zip(got, want)])
+        assert recall >= 0.95, (index_type, recall)
+        vectors = {r.id: r.vectors for r in index.get(ids)}
+        q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+        for qi, hits in enumerate(got):
+            scores = [h.score for h in hits]
+            assert scores == sorted(scores, reverse=True)
+            np.testing.assert_allclose(scores, [vectors[h.id] @ q[qi] for h in hits], atol=1e-5)
