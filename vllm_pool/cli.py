@@ -349,6 +349,7 @@ def serve(args: argparse.Namespace) -> int:
         config = ServerConfig(**server_config_kwargs(args, key))
         app = build_app(llm, config)
         freeze_startup_heap()
+        sock.listen(2048)  # uvicorn's backlog: from the banner on, a connection waits to be served
         print(
             f"vllm-pool serving {llm.model_name} (tasks: {', '.join(llm.get_supported_tasks())}) "
             f"on {cli_args.url(args.host, sock)}" + (" with an API key" if key else ""),

@@ -65,8 +65,9 @@ def check_serve_order(parser: argparse.ArgumentParser, args: argparse.Namespace)
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
-    """A TCP socket bound to ``host``:``port`` (0: a free port), not yet listening, for
-    uvicorn to serve on: a port in use is found before the model loads.
+    """A TCP socket bound to ``host``:``port`` (0: a free port), not yet listening (the
+    command listens once the model is loaded), for uvicorn to serve on: a port in use is
+    found before the model loads.
 
     An IPv6 address (``::``) gives an IPv6 socket, any other host an IPv4 one (as uvicorn's
     own ``bind_socket``). ``TCP_NODELAY`` is set on it: accepted connections inherit it on
