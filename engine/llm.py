@@ -9,11 +9,11 @@ processor shapes the pooled tensors into outputs in the caller's order. ``embed`
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
 import threading
-import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -243,18 +243,10 @@ class LLM(TaskMethods):
         on_cuda = self.model_config.device.type == "cuda"
         executor = ModelExecutor(self.runner, self.poolers, self.model_thread)
         self.core = EngineCore(executor, scheduler, output_thread=on_cuda)
-        self.runner.on_oom = _weak_method(self._lower_budget)  # no cycle: see task_io._weak
+        # over the scheduler, not the engine: no reference cycle keeps a dropped engine's model
+        self.runner.on_oom = functools.partial(lower_budget, scheduler, self.model_config.max_model_len)
         self.tokenizer_pool = ForkSafePool("vllm-pool-tokenize")
         self.task_io = task_processors(self)
-
-    def _lower_budget(self, tokens: int) -> None:
-        """After a device out-of-memory error on a batch of ``tokens`` (padding included),
-        later batches take at most half that (never under one prompt of ``max_model_len``),
-        so that the next calls do not fail and split again."""
-        cap = max(tokens // 2, self.model_config.max_model_len)
-        if cap < self.max_num_batched_tokens:
-            logger.warning("Lowering max_num_batched_tokens to %d after an out-of-memory error", cap)
-            self.max_num_batched_tokens = cap
 
     def request_ids(self, n: int) -> list[str]:
         """``n`` fresh request ids (unique per engine)."""
@@ -380,15 +372,14 @@ class LLM(TaskMethods):
 vars(tasks_module)["LLM"] = LLM
 
 
-def _weak_method(method: Callable[[int], None]) -> Callable[[int], None]:
-    """``method`` without a strong reference to its object (once that is gone: a no-op)."""
-    ref = weakref.WeakMethod(method)
-
-    def call(tokens: int) -> None:
-        if (bound := ref()) is not None:
-            bound(tokens)
-
-    return call
+def lower_budget(scheduler: Scheduler, floor: int, tokens: int) -> None:
+    """After a device out-of-memory error on a batch of ``tokens`` (padding included), later
+    batches take at most half that (never under ``floor``, one prompt of ``max_model_len``), so
+    that the next calls do not fail and split again."""
+    cap = max(tokens // 2, floor)
+    if cap < scheduler.max_num_batched_tokens:
+        logger.warning("Lowering max_num_batched_tokens to %d after an out-of-memory error", cap)
+        scheduler.set_limit("max_num_batched_tokens", cap)
 
 
 def chunk_bounds(n: int, size: int, first: int | None = None) -> list[tuple[int, int]]:
