@@ -20,7 +20,7 @@ import torch
 from vllm_pool.maxsim_kernel import segment_maxsim
 
 from .faiss_index import max_search_k
-from .ranking import top_k
+from .ranking import tie_groups, top_k
 from .token_store import TokenStore
 
 Keep = Callable[[int], bool]
@@ -173,27 +173,7 @@ def candidate_slots(
 
 def neighbours(index: Any, x: np.ndarray, k: int) -> list[np.ndarray]:
     """Labels of the ``k`` FAISS neighbours of each row of ``x`` ``[n, D]``, and of every
-    vector tied with the ``k``-th (FAISS keeps an arbitrary few of the vectors tied at its
-    cut-off, so duplicate documents would be candidates or not by chance).
-
-    One neighbour more than ``k`` shows whether a row's tie group was cut; only those rows
-    search again, wider, as far as the index can answer (:func:`~.faiss_index.max_search_k`).
-    """
-    ntotal = max_search_k(index)
-    width = min(ntotal, k + 1)
-    scores, labels = index.search(x, width)  # [n, k + 1]
-    out = [labels[r, :k] for r in range(len(x))]
-    if width == k:  # the whole index (or all a GPU index gives): nothing past the k-th
-        return out
-    bound = scores[:, k - 1]  # [n] the k-th score of each row
-    cut = np.flatnonzero((labels[:, -1] >= 0) & (scores[:, -1] >= bound))
-    while len(cut) and width < ntotal:
-        width = min(ntotal, 2 * width)
-        more_scores, more = index.search(x[cut], width)  # [c, width]
-        still = []
-        for j, r in enumerate(cut):
-            out[r] = more[j][(more[j] >= 0) & (more_scores[j] >= bound[r])]
-            if more[j, -1] >= 0 and more_scores[j, -1] >= bound[r]:
-                still.append(r)
-        cut = np.asarray(still, dtype=np.int64)
-    return out
+    vector tied with the ``k``-th (:func:`~.ranking.tie_groups`: one neighbour more than ``k``
+    shows whether a row's tie group was cut), as far as the index can answer
+    (:func:`~.faiss_index.max_search_k`)."""
+    return [labels for _, labels in tie_groups(index.search, x, k, k + 1, max_search_k(index))]

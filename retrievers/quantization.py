@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from .persistence import check_array
+from .ranking import tie_groups
 from .types import IndexFormatError
 
 logger = logging.getLogger(__name__)
@@ -135,30 +136,15 @@ def candidates(
 
 
 def _hamming_candidates(bits: np.ndarray, codes: np.ndarray, k: int, slots: np.ndarray) -> list[np.ndarray]:
-    """:func:`candidates` of binarized queries. FAISS keeps some of the codes at the ``k``-th
-    distance, so a search looks past it: ``2 k + 16`` neighbours (a tie group of small integer
-    distances seldom reaches that far; the scan costs the same), and the queries whose last
-    neighbour still ties with their ``k``-th search again, wider (as
-    :func:`~.candidates.neighbours` does)."""
+    """:func:`candidates` of binarized queries: the codes at the ``k`` smallest Hamming
+    distances and the rest of the ``k``-th's tie group (:func:`~.ranking.tie_groups`, first
+    ``2 k + 16`` neighbours: a tie group of small integer distances seldom reaches that far, and
+    the scan costs the same), cut to ``k`` by slot."""
     import faiss
 
     codes = np.ascontiguousarray(codes)
-    width = min(len(codes), 2 * k + 16)
-    dist, rows = faiss.knn_hamming(bits, codes, width)  # [Q, width]
-    bound = dist[:, k - 1]  # [Q] the k-th distance of each query
-    found = list(zip(dist, rows, strict=True))
-    cut = np.flatnonzero(dist[:, -1] <= bound) if width < len(codes) else []
-    while len(cut):
-        width = min(len(codes), 2 * width)
-        more_dist, more = faiss.knn_hamming(bits[cut], codes, width)  # [c, width]
-        for j, i in enumerate(cut):
-            found[i] = more_dist[j], more[j]
-        cut = cut[more_dist[:, -1] <= bound[cut]] if width < len(codes) else []
-    out = []
-    for (d, r), b in zip(found, bound, strict=True):
-        d, r = d[d <= b], r[d <= b]  # the k best and the rest of the k-th's tie group
-        out.append(r[np.lexsort((slots[r], d))][:k])
-    return out
+    groups = tie_groups(lambda b, w: faiss.knn_hamming(b, codes, w), bits, k, 2 * k + 16, len(codes), True)
+    return [rows[np.lexsort((slots[rows], dist))][:k] for dist, rows in groups]
 
 
 def rescore(

@@ -12,6 +12,7 @@ then the position of the vector (the order it was added) ascending.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -87,3 +88,42 @@ def faiss_top_k(
                 out[qi] = slots, vals
         todo, k_search = retry, min(ntotal, 2 * k_search)
     return out
+
+
+Search = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+"""``(rows [n, D], width) -> (values [n, width], labels [n, width])``, best first (``-1``: none)."""
+
+
+def tie_groups(
+    search: Search, x: np.ndarray, k: int, width: int, ntotal: int, distances: bool = False
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per row of ``x``: ``(values, labels)`` of its ``k`` best neighbours and of every other
+    one tied with the ``k``-th (a FAISS search keeps an arbitrary few of those at its cut-off,
+    so duplicate documents would come back or not by chance).
+
+    ``width`` neighbours (more than ``k``) show whether a row's tie group was cut; only those
+    rows search again, twice as wide each time, as far as ``ntotal`` (all ``search`` can give).
+
+    Args:
+        search: the nearest-neighbour search.
+        x: the query rows.
+        k: neighbours wanted (at most ``ntotal``).
+        width: neighbours asked for first.
+        ntotal: the most neighbours ``search`` returns.
+        distances: the values are distances (smaller is better), not similarities.
+    """
+    as_good = operator.le if distances else operator.ge
+    width = min(ntotal, width)
+    values, labels = search(x, width)
+    bound = values[:, k - 1]  # [n] the k-th value of each row
+    found = list(zip(values, labels, strict=True))
+    cut = np.flatnonzero((labels[:, -1] >= 0) & as_good(values[:, -1], bound)) if width < ntotal else []
+    while len(cut):
+        width = min(ntotal, 2 * width)
+        more_values, more = search(x[cut], width)  # [c, width]
+        for j, r in enumerate(cut):
+            found[r] = more_values[j], more[j]
+        still = (more[:, -1] >= 0) & as_good(more_values[:, -1], bound[cut])
+        cut = cut[still] if width < ntotal else []
+    kept = [(lab >= 0) & as_good(v, b) for (v, lab), b in zip(found, bound, strict=True)]
+    return [(v[m], lab[m]) for (v, lab), m in zip(found, kept, strict=True)]
